@@ -1,0 +1,17 @@
+//! The imperium emperor: everything between "a monitor says what should
+//! run" and "these processes run".
+//!
+//! * [`name`], [`spec`]: what monitors produce.
+//! * [`monitor`]: the trait and context every monitor uses.
+//! * [`protocol`]: the single-byte protocol and the config pipe format.
+//! * [`backoff`]: capped exponential backoff with jitter.
+
+pub mod backoff;
+pub mod monitor;
+pub mod name;
+pub mod protocol;
+pub mod spec;
+
+pub use monitor::{Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions};
+pub use name::{Extensions, NameError, NamePolicy, VassalName};
+pub use spec::{ChangeKey, Change, ConfigSource, MonitorHealth, Owner, VassalSpec};

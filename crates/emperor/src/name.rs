@@ -1,0 +1,242 @@
+//! Vassal names: validation and the config flag chosen by extension.
+//!
+//! uWSGI accepts a vassal when its name ends with a known config extension
+//! and is shorter than 255 bytes (reference §4.1). imperium keeps that rule
+//! and adds the checks a name from the network needs before it is used as a
+//! path or a command-line argument.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The config extensions every monitor accepts (reference §4.1).
+pub const BUILTIN_EXTENSIONS: &[&str] = &[".xml", ".ini", ".yml", ".yaml", ".js", ".json"];
+
+/// Names of this many bytes or more are refused, as in uWSGI.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Why a name was refused. Each variant says what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("empty vassal name")]
+    Empty,
+    #[error("vassal name is {0} bytes long; it must be shorter than 255 bytes")]
+    TooLong(usize),
+    #[error("vassal name {0:?} does not end with a config extension (.ini .xml .yml .yaml .js .json or an --emperor-extra-extension)")]
+    BadExtension(String),
+    #[error("vassal name {0:?} contains a control character")]
+    ControlChar(String),
+    #[error("vassal name {0:?} contains a path separator '/'; names from this source must be plain file names")]
+    PathSeparator(String),
+    #[error("vassal name {0:?} contains a '..' path component")]
+    DotDot(String),
+    #[error("vassal name {0:?} must not start with '-' (it would be read as an option)")]
+    LeadingDash(String),
+}
+
+/// How much of a path a name may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamePolicy {
+    /// A plain file name: no `/`, no `..` (dir monitor, databases, message buses).
+    Plain,
+    /// A path as a glob returns it: `/` allowed, but no `..` component.
+    Path,
+}
+
+/// The extensions accepted by this emperor: the built-in ones plus
+/// `--emperor-extra-extension` values.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    extra: Vec<String>,
+}
+
+impl Extensions {
+    /// The built-in extensions plus `extra` (each as given, for example `.foo`).
+    pub fn new(extra: impl IntoIterator<Item = String>) -> Self {
+        Extensions {
+            extra: extra.into_iter().filter(|e| !e.is_empty()).collect(),
+        }
+    }
+
+    /// The extra extensions, in the order given.
+    pub fn extra(&self) -> &[String] {
+        &self.extra
+    }
+
+    /// True when `name` ends with an accepted extension (a plain suffix match, as uWSGI does).
+    pub fn accepts(&self, name: &str) -> bool {
+        BUILTIN_EXTENSIONS.iter().any(|e| name.ends_with(e))
+            || self.extra.iter().any(|e| name.ends_with(e.as_str()))
+    }
+
+    /// The config flag uWSGI uses for a file of this name (reference §6.2).
+    ///
+    /// For a zerg name (`foo.ini:zerg`) only the part before the first `:` is
+    /// examined. Extra extensions win over built-in ones, and an unknown
+    /// extension gets `--inherit`, as in uWSGI.
+    pub fn config_flag(&self, name: &str) -> &'static str {
+        let base = name.split(':').next().unwrap_or(name);
+        if self.extra.iter().any(|e| base.ends_with(e.as_str())) {
+            return "--config";
+        }
+        if base.ends_with(".xml") {
+            "--xml"
+        } else if base.ends_with(".ini") {
+            "--ini"
+        } else if base.ends_with(".yml") || base.ends_with(".yaml") {
+            "--yaml"
+        } else if base.ends_with(".js") || base.ends_with(".json") {
+            "--json"
+        } else {
+            "--inherit"
+        }
+    }
+}
+
+/// A validated vassal name: the id of one vassal in the table.
+///
+/// ```
+/// use emperor::name::{Extensions, NamePolicy, VassalName};
+/// let exts = Extensions::default();
+/// assert!(VassalName::parse("app.ini", &exts, NamePolicy::Plain).is_ok());
+/// assert!(VassalName::parse("../../x.ini", &exts, NamePolicy::Plain).is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VassalName(Arc<str>);
+
+impl VassalName {
+    /// Checks `name` against the extension list, the length limit and `policy`.
+    pub fn parse(name: &str, exts: &Extensions, policy: NamePolicy) -> Result<Self, NameError> {
+        check_common(name)?;
+        match policy {
+            NamePolicy::Plain => {
+                if name.contains('/') {
+                    return Err(NameError::PathSeparator(name.to_string()));
+                }
+                if name == ".." {
+                    return Err(NameError::DotDot(name.to_string()));
+                }
+            }
+            NamePolicy::Path => {
+                if name.split('/').any(|c| c == "..") {
+                    return Err(NameError::DotDot(name.to_string()));
+                }
+            }
+        }
+        if !exts.accepts(name) {
+            return Err(NameError::BadExtension(name.to_string()));
+        }
+        Ok(VassalName(Arc::from(name)))
+    }
+
+    /// A name for a derived instance (a broodlord zerg): no extension check,
+    /// the caller built it from a valid name.
+    pub fn derived(name: String) -> Self {
+        VassalName(Arc::from(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_common(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() >= MAX_NAME_LEN {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name.chars().any(|c| c.is_control()) {
+        return Err(NameError::ControlChar(name.to_string()));
+    }
+    if name.starts_with('-') {
+        return Err(NameError::LeadingDash(name.to_string()));
+    }
+    Ok(())
+}
+
+impl fmt::Display for VassalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for VassalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+impl AsRef<str> for VassalName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(n: &str) -> Result<VassalName, NameError> {
+        VassalName::parse(n, &Extensions::default(), NamePolicy::Plain)
+    }
+
+    #[test]
+    fn accepts_every_builtin_extension() {
+        for n in ["a.ini", "a.xml", "a.yml", "a.yaml", "a.js", "a.json", ".hidden.ini"] {
+            assert!(plain(n).is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn refuses_editor_leftovers_and_no_extension() {
+        for n in ["a.ini~", "a.ini.swp", "a", "a.txt", "ini"] {
+            assert!(matches!(plain(n), Err(NameError::BadExtension(_))), "{n}");
+        }
+    }
+
+    #[test]
+    fn length_limit_is_255_exclusive() {
+        let ok = format!("{}.ini", "a".repeat(250));
+        assert_eq!(ok.len(), 254);
+        assert!(plain(&ok).is_ok());
+        let bad = format!("{}.ini", "a".repeat(251));
+        assert_eq!(plain(&bad), Err(NameError::TooLong(255)));
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        assert!(matches!(plain("../../x.ini"), Err(NameError::PathSeparator(_))));
+        assert!(matches!(plain("a/b.ini"), Err(NameError::PathSeparator(_))));
+        assert!(matches!(plain("a\nb.ini"), Err(NameError::ControlChar(_))));
+        assert!(matches!(plain("--help.ini"), Err(NameError::LeadingDash(_))));
+        assert_eq!(plain(""), Err(NameError::Empty));
+        let p = |n| VassalName::parse(n, &Extensions::default(), NamePolicy::Path);
+        assert!(p("/etc/uwsgi/a.ini").is_ok());
+        assert!(matches!(p("/etc/../x.ini"), Err(NameError::DotDot(_))));
+    }
+
+    #[test]
+    fn extra_extensions_are_accepted_and_use_config_flag() {
+        let exts = Extensions::new(vec![".foo".to_string(), ".ini".to_string()]);
+        assert!(VassalName::parse("a.foo", &exts, NamePolicy::Plain).is_ok());
+        assert_eq!(exts.config_flag("a.foo"), "--config");
+        // extra extensions are checked first, so they override the builtin flag
+        assert_eq!(exts.config_flag("a.ini"), "--config");
+    }
+
+    #[test]
+    fn config_flag_by_suffix() {
+        let e = Extensions::default();
+        assert_eq!(e.config_flag("a.xml"), "--xml");
+        assert_eq!(e.config_flag("a.ini"), "--ini");
+        assert_eq!(e.config_flag("a.yml"), "--yaml");
+        assert_eq!(e.config_flag("a.yaml"), "--yaml");
+        assert_eq!(e.config_flag("a.js"), "--json");
+        assert_eq!(e.config_flag("a.json"), "--json");
+        assert_eq!(e.config_flag("a.conf"), "--inherit");
+        assert_eq!(e.config_flag("foo.ini:zerg"), "--ini");
+        assert_eq!(e.config_flag("foo.xml:zerg:3"), "--xml");
+    }
+}

@@ -1,0 +1,137 @@
+//! `dir://PATH` (and a bare directory): every file in one directory with a
+//! config extension is a vassal (reference §4.2).
+//!
+//! The vassal id is the file's basename; the vassal is started in the
+//! directory as `uwsgi --ini NAME`, so relative names resolve where they
+//! were found. Changes are seen through inotify within milliseconds, with a
+//! full rescan every `--emperor-freq` seconds as a safety net.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::PathBuf;
+
+use emperor::{
+    Change, Monitor, MonitorContext, MonitorError, MonitorOptions, NameError, NamePolicy,
+    VassalName, VassalSpec,
+};
+use futures::future::BoxFuture;
+
+use crate::fswatch::{file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames};
+
+/// The dir:// monitor.
+pub struct DirMonitor {
+    dir: PathBuf,
+}
+
+impl DirMonitor {
+    /// `url` is the whole `--emperor` value, `path` the directory. The
+    /// directory must exist (a start-up error otherwise).
+    pub fn new(url: &str, path: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
+        let dir = opts.cwd.join(path);
+        let dir = std::fs::canonicalize(&dir).map_err(|e| MonitorError::Io {
+            url: url.to_string(),
+            source: e,
+        })?;
+        if !dir.is_dir() {
+            return Err(MonitorError::BadUrl {
+                url: url.to_string(),
+                reason: format!("{} is not a directory", dir.display()),
+            });
+        }
+        Ok(DirMonitor { dir })
+    }
+}
+
+impl Monitor for DirMonitor {
+    fn describe(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
+        let src = DirSource {
+            dir: self.dir,
+            refused: RefusedNames::default(),
+        };
+        Box::pin(run_file_monitor(src, ctx))
+    }
+}
+
+struct DirSource {
+    dir: PathBuf,
+    refused: RefusedNames,
+}
+
+impl DirSource {
+    fn name_of(
+        &mut self,
+        file: &std::ffi::OsString,
+        opts: &MonitorOptions,
+    ) -> Option<VassalName> {
+        let s = match file.to_str() {
+            Some(s) => s,
+            None => {
+                self.refused.report(file, &"the name is not valid UTF-8");
+                return None;
+            }
+        };
+        match VassalName::parse(s, &opts.extensions, NamePolicy::Plain) {
+            Ok(n) => Some(n),
+            // files without a config extension are simply not vassals
+            Err(NameError::BadExtension(_)) => None,
+            Err(e) => {
+                self.refused.report(file, &e);
+                None
+            }
+        }
+    }
+
+    fn spec(&self, name: VassalName, opts: &MonitorOptions) -> io::Result<Option<VassalSpec>> {
+        let path = self.dir.join(name.as_str());
+        Ok(stat_vassal(&path, opts)?.map(|(key, owner)| {
+            file_spec(
+                name.clone(),
+                PathBuf::from(name.as_str()),
+                key,
+                owner,
+                Some(self.dir.clone()),
+            )
+        }))
+    }
+}
+
+impl FileSource for DirSource {
+    fn scan(&mut self, opts: &MonitorOptions) -> io::Result<Vec<VassalSpec>> {
+        let mut specs = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(name) = self.name_of(&entry.file_name(), opts) else {
+                continue;
+            };
+            // a file that vanished between readdir and stat is simply absent
+            if let Ok(Some(spec)) = self.spec(name, opts) {
+                specs.push(spec);
+            }
+        }
+        Ok(specs)
+    }
+
+    fn dirs(&self) -> BTreeSet<PathBuf> {
+        BTreeSet::from([self.dir.clone()])
+    }
+
+    fn changes(&mut self, batch: &Batch, opts: &MonitorOptions) -> Option<Vec<Change>> {
+        let mut out = Vec::new();
+        for (_, file) in &batch.names {
+            let Some(name) = self.name_of(file, opts) else {
+                continue;
+            };
+            match self.spec(name.clone(), opts) {
+                Ok(Some(spec)) => out.push(Change::Upsert(spec)),
+                Ok(None) => out.push(Change::Remove(name)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => out.push(Change::Remove(name)),
+                Err(_) => return None,
+            }
+        }
+        Some(out)
+    }
+}

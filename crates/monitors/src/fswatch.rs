@@ -1,0 +1,299 @@
+//! What dir:// and glob:// share: turning a stat into a spec, and an
+//! inotify watcher that hands out debounced batches of changed names.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::OsString;
+use std::fs::Metadata;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use emperor::{ChangeKey, ConfigSource, MonitorOptions, Owner, VassalName, VassalSpec};
+use futures::StreamExt;
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+
+/// How long a burst of events may keep arriving before the batch is handed
+/// out: events closer together than this are one change.
+const QUIET: Duration = Duration::from_millis(2);
+/// The longest a batch waits for quiet before it is handed out anyway.
+const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
+
+/// The change key of a file: its mtime in nanoseconds, inode and size.
+pub(crate) fn file_key(md: &Metadata) -> ChangeKey {
+    ChangeKey::File {
+        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+        ino: md.ino(),
+        size: md.size(),
+    }
+}
+
+/// Stats `path` under the dir/glob rules (reference §4.2): by default the
+/// target must be a regular file (symlinks followed); with nofollow the
+/// link itself counts, and a symlink or a regular file is accepted.
+///
+/// Returns `Ok(None)` when the path exists but is not a vassal (a directory,
+/// a fifo), `Err` when it cannot be stat'ed (it is gone).
+pub(crate) fn stat_vassal(
+    path: &Path,
+    opts: &MonitorOptions,
+) -> io::Result<Option<(ChangeKey, Owner)>> {
+    let md = if opts.nofollow {
+        std::fs::symlink_metadata(path)?
+    } else {
+        std::fs::metadata(path)?
+    };
+    let ft = md.file_type();
+    let acceptable = ft.is_file() || (opts.nofollow && ft.is_symlink());
+    if !acceptable {
+        return Ok(None);
+    }
+    let owner_md = if opts.tyrant_nofollow && !opts.nofollow {
+        std::fs::symlink_metadata(path)?
+    } else {
+        md.clone()
+    };
+    Ok(Some((
+        file_key(&md),
+        Owner {
+            uid: owner_md.uid(),
+            gid: owner_md.gid(),
+        },
+    )))
+}
+
+/// The spec of a file vassal.
+pub(crate) fn file_spec(
+    name: VassalName,
+    config: PathBuf,
+    key: ChangeKey,
+    owner: Owner,
+    workdir: Option<PathBuf>,
+) -> VassalSpec {
+    VassalSpec {
+        name,
+        config: ConfigSource::File(config),
+        key,
+        owner: Some(owner),
+        socket: None,
+        workdir,
+    }
+}
+
+/// What a batch of inotify events says.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// (watched directory, entry name) pairs that changed.
+    pub names: BTreeSet<(PathBuf, OsString)>,
+    /// The kernel queue overflowed, or a watched directory went away:
+    /// only a full rescan can tell what happened.
+    pub rescan: bool,
+}
+
+/// An inotify instance watching a set of directories (not recursively).
+pub(crate) struct DirWatcher {
+    stream: EventStream<Vec<u8>>,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+}
+
+fn mask() -> WatchMask {
+    // CREATE is needed for symlinks (no CLOSE_WRITE follows); a regular file
+    // being created is reported again by CLOSE_WRITE once written.
+    WatchMask::CLOSE_WRITE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::ATTRIB
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
+impl DirWatcher {
+    pub(crate) fn new() -> io::Result<Self> {
+        let inotify = Inotify::init()?;
+        let stream = inotify.into_event_stream(vec![0u8; 64 * 1024])?;
+        Ok(DirWatcher {
+            stream,
+            dirs: HashMap::new(),
+        })
+    }
+
+    /// Makes the watched set exactly `dirs`.
+    pub(crate) fn set_dirs(&mut self, dirs: &BTreeSet<PathBuf>) {
+        let mut watches = self.stream.watches();
+        self.dirs.retain(|wd, d| {
+            if dirs.contains(d) {
+                true
+            } else {
+                let _ = watches.remove(wd.clone());
+                false
+            }
+        });
+        for d in dirs {
+            if self.dirs.values().any(|x| x == d) {
+                continue;
+            }
+            match watches.add(d, mask()) {
+                Ok(wd) => {
+                    self.dirs.insert(wd, d.clone());
+                }
+                Err(e) => tracing::debug!(dir = %d.display(), error = %e, "cannot watch directory"),
+            }
+        }
+    }
+
+    /// Waits for the next batch of events, debounced.
+    pub(crate) async fn next_batch(&mut self) -> io::Result<Batch> {
+        let mut batch = Batch::default();
+        let first = match self.stream.next().await {
+            Some(ev) => ev?,
+            None => return Err(io::Error::other("inotify stream ended")),
+        };
+        self.absorb(first, &mut batch);
+        let deadline = tokio::time::Instant::now() + MAX_BATCH_WAIT;
+        loop {
+            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
+            match tokio::time::timeout_at(quiet_until, self.stream.next()).await {
+                Ok(Some(ev)) => self.absorb(ev?, &mut batch),
+                Ok(None) => return Err(io::Error::other("inotify stream ended")),
+                Err(_) => break,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+
+    fn absorb(&mut self, ev: inotify::Event<OsString>, batch: &mut Batch) {
+        if ev.mask.contains(EventMask::Q_OVERFLOW)
+            || ev.mask.contains(EventMask::DELETE_SELF)
+            || ev.mask.contains(EventMask::MOVE_SELF)
+            || ev.mask.contains(EventMask::IGNORED)
+        {
+            batch.rescan = true;
+            return;
+        }
+        let (Some(dir), Some(name)) = (self.dirs.get(&ev.wd), ev.name) else {
+            return;
+        };
+        if ev.mask.contains(EventMask::CREATE) && !ev.mask.contains(EventMask::ISDIR) {
+            // a regular file that is being created is picked up by its
+            // CLOSE_WRITE; only a symlink has nothing else coming
+            let is_link = std::fs::symlink_metadata(dir.join(&name))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            if !is_link {
+                return;
+            }
+        }
+        if ev.mask.contains(EventMask::ISDIR) {
+            // a directory appeared or went: glob patterns may now match more
+            batch.rescan = true;
+            return;
+        }
+        batch.names.insert((dir.clone(), name));
+    }
+}
+
+/// A file source: how dir:// and glob:// differ.
+pub(crate) trait FileSource: Send + 'static {
+    /// Every vassal the source holds now.
+    fn scan(&mut self, opts: &MonitorOptions) -> io::Result<Vec<VassalSpec>>;
+    /// The directories to watch (recomputed after each full scan).
+    fn dirs(&self) -> BTreeSet<PathBuf>;
+    /// The changes a batch of names means, or `None` for "rescan all".
+    fn changes(&mut self, batch: &Batch, opts: &MonitorOptions) -> Option<Vec<emperor::Change>>;
+}
+
+/// The loop shared by dir:// and glob://: a full scan at start, on every
+/// `--emperor-freq` tick (the safety net) and on request; targeted changes
+/// from inotify in between.
+pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor::MonitorContext) {
+    use emperor::{Change, MonitorHealth};
+    let opts = ctx.options.clone();
+    let mut watcher = match DirWatcher::new() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "inotify unavailable, falling back to polling every --emperor-freq");
+            None
+        }
+    };
+    let mut healthy: Option<bool> = None;
+    let mut ticker = tokio::time::interval(opts.freq);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut full = true;
+    loop {
+        if full {
+            full = false;
+            let result = src.scan(&opts);
+            if let Some(w) = watcher.as_mut() {
+                w.set_dirs(&src.dirs());
+            }
+            let sent = match result {
+                Ok(specs) => {
+                    if healthy != Some(true) {
+                        healthy = Some(true);
+                        ctx.health(MonitorHealth::Connected).await;
+                    }
+                    ctx.send(Change::Snapshot(specs)).await
+                }
+                Err(e) => {
+                    if healthy != Some(false) {
+                        healthy = Some(false);
+                        ctx.health(MonitorHealth::Degraded(e.to_string())).await
+                    } else {
+                        true
+                    }
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = ticker.tick() => full = true,
+            _ = ctx.rescan_requested() => full = true,
+            batch = async {
+                match watcher.as_mut() {
+                    Some(w) => w.next_batch().await,
+                    None => std::future::pending().await,
+                }
+            } => match batch {
+                Ok(b) if b.rescan => full = true,
+                Ok(b) => match src.changes(&b, &opts) {
+                    None => full = true,
+                    Some(changes) => {
+                        for c in changes {
+                            if !ctx.send(c).await {
+                                return;
+                            }
+                        }
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "inotify failed, falling back to polling every --emperor-freq");
+                    watcher = None;
+                    full = true;
+                }
+            },
+        }
+        if ctx.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Logs a refused file name once (not on every scan).
+#[derive(Default)]
+pub(crate) struct RefusedNames(std::collections::HashSet<OsString>);
+
+impl RefusedNames {
+    pub(crate) fn report(&mut self, name: &OsString, why: &dyn std::fmt::Display) {
+        if self.0.insert(name.clone()) {
+            tracing::warn!(file = ?name, "[emperor] invalid vassal name: {why}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! imperium's imperial monitors, one module per scheme, each behind a cargo
+//! feature of the same name.
+//!
+//! [`build`] picks the monitor for one `--emperor` value the way uWSGI does
+//! (reference §3): a known `scheme://` prefix first; otherwise a bare path to
+//! an existing directory is `dir://`, and anything else with a wildcard is
+//! `glob://`.
+
+use emperor::{Monitor, MonitorError, MonitorOptions};
+
+#[cfg(feature = "dir")]
+pub mod dir;
+#[cfg(feature = "dir")]
+pub mod glob;
+#[cfg(feature = "dir")]
+mod fswatch;
+
+/// The schemes this binary was built with, in registration order.
+pub fn schemes() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "dir") {
+        v.push("dir");
+        v.push("glob");
+    }
+    v
+}
+
+/// Every scheme imperium knows, built in or not (for error messages).
+const KNOWN: &[&str] = &[
+    "dir", "glob", "pg", "mongodb", "mongodb2", "amqp", "zmq", "zoo", "ldap", "etcd",
+];
+
+/// Builds the monitor for one `--emperor` value. Start-up errors (a bad URL,
+/// a directory that does not exist) are returned here, before anything runs.
+pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        match scheme {
+            #[cfg(feature = "dir")]
+            "dir" => return Ok(Box::new(dir::DirMonitor::new(url, rest, opts)?)),
+            #[cfg(feature = "dir")]
+            "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
+            s if KNOWN.contains(&s) => {
+                return Err(MonitorError::NotBuilt {
+                    url: url.to_string(),
+                    scheme: s.to_string(),
+                })
+            }
+            // an unknown scheme falls through to the path rules, as uWSGI does
+            _ => {}
+        }
+    }
+    build_bare(url, opts)
+}
+
+#[cfg(feature = "dir")]
+fn build_bare(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
+    let has_wildcard = url.contains(['*', '?', '[']);
+    let path = opts.cwd.join(url);
+    if !has_wildcard {
+        if path.is_dir() {
+            return Ok(Box::new(dir::DirMonitor::new(url, url, opts)?));
+        }
+        return Err(MonitorError::BadUrl {
+            url: url.to_string(),
+            reason: if path.exists() {
+                "not a directory and not a glob pattern (to watch a single file use glob://PATH)"
+                    .to_string()
+            } else {
+                "no such directory (a bare --emperor value must be an existing directory or a glob pattern)".to_string()
+            },
+        });
+    }
+    Ok(Box::new(glob::GlobMonitor::new(url, url, opts)?))
+}
+
+#[cfg(not(feature = "dir"))]
+fn build_bare(url: &str, _opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
+    Err(MonitorError::NotBuilt {
+        url: url.to_string(),
+        scheme: "dir".to_string(),
+    })
+}
