@@ -14,4 +14,9 @@ pub mod spec;
 
 pub use monitor::{Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions};
 pub use name::{Extensions, NameError, NamePolicy, VassalName};
-pub use spec::{ChangeKey, Change, ConfigSource, MonitorHealth, Owner, VassalSpec};
+pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
+pub mod argv;
+pub mod events;
+pub mod reconciler;
+pub mod spawn;
+pub mod throttle;

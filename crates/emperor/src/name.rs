@@ -71,10 +71,14 @@ impl Extensions {
     /// The config flag uWSGI uses for a file of this name (reference §6.2).
     ///
     /// For a zerg name (`foo.ini:zerg`) only the part before the first `:` is
-    /// examined. Extra extensions win over built-in ones, and an unknown
+    /// examined (a URL such as `http://host/app.ini` is examined whole). Extra extensions win over built-in ones, and an unknown
     /// extension gets `--inherit`, as in uWSGI.
     pub fn config_flag(&self, name: &str) -> &'static str {
-        let base = name.split(':').next().unwrap_or(name);
+        let base = if name.contains("://") {
+            name
+        } else {
+            name.split(':').next().unwrap_or(name)
+        };
         if self.extra.iter().any(|e| base.ends_with(e.as_str())) {
             return "--config";
         }
@@ -184,7 +188,15 @@ mod tests {
 
     #[test]
     fn accepts_every_builtin_extension() {
-        for n in ["a.ini", "a.xml", "a.yml", "a.yaml", "a.js", "a.json", ".hidden.ini"] {
+        for n in [
+            "a.ini",
+            "a.xml",
+            "a.yml",
+            "a.yaml",
+            "a.js",
+            "a.json",
+            ".hidden.ini",
+        ] {
             assert!(plain(n).is_ok(), "{n}");
         }
     }
@@ -207,10 +219,16 @@ mod tests {
 
     #[test]
     fn hostile_names_are_refused() {
-        assert!(matches!(plain("../../x.ini"), Err(NameError::PathSeparator(_))));
+        assert!(matches!(
+            plain("../../x.ini"),
+            Err(NameError::PathSeparator(_))
+        ));
         assert!(matches!(plain("a/b.ini"), Err(NameError::PathSeparator(_))));
         assert!(matches!(plain("a\nb.ini"), Err(NameError::ControlChar(_))));
-        assert!(matches!(plain("--help.ini"), Err(NameError::LeadingDash(_))));
+        assert!(matches!(
+            plain("--help.ini"),
+            Err(NameError::LeadingDash(_))
+        ));
         assert_eq!(plain(""), Err(NameError::Empty));
         let p = |n| VassalName::parse(n, &Extensions::default(), NamePolicy::Path);
         assert!(p("/etc/uwsgi/a.ini").is_ok());

@@ -130,7 +130,10 @@ mod tests {
         let body = vec![b'x'; 0x1234];
         let pkt = encode_config(&body).unwrap();
         assert_eq!(&pkt[..4], &[115, 0x34, 0x12, 0]);
-        assert_eq!(decode_config_header([pkt[0], pkt[1], pkt[2], pkt[3]]), 0x1234);
+        assert_eq!(
+            decode_config_header([pkt[0], pkt[1], pkt[2], pkt[3]]),
+            0x1234
+        );
         assert_eq!(pkt.len(), 4 + 0x1234);
     }
 

@@ -62,11 +62,7 @@ struct DirSource {
 }
 
 impl DirSource {
-    fn name_of(
-        &mut self,
-        file: &std::ffi::OsString,
-        opts: &MonitorOptions,
-    ) -> Option<VassalName> {
+    fn name_of(&mut self, file: &std::ffi::OsString, opts: &MonitorOptions) -> Option<VassalName> {
         let s = match file.to_str() {
             Some(s) => s,
             None => {

@@ -123,8 +123,10 @@ impl FileSource for GlobSource {
                 p.clone()
             };
             let Some(s) = shown.to_str() else {
-                self.refused
-                    .report(&shown.clone().into_os_string(), &"the path is not valid UTF-8");
+                self.refused.report(
+                    &shown.clone().into_os_string(),
+                    &"the path is not valid UTF-8",
+                );
                 continue;
             };
             let name = match VassalName::parse(s, &opts.extensions, NamePolicy::Path) {

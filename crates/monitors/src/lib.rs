@@ -11,9 +11,9 @@ use emperor::{Monitor, MonitorError, MonitorOptions};
 #[cfg(feature = "dir")]
 pub mod dir;
 #[cfg(feature = "dir")]
-pub mod glob;
-#[cfg(feature = "dir")]
 mod fswatch;
+#[cfg(feature = "dir")]
+pub mod glob;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {

@@ -1,0 +1,202 @@
+//! Every notable thing the emperor does is one [`Event`]: recording it
+//! writes the log line (in uWSGI's familiar wording, with structured
+//! fields) and bumps its counter, so logs and counters cannot disagree.
+
+use std::time::Duration;
+
+use crate::monitor::MonitorId;
+use crate::name::VassalName;
+
+/// How a vassal process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+/// Counters, one per event kind that counts something.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Counters {
+    pub spawns: u64,
+    pub spawn_failures: u64,
+    pub reloads: u64,
+    pub stops: u64,
+    pub deaths_unexpected: u64,
+    pub deaths_exiled: u64,
+    pub kills: u64,
+    pub throttled_respawns: u64,
+    pub refused: u64,
+    pub monitor_errors: u64,
+}
+
+/// One notable thing.
+#[derive(Debug)]
+pub enum Event<'a> {
+    Spawned {
+        name: &'a VassalName,
+        pid: u32,
+        program: &'a str,
+    },
+    SpawnFailed {
+        name: &'a VassalName,
+        error: &'a str,
+    },
+    Ready {
+        name: &'a VassalName,
+        pid: u32,
+    },
+    Accepting {
+        name: &'a VassalName,
+        pid: u32,
+    },
+    Loyal {
+        name: &'a VassalName,
+        pid: u32,
+    },
+    Reload {
+        name: &'a VassalName,
+        pid: u32,
+    },
+    Stop {
+        name: &'a VassalName,
+        pid: u32,
+        why: &'a str,
+    },
+    Cursed {
+        name: &'a VassalName,
+        pid: u32,
+    },
+    Killed {
+        name: &'a VassalName,
+        pid: u32,
+        why: &'a str,
+    },
+    Exited {
+        name: &'a VassalName,
+        pid: u32,
+        status: ExitStatus,
+        expected: bool,
+    },
+    Exiled {
+        name: &'a VassalName,
+    },
+    Removed {
+        name: &'a VassalName,
+    },
+    RespawnScheduled {
+        name: &'a VassalName,
+        delay: Duration,
+        loyal: bool,
+    },
+    Refused {
+        name: &'a VassalName,
+        reason: &'a str,
+    },
+    Conflict {
+        name: &'a VassalName,
+        owner: MonitorId,
+        other: MonitorId,
+    },
+    MonitorHealth {
+        monitor: MonitorId,
+        url: &'a str,
+        state: &'a str,
+        running: usize,
+    },
+}
+
+impl Event<'_> {
+    /// Logs the event and counts it.
+    pub fn record(&self, c: &mut Counters) {
+        use tracing::{error, info, warn};
+        match *self {
+            Event::Spawned { name, pid, program } => {
+                c.spawns += 1;
+                info!(vassal = %name, pid, program, "[emperor] spawned uwsgi instance {name} (pid: {pid})");
+            }
+            Event::SpawnFailed { name, error } => {
+                c.spawn_failures += 1;
+                error!(vassal = %name, "[emperor] cannot start vassal {name}: {error}");
+            }
+            Event::Ready { name, pid } => {
+                info!(vassal = %name, pid, "[emperor] vassal {name} has been spawned")
+            }
+            Event::Accepting { name, pid } => {
+                info!(vassal = %name, pid, "[emperor] vassal {name} is ready to accept requests")
+            }
+            Event::Loyal { name, pid } => {
+                info!(vassal = %name, pid, "[emperor] vassal {name} is now loyal")
+            }
+            Event::Reload { name, pid } => {
+                c.reloads += 1;
+                info!(vassal = %name, pid, "[emperor] reload the uwsgi instance {name}");
+            }
+            Event::Stop { name, pid, why } => {
+                c.stops += 1;
+                info!(vassal = %name, pid, why, "[emperor] stop the uwsgi instance {name}");
+            }
+            Event::Cursed { name, pid } => {
+                warn!(vassal = %name, pid, "[emperor] curse the uwsgi instance {name} (pid: {pid})")
+            }
+            Event::Killed { name, pid, why } => {
+                c.kills += 1;
+                warn!(vassal = %name, pid, "[emperor] {why}: killing vassal {name} (pid: {pid}) with SIGKILL");
+            }
+            Event::Exited {
+                name,
+                pid,
+                status,
+                expected,
+            } => {
+                if expected {
+                    info!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) exited with {status}");
+                } else {
+                    c.deaths_unexpected += 1;
+                    warn!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) died unexpectedly with {status}");
+                }
+            }
+            Event::Exiled { name } => {
+                c.deaths_exiled += 1;
+                warn!(vassal = %name, "[emperor] vassal {name} exited with code 26 (exile): not respawning it until its config changes");
+            }
+            Event::Removed { name } => {
+                info!(vassal = %name, "[emperor] removed uwsgi instance {name}")
+            }
+            Event::RespawnScheduled { name, delay, loyal } => {
+                c.throttled_respawns += 1;
+                warn!(vassal = %name, delay_ms = delay.as_millis() as u64, loyal, "[emperor] throttling vassal {name}: respawn in {:.3} s", delay.as_secs_f64());
+            }
+            Event::Refused { name, reason } => {
+                c.refused += 1;
+                error!(vassal = %name, "[emperor] refusing vassal {name}: {reason}");
+            }
+            Event::Conflict { name, owner, other } => {
+                warn!(vassal = %name, "[emperor] vassal {name} from monitor #{other} ignored: monitor #{owner} already provides a vassal of that name");
+            }
+            Event::MonitorHealth {
+                monitor,
+                url,
+                state,
+                running,
+            } => {
+                if state == "connected" {
+                    info!(monitor, url, "[emperor] monitor {url} is {state}");
+                } else {
+                    c.monitor_errors += 1;
+                    warn!(monitor, url, "[emperor] monitor {url} is {state}; keeping its {running} vassals as they are");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! The reconciler: the vassal table and every lifecycle decision, with no
+//! I/O. Feed it inputs (monitor changes, vassal messages, exits, timer
+//! ticks, operator commands) with the current time; it returns the
+//! [`Action`]s to carry out. The runtime does the I/O.
+//!
+//! The per-vassal state machine follows uWSGI (reference §8), made
+//! deterministic: each exit is seen once, by instance id; exit code 26 exiles
+//! the vassal until its config changes; any other unexpected exit respawns,
+//! throttled by the blacklist (non-loyal) or the loyal backoff; a refused
+//! respawn is scheduled on a timer, never lost.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::events::{Counters, Event, ExitStatus};
+use crate::monitor::MonitorId;
+use crate::name::VassalName;
+use crate::protocol::{self, VassalMessage, MSG_GRACEFUL_STOP, MSG_RELOAD, MSG_STOP};
+use crate::spec::{Change, ChangeKey, ConfigSource, MonitorHealth, VassalSpec};
+use crate::throttle::{loyal_delay, Blacklist, ThrottleConfig};
+
+/// Identifies one process of a vassal; never reused.
+pub type InstanceId = u64;
+
+/// Settings of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    pub throttle: ThrottleConfig,
+    /// `--emperor-graceful-shutdown`: stop with byte 2 instead of 0.
+    pub graceful_shutdown: bool,
+    /// `--emperor-curse-tolerance` (30 s).
+    pub curse_tolerance: Duration,
+    /// `--emperor-required-heartbeat` (30 s).
+    pub required_heartbeat: Duration,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            throttle: ThrottleConfig::default(),
+            graceful_shutdown: false,
+            curse_tolerance: Duration::from_secs(30),
+            required_heartbeat: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a process for `spec` as instance `instance`; then report
+    /// [`Reconciler::spawned`] or [`Reconciler::spawn_failed`]. For inline
+    /// configs the runtime pushes the config right after the spawn.
+    Spawn {
+        instance: InstanceId,
+        spec: VassalSpec,
+    },
+    /// Write one protocol byte to the instance's control socket.
+    Send { instance: InstanceId, byte: u8 },
+    /// Write a config packet to the instance's config socket.
+    PushConfig {
+        instance: InstanceId,
+        config: Arc<str>,
+    },
+    /// SIGKILL the instance (never a pid ≤ 0: the runtime kills by handle).
+    Kill { instance: InstanceId },
+}
+
+/// Why a running instance is being stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum StopReason {
+    /// Its config disappeared from the source.
+    Removed,
+    /// It must start again (a change that a reload cannot apply).
+    Restart,
+    /// It closed its control pipe.
+    PipeClosed,
+    /// It asked to be stopped (byte 22).
+    Idle,
+    /// The emperor is shutting down.
+    Shutdown,
+}
+
+/// One running (or starting) process of a vassal.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub instance: InstanceId,
+    /// Known once the spawn succeeded.
+    pub pid: Option<u32>,
+    pub started: Instant,
+    pub started_wall: SystemTime,
+    pub ready: bool,
+    pub accepting: bool,
+    pub loyal: bool,
+    pub last_heartbeat: Option<Instant>,
+    /// Set when the emperor decided to stop it (uWSGI's `cursed_at`).
+    pub stopping: Option<(StopReason, Instant)>,
+    /// When the next SIGKILL is due while stopping.
+    pub kill_at: Option<Instant>,
+}
+
+/// The state of a vassal, for logs, stats and `imperium ctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VassalState {
+    Starting,
+    Running,
+    Stopping,
+    /// Waiting for a throttled respawn.
+    Throttled,
+    /// Exited with code 26 (or exec failed): waits for a config change.
+    Exiled,
+    /// Stopped on its own request (byte 22): waits for a config change.
+    Idle,
+    /// Refused (for example a config too large for the pipe).
+    Refused,
+}
+
+/// One entry of the vassal table.
+#[derive(Debug, Clone)]
+pub struct Vassal {
+    pub name: VassalName,
+    /// The monitor that owns it.
+    pub monitor: MonitorId,
+    /// What the source wants now (`None`: removed, being stopped).
+    pub desired: Option<VassalSpec>,
+    /// The change key last acted on (uWSGI's `last_mod`).
+    pub applied_key: ChangeKey,
+    pub proc: Option<Proc>,
+    pub respawn_at: Option<Instant>,
+    pub exiled: bool,
+    pub idle: bool,
+    pub refused: Option<String>,
+    /// Consecutive crashes of a loyal vassal (for its backoff).
+    pub crash_streak: u32,
+    /// Emperor-initiated reloads (uWSGI's `respawns`).
+    pub reloads: u64,
+    /// Restarts after a death.
+    pub restarts: u64,
+    pub born: SystemTime,
+    pub last_exit: Option<ExitStatus>,
+    pub last_loyal: Option<SystemTime>,
+    pub last_ready: Option<SystemTime>,
+    pub last_accepting: Option<SystemTime>,
+}
+
+impl Vassal {
+    /// The state, derived from the fields.
+    pub fn state(&self) -> VassalState {
+        match &self.proc {
+            Some(p) if p.stopping.is_some() => VassalState::Stopping,
+            Some(p) if p.pid.is_some() => VassalState::Running,
+            Some(_) => VassalState::Starting,
+            None if self.refused.is_some() => VassalState::Refused,
+            None if self.exiled => VassalState::Exiled,
+            None if self.idle => VassalState::Idle,
+            None => VassalState::Throttled,
+        }
+    }
+
+    /// The pid of the running process.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().and_then(|p| p.pid)
+    }
+}
+
+/// Health of one monitor as the emperor knows it.
+#[derive(Debug, Clone)]
+pub struct MonitorState {
+    pub url: String,
+    pub health: Option<MonitorHealth>,
+}
+
+/// The vassal table and its decisions.
+pub struct Reconciler {
+    cfg: ReconcilerConfig,
+    vassals: BTreeMap<VassalName, Vassal>,
+    by_instance: HashMap<InstanceId, VassalName>,
+    blacklist: Blacklist,
+    monitors: Vec<MonitorState>,
+    next_instance: InstanceId,
+    shutting_down: bool,
+    counters: Counters,
+    conflicts_reported: HashSet<(VassalName, MonitorId)>,
+}
+
+impl Reconciler {
+    /// A reconciler for monitors whose URLs (as shown) are `monitors`.
+    pub fn new(cfg: ReconcilerConfig, monitors: Vec<String>) -> Self {
+        Reconciler {
+            cfg,
+            vassals: BTreeMap::new(),
+            by_instance: HashMap::new(),
+            blacklist: Blacklist::default(),
+            monitors: monitors
+                .into_iter()
+                .map(|url| MonitorState { url, health: None })
+                .collect(),
+            next_instance: 1,
+            shutting_down: false,
+            counters: Counters::default(),
+            conflicts_reported: HashSet::new(),
+        }
+    }
+
+    /// The vassal table.
+    pub fn vassals(&self) -> impl Iterator<Item = &Vassal> {
+        self.vassals.values()
+    }
+
+    /// One vassal.
+    pub fn vassal(&self, name: &str) -> Option<&Vassal> {
+        self.vassals
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v)
+    }
+
+    /// The blacklist.
+    pub fn blacklist(&self) -> &Blacklist {
+        &self.blacklist
+    }
+
+    /// The monitors and their health.
+    pub fn monitors(&self) -> &[MonitorState] {
+        &self.monitors
+    }
+
+    /// The event counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// True once [`Reconciler::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// Number of vassal processes alive (or starting).
+    pub fn running(&self) -> usize {
+        self.vassals.values().filter(|v| v.proc.is_some()).count()
+    }
+
+    fn emit(&mut self, e: Event<'_>) {
+        e.record(&mut self.counters);
+    }
+
+    // ----- monitor changes -------------------------------------------------
+
+    /// Applies a change from `monitor`.
+    pub fn monitor_change(
+        &mut self,
+        monitor: MonitorId,
+        change: Change,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        match change {
+            Change::Snapshot(specs) => {
+                let names: HashSet<VassalName> = specs.iter().map(|s| s.name.clone()).collect();
+                for spec in specs {
+                    self.upsert(monitor, spec, now, &mut out);
+                }
+                let gone: Vec<VassalName> = self
+                    .vassals
+                    .values()
+                    .filter(|v| {
+                        v.monitor == monitor && v.desired.is_some() && !names.contains(&v.name)
+                    })
+                    .map(|v| v.name.clone())
+                    .collect();
+                for name in gone {
+                    self.remove(monitor, &name, now, &mut out);
+                }
+            }
+            Change::Upsert(spec) => self.upsert(monitor, spec, now, &mut out),
+            Change::Remove(name) => self.remove(monitor, &name, now, &mut out),
+            Change::Health(h) => self.set_health(monitor, h),
+        }
+        out
+    }
+
+    fn set_health(&mut self, monitor: MonitorId, h: MonitorHealth) {
+        let running = self
+            .vassals
+            .values()
+            .filter(|v| v.monitor == monitor)
+            .count();
+        let Some(m) = self.monitors.get_mut(monitor) else {
+            return;
+        };
+        if m.health.as_ref() == Some(&h) {
+            return;
+        }
+        m.health = Some(h.clone());
+        let url = m.url.clone();
+        let state = match &h {
+            MonitorHealth::Connected => "connected".to_string(),
+            MonitorHealth::Degraded(r) => format!("degraded ({r})"),
+            MonitorHealth::Failed(r) => format!("failed ({r})"),
+        };
+        self.emit(Event::MonitorHealth {
+            monitor,
+            url: &url,
+            state: &state,
+            running,
+        });
+    }
+
+    fn upsert(
+        &mut self,
+        monitor: MonitorId,
+        spec: VassalSpec,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if self.shutting_down {
+            return;
+        }
+        let name = spec.name.clone();
+        let Some(v) = self.vassals.get_mut(&name) else {
+            let v = Vassal {
+                name: name.clone(),
+                monitor,
+                applied_key: spec.key,
+                desired: Some(spec),
+                proc: None,
+                respawn_at: None,
+                exiled: false,
+                idle: false,
+                refused: None,
+                crash_streak: 0,
+                reloads: 0,
+                restarts: 0,
+                born: SystemTime::now(),
+                last_exit: None,
+                last_loyal: None,
+                last_ready: None,
+                last_accepting: None,
+            };
+            self.vassals.insert(name.clone(), v);
+            self.start(&name, now, out);
+            return;
+        };
+        if v.monitor != monitor {
+            if v.desired.is_some() {
+                let owner = v.monitor;
+                if self.conflicts_reported.insert((name.clone(), monitor)) {
+                    self.emit(Event::Conflict {
+                        name: &name,
+                        owner,
+                        other: monitor,
+                    });
+                }
+                return;
+            }
+            // the old owner removed it: the new monitor takes it over
+            v.monitor = monitor;
+        }
+        let was_removed = v.desired.is_none();
+        let newer = spec.key.is_newer_than(&v.applied_key);
+        if !newer && !was_removed {
+            return;
+        }
+        let restart_needed = v
+            .desired
+            .as_ref()
+            .is_some_and(|d| d.socket != spec.socket || d.workdir != spec.workdir);
+        v.applied_key = spec.key;
+        v.desired = Some(spec);
+        v.exiled = false;
+        v.idle = false;
+        v.refused = None;
+        match &v.proc {
+            Some(p) if p.stopping.is_some() => {
+                // it is going down; it starts again with the new spec when
+                // its exit is seen, because `desired` is set again
+                if let Some(p) = v.proc.as_mut() {
+                    if let Some((reason, at)) = p.stopping {
+                        if matches!(reason, StopReason::Removed | StopReason::Idle) {
+                            p.stopping = Some((StopReason::Restart, at));
+                        }
+                    }
+                }
+            }
+            Some(_) if restart_needed => {
+                self.stop(&name, StopReason::Restart, now, out);
+            }
+            Some(p) => {
+                let instance = p.instance;
+                let pid = p.pid.unwrap_or(0);
+                self.reload(&name, instance, pid, out);
+            }
+            None if v.respawn_at.is_some() => {} // the timer starts it with the new spec
+            None => self.start(&name, now, out),
+        }
+    }
+
+    fn remove(
+        &mut self,
+        monitor: MonitorId,
+        name: &VassalName,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        if v.monitor != monitor || v.desired.is_none() {
+            return;
+        }
+        v.desired = None;
+        v.respawn_at = None;
+        if v.proc.is_some() {
+            self.stop(name, StopReason::Removed, now, out);
+        } else {
+            self.delete(name);
+        }
+    }
+
+    fn delete(&mut self, name: &VassalName) {
+        if let Some(v) = self.vassals.remove(name) {
+            if let Some(p) = v.proc {
+                self.by_instance.remove(&p.instance);
+            }
+            self.emit(Event::Removed { name });
+        }
+    }
+
+    // ----- process control -------------------------------------------------
+
+    /// Starts vassal `name` now, unless the blacklist or a refusal says no.
+    fn start(&mut self, name: &VassalName, now: Instant, out: &mut Vec<Action>) {
+        if self.shutting_down {
+            return;
+        }
+        let allowed_at = self.blacklist.allowed_at(name);
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        let Some(spec) = v.desired.clone() else {
+            return;
+        };
+        if v.proc.is_some() {
+            return;
+        }
+        if let ConfigSource::Inline(text) = &spec.config {
+            if let Err(e) = protocol::check_config(text.as_bytes()) {
+                let reason = e.to_string();
+                v.refused = Some(reason.clone());
+                self.emit(Event::Refused {
+                    name,
+                    reason: &reason,
+                });
+                return;
+            }
+        }
+        if let Some(at) = allowed_at {
+            if at > now {
+                v.respawn_at = Some(at);
+                self.emit(Event::RespawnScheduled {
+                    name,
+                    delay: at - now,
+                    loyal: false,
+                });
+                return;
+            }
+        }
+        v.respawn_at = None;
+        let instance = self.next_instance;
+        self.next_instance += 1;
+        v.proc = Some(Proc {
+            instance,
+            pid: None,
+            started: now,
+            started_wall: SystemTime::now(),
+            ready: false,
+            accepting: false,
+            loyal: false,
+            last_heartbeat: None,
+            stopping: None,
+            kill_at: None,
+        });
+        self.by_instance.insert(instance, name.clone());
+        out.push(Action::Spawn { instance, spec });
+    }
+
+    fn reload(&mut self, name: &VassalName, instance: InstanceId, pid: u32, out: &mut Vec<Action>) {
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        v.reloads += 1;
+        if let Some(p) = v.proc.as_mut() {
+            p.ready = false;
+            p.accepting = false;
+            // the watchdog re-arms with the first heartbeat after the reload
+            p.last_heartbeat = None;
+        }
+        out.push(Action::Send {
+            instance,
+            byte: MSG_RELOAD,
+        });
+        self.emit(Event::Reload { name, pid });
+    }
+
+    fn stop(&mut self, name: &VassalName, reason: StopReason, now: Instant, out: &mut Vec<Action>) {
+        let tolerance = self.cfg.curse_tolerance;
+        let byte = if self.cfg.graceful_shutdown {
+            MSG_GRACEFUL_STOP
+        } else {
+            MSG_STOP
+        };
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        let Some(p) = v.proc.as_mut() else { return };
+        if p.stopping.is_some() {
+            return;
+        }
+        p.stopping = Some((reason, now));
+        p.kill_at = Some(now + tolerance);
+        let (instance, pid) = (p.instance, p.pid.unwrap_or(0));
+        if reason != StopReason::PipeClosed {
+            out.push(Action::Send { instance, byte });
+            let why = match reason {
+                StopReason::Removed => "config removed",
+                StopReason::Restart => "restart with a new owner, socket or directory",
+                StopReason::Idle => "idle shutdown requested by the vassal",
+                StopReason::Shutdown => "emperor shutdown",
+                StopReason::PipeClosed => "",
+            };
+            self.emit(Event::Stop { name, pid, why });
+        } else {
+            self.emit(Event::Cursed { name, pid });
+        }
+    }
+
+    // ----- reports from the runtime ----------------------------------------
+
+    fn name_of(&self, instance: InstanceId) -> Option<VassalName> {
+        self.by_instance.get(&instance).cloned()
+    }
+
+    /// The process of `instance` was started with `pid`.
+    pub fn spawned(&mut self, instance: InstanceId, pid: u32, program: &str) {
+        let Some(name) = self.name_of(instance) else {
+            return;
+        };
+        if let Some(p) = self.vassals.get_mut(&name).and_then(|v| v.proc.as_mut()) {
+            p.pid = Some(pid);
+        }
+        self.emit(Event::Spawned {
+            name: &name,
+            pid,
+            program,
+        });
+    }
+
+    /// The process of `instance` could not be started (exec failed for
+    /// every program): like uWSGI's exit 26, it is not retried until its
+    /// config changes.
+    pub fn spawn_failed(&mut self, instance: InstanceId, error: &str) {
+        let Some(name) = self.by_instance.remove(&instance) else {
+            return;
+        };
+        let shutting_down = self.shutting_down;
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.proc = None;
+            v.exiled = true;
+            v.last_exit = Some(ExitStatus::Code(26));
+        }
+        self.emit(Event::SpawnFailed { name: &name, error });
+        if shutting_down || self.vassals.get(&name).is_some_and(|v| v.desired.is_none()) {
+            self.delete(&name);
+        }
+    }
+
+    /// A byte arrived from `instance`.
+    pub fn vassal_message(
+        &mut self,
+        instance: InstanceId,
+        msg: VassalMessage,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(name) = self.name_of(instance) else {
+            return out;
+        };
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return out;
+        };
+        let Some(p) = v.proc.as_mut() else { return out };
+        let pid = p.pid.unwrap_or(0);
+        match msg {
+            VassalMessage::Ready => {
+                p.ready = true;
+                v.last_ready = Some(SystemTime::now());
+                self.emit(Event::Ready { name: &name, pid });
+            }
+            VassalMessage::Accepting => {
+                p.accepting = true;
+                v.last_accepting = Some(SystemTime::now());
+                self.emit(Event::Accepting { name: &name, pid });
+            }
+            VassalMessage::Loyal => {
+                let first = !p.loyal;
+                p.loyal = true;
+                v.last_loyal = Some(SystemTime::now());
+                self.blacklist.remove(&name);
+                if first {
+                    self.emit(Event::Loyal { name: &name, pid });
+                }
+            }
+            VassalMessage::Heartbeat => p.last_heartbeat = Some(now),
+            VassalMessage::ConfigRequest => {
+                if let Some(ConfigSource::Inline(text)) = v.desired.as_ref().map(|d| &d.config) {
+                    out.push(Action::PushConfig {
+                        instance,
+                        config: text.clone(),
+                    });
+                } else {
+                    tracing::debug!(vassal = %name, "config requested by a vassal that has no config text");
+                }
+            }
+            VassalMessage::IdleShutdown => {
+                self.stop(&name, StopReason::Idle, now, &mut out);
+            }
+            VassalMessage::Sos => {
+                tracing::warn!(vassal = %name, pid, "[emperor] vassal {name} sent SOS, but broodlord mode is not enabled");
+            }
+            VassalMessage::Unknown(b) => {
+                tracing::debug!(vassal = %name, byte = b, "ignoring unknown byte from vassal");
+            }
+        }
+        out
+    }
+
+    /// The control pipe of `instance` reached EOF (every process holding it
+    /// is gone or closed it): curse it, as uWSGI does.
+    pub fn pipe_closed(&mut self, instance: InstanceId, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(name) = self.name_of(instance) {
+            self.stop(&name, StopReason::PipeClosed, now, &mut out);
+        }
+        out
+    }
+
+    /// The process of `instance` exited (reaped; seen exactly once).
+    pub fn exited(
+        &mut self,
+        instance: InstanceId,
+        status: ExitStatus,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(name) = self.by_instance.remove(&instance) else {
+            return out;
+        };
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return out;
+        };
+        let Some(p) = v.proc.take() else { return out };
+        v.last_exit = Some(status);
+        let pid = p.pid.unwrap_or(0);
+        let reason = p.stopping.map(|(r, _)| r);
+        let expected = matches!(
+            reason,
+            Some(
+                StopReason::Removed | StopReason::Restart | StopReason::Idle | StopReason::Shutdown
+            )
+        );
+        self.emit(Event::Exited {
+            name: &name,
+            pid,
+            status,
+            expected,
+        });
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return out;
+        };
+        if self.shutting_down || v.desired.is_none() {
+            self.delete(&name);
+            return out;
+        }
+        match reason {
+            Some(StopReason::Restart) => self.start(&name, now, &mut out),
+            Some(StopReason::Idle) => v.idle = true,
+            Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name),
+            None | Some(StopReason::PipeClosed) => {
+                if status == ExitStatus::Code(26) {
+                    v.exiled = true;
+                    self.emit(Event::Exiled { name: &name });
+                    return out;
+                }
+                v.restarts += 1;
+                let delay = if p.loyal {
+                    let stable = now.duration_since(p.started) >= self.cfg.throttle.stable_after;
+                    v.crash_streak = if stable { 1 } else { v.crash_streak + 1 };
+                    loyal_delay(v.crash_streak, &self.cfg.throttle)
+                } else {
+                    self.blacklist.record_death(&name, now, &self.cfg.throttle)
+                };
+                if delay.is_zero() {
+                    self.start(&name, now, &mut out);
+                } else {
+                    let v = self.vassals.get_mut(&name).expect("present");
+                    v.respawn_at = Some(now + delay);
+                    self.emit(Event::RespawnScheduled {
+                        name: &name,
+                        delay,
+                        loyal: p.loyal,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    // ----- timers -------------------------------------------------------------
+
+    /// The next instant at which [`Reconciler::tick`] has work.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let hb = self.cfg.required_heartbeat;
+        self.vassals
+            .values()
+            .flat_map(|v| {
+                let p = v.proc.as_ref();
+                [
+                    v.respawn_at,
+                    p.and_then(|p| {
+                        p.kill_at
+                            .filter(|_| p.stopping.is_some() && p.pid.is_some())
+                    }),
+                    p.and_then(|p| p.last_heartbeat.map(|h| h + hb)),
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// Runs the timers due at `now`: scheduled respawns, SIGKILL of cursed
+    /// vassals past the curse tolerance, the heartbeat watchdog.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let hb = self.cfg.required_heartbeat;
+        let tolerance = self.cfg.curse_tolerance;
+        let due: Vec<VassalName> = self
+            .vassals
+            .values()
+            .filter(|v| v.respawn_at.is_some_and(|t| t <= now))
+            .map(|v| v.name.clone())
+            .collect();
+        for name in due {
+            if let Some(v) = self.vassals.get_mut(&name) {
+                v.respawn_at = None;
+            }
+            self.start(&name, now, &mut out);
+        }
+        let mut kills: Vec<(VassalName, InstanceId, u32, String)> = Vec::new();
+        for v in self.vassals.values_mut() {
+            let Some(p) = v.proc.as_mut() else { continue };
+            let Some(pid) = p.pid else { continue };
+            if p.stopping.is_some() {
+                if p.kill_at.is_some_and(|t| t <= now) {
+                    p.kill_at = Some(now + tolerance);
+                    kills.push((
+                        v.name.clone(),
+                        p.instance,
+                        pid,
+                        format!(
+                            "still alive {} s after being told to stop",
+                            tolerance.as_secs()
+                        ),
+                    ));
+                }
+            } else if p.last_heartbeat.is_some_and(|h| h + hb <= now) {
+                p.last_heartbeat = None;
+                kills.push((
+                    v.name.clone(),
+                    p.instance,
+                    pid,
+                    format!(
+                        "sent no heartbeat in last {} seconds, brutally respawning it",
+                        hb.as_secs()
+                    ),
+                ));
+            }
+        }
+        for (name, instance, pid, why) in kills {
+            out.push(Action::Kill { instance });
+            self.emit(Event::Killed {
+                name: &name,
+                pid,
+                why: &why,
+            });
+        }
+        out
+    }
+
+    // ----- operator commands -------------------------------------------------
+
+    /// SIGHUP: gracefully reload every running vassal.
+    pub fn reload_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let targets: Vec<(VassalName, InstanceId, u32)> = self
+            .vassals
+            .values()
+            .filter_map(|v| {
+                let p = v.proc.as_ref()?;
+                if p.stopping.is_some() {
+                    return None;
+                }
+                Some((v.name.clone(), p.instance, p.pid?))
+            })
+            .collect();
+        for (name, instance, pid) in targets {
+            self.reload(&name, instance, pid, &mut out);
+        }
+        out
+    }
+
+    /// Reloads one vassal (control socket).
+    pub fn reload_one(&mut self, name: &str) -> Result<Vec<Action>, String> {
+        let mut out = Vec::new();
+        let v = self
+            .vassal(name)
+            .ok_or_else(|| format!("no vassal named {name}"))?;
+        let p = v
+            .proc
+            .as_ref()
+            .ok_or_else(|| format!("vassal {name} is not running"))?;
+        if p.stopping.is_some() {
+            return Err(format!("vassal {name} is stopping"));
+        }
+        let (vn, instance, pid) = (v.name.clone(), p.instance, p.pid.unwrap_or(0));
+        self.reload(&vn, instance, pid, &mut out);
+        Ok(out)
+    }
+
+    /// SIGURG: clears the blacklist.
+    pub fn clear_blacklist(&mut self) -> usize {
+        let n = self.blacklist.clear();
+        tracing::info!(entries = n, "[emperor] cleaning up blacklist ...");
+        n
+    }
+
+    /// SIGUSR1: one log line per vassal.
+    pub fn log_vassals(&self) {
+        for v in self.vassals.values() {
+            tracing::info!(
+                vassal = %v.name,
+                pid = v.pid(),
+                state = ?v.state(),
+                "vassal instance {} (last modified {}) status {} loyal {} zerg {}",
+                v.name,
+                v.applied_key.as_secs(),
+                i32::from(v.proc.as_ref().is_some_and(|p| p.stopping.is_some())),
+                i32::from(v.proc.as_ref().is_some_and(|p| p.loyal)),
+                i32::from(v.name.as_str().contains(':')),
+            );
+        }
+    }
+
+    /// Ragnarok: stop every vassal; nothing is respawned from now on.
+    pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.shutting_down {
+            return out;
+        }
+        self.shutting_down = true;
+        tracing::warn!("*** RAGNAROK EVOKED ***");
+        let names: Vec<VassalName> = self.vassals.keys().cloned().collect();
+        for name in names {
+            let Some(v) = self.vassals.get_mut(&name) else {
+                continue;
+            };
+            v.respawn_at = None;
+            if v.proc.is_none() {
+                self.vassals.remove(&name);
+                continue;
+            }
+            self.stop(&name, StopReason::Shutdown, now, &mut out);
+        }
+        out
+    }
+
+    /// Ragnarok past the mercy time: SIGKILL every vassal still alive.
+    pub fn kill_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let targets: Vec<(VassalName, InstanceId, u32)> = self
+            .vassals
+            .values()
+            .filter_map(|v| {
+                v.proc
+                    .as_ref()
+                    .and_then(|p| Some((v.name.clone(), p.instance, p.pid?)))
+            })
+            .collect();
+        for (name, instance, pid) in targets {
+            tracing::warn!(vassal = %name, pid, "NO MERCY for vassal {name} !!!");
+            self.counters.kills += 1;
+            out.push(Action::Kill { instance });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
