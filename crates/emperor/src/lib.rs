@@ -20,3 +20,4 @@ pub mod events;
 pub mod reconciler;
 pub mod spawn;
 pub mod throttle;
+pub mod runtime;

@@ -211,3 +211,29 @@ fn child_setup(
     }
     Ok(())
 }
+
+/// The vassal side of the contract: takes ownership of the fd whose number
+/// is in environment variable `var` (`UWSGI_EMPEROR_FD` or
+/// `UWSGI_EMPEROR_FD_CONFIG`), as a vassal does. `Ok(None)` when the
+/// variable is not set. Used by the test vassal and by sub-emperors.
+pub fn take_inherited_fd(var: &str) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let Some(v) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let fd: i32 = v
+        .to_str()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{var} is not an fd number above 2")))?;
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Remove the variable so the fd cannot be taken twice in this process.
+    std::env::remove_var(var);
+    // SAFETY: the fd is open (checked above), was handed to this process by
+    // its emperor for this purpose, and the variable that names it was just
+    // removed, so no other owner can be created for it in this process.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

@@ -1,0 +1,360 @@
+//! The runtime: one task owns the [`Reconciler`] and carries out its
+//! actions; one task per vassal process relays protocol bytes and reaps it;
+//! one task per monitor feeds changes in.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::argv::{build_argv, LaunchOptions};
+use crate::events::ExitStatus;
+use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
+use crate::protocol::{encode_config, VassalMessage};
+use crate::reconciler::{Action, InstanceId, Reconciler, ReconcilerConfig};
+use crate::spawn::{spawn_vassal, SpawnRequest};
+use crate::spec::{ConfigSource, VassalSpec};
+
+/// Everything the emperor needs besides its monitors.
+#[derive(Debug, Clone)]
+pub struct EmperorConfig {
+    pub reconciler: ReconcilerConfig,
+    pub launch: LaunchOptions,
+    pub monitor: MonitorOptions,
+    /// `--reload-mercy` (30 s when unset): how long Ragnarok waits before
+    /// SIGKILL.
+    pub reload_mercy: Duration,
+}
+
+/// Operator commands (signals, control socket).
+pub enum Command {
+    /// SIGHUP: reload every vassal gracefully.
+    ReloadAll,
+    /// SIGINT/SIGTERM/SIGQUIT: Ragnarok.
+    Shutdown,
+    /// SIGURG: clear the blacklist.
+    ClearBlacklist,
+    /// SIGUSR1: log one line per vassal.
+    LogVassals,
+    /// SIGWINCH: rescan every monitor.
+    Rescan,
+    /// Reload one vassal.
+    Reload {
+        name: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Read the table (stats, control socket).
+    Inspect(Box<dyn FnOnce(&Reconciler) + Send>),
+}
+
+
+enum VassalCmd {
+    Byte(u8),
+    Config(Arc<str>),
+    Kill,
+}
+
+enum Report {
+    Message(InstanceId, VassalMessage),
+    PipeClosed(InstanceId),
+    Exited(InstanceId, ExitStatus),
+}
+
+/// The emperor: build it with its monitors, then [`Emperor::run`] it.
+pub struct Emperor {
+    cfg: EmperorConfig,
+    monitors: Vec<Box<dyn Monitor>>,
+}
+
+impl Emperor {
+    pub fn new(cfg: EmperorConfig, monitors: Vec<Box<dyn Monitor>>) -> Self {
+        Emperor { cfg, monitors }
+    }
+
+    /// Runs until a [`Command::Shutdown`] has stopped every vassal (or the
+    /// command channel closes, which also shuts down).
+    pub async fn run(self, mut commands: mpsc::Receiver<Command>) {
+        let urls: Vec<String> = self.monitors.iter().map(|m| m.describe()).collect();
+        for u in &urls {
+            tracing::info!(monitor = %u, "[emperor] monitoring {u}");
+        }
+        let mut rec = Reconciler::new(self.cfg.reconciler.clone(), urls);
+        let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorMessage>(4096);
+        let (rescan_tx, rescan_rx) = watch::channel(0u64);
+        let opts = Arc::new(self.cfg.monitor.clone());
+        for (i, m) in self.monitors.into_iter().enumerate() {
+            let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
+            tokio::spawn(m.run(ctx));
+        }
+        drop(mon_tx);
+        let mut exec = Executor {
+            launch: self.cfg.launch,
+            base_env: std::env::vars_os().collect(),
+            cwd: opts.cwd.clone(),
+            handles: HashMap::new(),
+            reports: mpsc::unbounded_channel(),
+        };
+        let mut monitors_open = true;
+        let mut commands_open = true;
+        let mut mercy_at: Option<Instant> = None;
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if rec.is_shutting_down() && rec.running() == 0 {
+                break;
+            }
+            let mut deadline = rec.next_deadline().map(Instant::from_std);
+            for extra in [mercy_at, give_up_at].into_iter().flatten() {
+                deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
+            }
+            let actions = tokio::select! {
+                biased;
+                Some(r) = exec.reports.1.recv() => {
+                    let now = Instant::now().into_std();
+                    match r {
+                        Report::Message(i, m) => rec.vassal_message(i, m, now),
+                        Report::PipeClosed(i) => rec.pipe_closed(i, now),
+                        Report::Exited(i, st) => {
+                            exec.handles.remove(&i);
+                            rec.exited(i, st, now)
+                        }
+                    }
+                }
+                c = commands.recv(), if commands_open => match c {
+                    None => {
+                        commands_open = false;
+                        Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy)
+                    }
+                    Some(Command::Shutdown) => Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy),
+                    Some(Command::ReloadAll) => rec.reload_all(),
+                    Some(Command::ClearBlacklist) => { rec.clear_blacklist(); Vec::new() }
+                    Some(Command::LogVassals) => { rec.log_vassals(); Vec::new() }
+                    Some(Command::Rescan) => { rescan_tx.send_modify(|n| *n += 1); Vec::new() }
+                    Some(Command::Reload { name, reply }) => match rec.reload_one(&name) {
+                        Ok(a) => { let _ = reply.send(Ok(())); a }
+                        Err(e) => { let _ = reply.send(Err(e)); Vec::new() }
+                    },
+                    Some(Command::Inspect(f)) => { f(&rec); Vec::new() }
+                },
+                m = mon_rx.recv(), if monitors_open => match m {
+                    Some(m) => rec.monitor_change(m.monitor, m.change, Instant::now().into_std()),
+                    None => { monitors_open = false; Vec::new() }
+                },
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if give_up_at.is_some_and(|t| t <= now) {
+                        tracing::error!(left = rec.running(), "vassals still not reaped 10 s after SIGKILL; exiting anyway");
+                        break;
+                    }
+                    if mercy_at.is_some_and(|t| t <= now) {
+                        mercy_at = None;
+                        give_up_at = Some(now + Duration::from_secs(10));
+                        rec.kill_all()
+                    } else {
+                        rec.tick(now.into_std())
+                    }
+                }
+            };
+            let _ = now;
+            exec.execute(&mut rec, actions);
+        }
+        tracing::info!("The Emperor is buried.");
+    }
+
+    fn begin_shutdown(rec: &mut Reconciler, mercy_at: &mut Option<Instant>, mercy: Duration) -> Vec<Action> {
+        if rec.is_shutting_down() {
+            let left = mercy_at.map(|t| t.saturating_duration_since(Instant::now()).as_secs()).unwrap_or(0);
+            tracing::warn!("RAGNAROK ALREADY EVOKED (mercyless in {left} seconds)");
+            return Vec::new();
+        }
+        *mercy_at = Some(Instant::now() + mercy);
+        rec.shutdown(Instant::now().into_std())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Executor {
+    launch: LaunchOptions,
+    base_env: Vec<(OsString, OsString)>,
+    cwd: PathBuf,
+    handles: HashMap<InstanceId, mpsc::UnboundedSender<VassalCmd>>,
+    reports: (mpsc::UnboundedSender<Report>, mpsc::UnboundedReceiver<Report>),
+}
+
+impl Executor {
+    fn execute(&mut self, rec: &mut Reconciler, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
+                Action::Send { instance, byte } => self.send(instance, VassalCmd::Byte(byte)),
+                Action::PushConfig { instance, config } => self.send(instance, VassalCmd::Config(config)),
+                Action::Kill { instance } => self.send(instance, VassalCmd::Kill),
+            }
+        }
+    }
+
+    fn send(&self, instance: InstanceId, cmd: VassalCmd) {
+        if let Some(h) = self.handles.get(&instance) {
+            let _ = h.send(cmd);
+        }
+    }
+
+    fn magic_exec_ok(&self, spec: &VassalSpec) -> bool {
+        let ConfigSource::File(path) = &spec.config else { return false };
+        if !self.launch.magic_exec {
+            return false;
+        }
+        let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(path);
+        nix::unistd::access(&full, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+    }
+
+    fn spawn(&mut self, rec: &mut Reconciler, instance: InstanceId, spec: VassalSpec) {
+        let argv = build_argv(spec.name.as_str(), &spec.config, &self.launch, self.magic_exec_ok(&spec));
+        let inline = match &spec.config {
+            ConfigSource::Inline(t) => Some(t.clone()),
+            _ => None,
+        };
+        let req = SpawnRequest {
+            argv,
+            programs: self.launch.programs(),
+            base_env: self.base_env.clone(),
+            workdir: spec.workdir.clone(),
+            owner: None,
+            config_pipe: inline.is_some(),
+            stdin_socket: None,
+            broodlord_num: None,
+        };
+        let sp = match spawn_vassal(req) {
+            Ok(sp) => sp,
+            Err(e) => {
+                rec.spawn_failed(instance, &e.to_string());
+                return;
+            }
+        };
+        rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
+        let ctrl = match to_tokio(sp.ctrl) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(vassal = %spec.name, error = %e, "cannot watch the vassal's control socket");
+                return;
+            }
+        };
+        let config = sp.config.and_then(|c| to_tokio(c).ok());
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(text) = inline {
+            let _ = tx.send(VassalCmd::Config(text));
+        }
+        self.handles.insert(instance, tx);
+        tokio::spawn(vassal_task(instance, spec.name.to_string(), sp.child, ctrl, config, rx, self.reports.0.clone()));
+    }
+}
+
+fn to_tokio(s: std::os::unix::net::UnixStream) -> std::io::Result<UnixStream> {
+    s.set_nonblocking(true)?;
+    UnixStream::from_std(s)
+}
+
+async fn vassal_task(
+    instance: InstanceId,
+    name: String,
+    mut child: tokio::process::Child,
+    ctrl: UnixStream,
+    mut config: Option<UnixStream>,
+    mut cmds: mpsc::UnboundedReceiver<VassalCmd>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let (mut rd, mut wr) = ctrl.into_split();
+    let mut buf = [0u8; 256];
+    let mut reading = true;
+    let mut cmds_open = true;
+    let mut eof_at: Option<Instant> = None;
+    let status = loop {
+        tokio::select! {
+            r = rd.read(&mut buf), if reading => match r {
+                Ok(0) | Err(_) => {
+                    // usually the process is exiting: give the exit a moment
+                    // to be seen, so an ordinary death is not logged as a curse
+                    reading = false;
+                    eof_at = Some(Instant::now() + Duration::from_millis(500));
+                }
+                Ok(n) => {
+                    for b in &buf[..n] {
+                        let _ = reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
+                    }
+                }
+            },
+            st = child.wait() => break st,
+            _ = sleep_until(eof_at) => {
+                eof_at = None;
+                let _ = reports.send(Report::PipeClosed(instance));
+            }
+            c = cmds.recv(), if cmds_open => match c {
+                None => cmds_open = false,
+                Some(VassalCmd::Byte(b)) => {
+                    if let Err(e) = wr.write_all(&[b]).await {
+                        tracing::debug!(vassal = %name, error = %e, "cannot write to the vassal's control socket");
+                    }
+                }
+                Some(VassalCmd::Config(text)) => push_config(&name, config.as_mut(), &text).await,
+                Some(VassalCmd::Kill) => {
+                    // the child is not reaped yet (we are still in the loop),
+                    // so its pid cannot have been reused
+                    if let Err(e) = child.start_kill() {
+                        tracing::debug!(vassal = %name, error = %e, "kill failed");
+                    }
+                }
+            },
+        }
+    };
+    // bytes the vassal wrote just before exiting
+    if reading {
+        while let Ok(n) = rd.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            for b in &buf[..n] {
+                let _ = reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
+            }
+        }
+    }
+    let status = match status {
+        Ok(st) => match (st.code(), st.signal()) {
+            (Some(c), _) => ExitStatus::Code(c),
+            (None, Some(s)) => ExitStatus::Signal(s),
+            _ => ExitStatus::Code(-1),
+        },
+        Err(e) => {
+            tracing::error!(vassal = %name, error = %e, "waiting for the vassal failed");
+            ExitStatus::Code(-1)
+        }
+    };
+    let _ = reports.send(Report::Exited(instance, status));
+}
+
+async fn push_config(name: &str, sock: Option<&mut UnixStream>, text: &str) {
+    let Some(sock) = sock else {
+        tracing::debug!(vassal = %name, "no config socket to push to");
+        return;
+    };
+    match encode_config(text.as_bytes()) {
+        Ok(pkt) => {
+            if let Err(e) = sock.write_all(&pkt).await {
+                tracing::warn!(vassal = %name, error = %e, "cannot push the config to the vassal");
+            }
+        }
+        Err(e) => tracing::error!(vassal = %name, "cannot push the config: {e}"),
+    }
+}

@@ -1,0 +1,330 @@
+//! The command line: uWSGI's option names and meanings, so that
+//! `uwsgi --emperor ...` becomes `imperium --emperor ...`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, CommandFactory, Parser};
+
+/// imperium: a drop-in replacement for the uWSGI Emperor.
+///
+/// It watches config sources (one monitor per --emperor value) and keeps one
+/// vassal process per config running, starting, gracefully reloading and
+/// stopping vassals as configs appear, change and disappear. Vassals are
+/// real uWSGI instances (run them with `master = true`, or they ignore the
+/// emperor's reload and stop messages) or any program that speaks the
+/// emperor protocol.
+///
+/// Options can also come from an ini file: `imperium --ini emperor.ini`
+/// reads the [uwsgi] section (or `--ini file.ini:section`), one option per
+/// line (`emperor = /etc/uwsgi/vassals`).
+///
+/// Signals: HUP reloads every vassal, INT/TERM/QUIT stop every vassal and
+/// exit, URG clears the blacklist, USR1 logs the vassal table, WINCH rescans.
+#[derive(Debug, Parser)]
+#[command(name = "imperium", version, max_term_width = 100)]
+pub struct Cli {
+    /// A config source: dir://DIR, glob://PATTERN, a bare directory or a bare
+    /// glob pattern (repeatable). See docs/monitors.md for every scheme.
+    #[arg(long, value_name = "URL")]
+    pub emperor: Vec<String>,
+
+    /// Seconds between safety rescans / polls of every monitor.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub emperor_freq: u64,
+
+    /// Blacklist step in milliseconds: each further death of a vassal that
+    /// never became loyal delays its respawn by this much more.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub emperor_throttle: u64,
+
+    /// Blacklist cap in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 180_000)]
+    pub emperor_max_throttle: u64,
+
+    /// Never throttle respawns of non-loyal vassals.
+    #[arg(long)]
+    pub emperor_no_blacklist: bool,
+
+    /// Seconds without a heartbeat (after the first) before a vassal is
+    /// killed and respawned.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub emperor_required_heartbeat: u64,
+
+    /// Seconds a vassal told to stop may take before it is SIGKILLed
+    /// (repeated every as many seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub emperor_curse_tolerance: u64,
+
+    /// Seconds to wait for vassals at shutdown before SIGKILL (0 = 30).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    pub reload_mercy: u64,
+
+    /// Stop vassals gracefully (byte 2) instead of brutally (byte 0).
+    #[arg(long)]
+    pub emperor_graceful_shutdown: bool,
+
+    /// The vassal program.
+    #[arg(long, value_name = "PATH", default_value = "uwsgi")]
+    pub binary_path: OsString,
+
+    /// Run vassals through this program (it becomes argv[0]).
+    #[arg(long, value_name = "PATH")]
+    pub emperor_wrapper: Option<OsString>,
+
+    /// Programs tried before the binary (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub emperor_wrapper_override: Vec<OsString>,
+
+    /// Programs tried when the binary cannot be executed (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub emperor_wrapper_fallback: Vec<OsString>,
+
+    /// Another accepted config extension, launched with --config (repeatable).
+    #[arg(long, visible_alias = "emperor-extra-ext", value_name = "EXT")]
+    pub emperor_extra_extension: Vec<String>,
+
+    /// Pass `--set KEY=VALUE` to every vassal (repeatable).
+    #[arg(long, visible_alias = "vassals-set", value_name = "KEY=VALUE")]
+    pub vassal_set: Vec<String>,
+
+    /// Pass `--include FILE` after the vassal config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub vassals_include: Vec<String>,
+
+    /// Pass `--inherit FILE` after the vassal config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub vassals_inherit: Vec<String>,
+
+    /// Pass `--include FILE` before the vassal config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub vassals_include_before: Vec<String>,
+
+    /// Pass `--inherit FILE` before the vassal config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub vassals_inherit_before: Vec<String>,
+
+    /// Use lstat: accept symlinked configs and watch the link's own mtime.
+    #[arg(long)]
+    pub emperor_nofollow: bool,
+
+    /// Launch executable config files as exec://FILE.
+    #[arg(long)]
+    pub emperor_magic_exec: bool,
+
+    /// Write the emperor's pid to this file (removed at a clean exit).
+    #[arg(long, value_name = "FILE")]
+    pub emperor_pidfile: Option<PathBuf>,
+
+    /// The emperor's process name.
+    #[arg(long, value_name = "NAME")]
+    pub emperor_procname: Option<String>,
+
+    /// The LISTEN channel of pg:// monitors.
+    #[arg(long, value_name = "CHANNEL", default_value = "imperium")]
+    pub emperor_pg_channel: String,
+
+    /// Print the monitors (URL schemes) built into this binary and exit.
+    #[arg(long, visible_alias = "imperial-monitors-list", action = ArgAction::SetTrue)]
+    pub imperial_monitor_list: bool,
+
+    /// Log format: `human` or `json`.
+    #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+}
+
+/// Errors in an ini file.
+#[derive(Debug, thiserror::Error)]
+pub enum IniError {
+    #[error("cannot read ini file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no [{section}] section")]
+    NoSection { path: String, section: String },
+    #[error("{path}:{line}: unknown option '{key}' (see imperium --help)")]
+    Unknown { path: String, line: usize, key: String },
+    #[error("{path}:{line}: expected `key = value`, got {text:?}")]
+    Syntax { path: String, line: usize, text: String },
+    #[error("{path}:{line}: option '{key}' is a flag; use true/false, yes/no, on/off or 1/0, not {value:?}")]
+    BadFlag {
+        path: String,
+        line: usize,
+        key: String,
+        value: String,
+    },
+    #[error("--ini needs a file name")]
+    MissingValue,
+}
+
+/// Expands every `--ini FILE[:SECTION]` in `args` into the options the
+/// file holds, in place (so later command-line options still win for
+/// single-valued options, and repeatable ones accumulate).
+pub fn expand_ini(args: Vec<OsString>) -> Result<Vec<OsString>, IniError> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    if let Some(a0) = it.next() {
+        out.push(a0);
+    }
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        let spec = if s == "--ini" {
+            Some(it.next().ok_or(IniError::MissingValue)?.to_string_lossy().into_owned())
+        } else {
+            s.strip_prefix("--ini=").map(str::to_string)
+        };
+        match spec {
+            Some(spec) => out.extend(read_ini(&spec)?),
+            None => out.push(a),
+        }
+    }
+    Ok(out)
+}
+
+fn truthy(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Reads one ini file section into command-line arguments.
+pub fn read_ini(spec: &str) -> Result<Vec<OsString>, IniError> {
+    let (path, section) = match spec.rsplit_once(':') {
+        Some((p, s)) if !s.contains('/') && !s.is_empty() => (p.to_string(), s.to_string()),
+        _ => (spec.to_string(), "uwsgi".to_string()),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| IniError::Read {
+        path: path.clone(),
+        source: e,
+    })?;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    let mut in_section = false;
+    let mut found = false;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') && line.ends_with(']') {
+            in_section = line[1..line.len() - 1].trim() == section;
+            found |= in_section;
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        let (key, value) = match line.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (line, ""),
+        };
+        if key.is_empty() {
+            return Err(IniError::Syntax { path, line: i + 1, text: raw.to_string() });
+        }
+        let key = key.replace('_', "-");
+        let arg = cmd.get_arguments().find(|a| {
+            a.get_long() == Some(key.as_str())
+                || a.get_visible_aliases().into_iter().flatten().any(|al| al == key)
+        });
+        let Some(arg) = arg else {
+            return Err(IniError::Unknown { path, line: i + 1, key });
+        };
+        let long = arg.get_long().unwrap_or(&key).to_string();
+        if arg.get_action().takes_values() {
+            out.push(OsString::from(format!("--{long}")));
+            out.push(OsString::from(value));
+        } else {
+            match truthy(value) {
+                Some(true) => out.push(OsString::from(format!("--{long}"))),
+                Some(false) => {}
+                None => {
+                    return Err(IniError::BadFlag {
+                        path,
+                        line: i + 1,
+                        key,
+                        value: value.to_string(),
+                    })
+                }
+            }
+        }
+    }
+    if !found {
+        return Err(IniError::NoSection { path, section });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("imperium").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn uwsgi_option_names_parse() {
+        let c = parse(&[
+            "--emperor", "/etc/uwsgi/vassals", "--emperor", "glob:///srv/*/uwsgi.ini",
+            "--emperor-freq", "1", "--emperor-throttle=500", "--emperor-no-blacklist",
+            "--vassals-set", "processes=4", "--vassal-set", "master=true",
+            "--emperor-extra-extension", ".foo", "--reload-mercy", "5",
+        ])
+        .unwrap();
+        assert_eq!(c.emperor.len(), 2);
+        assert_eq!(c.emperor_freq, 1);
+        assert_eq!(c.emperor_throttle, 500);
+        assert!(c.emperor_no_blacklist);
+        assert_eq!(c.vassal_set, ["processes=4", "master=true"]);
+        assert_eq!(c.emperor_extra_extension, [".foo"]);
+    }
+
+    #[test]
+    fn unknown_option_and_bad_value_name_the_option() {
+        let e = parse(&["--emperor-frek", "3"]).unwrap_err().to_string();
+        assert!(e.contains("--emperor-frek"), "{e}");
+        let e = parse(&["--emperor-freq", "soon"]).unwrap_err().to_string();
+        assert!(e.contains("--emperor-freq"), "{e}");
+        let e = parse(&["--emperor-freq", "0"]).unwrap_err().to_string();
+        assert!(e.contains("--emperor-freq"), "{e}");
+    }
+
+    #[test]
+    fn ini_file_expands_to_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("emperor.ini");
+        std::fs::write(
+            &p,
+            "[other]\nemperor = /nope\n[uwsgi]\n; comment\nemperor = /etc/uwsgi/vassals\nemperor_freq = 2\nemperor-nofollow = true\nemperor-no-blacklist = false\nvassal-set = a=1\n",
+        )
+        .unwrap();
+        let args = expand_ini(vec!["imperium".into(), "--ini".into(), p.clone().into_os_string(), "--emperor-freq".into(), "5".into()]).unwrap();
+        let c = Cli::try_parse_from(args).unwrap();
+        assert_eq!(c.emperor, ["/etc/uwsgi/vassals"]);
+        assert_eq!(c.emperor_freq, 5, "the command line after --ini wins");
+        assert!(c.emperor_nofollow);
+        assert!(!c.emperor_no_blacklist);
+        assert_eq!(c.vassal_set, ["a=1"]);
+        let args = expand_ini(vec!["imperium".into(), format!("--ini={}:other", p.display()).into()]).unwrap();
+        assert_eq!(Cli::try_parse_from(args).unwrap().emperor, ["/nope"]);
+    }
+
+    #[test]
+    fn ini_errors_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("e.ini");
+        std::fs::write(&p, "[uwsgi]\nemperor-bogus = 1\n").unwrap();
+        let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
+        assert!(e.contains("unknown option 'emperor-bogus'") && e.contains(":2:"), "{e}");
+        std::fs::write(&p, "[uwsgi]\nemperor-nofollow = maybe\n").unwrap();
+        let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
+        assert!(e.contains("emperor-nofollow") && e.contains("flag"), "{e}");
+        std::fs::write(&p, "[x]\n").unwrap();
+        assert!(read_ini(&p.to_string_lossy()).unwrap_err().to_string().contains("no [uwsgi] section"));
+        assert!(read_ini("/nonexistent/e.ini").unwrap_err().to_string().contains("/nonexistent/e.ini"));
+    }
+}

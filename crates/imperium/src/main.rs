@@ -1,0 +1,168 @@
+//! The `imperium` binary: command line, logging, signals and wiring.
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use emperor::argv::LaunchOptions;
+use emperor::reconciler::ReconcilerConfig;
+use emperor::runtime::{Command, Emperor, EmperorConfig};
+use emperor::throttle::ThrottleConfig;
+use emperor::{Extensions, MonitorOptions};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::cli::Cli;
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("imperium: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let args = cli::expand_ini(std::env::args_os().collect())?;
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if cli.imperial_monitor_list {
+        println!("*** uWSGI loaded imperial monitors ***");
+        for s in monitors::schemes() {
+            println!("{s}");
+        }
+        println!("*** end of the imperial monitors list ***");
+        return Ok(());
+    }
+    init_logging(&cli.log_format);
+    if cli.emperor.is_empty() {
+        bail!("no config source: give at least one --emperor URL (a directory, a glob pattern or a scheme://; see --help)");
+    }
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let extensions = Extensions::new(cli.emperor_extra_extension.clone());
+    let monitor_opts = MonitorOptions {
+        freq: Duration::from_secs(cli.emperor_freq),
+        extensions: extensions.clone(),
+        nofollow: cli.emperor_nofollow,
+        tyrant_nofollow: false,
+        cwd: cwd.clone(),
+        pg_channel: cli.emperor_pg_channel.clone(),
+    };
+    let mut mons = Vec::new();
+    for url in &cli.emperor {
+        mons.push(monitors::build(url, &monitor_opts).with_context(|| format!("--emperor {url}"))?);
+    }
+    let cfg = EmperorConfig {
+        reconciler: ReconcilerConfig {
+            throttle: ThrottleConfig {
+                throttle: Duration::from_millis(cli.emperor_throttle),
+                max_throttle: Duration::from_millis(cli.emperor_max_throttle.max(cli.emperor_throttle)),
+                no_blacklist: cli.emperor_no_blacklist,
+                ..ThrottleConfig::default()
+            },
+            graceful_shutdown: cli.emperor_graceful_shutdown,
+            curse_tolerance: Duration::from_secs(cli.emperor_curse_tolerance),
+            required_heartbeat: Duration::from_secs(cli.emperor_required_heartbeat),
+        },
+        launch: LaunchOptions {
+            binary: cli.binary_path.clone(),
+            wrapper: cli.emperor_wrapper.clone(),
+            wrapper_override: cli.emperor_wrapper_override.clone(),
+            wrapper_fallback: cli.emperor_wrapper_fallback.clone(),
+            extensions,
+            set: cli.vassal_set.clone(),
+            inherit_before: cli.vassals_inherit_before.clone(),
+            include_before: cli.vassals_include_before.clone(),
+            inherit: cli.vassals_inherit.clone(),
+            include: cli.vassals_include.clone(),
+            magic_exec: cli.emperor_magic_exec,
+        },
+        monitor: monitor_opts,
+        reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 { 30 } else { cli.reload_mercy }),
+    };
+    if let Some(name) = &cli.emperor_procname {
+        set_procname(name);
+    }
+    let pidfile = cli.emperor_pidfile.clone();
+    if let Some(p) = &pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("--emperor-pidfile {}", p.display()))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async move {
+        let (tx, rx) = mpsc::channel(64);
+        install_signals(tx)?;
+        tracing::info!(pid = std::process::id(), "*** starting imperium, the uWSGI-compatible Emperor ***");
+        Emperor::new(cfg, mons).run(rx).await;
+        anyhow::Ok(())
+    });
+    remove_pidfile(pidfile);
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
+}
+
+fn remove_pidfile(p: Option<PathBuf>) {
+    if let Some(p) = p {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn set_procname(name: &str) {
+    match std::ffi::CString::new(name) {
+        Ok(c) => {
+            if let Err(e) = nix::sys::prctl::set_name(&c) {
+                tracing::warn!(error = %e, "cannot set the process name");
+            }
+        }
+        Err(_) => tracing::warn!("--emperor-procname contains a NUL byte; ignored"),
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMPERIUM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        use std::io::IsTerminal;
+        b.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
+    // SIGPIPE stays ignored (Rust's default, and uWSGI's).
+    let table: [(SignalKind, fn() -> Command); 7] = [
+        (SignalKind::hangup(), || Command::ReloadAll),
+        (SignalKind::interrupt(), || Command::Shutdown),
+        (SignalKind::terminate(), || Command::Shutdown),
+        (SignalKind::quit(), || Command::Shutdown),
+        (SignalKind::from_raw(nix::libc::SIGURG), || Command::ClearBlacklist),
+        (SignalKind::user_defined1(), || Command::LogVassals),
+        (SignalKind::window_change(), || Command::Rescan),
+    ];
+    for (kind, make) in table {
+        let mut s = signal(kind).with_context(|| format!("cannot install a handler for {kind:?}"))?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(make()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(())
+}

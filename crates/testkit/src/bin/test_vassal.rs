@@ -1,0 +1,248 @@
+//! imperium-test-vassal: a small program that speaks the emperor protocol,
+//! for tests and benchmarks that should not depend on uWSGI's start-up time.
+//!
+//! It is launched like uWSGI (`imperium-test-vassal --ini app.ini` or
+//! `--ini emperor://app.ini`) and reads its behaviour from `key = value`
+//! lines of the config's `[vassal]` section:
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `ready` | 1 | send byte 1 at start |
+//! | `accepting` | 1 | send byte 5 at start |
+//! | `loyal` | 0 | send byte 17 at start |
+//! | `heartbeat` | 0 | send byte 26 every N ms |
+//! | `exit-after-ms`, `exit-code` | -, 1 | exit with the code after N ms |
+//! | `idle-after-ms` | - | send byte 22 after N ms |
+//! | `sos-after-ms` | - | send byte 30 after N ms |
+//! | `ignore-stop` | 0 | ignore bytes 0 and 2 (to test the curse tolerance) |
+//! | `on-reload` | reexec | `reexec` (keep the pid, like a uWSGI master) or `exit` |
+//! | `record` | - | append one line per event to this file |
+//! | `marker` | - | a value copied into the `start` record line |
+//!
+//! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
+//! `got byte=B`, `reload`, `stop byte=B`, `lost`, `exit code=C`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use emperor::protocol::decode_config_header;
+use emperor::spawn::take_inherited_fd;
+
+struct Behaviour {
+    ready: bool,
+    accepting: bool,
+    loyal: bool,
+    heartbeat: Option<u64>,
+    exit_after: Option<u64>,
+    exit_code: i32,
+    idle_after: Option<u64>,
+    sos_after: Option<u64>,
+    ignore_stop: bool,
+    reexec: bool,
+    record: Option<String>,
+    marker: String,
+}
+
+fn parse(text: &str) -> Behaviour {
+    let mut b = Behaviour {
+        ready: true,
+        accepting: true,
+        loyal: false,
+        heartbeat: None,
+        exit_after: None,
+        exit_code: 1,
+        idle_after: None,
+        sos_after: None,
+        ignore_stop: false,
+        reexec: true,
+        record: None,
+        marker: String::new(),
+    };
+    let mut in_vassal = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_vassal = line == "[vassal]";
+            continue;
+        }
+        if !in_vassal {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else { continue };
+        let (k, v) = (k.trim(), v.trim());
+        let yes = matches!(v, "1" | "true" | "yes" | "on");
+        let num = v.parse::<u64>().ok();
+        match k {
+            "ready" => b.ready = yes,
+            "accepting" => b.accepting = yes,
+            "loyal" => b.loyal = yes,
+            "heartbeat" => b.heartbeat = num,
+            "exit-after-ms" => b.exit_after = num,
+            "exit-code" => b.exit_code = v.parse().unwrap_or(1),
+            "idle-after-ms" => b.idle_after = num,
+            "sos-after-ms" => b.sos_after = num,
+            "ignore-stop" => b.ignore_stop = yes,
+            "on-reload" => b.reexec = v != "exit",
+            "record" => b.record = Some(v.to_string()),
+            "marker" => b.marker = v.to_string(),
+            _ => {}
+        }
+    }
+    b
+}
+
+fn record(b: &Behaviour, line: &str) {
+    if let Some(path) = &b.record {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn die(msg: &str, code: i32) -> ! {
+    eprintln!("imperium-test-vassal: {msg}");
+    std::process::exit(code)
+}
+
+fn read_config_from_pipe(sock: &mut UnixStream) -> String {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut hdr = [0u8; 4];
+    if sock.read_exact(&mut hdr).is_err() {
+        die("cannot read the config header from the emperor", 1);
+    }
+    let len = decode_config_header(hdr);
+    if len == 0 {
+        die("invalid config (empty)", 1);
+    }
+    let mut body = vec![0u8; len];
+    if sock.read_exact(&mut body).is_err() {
+        die("cannot read the config body from the emperor", 1);
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(config_ref) = args.get(2).cloned() else {
+        die("usage: imperium-test-vassal --ini CONFIG", 2)
+    };
+    let gen: u32 = std::env::var("IMPERIUM_TEST_VASSAL_GEN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ctrl_var = std::env::var("UWSGI_EMPEROR_FD").ok();
+    let cfg_var = std::env::var("UWSGI_EMPEROR_FD_CONFIG").ok();
+    let mut ctrl = match take_inherited_fd("UWSGI_EMPEROR_FD") {
+        Ok(Some(fd)) => UnixStream::from(fd),
+        Ok(None) => die("UWSGI_EMPEROR_FD is not set: this is not a vassal instance", 1),
+        Err(e) => die(&format!("bad UWSGI_EMPEROR_FD: {e}"), 1),
+    };
+    let mut cfg_sock = match take_inherited_fd("UWSGI_EMPEROR_FD_CONFIG") {
+        Ok(fd) => fd.map(UnixStream::from),
+        Err(e) => die(&format!("bad UWSGI_EMPEROR_FD_CONFIG: {e}"), 1),
+    };
+    let (text, from_pipe) = if config_ref.starts_with("emperor://") {
+        match cfg_sock.as_mut() {
+            Some(s) => (read_config_from_pipe(s), true),
+            None => die("this is not a vassal instance (no UWSGI_EMPEROR_FD_CONFIG)", 1),
+        }
+    } else {
+        match std::fs::read_to_string(&config_ref) {
+            Ok(t) => (t, false),
+            Err(e) => die(&format!("cannot read {config_ref}: {e}"), 1),
+        }
+    };
+    let b = parse(&text);
+    record(&b, &format!(
+        "start pid={} gen={gen} marker={} config={}",
+        std::process::id(),
+        b.marker,
+        if from_pipe { "emperor" } else { "file" }
+    ));
+    let send = |ctrl: &mut UnixStream, byte: u8| {
+        if ctrl.write_all(&[byte]).is_err() {
+            die("lost connection with my emperor", 1);
+        }
+    };
+    if b.ready {
+        send(&mut ctrl, 1);
+    }
+    if b.accepting {
+        send(&mut ctrl, 5);
+    }
+    if b.loyal {
+        send(&mut ctrl, 17);
+    }
+    let start = Instant::now();
+    let mut next_hb = b.heartbeat.map(|ms| start + Duration::from_millis(ms));
+    let mut idle_sent = false;
+    let mut sos_sent = false;
+    ctrl.set_read_timeout(Some(Duration::from_millis(20))).ok();
+    loop {
+        let elapsed = start.elapsed().as_millis() as u64;
+        if let Some(ms) = b.exit_after {
+            if elapsed >= ms {
+                record(&b, &format!("exit code={}", b.exit_code));
+                std::process::exit(b.exit_code);
+            }
+        }
+        if let Some(ms) = b.idle_after {
+            if !idle_sent && elapsed >= ms {
+                idle_sent = true;
+                send(&mut ctrl, 22);
+            }
+        }
+        if let Some(ms) = b.sos_after {
+            if !sos_sent && elapsed >= ms {
+                sos_sent = true;
+                send(&mut ctrl, 30);
+            }
+        }
+        if let (Some(at), Some(ms)) = (next_hb, b.heartbeat) {
+            if Instant::now() >= at {
+                send(&mut ctrl, 26);
+                next_hb = Some(at + Duration::from_millis(ms));
+            }
+        }
+        let mut byte = [0u8; 1];
+        match ctrl.read(&mut byte) {
+            Ok(0) => {
+                record(&b, "lost");
+                die("lost connection with my emperor !!!", 1);
+            }
+            Ok(_) => {
+                record(&b, &format!("got byte={}", byte[0]));
+                match byte[0] {
+                    0 | 2 if !b.ignore_stop => {
+                        record(&b, &format!("stop byte={}", byte[0]));
+                        std::process::exit(0);
+                    }
+                    1 => {
+                        record(&b, "reload");
+                        if !b.reexec {
+                            std::process::exit(0);
+                        }
+                        if cfg_sock.is_some() {
+                            // like uWSGI's uwsgi_reload(): ask for the config again
+                            send(&mut ctrl, 2);
+                        }
+                        let exe = std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
+                        let mut cmd = std::process::Command::new(exe);
+                        cmd.args(&args[1..]).env("IMPERIUM_TEST_VASSAL_GEN", (gen + 1).to_string());
+                        if let Some(v) = &ctrl_var {
+                            cmd.env("UWSGI_EMPEROR_FD", v);
+                        }
+                        if let Some(v) = &cfg_var {
+                            cmd.env("UWSGI_EMPEROR_FD_CONFIG", v);
+                        }
+                        // the fds stay open across exec: they are not close-on-exec
+                        let err = cmd.exec();
+                        die(&format!("re-exec failed: {err}"), 1);
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => die(&format!("control socket error: {e}"), 1),
+        }
+    }
+}
