@@ -18,6 +18,6 @@ pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec
 pub mod argv;
 pub mod events;
 pub mod reconciler;
+pub mod runtime;
 pub mod spawn;
 pub mod throttle;
-pub mod runtime;

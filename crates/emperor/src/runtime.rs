@@ -54,7 +54,6 @@ pub enum Command {
     Inspect(Box<dyn FnOnce(&Reconciler) + Send>),
 }
 
-
 enum VassalCmd {
     Byte(u8),
     Config(Arc<str>),
@@ -168,9 +167,15 @@ impl Emperor {
         tracing::info!("The Emperor is buried.");
     }
 
-    fn begin_shutdown(rec: &mut Reconciler, mercy_at: &mut Option<Instant>, mercy: Duration) -> Vec<Action> {
+    fn begin_shutdown(
+        rec: &mut Reconciler,
+        mercy_at: &mut Option<Instant>,
+        mercy: Duration,
+    ) -> Vec<Action> {
         if rec.is_shutting_down() {
-            let left = mercy_at.map(|t| t.saturating_duration_since(Instant::now()).as_secs()).unwrap_or(0);
+            let left = mercy_at
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs())
+                .unwrap_or(0);
             tracing::warn!("RAGNAROK ALREADY EVOKED (mercyless in {left} seconds)");
             return Vec::new();
         }
@@ -191,7 +196,10 @@ struct Executor {
     base_env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
     handles: HashMap<InstanceId, mpsc::UnboundedSender<VassalCmd>>,
-    reports: (mpsc::UnboundedSender<Report>, mpsc::UnboundedReceiver<Report>),
+    reports: (
+        mpsc::UnboundedSender<Report>,
+        mpsc::UnboundedReceiver<Report>,
+    ),
 }
 
 impl Executor {
@@ -200,7 +208,9 @@ impl Executor {
             match a {
                 Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
                 Action::Send { instance, byte } => self.send(instance, VassalCmd::Byte(byte)),
-                Action::PushConfig { instance, config } => self.send(instance, VassalCmd::Config(config)),
+                Action::PushConfig { instance, config } => {
+                    self.send(instance, VassalCmd::Config(config))
+                }
                 Action::Kill { instance } => self.send(instance, VassalCmd::Kill),
             }
         }
@@ -213,16 +223,27 @@ impl Executor {
     }
 
     fn magic_exec_ok(&self, spec: &VassalSpec) -> bool {
-        let ConfigSource::File(path) = &spec.config else { return false };
+        let ConfigSource::File(path) = &spec.config else {
+            return false;
+        };
         if !self.launch.magic_exec {
             return false;
         }
         let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(path);
-        nix::unistd::access(&full, nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+        nix::unistd::access(
+            &full,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
     }
 
     fn spawn(&mut self, rec: &mut Reconciler, instance: InstanceId, spec: VassalSpec) {
-        let argv = build_argv(spec.name.as_str(), &spec.config, &self.launch, self.magic_exec_ok(&spec));
+        let argv = build_argv(
+            spec.name.as_str(),
+            &spec.config,
+            &self.launch,
+            self.magic_exec_ok(&spec),
+        );
         let inline = match &spec.config {
             ConfigSource::Inline(t) => Some(t.clone()),
             _ => None,
@@ -258,7 +279,15 @@ impl Executor {
             let _ = tx.send(VassalCmd::Config(text));
         }
         self.handles.insert(instance, tx);
-        tokio::spawn(vassal_task(instance, spec.name.to_string(), sp.child, ctrl, config, rx, self.reports.0.clone()));
+        tokio::spawn(vassal_task(
+            instance,
+            spec.name.to_string(),
+            sp.child,
+            ctrl,
+            config,
+            rx,
+            self.reports.0.clone(),
+        ));
     }
 }
 

@@ -225,7 +225,12 @@ pub fn take_inherited_fd(var: &str) -> io::Result<Option<OwnedFd>> {
         .to_str()
         .and_then(|s| s.trim().parse().ok())
         .filter(|fd| *fd > 2)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{var} is not an fd number above 2")))?;
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{var} is not an fd number above 2"),
+            )
+        })?;
     // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
         return Err(io::Error::last_os_error());

@@ -145,9 +145,17 @@ pub enum IniError {
     #[error("{path}: no [{section}] section")]
     NoSection { path: String, section: String },
     #[error("{path}:{line}: unknown option '{key}' (see imperium --help)")]
-    Unknown { path: String, line: usize, key: String },
+    Unknown {
+        path: String,
+        line: usize,
+        key: String,
+    },
     #[error("{path}:{line}: expected `key = value`, got {text:?}")]
-    Syntax { path: String, line: usize, text: String },
+    Syntax {
+        path: String,
+        line: usize,
+        text: String,
+    },
     #[error("{path}:{line}: option '{key}' is a flag; use true/false, yes/no, on/off or 1/0, not {value:?}")]
     BadFlag {
         path: String,
@@ -171,7 +179,12 @@ pub fn expand_ini(args: Vec<OsString>) -> Result<Vec<OsString>, IniError> {
     while let Some(a) = it.next() {
         let s = a.to_string_lossy();
         let spec = if s == "--ini" {
-            Some(it.next().ok_or(IniError::MissingValue)?.to_string_lossy().into_owned())
+            Some(
+                it.next()
+                    .ok_or(IniError::MissingValue)?
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         } else {
             s.strip_prefix("--ini=").map(str::to_string)
         };
@@ -223,15 +236,26 @@ pub fn read_ini(spec: &str) -> Result<Vec<OsString>, IniError> {
             None => (line, ""),
         };
         if key.is_empty() {
-            return Err(IniError::Syntax { path, line: i + 1, text: raw.to_string() });
+            return Err(IniError::Syntax {
+                path,
+                line: i + 1,
+                text: raw.to_string(),
+            });
         }
         let key = key.replace('_', "-");
         let arg = cmd.get_arguments().find(|a| {
             a.get_long() == Some(key.as_str())
-                || a.get_visible_aliases().into_iter().flatten().any(|al| al == key)
+                || a.get_visible_aliases()
+                    .into_iter()
+                    .flatten()
+                    .any(|al| al == key)
         });
         let Some(arg) = arg else {
-            return Err(IniError::Unknown { path, line: i + 1, key });
+            return Err(IniError::Unknown {
+                path,
+                line: i + 1,
+                key,
+            });
         };
         let long = arg.get_long().unwrap_or(&key).to_string();
         if arg.get_action().takes_values() {
@@ -269,10 +293,22 @@ mod tests {
     #[test]
     fn uwsgi_option_names_parse() {
         let c = parse(&[
-            "--emperor", "/etc/uwsgi/vassals", "--emperor", "glob:///srv/*/uwsgi.ini",
-            "--emperor-freq", "1", "--emperor-throttle=500", "--emperor-no-blacklist",
-            "--vassals-set", "processes=4", "--vassal-set", "master=true",
-            "--emperor-extra-extension", ".foo", "--reload-mercy", "5",
+            "--emperor",
+            "/etc/uwsgi/vassals",
+            "--emperor",
+            "glob:///srv/*/uwsgi.ini",
+            "--emperor-freq",
+            "1",
+            "--emperor-throttle=500",
+            "--emperor-no-blacklist",
+            "--vassals-set",
+            "processes=4",
+            "--vassal-set",
+            "master=true",
+            "--emperor-extra-extension",
+            ".foo",
+            "--reload-mercy",
+            "5",
         ])
         .unwrap();
         assert_eq!(c.emperor.len(), 2);
@@ -302,14 +338,25 @@ mod tests {
             "[other]\nemperor = /nope\n[uwsgi]\n; comment\nemperor = /etc/uwsgi/vassals\nemperor_freq = 2\nemperor-nofollow = true\nemperor-no-blacklist = false\nvassal-set = a=1\n",
         )
         .unwrap();
-        let args = expand_ini(vec!["imperium".into(), "--ini".into(), p.clone().into_os_string(), "--emperor-freq".into(), "5".into()]).unwrap();
+        let args = expand_ini(vec![
+            "imperium".into(),
+            "--ini".into(),
+            p.clone().into_os_string(),
+            "--emperor-freq".into(),
+            "5".into(),
+        ])
+        .unwrap();
         let c = Cli::try_parse_from(args).unwrap();
         assert_eq!(c.emperor, ["/etc/uwsgi/vassals"]);
         assert_eq!(c.emperor_freq, 5, "the command line after --ini wins");
         assert!(c.emperor_nofollow);
         assert!(!c.emperor_no_blacklist);
         assert_eq!(c.vassal_set, ["a=1"]);
-        let args = expand_ini(vec!["imperium".into(), format!("--ini={}:other", p.display()).into()]).unwrap();
+        let args = expand_ini(vec![
+            "imperium".into(),
+            format!("--ini={}:other", p.display()).into(),
+        ])
+        .unwrap();
         assert_eq!(Cli::try_parse_from(args).unwrap().emperor, ["/nope"]);
     }
 
@@ -319,12 +366,21 @@ mod tests {
         let p = dir.path().join("e.ini");
         std::fs::write(&p, "[uwsgi]\nemperor-bogus = 1\n").unwrap();
         let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
-        assert!(e.contains("unknown option 'emperor-bogus'") && e.contains(":2:"), "{e}");
+        assert!(
+            e.contains("unknown option 'emperor-bogus'") && e.contains(":2:"),
+            "{e}"
+        );
         std::fs::write(&p, "[uwsgi]\nemperor-nofollow = maybe\n").unwrap();
         let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
         assert!(e.contains("emperor-nofollow") && e.contains("flag"), "{e}");
         std::fs::write(&p, "[x]\n").unwrap();
-        assert!(read_ini(&p.to_string_lossy()).unwrap_err().to_string().contains("no [uwsgi] section"));
-        assert!(read_ini("/nonexistent/e.ini").unwrap_err().to_string().contains("/nonexistent/e.ini"));
+        assert!(read_ini(&p.to_string_lossy())
+            .unwrap_err()
+            .to_string()
+            .contains("no [uwsgi] section"));
+        assert!(read_ini("/nonexistent/e.ini")
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/e.ini"));
     }
 }

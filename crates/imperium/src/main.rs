@@ -64,7 +64,9 @@ fn real_main() -> Result<()> {
         reconciler: ReconcilerConfig {
             throttle: ThrottleConfig {
                 throttle: Duration::from_millis(cli.emperor_throttle),
-                max_throttle: Duration::from_millis(cli.emperor_max_throttle.max(cli.emperor_throttle)),
+                max_throttle: Duration::from_millis(
+                    cli.emperor_max_throttle.max(cli.emperor_throttle),
+                ),
                 no_blacklist: cli.emperor_no_blacklist,
                 ..ThrottleConfig::default()
             },
@@ -86,7 +88,11 @@ fn real_main() -> Result<()> {
             magic_exec: cli.emperor_magic_exec,
         },
         monitor: monitor_opts,
-        reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 { 30 } else { cli.reload_mercy }),
+        reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 {
+            30
+        } else {
+            cli.reload_mercy
+        }),
     };
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
@@ -104,7 +110,10 @@ fn real_main() -> Result<()> {
     let result = rt.block_on(async move {
         let (tx, rx) = mpsc::channel(64);
         install_signals(tx)?;
-        tracing::info!(pid = std::process::id(), "*** starting imperium, the uWSGI-compatible Emperor ***");
+        tracing::info!(
+            pid = std::process::id(),
+            "*** starting imperium, the uWSGI-compatible Emperor ***"
+        );
         Emperor::new(cfg, mons).run(rx).await;
         anyhow::Ok(())
     });
@@ -133,12 +142,16 @@ fn set_procname(name: &str) {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMPERIUM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
         use std::io::IsTerminal;
-        b.with_target(false).with_ansi(std::io::stderr().is_terminal()).init();
+        b.with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }
 
@@ -149,12 +162,15 @@ fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
         (SignalKind::interrupt(), || Command::Shutdown),
         (SignalKind::terminate(), || Command::Shutdown),
         (SignalKind::quit(), || Command::Shutdown),
-        (SignalKind::from_raw(nix::libc::SIGURG), || Command::ClearBlacklist),
+        (SignalKind::from_raw(nix::libc::SIGURG), || {
+            Command::ClearBlacklist
+        }),
         (SignalKind::user_defined1(), || Command::LogVassals),
         (SignalKind::window_change(), || Command::Rescan),
     ];
     for (kind, make) in table {
-        let mut s = signal(kind).with_context(|| format!("cannot install a handler for {kind:?}"))?;
+        let mut s =
+            signal(kind).with_context(|| format!("cannot install a handler for {kind:?}"))?;
         let tx = tx.clone();
         tokio::spawn(async move {
             while s.recv().await.is_some() {

@@ -113,7 +113,11 @@ impl Imperium {
     /// the log when it does not happen within `timeout`.
     pub fn wait_log_n(&self, needle: &str, n: usize, timeout: Duration) {
         let ok = crate::servers::wait_until(timeout, || self.count(needle) >= n);
-        assert!(ok, "timed out waiting for {n}x {needle:?} in the imperium log:\n{}", self.log());
+        assert!(
+            ok,
+            "timed out waiting for {n}x {needle:?} in the imperium log:\n{}",
+            self.log()
+        );
     }
 
     /// Waits until `needle` has been logged once.

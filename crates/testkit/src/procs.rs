@@ -5,7 +5,10 @@ use std::time::Duration;
 /// True when `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(") ").map(|(_, r)| !r.starts_with('Z')).unwrap_or(false),
+        Ok(s) => s
+            .rsplit_once(") ")
+            .map(|(_, r)| !r.starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -13,7 +16,12 @@ pub fn alive(pid: u32) -> bool {
 /// The parent pid of `pid`.
 pub fn ppid(pid: u32) -> Option<u32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+    s.rsplit_once(") ")?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Every live process whose parent is `pid`.

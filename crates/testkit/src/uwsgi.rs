@@ -85,7 +85,10 @@ pub fn parse_answer(body: &str) -> Option<(u32, String)> {
 pub fn wait_answer(port: u16, marker: &str, timeout: Duration) -> Option<u32> {
     let mut got = None;
     crate::servers::wait_until(timeout, || {
-        got = http_get(port, "/").and_then(|b| parse_answer(&b)).filter(|(_, m)| m == marker).map(|(p, _)| p);
+        got = http_get(port, "/")
+            .and_then(|b| parse_answer(&b))
+            .filter(|(_, m)| m == marker)
+            .map(|(p, _)| p);
         got.is_some()
     });
     got

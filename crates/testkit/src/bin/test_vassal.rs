@@ -70,7 +70,9 @@ fn parse(text: &str) -> Behaviour {
         if !in_vassal {
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let (k, v) = (k.trim(), v.trim());
         let yes = matches!(v, "1" | "true" | "yes" | "on");
         let num = v.parse::<u64>().ok();
@@ -95,7 +97,11 @@ fn parse(text: &str) -> Behaviour {
 
 fn record(b: &Behaviour, line: &str) {
     if let Some(path) = &b.record {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -128,12 +134,18 @@ fn main() {
     let Some(config_ref) = args.get(2).cloned() else {
         die("usage: imperium-test-vassal --ini CONFIG", 2)
     };
-    let gen: u32 = std::env::var("IMPERIUM_TEST_VASSAL_GEN").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let gen: u32 = std::env::var("IMPERIUM_TEST_VASSAL_GEN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let ctrl_var = std::env::var("UWSGI_EMPEROR_FD").ok();
     let cfg_var = std::env::var("UWSGI_EMPEROR_FD_CONFIG").ok();
     let mut ctrl = match take_inherited_fd("UWSGI_EMPEROR_FD") {
         Ok(Some(fd)) => UnixStream::from(fd),
-        Ok(None) => die("UWSGI_EMPEROR_FD is not set: this is not a vassal instance", 1),
+        Ok(None) => die(
+            "UWSGI_EMPEROR_FD is not set: this is not a vassal instance",
+            1,
+        ),
         Err(e) => die(&format!("bad UWSGI_EMPEROR_FD: {e}"), 1),
     };
     let mut cfg_sock = match take_inherited_fd("UWSGI_EMPEROR_FD_CONFIG") {
@@ -143,7 +155,10 @@ fn main() {
     let (text, from_pipe) = if config_ref.starts_with("emperor://") {
         match cfg_sock.as_mut() {
             Some(s) => (read_config_from_pipe(s), true),
-            None => die("this is not a vassal instance (no UWSGI_EMPEROR_FD_CONFIG)", 1),
+            None => die(
+                "this is not a vassal instance (no UWSGI_EMPEROR_FD_CONFIG)",
+                1,
+            ),
         }
     } else {
         match std::fs::read_to_string(&config_ref) {
@@ -152,12 +167,15 @@ fn main() {
         }
     };
     let b = parse(&text);
-    record(&b, &format!(
-        "start pid={} gen={gen} marker={} config={}",
-        std::process::id(),
-        b.marker,
-        if from_pipe { "emperor" } else { "file" }
-    ));
+    record(
+        &b,
+        &format!(
+            "start pid={} gen={gen} marker={} config={}",
+            std::process::id(),
+            b.marker,
+            if from_pipe { "emperor" } else { "file" }
+        ),
+    );
     let send = |ctrl: &mut UnixStream, byte: u8| {
         if ctrl.write_all(&[byte]).is_err() {
             die("lost connection with my emperor", 1);
@@ -225,9 +243,11 @@ fn main() {
                             // like uWSGI's uwsgi_reload(): ask for the config again
                             send(&mut ctrl, 2);
                         }
-                        let exe = std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
+                        let exe =
+                            std::env::current_exe().unwrap_or_else(|_| args[0].clone().into());
                         let mut cmd = std::process::Command::new(exe);
-                        cmd.args(&args[1..]).env("IMPERIUM_TEST_VASSAL_GEN", (gen + 1).to_string());
+                        cmd.args(&args[1..])
+                            .env("IMPERIUM_TEST_VASSAL_GEN", (gen + 1).to_string());
                         if let Some(v) = &ctrl_var {
                             cmd.env("UWSGI_EMPEROR_FD", v);
                         }
@@ -241,7 +261,11 @@ fn main() {
                     _ => {}
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => die(&format!("control socket error: {e}"), 1),
         }
     }
