@@ -11,6 +11,7 @@
 //! | `accepting` | 1 | send byte 5 at start |
 //! | `loyal` | 0 | send byte 17 at start |
 //! | `heartbeat` | 0 | send byte 26 every N ms |
+//! | `heartbeat-stop-after-ms` | - | stop sending heartbeats after N ms |
 //! | `exit-after-ms`, `exit-code` | -, 1 | exit with the code after N ms |
 //! | `idle-after-ms` | - | send byte 22 after N ms |
 //! | `sos-after-ms` | - | send byte 30 after N ms |
@@ -20,6 +21,8 @@
 //! | `marker` | - | a value copied into the `start` record line |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
+//! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `env K=V` (each
+//! `UWSGI_*` and `NOTIFY_SOCKET` variable at start), `cwd DIR`,
 //! `got byte=B`, `reload`, `stop byte=B`, `lost`, `exit code=C`.
 
 use std::io::{Read, Write};
@@ -35,6 +38,7 @@ struct Behaviour {
     accepting: bool,
     loyal: bool,
     heartbeat: Option<u64>,
+    heartbeat_stop: Option<u64>,
     exit_after: Option<u64>,
     exit_code: i32,
     idle_after: Option<u64>,
@@ -51,6 +55,7 @@ fn parse(text: &str) -> Behaviour {
         accepting: true,
         loyal: false,
         heartbeat: None,
+        heartbeat_stop: None,
         exit_after: None,
         exit_code: 1,
         idle_after: None,
@@ -81,6 +86,7 @@ fn parse(text: &str) -> Behaviour {
             "accepting" => b.accepting = yes,
             "loyal" => b.loyal = yes,
             "heartbeat" => b.heartbeat = num,
+            "heartbeat-stop-after-ms" => b.heartbeat_stop = num,
             "exit-after-ms" => b.exit_after = num,
             "exit-code" => b.exit_code = v.parse().unwrap_or(1),
             "idle-after-ms" => b.idle_after = num,
@@ -104,6 +110,37 @@ fn record(b: &Behaviour, line: &str) {
         {
             let _ = writeln!(f, "{line}");
         }
+    }
+}
+
+/// Records what the process got from its emperor: fds, fd 0, environment.
+fn record_process(b: &Behaviour, env0: &[(String, String)]) {
+    let mut fds: Vec<u32> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    // read_dir itself holds one fd open while listing: drop the ones that
+    // are no longer open
+    fds.retain(|fd| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok());
+    let list: Vec<String> = fds.iter().map(|f| f.to_string()).collect();
+    record(b, &format!("fds {}", list.join(",")));
+    if let Ok(t) = std::fs::read_link("/proc/self/fd/0") {
+        record(b, &format!("fd0 {}", t.display()));
+    }
+    if let Ok(d) = std::env::current_dir() {
+        record(b, &format!("cwd {}", d.display()));
+    }
+    let mut vars: Vec<&(String, String)> = env0
+        .iter()
+        .filter(|(k, _)| k.starts_with("UWSGI_") || k == "NOTIFY_SOCKET")
+        .collect();
+    vars.sort();
+    for (k, v) in vars {
+        record(b, &format!("env {k}={v}"));
     }
 }
 
@@ -131,6 +168,7 @@ fn read_config_from_pipe(sock: &mut UnixStream) -> String {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    let env0: Vec<(String, String)> = std::env::vars().collect();
     let Some(config_ref) = args.get(2).cloned() else {
         die("usage: imperium-test-vassal --ini CONFIG", 2)
     };
@@ -176,6 +214,9 @@ fn main() {
             if from_pipe { "emperor" } else { "file" }
         ),
     );
+    if gen == 0 {
+        record_process(&b, &env0);
+    }
     let send = |ctrl: &mut UnixStream, byte: u8| {
         if ctrl.write_all(&[byte]).is_err() {
             die("lost connection with my emperor", 1);
@@ -216,7 +257,8 @@ fn main() {
             }
         }
         if let (Some(at), Some(ms)) = (next_hb, b.heartbeat) {
-            if Instant::now() >= at {
+            let stopped = b.heartbeat_stop.is_some_and(|s| elapsed >= s);
+            if !stopped && Instant::now() >= at {
                 send(&mut ctrl, 26);
                 next_hb = Some(at + Duration::from_millis(ms));
             }
