@@ -393,3 +393,41 @@ fn bare_paths_that_do_not_exist_are_a_startup_error() {
     assert!(!emp.wait_exit(T).success());
     assert!(emp.log().contains("--emperor-freq"), "{}", emp.log());
 }
+
+#[test]
+fn symlinks_are_followed_by_default_and_are_vassals_themselves_with_nofollow() {
+    use std::os::unix::fs::symlink;
+    let e = Env::new();
+    let target = e.tmp.path().join("real.ini");
+    std::fs::write(
+        &target,
+        format!("[vassal]\nrecord = {}\n", e.rec("link.ini").display()),
+    )
+    .unwrap();
+    symlink(&target, e.vassals.join("link.ini")).unwrap();
+    symlink(
+        e.tmp.path().join("missing.ini"),
+        e.vassals.join("dangling.ini"),
+    )
+    .unwrap();
+    let emp = e.start(&[]);
+    assert!(wait_lines(&e.rec("link.ini"), "start", 1), "{}", emp.log());
+    assert!(
+        !emp.log().contains("dangling.ini"),
+        "a dangling symlink is not a vassal:\n{}",
+        emp.log()
+    );
+    drop(emp);
+
+    // with --emperor-nofollow the link's own mtime counts: touch -h reloads
+    let _ = std::fs::remove_file(e.rec("link.ini"));
+    let emp = e.start(&["--emperor-nofollow"]);
+    assert!(wait_lines(&e.rec("link.ini"), "start", 1), "{}", emp.log());
+    let st = std::process::Command::new("touch")
+        .args(["-h", "-d", "2001-01-01"])
+        .arg(e.vassals.join("link.ini"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(wait_lines(&e.rec("link.ini"), "reload", 1), "{}", emp.log());
+}
