@@ -22,7 +22,12 @@ use clap::{ArgAction, CommandFactory, Parser};
 /// Signals: HUP reloads every vassal, INT/TERM/QUIT stop every vassal and
 /// exit, URG clears the blacklist, USR1 logs the vassal table, WINCH rescans.
 #[derive(Debug, Parser)]
-#[command(name = "imperium", version, max_term_width = 100)]
+#[command(
+    name = "imperium",
+    version,
+    max_term_width = 100,
+    args_override_self = true
+)]
 pub struct Cli {
     /// A config source: dir://DIR, glob://PATTERN, a bare directory or a bare
     /// glob pattern (repeatable). See docs/monitors.md for every scheme.
