@@ -85,7 +85,7 @@ enum SourceError {
     Connect {
         server: String,
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("cannot read the bind password file {}: {source}", path.display())]
     PasswordFile {
@@ -97,18 +97,18 @@ enum SourceError {
     Bind {
         dn: String,
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("search under {base} failed: {source}")]
     Search {
         base: String,
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("the content sync search failed: {source}")]
     Sync {
         #[source]
-        source: LdapError,
+        source: Box<LdapError>,
     },
     #[error("the connection to {server} closed{detail}")]
     Closed { server: String, detail: String },
@@ -151,7 +151,12 @@ impl Runner {
                 Err(e) => e,
             };
             let reason = err.to_string();
-            tracing::warn!(monitor = %self.shown, "[emperor] ldap monitor: {reason}; vassals are kept, retrying");
+            // one warning per distinct reason; the retries of one outage at debug level
+            if self.last_health != Some(MonitorHealth::Degraded(reason.clone())) {
+                tracing::warn!(monitor = %self.shown, "[emperor] ldap monitor: {reason}; vassals are kept, retrying");
+            } else {
+                tracing::debug!(monitor = %self.shown, "[emperor] ldap monitor: still failing: {reason}");
+            }
             if !self.set_health(&ctx, MonitorHealth::Degraded(reason)).await {
                 return;
             }
@@ -200,7 +205,7 @@ impl Runner {
             .await
             .map_err(|source| SourceError::Connect {
                 server: server.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let mut driver = AbortOnDrop(tokio::spawn(conn.drive()));
 
@@ -213,7 +218,7 @@ impl Runner {
                 .and_then(|r| r.success())
                 .map_err(|source| SourceError::Bind {
                     dn: dn.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
 
@@ -233,7 +238,11 @@ impl Runner {
                         Some(Push::Message { intermediate: true }) => return Ok(true),
                         Some(Push::Message { .. }) => continue,
                         Some(Push::Ended(why)) => return Ok(self.sync_ended(&why)),
-                        Some(Push::Failed(source)) => return Err(SourceError::Sync { source }),
+                        Some(Push::Failed(source)) => {
+                            return Err(SourceError::Sync {
+                                source: Box::new(source),
+                            })
+                        }
                         None => return Ok(false),
                     }
                 }
@@ -296,7 +305,11 @@ impl Runner {
                                 watcher = None;
                                 break;
                             }
-                            Some(Push::Failed(source)) => return Err(SourceError::Sync { source }),
+                            Some(Push::Failed(source)) => {
+                            return Err(SourceError::Sync {
+                                source: Box::new(source),
+                            })
+                        }
                             None => {
                                 watcher = None;
                                 break;
@@ -364,7 +377,7 @@ impl Runner {
             .and_then(|r| r.success())
             .map_err(|source| SourceError::Search {
                 base: url.base.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let specs = self.specs(entries, &ctx.options);
         if last.as_ref() == Some(&specs) {
@@ -439,9 +452,12 @@ async fn watch(mut ldap: Ldap, url: Arc<LdapUrl>, tx: mpsc::Sender<Push>) {
             },
             Ok(None) => {
                 let r = stream.finish().await;
-                let _ = tx
-                    .send(Push::Ended(format!("rc={} {}", r.rc, r.text)))
-                    .await;
+                let why = if r.rc == 0 {
+                    "it completed instead of staying open".to_string()
+                } else {
+                    format!("rc={} {}", r.rc, r.text)
+                };
+                let _ = tx.send(Push::Ended(why)).await;
                 return;
             }
             Err(e) => {
