@@ -70,3 +70,41 @@ fn starts_without_syncprov() {
         .expect("ldapsearch");
     assert!(String::from_utf8_lossy(&out.stdout).contains("ou: vassals"));
 }
+
+/// The two shipped forms of the schema (cn=config LDIF for ldapadd,
+/// slapd.conf include) define the same attribute types and object class.
+#[test]
+fn both_schema_forms_agree() {
+    fn defs(text: &str, keywords: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur: Option<String> = None;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some(kw) = keywords.iter().find(|k| {
+                line.to_ascii_lowercase()
+                    .starts_with(&k.to_ascii_lowercase())
+            }) {
+                out.extend(cur.take());
+                cur = Some(line[kw.len()..].trim().to_string());
+            } else if line.starts_with(' ') {
+                if let Some(c) = cur.as_mut() {
+                    c.push(' ');
+                    c.push_str(line.trim());
+                }
+            } else {
+                out.extend(cur.take());
+            }
+        }
+        out.extend(cur);
+        out
+    }
+    let dir = vassal_schema_ldif();
+    let ldif = std::fs::read_to_string(&dir).unwrap();
+    let conf = std::fs::read_to_string(dir.with_extension("schema")).unwrap();
+    let a = defs(&ldif, &["olcAttributeTypes:", "olcObjectClasses:"]);
+    let b = defs(&conf, &["attributetype", "objectclass"]);
+    assert_eq!(a.len(), 6, "{a:#?}");
+    assert_eq!(a, b);
+}
