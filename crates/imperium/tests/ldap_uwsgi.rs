@@ -226,3 +226,73 @@ fn bind_credentials_from_options_never_logged() {
     );
     assert!(emp.stop().success());
 }
+
+/// Two emperors (two hosts) share one directory: each selects its vassals
+/// with its own filter, and an entry moved from one host to the other
+/// moves its vassal.
+#[test]
+fn two_emperors_share_one_directory_by_filter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = write_app(tmp.path());
+    let s = slapd();
+    let (ini1, port1) = vassal_ini(&app, "w1");
+    let (ini2, port2) = vassal_ini(&app, "w2");
+    for (name, ini, host) in [("w1.ini", &ini1, "web1"), ("w2.ini", &ini2, "web2")] {
+        s.ldapadd(&format!(
+            "dn: {}\nobjectClass: uwsgiVassal\nuwsgiVassalName: {name}\nuwsgiVassalConfig:: {}\ndescription: {host}\n",
+            dn(name),
+            b64(ini)
+        ));
+    }
+    let host = |h: &str| {
+        let url = format!(
+            "{}/{}???(&(objectClass=uwsgiVassal)(description={h}))",
+            s.url(),
+            Slapd::VASSALS
+        );
+        Imperium::start(
+            tmp.path(),
+            [
+                "--emperor",
+                &url,
+                "--emperor-freq",
+                "60",
+                "--binary-path",
+                &uwsgi_bin().display().to_string(),
+            ],
+        )
+    };
+    let mut e1 = host("web1");
+    let mut e2 = host("web2");
+    let w1 = wait_answer(port1, "w1", T).unwrap_or_else(|| panic!("w1:\n{}", e1.log()));
+    let w2 = wait_answer(port2, "w2", T).unwrap_or_else(|| panic!("w2:\n{}", e2.log()));
+    assert_eq!(
+        ppid(master_of(w1)),
+        Some(e1.pid()),
+        "w1 runs under emperor 1"
+    );
+    assert_eq!(
+        ppid(master_of(w2)),
+        Some(e2.pid()),
+        "w2 runs under emperor 2"
+    );
+    assert_eq!(e1.count("w2.ini"), 0, "{}", e1.log());
+    assert_eq!(e2.count("w1.ini"), 0, "{}", e2.log());
+
+    // move w2 to web1: emperor 2 stops it, emperor 1 starts it
+    let old = tree(master_of(w2));
+    s.ldapmodify(&format!(
+        "dn: {}\nchangetype: modify\nreplace: description\ndescription: web1\n",
+        dn("w2.ini")
+    ));
+    e2.wait_log("removed uwsgi instance w2.ini", T);
+    assert!(wait_all_dead(&old, T), "old w2 processes left: {old:?}");
+    let w2 = wait_answer(port2, "w2", T).unwrap_or_else(|| panic!("moved w2:\n{}", e1.log()));
+    assert_eq!(
+        ppid(master_of(w2)),
+        Some(e1.pid()),
+        "w2 now runs under emperor 1"
+    );
+    assert!(e1.stop().success());
+    assert!(e2.stop().success());
+}
