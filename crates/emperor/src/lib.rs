@@ -12,7 +12,7 @@ pub mod name;
 pub mod protocol;
 pub mod spec;
 
-pub use monitor::{Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions};
+pub use monitor::{Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions, Secret};
 pub use name::{Extensions, NameError, NamePolicy, VassalName};
 pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 pub mod argv;

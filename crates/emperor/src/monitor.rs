@@ -33,6 +33,47 @@ pub struct MonitorOptions {
     pub cwd: PathBuf,
     /// `--emperor-pg-channel`: the LISTEN channel of pg:// monitors.
     pub pg_channel: String,
+    /// The DN ldap:// monitors bind as when their URL names none
+    /// (`bindname=` extension); `None` binds anonymously.
+    pub ldap_bind_dn: Option<String>,
+    /// The password for [`MonitorOptions::ldap_bind_dn`] when the URL gives
+    /// none (`x-bindpw=` / `x-bindpw-file=` extensions).
+    pub ldap_bind_password: Option<Secret>,
+}
+
+/// A password or other secret: its `Debug` and `Display` never show it, so
+/// it cannot leak into logs through `{:?}` of a struct that holds it.
+///
+/// ```
+/// let pw = emperor::Secret::new("hunter2");
+/// assert_eq!(format!("{pw:?}"), "Secret(***)");
+/// assert_eq!(pw.expose(), "hunter2");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one call that needs it (a bind).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for MonitorOptions {
@@ -44,6 +85,8 @@ impl Default for MonitorOptions {
             tyrant_nofollow: false,
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             pg_channel: "imperium".to_string(),
+            ldap_bind_dn: None,
+            ldap_bind_password: None,
         }
     }
 }

@@ -129,6 +129,17 @@ pub struct Cli {
     #[arg(long, value_name = "CHANNEL", default_value = "imperium")]
     pub emperor_pg_channel: String,
 
+    /// The DN ldap:// monitors bind as when their URL has no bindname=
+    /// extension (anonymous when neither is given).
+    #[arg(long, value_name = "DN")]
+    pub emperor_ldap_binddn: Option<String>,
+
+    /// A file holding the bind password of ldap:// monitors (one line).
+    /// The environment variable IMPERIUM_LDAP_BINDPW is the alternative.
+    /// The password is never logged.
+    #[arg(long, value_name = "PATH")]
+    pub emperor_ldap_bindpw_file: Option<PathBuf>,
+
     /// Print the monitors (URL schemes) built into this binary and exit.
     #[arg(long, visible_alias = "imperial-monitors-list", action = ArgAction::SetTrue)]
     pub imperial_monitor_list: bool,

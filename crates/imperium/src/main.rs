@@ -55,6 +55,8 @@ fn real_main() -> Result<()> {
         tyrant_nofollow: false,
         cwd: cwd.clone(),
         pg_channel: cli.emperor_pg_channel.clone(),
+        ldap_bind_dn: cli.emperor_ldap_binddn.clone(),
+        ldap_bind_password: ldap_bind_password(&cli)?,
     };
     let mut mons = Vec::new();
     for url in &cli.emperor {
@@ -120,6 +122,22 @@ fn real_main() -> Result<()> {
     remove_pidfile(pidfile);
     rt.shutdown_timeout(Duration::from_millis(100));
     result
+}
+
+/// The ldap:// bind password: `--emperor-ldap-bindpw-file`, else the
+/// environment variable `IMPERIUM_LDAP_BINDPW` (kept out of argv and logs).
+fn ldap_bind_password(cli: &Cli) -> Result<Option<emperor::Secret>> {
+    if let Some(p) = &cli.emperor_ldap_bindpw_file {
+        let text = std::fs::read_to_string(p)
+            .with_context(|| format!("--emperor-ldap-bindpw-file {}", p.display()))?;
+        return Ok(Some(emperor::Secret::new(
+            text.trim_end_matches(['\r', '\n']),
+        )));
+    }
+    Ok(std::env::var("IMPERIUM_LDAP_BINDPW")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(emperor::Secret::new))
 }
 
 fn remove_pidfile(p: Option<PathBuf>) {

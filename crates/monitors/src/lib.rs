@@ -14,6 +14,8 @@ pub mod dir;
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
+#[cfg(feature = "ldap")]
+pub mod ldap;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -21,6 +23,9 @@ pub fn schemes() -> Vec<&'static str> {
     if cfg!(feature = "dir") {
         v.push("dir");
         v.push("glob");
+    }
+    if cfg!(feature = "ldap") {
+        v.push("ldap");
     }
     v
 }
@@ -34,11 +39,16 @@ const KNOWN: &[&str] = &[
 /// a directory that does not exist) are returned here, before anything runs.
 pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
     if let Some((scheme, rest)) = url.split_once("://") {
+        // only the file monitors take the part after the scheme as a path
+        #[cfg(not(feature = "dir"))]
+        let _ = rest;
         match scheme {
             #[cfg(feature = "dir")]
             "dir" => return Ok(Box::new(dir::DirMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "dir")]
             "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
+            #[cfg(feature = "ldap")]
+            "ldap" => return Ok(Box::new(ldap::LdapMonitor::new(url, opts)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),

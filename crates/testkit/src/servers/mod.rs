@@ -3,6 +3,8 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
+pub mod slapd;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;

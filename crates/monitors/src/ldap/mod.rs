@@ -1,0 +1,472 @@
+//! `ldap://HOST[:PORT]/BASE-DN?ATTRIBUTES?SCOPE?FILTER?EXTENSIONS`: every
+//! entry the search returns is a vassal (docs/monitors/ldap.md).
+//!
+//! The entry's attributes give the vassal name, its config text (sent over
+//! the config pipe), the optional uid/gid and on-demand socket; its
+//! `entryCSN` (or `modifyTimestamp`, or the `x-key=` attribute) is the change
+//! key. The schema for the default attributes ships in
+//! `contrib/ldap/uwsgi-vassal.ldif` (object class `uwsgiVassal`).
+//!
+//! The monitor searches every `--emperor-freq` seconds and sends the whole
+//! result as a snapshot when it differs from the last one. When the server
+//! advertises RFC 4533 content sync (OpenLDAP with the `syncprov` overlay),
+//! it also keeps a refreshAndPersist search open on the same filter; each
+//! change the server pushes triggers an immediate search, so changes are
+//! acted on within milliseconds. The persistent search is only a wake-up
+//! signal: the snapshot always comes from a plain search, so both paths
+//! agree on what a vassal is.
+
+mod entry;
+mod url;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use emperor::backoff::Backoff;
+use emperor::{
+    Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, Secret,
+    VassalSpec,
+};
+use futures::future::BoxFuture;
+use ldap3::controls::{RefreshMode, SyncRequest};
+use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+pub use self::entry::{parse_csn, parse_generalized_time, parse_stamp};
+pub use self::url::{AttrMap, LdapUrl, Password, DEFAULT_ATTRS, DEFAULT_FILTER, DEFAULT_PORT};
+
+/// The OID of the RFC 4533 Sync Request control.
+const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pushed changes that arrive within this window cause one search.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// The ldap:// monitor.
+pub struct LdapMonitor {
+    url: Arc<LdapUrl>,
+}
+
+impl LdapMonitor {
+    /// Parses `url` (the whole `--emperor` value). Bind credentials the URL
+    /// does not give come from `opts` (`ldap_bind_dn`, `ldap_bind_password`).
+    pub fn new(url: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
+        Ok(LdapMonitor {
+            url: Arc::new(LdapUrl::parse(url, opts)?),
+        })
+    }
+}
+
+impl Monitor for LdapMonitor {
+    fn describe(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
+        let cap = ctx.options.freq.max(Duration::from_secs(1));
+        let runner = Runner {
+            shown: self.url.to_string(),
+            url: self.url,
+            warned: BTreeSet::new(),
+            last_health: None,
+            backoff: Backoff::new(Duration::from_millis(100), cap),
+        };
+        Box::pin(runner.run(ctx))
+    }
+}
+
+/// Why the directory could not be read (becomes a `Degraded` health).
+#[derive(Debug, thiserror::Error)]
+enum SourceError {
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: Box<LdapError>,
+    },
+    #[error("cannot read the bind password file {}: {source}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bind as {dn} failed: {source}")]
+    Bind {
+        dn: String,
+        #[source]
+        source: Box<LdapError>,
+    },
+    #[error("search under {base} failed: {source}")]
+    Search {
+        base: String,
+        #[source]
+        source: Box<LdapError>,
+    },
+    #[error("the content sync search failed: {source}")]
+    Sync {
+        #[source]
+        source: Box<LdapError>,
+    },
+    #[error("the connection to {server} closed{detail}")]
+    Closed { server: String, detail: String },
+}
+
+/// A task that is aborted when this handle is dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the content-sync watcher reports.
+enum Push {
+    /// An entry or an intermediate (Sync Info) message arrived.
+    Message { intermediate: bool },
+    /// The server ended the search (it does not keep it open).
+    Ended(String),
+    /// The search broke (the connection, usually).
+    Failed(LdapError),
+}
+
+struct Runner {
+    url: Arc<LdapUrl>,
+    shown: String,
+    /// (DN, reason) of the entries skipped in the last search, so each is
+    /// logged once while it stays bad.
+    warned: BTreeSet<(String, String)>,
+    last_health: Option<MonitorHealth>,
+    backoff: Backoff,
+}
+
+impl Runner {
+    async fn run(mut self, mut ctx: MonitorContext) {
+        loop {
+            let err = match self.session(&mut ctx).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            let reason = err.to_string();
+            // one warning per distinct reason; the retries of one outage at debug level
+            if self.last_health != Some(MonitorHealth::Degraded(reason.clone())) {
+                tracing::warn!(monitor = %self.shown, "[emperor] ldap monitor: {reason}; vassals are kept, retrying");
+            } else {
+                tracing::debug!(monitor = %self.shown, "[emperor] ldap monitor: still failing: {reason}");
+            }
+            if !self.set_health(&ctx, MonitorHealth::Degraded(reason)).await {
+                return;
+            }
+            let delay = self.backoff.next_delay();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = ctx.rescan_requested() => {}
+            }
+            if ctx.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Sends a health change unless it is the one sent last. False once the
+    /// emperor is gone.
+    async fn set_health(&mut self, ctx: &MonitorContext, h: MonitorHealth) -> bool {
+        if self.last_health.as_ref() == Some(&h) {
+            return !ctx.is_closed();
+        }
+        self.last_health = Some(h.clone());
+        ctx.health(h).await
+    }
+
+    fn password(&self) -> Result<Option<Secret>, SourceError> {
+        match &self.url.password {
+            None => Ok(None),
+            Some(Password::Inline(s)) => Ok(Some(s.clone())),
+            Some(Password::File(path)) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
+                .map_err(|source| SourceError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                }),
+        }
+    }
+
+    /// One connection: returns `Ok(())` when the emperor is gone, an error
+    /// when the directory cannot be read any more.
+    async fn session(&mut self, ctx: &mut MonitorContext) -> Result<(), SourceError> {
+        let opts = ctx.options.clone();
+        let op_timeout = opts.freq.max(Duration::from_secs(10));
+        let server = self.url.server();
+        let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT);
+        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &server)
+            .await
+            .map_err(|source| SourceError::Connect {
+                server: server.clone(),
+                source: Box::new(source),
+            })?;
+        let mut driver = AbortOnDrop(tokio::spawn(conn.drive()));
+
+        if let Some(dn) = &self.url.bind_dn {
+            let pw = self.password()?;
+            let pw = pw.as_ref().map(Secret::expose).unwrap_or("");
+            ldap.with_timeout(op_timeout);
+            ldap.simple_bind(dn, pw)
+                .await
+                .and_then(|r| r.success())
+                .map_err(|source| SourceError::Bind {
+                    dn: dn.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+
+        let (push_tx, mut push_rx) = mpsc::channel(64);
+        let mut watcher = None;
+        if self.sync_supported(&mut ldap, op_timeout).await {
+            watcher = Some(AbortOnDrop(tokio::spawn(watch(
+                ldap.clone(),
+                self.url.clone(),
+                push_tx,
+            ))));
+            // The first snapshot is read once the refresh phase is over, so
+            // every later change arrives as a pushed message.
+            let refreshed = tokio::time::timeout(op_timeout, async {
+                loop {
+                    match push_rx.recv().await {
+                        Some(Push::Message { intermediate: true }) => return Ok(true),
+                        Some(Push::Message { .. }) => continue,
+                        Some(Push::Ended(why)) => return Ok(self.sync_ended(&why)),
+                        Some(Push::Failed(source)) => {
+                            return Err(SourceError::Sync {
+                                source: Box::new(source),
+                            })
+                        }
+                        None => return Ok(false),
+                    }
+                }
+            })
+            .await;
+            match refreshed {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => watcher = None,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => tracing::warn!(
+                    monitor = %self.shown,
+                    "[emperor] ldap monitor: the content sync refresh did not finish in {} s; polling meanwhile",
+                    op_timeout.as_secs()
+                ),
+            }
+        } else {
+            tracing::info!(
+                monitor = %self.shown,
+                "[emperor] ldap monitor: the server offers no content sync (RFC 4533); polling every {} s",
+                opts.freq.as_secs_f64()
+            );
+        }
+
+        let mut last = None;
+        if !self.poll(&mut ldap, ctx, &mut last, op_timeout).await? {
+            return Ok(());
+        }
+        tracing::info!(
+            monitor = %self.shown,
+            push = watcher.is_some(),
+            "[emperor] ldap monitor connected"
+        );
+        if !self.set_health(ctx, MonitorHealth::Connected).await {
+            return Ok(());
+        }
+        self.backoff.reset();
+
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + opts.freq, opts.freq);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.rescan_requested() => last = None,
+                r = &mut driver.0 => {
+                    let detail = match r {
+                        Ok(Ok(())) => String::new(),
+                        Ok(Err(e)) => format!(": {e}"),
+                        Err(e) => format!(": {e}"),
+                    };
+                    return Err(SourceError::Closed { server, detail });
+                }
+                msg = push_rx.recv(), if watcher.is_some() => {
+                    let mut msg = msg;
+                    tokio::time::sleep(COALESCE).await;
+                    loop {
+                        match msg {
+                            Some(Push::Message { .. }) => {}
+                            Some(Push::Ended(why)) => {
+                                self.sync_ended(&why);
+                                watcher = None;
+                                break;
+                            }
+                            Some(Push::Failed(source)) => {
+                            return Err(SourceError::Sync {
+                                source: Box::new(source),
+                            })
+                        }
+                            None => {
+                                watcher = None;
+                                break;
+                            }
+                        }
+                        match push_rx.try_recv() {
+                            Ok(m) => msg = Some(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            if !self.poll(&mut ldap, ctx, &mut last, op_timeout).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Logs that the server ended the persistent search; returns false (no push).
+    fn sync_ended(&self, why: &str) -> bool {
+        tracing::warn!(
+            monitor = %self.shown,
+            "[emperor] ldap monitor: the server ended the content sync search ({why}); polling only"
+        );
+        false
+    }
+
+    /// True when the root DSE lists the RFC 4533 Sync Request control.
+    async fn sync_supported(&self, ldap: &mut Ldap, op_timeout: Duration) -> bool {
+        ldap.with_timeout(op_timeout);
+        let res = ldap
+            .search("", Scope::Base, "(objectClass=*)", vec!["supportedControl"])
+            .await
+            .and_then(|r| r.success());
+        match res {
+            Ok((entries, _)) => entries.into_iter().any(|re| {
+                SearchEntry::construct(re)
+                    .attrs
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("supportedControl"))
+                    .flat_map(|(_, v)| v)
+                    .any(|oid| oid == SYNC_REQUEST_OID)
+            }),
+            Err(e) => {
+                tracing::debug!(monitor = %self.shown, "cannot read the root DSE: {e}");
+                false
+            }
+        }
+    }
+
+    /// Searches and sends a snapshot when it differs from `last`. False
+    /// once the emperor is gone.
+    async fn poll(
+        &mut self,
+        ldap: &mut Ldap,
+        ctx: &MonitorContext,
+        last: &mut Option<Vec<VassalSpec>>,
+        op_timeout: Duration,
+    ) -> Result<bool, SourceError> {
+        let url = self.url.clone();
+        ldap.with_timeout(op_timeout);
+        let (entries, _) = ldap
+            .search(&url.base, url.scope, &url.filter, url.requested_attrs())
+            .await
+            .and_then(|r| r.success())
+            .map_err(|source| SourceError::Search {
+                base: url.base.clone(),
+                source: Box::new(source),
+            })?;
+        let specs = self.specs(entries, &ctx.options);
+        if last.as_ref() == Some(&specs) {
+            return Ok(!ctx.is_closed());
+        }
+        *last = Some(specs.clone());
+        Ok(ctx.send(Change::Snapshot(specs)).await)
+    }
+
+    /// The vassals of one search result; bad entries are logged (once while
+    /// they stay bad) and skipped.
+    fn specs(&mut self, entries: Vec<ResultEntry>, opts: &MonitorOptions) -> Vec<VassalSpec> {
+        let mut entries: Vec<entry::Entry> = entries
+            .into_iter()
+            .map(|re| SearchEntry::construct(re).into())
+            .collect();
+        entries.sort_by(|a, b| a.dn.cmp(&b.dn));
+        let mut by_name: BTreeMap<String, (String, VassalSpec)> = BTreeMap::new();
+        let mut refused = BTreeSet::new();
+        for e in entries {
+            match e.spec(&self.url.attrs, self.url.key_attr.as_deref(), opts) {
+                Ok(spec) => match by_name.get(spec.name.as_str()) {
+                    Some((first, _)) => {
+                        refused.insert((
+                            e.dn,
+                            format!(
+                                "vassal name {} is already used by {first}",
+                                spec.name.as_str()
+                            ),
+                        ));
+                    }
+                    None => {
+                        by_name.insert(spec.name.as_str().to_string(), (e.dn, spec));
+                    }
+                },
+                Err(why) => {
+                    refused.insert((e.dn, why));
+                }
+            }
+        }
+        for (dn, why) in refused.difference(&self.warned) {
+            tracing::warn!(monitor = %self.shown, dn = %dn, "[emperor] ldap monitor: skipping entry {dn}: {why}");
+        }
+        self.warned = refused;
+        by_name.into_values().map(|(_, spec)| spec).collect()
+    }
+}
+
+/// Keeps an RFC 4533 refreshAndPersist search open on the monitor's filter
+/// and reports every message; asks for no attributes (`1.1`), since a
+/// message only triggers a fresh search.
+async fn watch(mut ldap: Ldap, url: Arc<LdapUrl>, tx: mpsc::Sender<Push>) {
+    ldap.with_controls(SyncRequest {
+        mode: RefreshMode::RefreshAndPersist,
+        cookie: None,
+        reload_hint: false,
+    });
+    let mut stream = match ldap
+        .streaming_search(&url.base, url.scope, &url.filter, vec!["1.1"])
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Push::Failed(e)).await;
+            return;
+        }
+    };
+    loop {
+        let push = match stream.next().await {
+            Ok(Some(e)) => Push::Message {
+                intermediate: e.is_intermediate(),
+            },
+            Ok(None) => {
+                let r = stream.finish().await;
+                let why = if r.rc == 0 {
+                    "it completed instead of staying open".to_string()
+                } else {
+                    format!("rc={} {}", r.rc, r.text)
+                };
+                let _ = tx.send(Push::Ended(why)).await;
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Push::Failed(e)).await;
+                return;
+            }
+        };
+        if tx.send(push).await.is_err() {
+            return;
+        }
+    }
+}
