@@ -10,10 +10,16 @@ use emperor::{Monitor, MonitorError, MonitorOptions};
 
 #[cfg(feature = "dir")]
 pub mod dir;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "dir")]
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
+#[cfg(any(feature = "zoo", feature = "etcd"))]
+pub mod kv;
+#[cfg(feature = "zoo")]
+pub mod zoo;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -21,6 +27,12 @@ pub fn schemes() -> Vec<&'static str> {
     if cfg!(feature = "dir") {
         v.push("dir");
         v.push("glob");
+    }
+    if cfg!(feature = "zoo") {
+        v.push("zoo");
+    }
+    if cfg!(feature = "etcd") {
+        v.push("etcd");
     }
     v
 }
@@ -39,6 +51,10 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "dir" => return Ok(Box::new(dir::DirMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "dir")]
             "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
+            #[cfg(feature = "zoo")]
+            "zoo" => return Ok(Box::new(zoo::ZooMonitor::new(url, rest)?)),
+            #[cfg(feature = "etcd")]
+            "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),
