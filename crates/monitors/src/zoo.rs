@@ -6,9 +6,11 @@
 //!
 //! One persistent recursive watch on `/path` (ZooKeeper 3.6 or later) gives
 //! every creation, data change and deletion below it in order, so a change is
-//! acted on within milliseconds; nothing is polled. After a reconnect or a
-//! new session everything is read again and sent as a fresh snapshot, since
-//! a watch can lose events while the connection is down (ZOOKEEPER-4698).
+//! acted on within milliseconds; nothing is polled. A lost connection or an
+//! expired session ends the session: the monitor reports
+//! `Health(Degraded)`, connects again with backoff, sets the watch again and
+//! reads everything (a fresh snapshot), since a watch can lose events while
+//! the connection is down (ZOOKEEPER-4698).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -160,19 +162,15 @@ async fn session(mon: &ZooMonitor, ctx: &mut MonitorContext, backoff: &mut Backo
             }
         };
         match event.event_type {
+            // a lost connection ends the session: a persistent watch is
+            // not reliably restored by the client's own reconnect (events
+            // are lost meanwhile, ZOOKEEPER-4698, and with ZooKeeper 3.8 not
+            // always delivered afterwards), so a new session watches again
+            // and reads everything
             zk::EventType::Session => match event.session_state {
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
                 zk::SessionState::Disconnected => {
-                    let reason = format!("connection to {} lost; reconnecting", mon.hosts);
-                    tracing::warn!(monitor = %mon.describe(), "{reason}");
-                    if !ctx.health(MonitorHealth::Degraded(reason)).await {
-                        return End::EmperorGone;
-                    }
-                }
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    tracing::info!(monitor = %mon.describe(), "zookeeper connection back; reading everything again");
-                    if let Some(end) = resync(mon, &client, ctx, backoff, &mut state).await {
-                        return end;
-                    }
+                    return End::Lost(format!("connection to {} lost", mon.hosts))
                 }
                 other => return End::Lost(format!("zookeeper session ended: {other:?}")),
             },
@@ -323,18 +321,9 @@ async fn resync(
     None
 }
 
-/// A read failed: a lost connection waits for the client's own reconnect
-/// (the watch then says SyncConnected and everything is read again); an
-/// ended session starts a new one.
-async fn read_failed(mon: &ZooMonitor, ctx: &MonitorContext, e: zk::Error) -> Option<End> {
-    match e {
-        zk::Error::ConnectionLoss | zk::Error::Timeout => {
-            let reason = format!("reading {}: {e}; waiting for the connection", mon.path);
-            tracing::warn!(monitor = %mon.describe(), "{reason}");
-            (!ctx.health(MonitorHealth::Degraded(reason)).await).then_some(End::EmperorGone)
-        }
-        e => Some(End::Lost(format!("reading {}: {e}", mon.path))),
-    }
+/// A read failed: the session is given up and a new one reads everything.
+async fn read_failed(mon: &ZooMonitor, _ctx: &MonitorContext, e: zk::Error) -> Option<End> {
+    Some(End::Lost(format!("reading {}: {e}", mon.path)))
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
+pub mod etcd;
+pub mod zookeeper;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
