@@ -154,8 +154,7 @@ async fn session(
         *seen = Some(rev);
         let opts = etcd::WatchOptions::new()
             .with_prefix()
-            .with_start_revision(rev + 1)
-            .with_progress_notify();
+            .with_start_revision(rev + 1);
         let watch = tokio::time::timeout(
             REQUEST_TIMEOUT,
             client.watch(mon.prefix.as_bytes(), Some(opts)),
@@ -224,13 +223,9 @@ async fn session(
                     return End::EmperorGone;
                 }
             }
-            if resp.events().is_empty() {
-                // a progress notification: nothing under the prefix changed
-                // up to the header's revision
-                if let Some(h) = resp.header() {
-                    newest = newest.max(h.revision());
-                }
-            }
+            // (the header's revision is not used: in the response that
+            // confirms the watch it is the store's revision, ahead of the
+            // events still to be replayed)
             *seen = Some(newest);
         }
     }
