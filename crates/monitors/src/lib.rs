@@ -10,12 +10,18 @@ use emperor::{Monitor, MonitorError, MonitorOptions};
 
 #[cfg(feature = "dir")]
 pub mod dir;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "dir")]
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
 #[cfg(feature = "ldap")]
 pub mod ldap;
+#[cfg(any(feature = "zoo", feature = "etcd"))]
+pub mod kv;
+#[cfg(feature = "zoo")]
+pub mod zoo;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -26,6 +32,12 @@ pub fn schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "ldap") {
         v.push("ldap");
+    }
+    if cfg!(feature = "zoo") {
+        v.push("zoo");
+    }
+    if cfg!(feature = "etcd") {
+        v.push("etcd");
     }
     v
 }
@@ -49,6 +61,10 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "ldap")]
             "ldap" => return Ok(Box::new(ldap::LdapMonitor::new(url, opts)?)),
+            #[cfg(feature = "zoo")]
+            "zoo" => return Ok(Box::new(zoo::ZooMonitor::new(url, rest)?)),
+            #[cfg(feature = "etcd")]
+            "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),

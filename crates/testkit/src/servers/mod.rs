@@ -4,6 +4,8 @@
 //! removes its directory when dropped.
 
 pub mod slapd;
+pub mod etcd;
+pub mod zookeeper;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,143 @@
+//! zoo:// end to end: a real private ZooKeeper, imperium, and real uWSGI
+//! vassals that receive their config over the config pipe.
+#![cfg(feature = "zoo")]
+
+mod kv_uwsgi_support;
+
+use kv_uwsgi_support::*;
+use testkit::procs::{alive, tree, wait_all_dead};
+use testkit::servers::zookeeper::ZooKeeper;
+use testkit::uwsgi::{http_get, vassal_ini, vassal_ini_on, wait_answer, write_app};
+use zookeeper_client as zk;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn opts() -> zk::CreateOptions<'static> {
+    zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
+}
+
+struct Zk {
+    rt: tokio::runtime::Runtime,
+    c: zk::Client,
+}
+
+impl Zk {
+    fn connect(server: &ZooKeeper) -> Zk {
+        let rt = rt();
+        let c = rt
+            .block_on(zk::Client::connect(&server.hosts()))
+            .expect("connect");
+        Zk { rt, c }
+    }
+    fn create(&self, path: &str, data: &str) {
+        self.rt
+            .block_on(self.c.create(path, data.as_bytes(), &opts()))
+            .unwrap_or_else(|e| panic!("create {path}: {e}"));
+    }
+    fn set(&self, path: &str, data: &str) {
+        self.rt
+            .block_on(self.c.set_data(path, data.as_bytes(), None))
+            .unwrap_or_else(|e| panic!("set {path}: {e}"));
+    }
+    fn delete(&self, path: &str) {
+        self.rt
+            .block_on(self.c.delete(path, None))
+            .unwrap_or_else(|e| panic!("delete {path}: {e}"));
+    }
+}
+
+#[test]
+fn create_change_outage_bad_record_delete_with_real_uwsgi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = write_app(tmp.path());
+    let mut server = ZooKeeper::start();
+    let z = Zk::connect(&server);
+    z.create("/vassals", "");
+    let (ini, port) = vassal_ini(&app, "one");
+    z.create("/vassals/app.ini", &ini);
+    // a bad record among good ones: skipped with the reason, the rest runs
+    z.create(
+        "/vassals/bad.ini",
+        &format!("#!imperium uid=nobody gid=1\n{ini}"),
+    );
+
+    let url = format!("zoo://{}/vassals", server.hosts());
+    let mut emp = emperor(tmp.path(), &url, &[]);
+    let worker = wait_answer(port, "one", T)
+        .unwrap_or_else(|| panic!("vassal never answered:\n{}", emp.log()));
+    let master = master_of(worker);
+    assert_eq!(testkit::procs::ppid(master), Some(emp.pid()));
+    emp.wait_log("vassal app.ini has been spawned", T);
+    let log = emp.log();
+    assert!(
+        log.contains("bad.ini") && log.contains("znode skipped"),
+        "{log}"
+    );
+    assert!(!log.contains("vassal bad.ini has been spawned"), "{log}");
+
+    // the config text is the znode's data, sent over the config pipe
+    z.set("/vassals/app.ini", &vassal_ini_on(&app, "two", port));
+    emp.wait_log("reload the uwsgi instance app.ini", T);
+    let w2 = wait_answer(port, "two", T).unwrap_or_else(|| panic!("no reload:\n{}", emp.log()));
+    assert_eq!(master_of(w2), master, "graceful reload keeps the master");
+
+    // ZooKeeper down: the vassal keeps running, the monitor is degraded
+    drop(z);
+    server.stop();
+    emp.wait_log("keeping its", T);
+    assert!(http_get(port, "/").is_some_and(|b| b.contains("marker=two")));
+    assert!(alive(master));
+    // back: everything is read again and changes flow
+    server.restart();
+    let z = Zk::connect(&server);
+    z.set("/vassals/app.ini", &vassal_ini_on(&app, "three", port));
+    let w3 = wait_answer(port, "three", T)
+        .unwrap_or_else(|| panic!("no change after restart:\n{}", emp.log()));
+    assert_eq!(
+        master_of(w3),
+        master,
+        "the outage did not restart the vassal"
+    );
+
+    // delete: the vassal and all its processes go
+    let all = tree(master);
+    z.delete("/vassals/app.ini");
+    emp.wait_log("removed uwsgi instance app.ini", T);
+    assert!(wait_all_dead(&all, T), "left: {:?}", tree(master));
+    assert!(emp.stop().success());
+}
+
+#[test]
+fn two_imperium_processes_share_one_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = write_app(tmp.path());
+    let server = ZooKeeper::start();
+    let z = Zk::connect(&server);
+    z.create("/fleet", "");
+    z.create("/fleet/app.ini", &ini_env_port(&app, "v1"));
+    let url = format!("zoo://{}/fleet", server.hosts());
+    let (p1, p2) = (testkit::servers::free_port(), testkit::servers::free_port());
+    let mut e1 = emperor(tmp.path(), &url, &[("HOSTPORT", &p1.to_string())]);
+    let mut e2 = emperor(tmp.path(), &url, &[("HOSTPORT", &p2.to_string())]);
+    let m1 = master_of(wait_answer(p1, "v1", T).unwrap_or_else(|| panic!("host 1:\n{}", e1.log())));
+    let m2 = master_of(wait_answer(p2, "v1", T).unwrap_or_else(|| panic!("host 2:\n{}", e2.log())));
+    assert_eq!(testkit::procs::ppid(m1), Some(e1.pid()));
+    assert_eq!(testkit::procs::ppid(m2), Some(e2.pid()));
+
+    // one write reloads the vassal on both hosts
+    z.set("/fleet/app.ini", &ini_env_port(&app, "v2"));
+    assert!(wait_answer(p1, "v2", T).is_some(), "host 1:\n{}", e1.log());
+    assert!(wait_answer(p2, "v2", T).is_some(), "host 2:\n{}", e2.log());
+    // one delete stops it on both
+    let (t1, t2) = (tree(m1), tree(m2));
+    z.delete("/fleet/app.ini");
+    assert!(wait_all_dead(&t1, T), "host 1:\n{}", e1.log());
+    assert!(wait_all_dead(&t2, T), "host 2:\n{}", e2.log());
+    assert!(e1.stop().success());
+    assert!(e2.stop().success());
+}

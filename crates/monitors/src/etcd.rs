@@ -1,0 +1,330 @@
+//! `etcd://[user:password@]host:port[,host:port...]/prefix`: every key
+//! `/prefix/NAME` whose NAME has a config extension is a vassal; its value is
+//! the config text (sent over the config pipe), optionally after one
+//! `#!imperium uid=.. gid=.. socket=..` header line (see [`crate::kv`]); its
+//! `mod_revision` is the change key.
+//!
+//! The monitor reads the prefix once, then follows etcd's watch from the
+//! revision of that read. It remembers the last revision it has seen, and
+//! after a lost connection it watches again from the next one, so no change
+//! is missed and none is applied twice. Only when etcd has compacted that
+//! history away does it read everything again (a fresh snapshot).
+
+use std::time::Duration;
+
+use emperor::backoff::Backoff;
+use emperor::{Change, Monitor, MonitorContext, MonitorError, MonitorHealth};
+use etcd_client as etcd;
+use futures::future::BoxFuture;
+
+use crate::kv::{self, NameKind};
+
+/// etcd's client port.
+pub const DEFAULT_PORT: u16 = 2379;
+/// How long one connection attempt or one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The etcd:// monitor.
+pub struct EtcdMonitor {
+    endpoints: Vec<String>,
+    prefix: String,
+    auth: Option<(String, String)>,
+}
+
+impl EtcdMonitor {
+    /// `url` is the whole `--emperor` value, `rest` what follows `etcd://`.
+    pub fn new(url: &str, rest: &str) -> Result<Self, MonitorError> {
+        let bad = |reason: String| MonitorError::BadUrl {
+            url: kv::redact_url(url),
+            reason,
+        };
+        let (auth, rest) = kv::split_userinfo(rest);
+        let slash = rest
+            .find('/')
+            .ok_or_else(|| bad("missing the key prefix (etcd://host:port/prefix)".to_string()))?;
+        let (hosts, path) = rest.split_at(slash);
+        let endpoints = kv::hosts_with_port(hosts, DEFAULT_PORT).map_err(bad)?;
+        if path.contains(['?', '#']) {
+            return Err(bad("etcd:// takes no query or fragment".to_string()));
+        }
+        let prefix = if path.ends_with('/') {
+            path.to_string()
+        } else {
+            format!("{path}/")
+        };
+        Ok(EtcdMonitor {
+            endpoints,
+            prefix,
+            auth,
+        })
+    }
+
+    /// The key prefix watched (always ends with `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Monitor for EtcdMonitor {
+    fn describe(&self) -> String {
+        let hosts = self.endpoints.join(",");
+        let path = self.prefix.trim_end_matches('/');
+        let path = if path.is_empty() { "/" } else { path };
+        match &self.auth {
+            Some((user, _)) => format!("etcd://{user}:***@{hosts}{path}"),
+            None => format!("etcd://{hosts}{path}"),
+        }
+    }
+
+    fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
+        Box::pin(run(*self, ctx))
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The emperor is gone: stop.
+    EmperorGone,
+    /// Connect again after a backoff delay.
+    Lost(String),
+}
+
+async fn run(mon: EtcdMonitor, mut ctx: MonitorContext) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    // every change up to this revision has been sent; None = read everything
+    let mut seen: Option<i64> = None;
+    loop {
+        match session(&mon, &mut ctx, &mut backoff, &mut seen).await {
+            End::EmperorGone => return,
+            End::Lost(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(monitor = %mon.describe(), %reason, retry_in = ?delay, "etcd unavailable");
+                if !ctx.health(MonitorHealth::Degraded(reason)).await {
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                if ctx.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(mon: &EtcdMonitor) -> Result<etcd::Client, String> {
+    let mut opts = etcd::ConnectOptions::new()
+        .with_connect_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
+        .with_keep_alive_while_idle(true);
+    if let Some((user, pass)) = &mon.auth {
+        opts = opts.with_user(user.clone(), pass.clone());
+    }
+    let urls: Vec<String> = mon
+        .endpoints
+        .iter()
+        .map(|e| format!("http://{e}"))
+        .collect();
+    match tokio::time::timeout(REQUEST_TIMEOUT, etcd::Client::connect(urls, Some(opts))).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(format!("connect to {}: {e}", mon.endpoints.join(","))),
+        Err(_) => Err(format!("connect to {}: timed out", mon.endpoints.join(","))),
+    }
+}
+
+/// One connection: read (if needed), watch from the next revision, follow.
+async fn session(
+    mon: &EtcdMonitor,
+    ctx: &mut MonitorContext,
+    backoff: &mut Backoff,
+    seen: &mut Option<i64>,
+) -> End {
+    let mut client = match connect(mon).await {
+        Ok(c) => c,
+        Err(reason) => return End::Lost(reason),
+    };
+    'watch: loop {
+        let rev = match *seen {
+            Some(rev) => rev,
+            None => match snapshot(mon, &mut client, ctx).await {
+                Ok(Some(rev)) => rev,
+                Ok(None) => return End::EmperorGone,
+                Err(reason) => return End::Lost(reason),
+            },
+        };
+        *seen = Some(rev);
+        let opts = etcd::WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let watch = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            client.watch(mon.prefix.as_bytes(), Some(opts)),
+        );
+        let mut stream = match watch.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return End::Lost(format!("watch {}: {e}", mon.prefix)),
+            Err(_) => return End::Lost(format!("watch {}: timed out", mon.prefix)),
+        };
+        let mut connected = false;
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = ctx.rescan_requested() => {
+                    // a full read, then a new watch from its revision
+                    *seen = None;
+                    continue 'watch;
+                }
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return End::Lost("the watch stream was closed by the server".to_string())
+                }
+                Err(e) => return End::Lost(format!("watch {}: {e}", mon.prefix)),
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    tracing::warn!(
+                        monitor = %mon.describe(),
+                        from = rev + 1,
+                        compacted_to = resp.compact_revision(),
+                        "etcd compacted the history since the last revision read; reading everything again"
+                    );
+                    *seen = None;
+                    continue 'watch;
+                }
+                return End::Lost(format!(
+                    "watch canceled by the server: {}",
+                    resp.cancel_reason()
+                ));
+            }
+            if !connected {
+                connected = true;
+                backoff.reset();
+                tracing::info!(monitor = %mon.describe(), from_revision = rev + 1, "etcd watch established");
+                if !ctx.health(MonitorHealth::Connected).await {
+                    return End::EmperorGone;
+                }
+            }
+            // etcd never splits one revision's events over two responses,
+            // so `seen` moves once per response
+            let floor = seen.unwrap_or(0);
+            let mut newest = floor;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision();
+                if rev <= floor {
+                    continue; // already in the snapshot or already sent
+                }
+                newest = newest.max(rev);
+                let Some(change) = event_change(mon, ctx, ev.event_type(), kv) else {
+                    continue;
+                };
+                if !ctx.send(change).await {
+                    return End::EmperorGone;
+                }
+            }
+            // (the header's revision is not used: in the response that
+            // confirms the watch it is the store's revision, ahead of the
+            // events still to be replayed)
+            *seen = Some(newest);
+        }
+    }
+}
+
+/// The name of a key under the prefix, if it is a vassal.
+fn vassal_name(mon: &EtcdMonitor, ctx: &MonitorContext, key: &[u8]) -> Option<emperor::VassalName> {
+    let Ok(key) = std::str::from_utf8(key) else {
+        tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(key), reason = "the key is not valid UTF-8", "etcd key skipped");
+        return None;
+    };
+    let rest = key.strip_prefix(mon.prefix.as_str())?;
+    match kv::classify_name(rest, &ctx.options) {
+        NameKind::Vassal(n) => Some(n),
+        NameKind::Ignored => None,
+        NameKind::Refused(reason) => {
+            tracing::warn!(monitor = %mon.describe(), %key, %reason, "etcd key skipped");
+            None
+        }
+    }
+}
+
+fn event_change(
+    mon: &EtcdMonitor,
+    ctx: &MonitorContext,
+    kind: etcd::EventType,
+    kv: &etcd::KeyValue,
+) -> Option<Change> {
+    let name = vassal_name(mon, ctx, kv.key())?;
+    Some(match kind {
+        etcd::EventType::Delete => Change::Remove(name),
+        etcd::EventType::Put => match kv::spec(name.clone(), kv.value(), kv.mod_revision()) {
+            Ok(spec) => Change::Upsert(spec),
+            Err(reason) => {
+                // what a full read would say: a bad record is not a vassal
+                tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(kv.key()), %reason, "etcd key skipped");
+                Change::Remove(name)
+            }
+        },
+    })
+}
+
+/// Reads every key under the prefix and sends a snapshot. Returns the
+/// revision of the read (`Ok(None)`: the emperor is gone).
+async fn snapshot(
+    mon: &EtcdMonitor,
+    client: &mut etcd::Client,
+    ctx: &MonitorContext,
+) -> Result<Option<i64>, String> {
+    let get = client.get(
+        mon.prefix.as_bytes(),
+        Some(etcd::GetOptions::new().with_prefix()),
+    );
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(format!("read {}: {e}", mon.prefix)),
+        Err(_) => return Err(format!("read {}: timed out", mon.prefix)),
+    };
+    let rev = resp
+        .header()
+        .map(|h| h.revision())
+        .ok_or_else(|| format!("read {}: the response has no header", mon.prefix))?;
+    let mut specs = Vec::new();
+    for kv in resp.kvs() {
+        let Some(name) = vassal_name(mon, ctx, kv.key()) else {
+            continue;
+        };
+        match kv::spec(name, kv.value(), kv.mod_revision()) {
+            Ok(spec) => specs.push(spec),
+            Err(reason) => {
+                tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(kv.key()), %reason, "etcd key skipped")
+            }
+        }
+    }
+    tracing::debug!(monitor = %mon.describe(), vassals = specs.len(), revision = rev, "etcd snapshot");
+    if !ctx.send(Change::Snapshot(specs)).await {
+        return Ok(None);
+    }
+    Ok(Some(rev))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_grammar() {
+        let m = EtcdMonitor::new("etcd://a,b:2380/vassals", "a,b:2380/vassals").unwrap();
+        assert_eq!(m.endpoints, vec!["a:2379", "b:2380"]);
+        assert_eq!(m.prefix(), "/vassals/");
+        assert_eq!(m.describe(), "etcd://a:2379,b:2380/vassals");
+        let m = EtcdMonitor::new("etcd://u:secret@h/", "u:secret@h/").unwrap();
+        assert_eq!(m.prefix(), "/");
+        assert_eq!(m.describe(), "etcd://u:***@h:2379/");
+        assert!(EtcdMonitor::new("etcd://h", "h").is_err());
+        assert!(EtcdMonitor::new("etcd://h/a?b", "h/a?b").is_err());
+        let err = EtcdMonitor::new("etcd://u:secret@h:x/a", "u:secret@h:x/a")
+            .err()
+            .unwrap();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+}
