@@ -16,6 +16,8 @@ mod fswatch;
 pub mod glob;
 #[cfg(feature = "ldap")]
 pub mod ldap;
+#[cfg(feature = "pg")]
+pub mod pg;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -26,6 +28,9 @@ pub fn schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "ldap") {
         v.push("ldap");
+    }
+    if cfg!(feature = "pg") {
+        v.push("pg");
     }
     v
 }
@@ -49,6 +54,8 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "ldap")]
             "ldap" => return Ok(Box::new(ldap::LdapMonitor::new(url, opts)?)),
+            #[cfg(feature = "pg")]
+            "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),
