@@ -57,16 +57,38 @@ pub fn check_columns(n: usize) -> Result<(), ResultError> {
 }
 
 /// Parses the ts column: seconds since the epoch, possibly fractional.
+///
+/// Plain decimals (what `EXTRACT(epoch FROM ts)` prints) are read exactly to
+/// the nanosecond; an exponent form goes through
+/// [`ChangeKey::from_secs_f64`]. Signs, `NaN`, `inf` and anything else are
+/// refused.
 pub fn parse_ts(text: &str) -> Result<ChangeKey, RowError> {
+    let bad = || RowError::BadTs(text.to_string());
     let t = text.trim();
-    // only plain decimal numbers: no "inf", "NaN", hex or signs
-    let plain = !t.is_empty()
-        && t.bytes()
-            .all(|c| c.is_ascii_digit() || c == b'.' || c == b'e' || c == b'E' || c == b'+')
-        && t.as_bytes()[0].is_ascii_digit();
+    if !t.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    if let Some((int, frac)) = t.split_once('.').or(Some((t, ""))) {
+        let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+        if digits(int) && digits(frac) {
+            let secs: i128 = int.parse().map_err(|_| bad())?;
+            let mut ns: i128 = 0;
+            for (i, c) in frac.bytes().take(9).enumerate() {
+                ns += i128::from(c - b'0') * 10i128.pow(8 - i as u32);
+            }
+            return secs
+                .checked_mul(1_000_000_000)
+                .and_then(|s| s.checked_add(ns))
+                .map(ChangeKey::Stamp)
+                .ok_or_else(bad);
+        }
+    }
+    let exp_form = t
+        .bytes()
+        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'));
     match t.parse::<f64>() {
-        Ok(secs) if plain && secs.is_finite() => Ok(ChangeKey::from_secs_f64(secs)),
-        _ => Err(RowError::BadTs(text.to_string())),
+        Ok(secs) if exp_form && secs.is_finite() => Ok(ChangeKey::from_secs_f64(secs)),
+        _ => Err(bad()),
     }
 }
 
@@ -297,7 +319,17 @@ mod tests {
         let a = parse_ts("1700000000.000001").unwrap();
         let b = parse_ts("1700000000.000002").unwrap();
         assert!(b.is_newer_than(&a));
-        for bad in ["", "inf", "-1", "0x10", ".5", "1,5"] {
+        for bad in [
+            "",
+            "inf",
+            "-1",
+            "0x10",
+            ".5",
+            "1,5",
+            "1.2.3",
+            "1e",
+            "99999999999999999999999999999999",
+        ] {
             assert!(parse_ts(bad).is_err(), "{bad}");
         }
     }

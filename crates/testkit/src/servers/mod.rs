@@ -140,3 +140,4 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
+pub mod pg;
