@@ -63,6 +63,12 @@ impl PgMonitor {
                 reason: format!("invalid libpq conninfo: {e}"),
             }
         })?;
+        apply_libpq_env(&mut config, &|k| std::env::var(k).ok()).map_err(|reason| {
+            MonitorError::BadUrl {
+                url: parsed.describe(),
+                reason,
+            }
+        })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -74,6 +80,90 @@ impl PgMonitor {
             config,
         })
     }
+}
+
+/// Where libpq looks for the server's Unix socket when no host is given
+/// (Debian's build).
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/postgresql";
+
+/// Fills what the conninfo leaves out from libpq's environment variables
+/// (`PGHOST`, `PGHOSTADDR`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`,
+/// `PGCONNECT_TIMEOUT`, `PGAPPNAME`, `PGSSLMODE`), as uWSGI's emperor_pg gets
+/// them through libpq. Without a host, the Unix socket in
+/// [`DEFAULT_SOCKET_DIR`] is used, as libpq does. `env` looks a variable up.
+pub fn apply_libpq_env(
+    config: &mut tokio_postgres::Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    let bad = |k: &str| format!("invalid value in the environment variable {k}");
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        match (var("PGHOST"), var("PGHOSTADDR")) {
+            (None, None) => {
+                config.host(DEFAULT_SOCKET_DIR);
+            }
+            (host, addr) => {
+                if let Some(host) = host {
+                    for h in host.split(',') {
+                        config.host(h);
+                    }
+                }
+                if let Some(addr) = addr {
+                    for a in addr.split(',') {
+                        config.hostaddr(a.trim().parse().map_err(|_| bad("PGHOSTADDR"))?);
+                    }
+                }
+            }
+        }
+    }
+    if config.get_ports().is_empty() {
+        if let Some(port) = var("PGPORT") {
+            for p in port.split(',') {
+                config.port(p.trim().parse().map_err(|_| bad("PGPORT"))?);
+            }
+        }
+    }
+    if config.get_user().is_none() {
+        if let Some(user) = var("PGUSER") {
+            config.user(&user);
+        }
+    }
+    if config.get_password().is_none() {
+        if let Some(pw) = var("PGPASSWORD") {
+            config.password(pw);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(db) = var("PGDATABASE") {
+            config.dbname(&db);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        if let Some(t) = var("PGCONNECT_TIMEOUT") {
+            let secs: u64 = t.trim().parse().map_err(|_| bad("PGCONNECT_TIMEOUT"))?;
+            if secs > 0 {
+                config.connect_timeout(Duration::from_secs(secs));
+            }
+        }
+    }
+    if config.get_application_name().is_none() {
+        if let Some(app) = var("PGAPPNAME") {
+            config.application_name(&app);
+        }
+    }
+    if let Some(mode) = var("PGSSLMODE") {
+        // only when the conninfo left sslmode at its default
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer {
+            let mode = match mode.as_str() {
+                "disable" | "allow" => tokio_postgres::config::SslMode::Disable,
+                "prefer" => tokio_postgres::config::SslMode::Prefer,
+                "require" | "verify-ca" | "verify-full" => tokio_postgres::config::SslMode::Require,
+                _ => return Err(bad("PGSSLMODE")),
+            };
+            config.ssl_mode(mode);
+        }
+    }
+    Ok(())
 }
 
 /// The URL for an error message when it could not even be split.
@@ -361,5 +451,80 @@ fn error_text(e: &tokio_postgres::Error) -> String {
             }
             s
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use tokio_postgres::config::Host;
+
+    fn with_env(conninfo: &str, vars: &[(&str, &str)]) -> Result<tokio_postgres::Config, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = tokio_postgres::Config::from_str(conninfo).unwrap();
+        apply_libpq_env(&mut c, &|k| map.get(k).cloned())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn environment_fills_what_the_conninfo_leaves_out() {
+        let c = with_env(
+            "dbname=emperor",
+            &[
+                ("PGHOST", "db1,/run/pg"),
+                ("PGPORT", "6432"),
+                ("PGUSER", "u"),
+                ("PGPASSWORD", "pw"),
+                ("PGDATABASE", "ignored"),
+                ("PGCONNECT_TIMEOUT", "3"),
+                ("PGAPPNAME", "app"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.get_hosts(),
+            &[
+                Host::Tcp("db1".into()),
+                Host::Unix(std::path::PathBuf::from("/run/pg"))
+            ]
+        );
+        assert_eq!(c.get_ports(), &[6432]);
+        assert_eq!(c.get_user(), Some("u"));
+        assert_eq!(c.get_password(), Some(&b"pw"[..]));
+        assert_eq!(c.get_dbname(), Some("emperor"));
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(3)));
+        assert_eq!(c.get_application_name(), Some("app"));
+    }
+
+    #[test]
+    fn the_conninfo_wins_over_the_environment() {
+        let c = with_env(
+            "host=h port=1 user=a password=b",
+            &[
+                ("PGHOST", "x"),
+                ("PGPORT", "2"),
+                ("PGUSER", "y"),
+                ("PGPASSWORD", "z"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.get_hosts(), &[Host::Tcp("h".into())]);
+        assert_eq!(c.get_ports(), &[1]);
+        assert_eq!(c.get_user(), Some("a"));
+        assert_eq!(c.get_password(), Some(&b"b"[..]));
+    }
+
+    #[test]
+    fn no_host_anywhere_means_the_default_socket() {
+        let c = with_env("dbname=x", &[]).unwrap();
+        assert_eq!(
+            c.get_hosts(),
+            &[Host::Unix(std::path::PathBuf::from(DEFAULT_SOCKET_DIR))]
+        );
+        assert!(with_env("dbname=x", &[("PGPORT", "many")]).is_err());
     }
 }
