@@ -556,6 +556,20 @@ fn a_bad_conninfo_is_a_startup_error_without_the_password() {
 }
 
 #[test]
+fn the_docs_show_the_trigger_the_tests_use() {
+    let doc = include_str!("../../../docs/monitors/pg.md");
+    let sql: String = NOTIFY_SQL
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        doc.contains(sql.trim()),
+        "docs/monitors/pg.md must show docs/monitors/pg-notify.sql verbatim"
+    );
+}
+
+#[test]
 fn pg_is_a_built_in_scheme() {
     assert!(monitors::schemes().contains(&"pg"));
 }
