@@ -3,6 +3,7 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
+pub mod pg;
 pub mod slapd;
 
 use std::net::{TcpListener, TcpStream};
@@ -140,4 +141,3 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
-pub mod pg;
