@@ -22,6 +22,8 @@ pub mod ldap;
 pub mod kv;
 #[cfg(feature = "zoo")]
 pub mod zoo;
+#[cfg(feature = "pg")]
+pub mod pg;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -38,6 +40,9 @@ pub fn schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "etcd") {
         v.push("etcd");
+    }
+    if cfg!(feature = "pg") {
+        v.push("pg");
     }
     v
 }
@@ -65,6 +70,8 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "zoo" => return Ok(Box::new(zoo::ZooMonitor::new(url, rest)?)),
             #[cfg(feature = "etcd")]
             "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
+            #[cfg(feature = "pg")]
+            "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),

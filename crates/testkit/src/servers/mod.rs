@@ -3,6 +3,7 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
+pub mod pg;
 pub mod slapd;
 pub mod etcd;
 pub mod zookeeper;

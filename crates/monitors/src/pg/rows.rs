@@ -1,0 +1,392 @@
+//! Turning query rows into vassal specs (reference §4.4, §4.5).
+//!
+//! A row is `name, config, ts[, uid, gid[, socket]]`, every column read as
+//! text. A bad row is skipped with a warning naming it; the rest of the
+//! result still counts. A row whose name is valid but whose other columns
+//! are not keeps the vassal on the last spec this monitor accepted for that
+//! name, so a bad edit never stops a running vassal.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use emperor::protocol::{check_config, ConfigPipeError};
+use emperor::{ChangeKey, Extensions, NameError, NamePolicy, Owner, VassalName, VassalSpec};
+
+/// The fewest columns a result may have (name, config, ts).
+pub const MIN_COLUMNS: usize = 3;
+/// The most columns a result may have (name, config, ts, uid, gid, socket).
+pub const MAX_COLUMNS: usize = 6;
+
+/// A result whose shape is wrong as a whole: it cannot say anything about
+/// the vassals, so the monitor reports itself degraded instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResultError {
+    #[error("the query returns {0} columns; pg:// needs 3 to 6 (name, config, ts[, uid, gid[, socket]])")]
+    ColumnCount(usize),
+    #[error("the query returns 4 columns: a uid column needs a gid column beside it (name, config, ts, uid, gid[, socket])")]
+    UidWithoutGid,
+}
+
+/// Why one row was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    #[error("the name column is NULL")]
+    NullName,
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("the config column is NULL")]
+    NullConfig,
+    #[error(transparent)]
+    Config(#[from] ConfigPipeError),
+    #[error("the ts column is NULL")]
+    NullTs,
+    #[error("the ts column {0:?} is not a number of seconds since the epoch (select EXTRACT(epoch FROM ts))")]
+    BadTs(String),
+    #[error("the uid/gid columns {0:?}/{1:?} are not both NULL or both numbers")]
+    BadOwner(Option<String>, Option<String>),
+}
+
+/// Checks the column count of a result.
+pub fn check_columns(n: usize) -> Result<(), ResultError> {
+    if !(MIN_COLUMNS..=MAX_COLUMNS).contains(&n) {
+        Err(ResultError::ColumnCount(n))
+    } else if n == 4 {
+        Err(ResultError::UidWithoutGid)
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses the ts column: seconds since the epoch, possibly fractional.
+///
+/// Plain decimals (what `EXTRACT(epoch FROM ts)` prints) are read exactly to
+/// the nanosecond; an exponent form goes through
+/// [`ChangeKey::from_secs_f64`]. Signs, `NaN`, `inf` and anything else are
+/// refused.
+pub fn parse_ts(text: &str) -> Result<ChangeKey, RowError> {
+    let bad = || RowError::BadTs(text.to_string());
+    let t = text.trim();
+    if !t.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        return Err(bad());
+    }
+    if let Some((int, frac)) = t.split_once('.').or(Some((t, ""))) {
+        let digits = |s: &str| s.bytes().all(|c| c.is_ascii_digit());
+        if digits(int) && digits(frac) {
+            let secs: i128 = int.parse().map_err(|_| bad())?;
+            let mut ns: i128 = 0;
+            for (i, c) in frac.bytes().take(9).enumerate() {
+                ns += i128::from(c - b'0') * 10i128.pow(8 - i as u32);
+            }
+            return secs
+                .checked_mul(1_000_000_000)
+                .and_then(|s| s.checked_add(ns))
+                .map(ChangeKey::Stamp)
+                .ok_or_else(bad);
+        }
+    }
+    let exp_form = t
+        .bytes()
+        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'));
+    match t.parse::<f64>() {
+        Ok(secs) if exp_form && secs.is_finite() => Ok(ChangeKey::from_secs_f64(secs)),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_owner(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Owner>, RowError> {
+    let bad = || RowError::BadOwner(uid.map(str::to_string), gid.map(str::to_string));
+    match (uid, gid) {
+        (None, None) => Ok(None),
+        (Some(u), Some(g)) => {
+            let uid = u.trim().parse::<u32>().map_err(|_| bad())?;
+            let gid = g.trim().parse::<u32>().map_err(|_| bad())?;
+            Ok(Some(Owner { uid, gid }))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Turns one row into a spec. `cols` has 3, 5 or 6 entries (see
+/// [`check_columns`]); `None` is SQL NULL.
+///
+/// On error the parsed name is returned beside the error when the name
+/// itself was valid.
+pub fn row_to_spec(
+    cols: &[Option<&str>],
+    exts: &Extensions,
+) -> Result<VassalSpec, (Option<VassalName>, RowError)> {
+    let name = cols[0].ok_or((None, RowError::NullName))?;
+    let name = VassalName::parse(name, exts, NamePolicy::Plain).map_err(|e| (None, e.into()))?;
+    let fail = |e: RowError| (Some(name.clone()), e);
+    let config = cols[1].ok_or_else(|| fail(RowError::NullConfig))?;
+    check_config(config.as_bytes()).map_err(|e| fail(e.into()))?;
+    let key = parse_ts(cols[2].ok_or_else(|| fail(RowError::NullTs))?).map_err(fail)?;
+    let owner = if cols.len() >= 5 {
+        parse_owner(cols[3], cols[4]).map_err(fail)?
+    } else {
+        None
+    };
+    // column 6 empty or NULL: no socket (the documented meaning)
+    let socket = cols
+        .get(5)
+        .copied()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let mut spec = VassalSpec::inline(name, config, key);
+    spec.owner = owner;
+    spec.socket = socket;
+    Ok(spec)
+}
+
+/// Turns whole results into snapshots, remembering the last good spec of
+/// each vassal and which bad rows were already reported.
+#[derive(Debug, Default)]
+pub struct RowReader {
+    last_good: HashMap<VassalName, VassalSpec>,
+    warned: HashSet<String>,
+}
+
+impl RowReader {
+    /// The snapshot for one result. `rows` are the rows of a result whose
+    /// column count passed [`check_columns`]; `source` names the monitor in
+    /// log lines.
+    pub fn snapshot(
+        &mut self,
+        rows: &[Vec<Option<&str>>],
+        exts: &Extensions,
+        source: &str,
+    ) -> Vec<VassalSpec> {
+        let mut specs: BTreeMap<VassalName, VassalSpec> = BTreeMap::new();
+        let mut warnings: Vec<String> = Vec::new();
+        for (i, row) in rows.iter().enumerate() {
+            let n = i + 1;
+            match row_to_spec(row, exts) {
+                Ok(spec) => match specs.get(&spec.name) {
+                    Some(prev) => {
+                        warnings.push(format!(
+                            "row {n}: vassal {} appears more than once in the result; the row with the largest ts counts",
+                            spec.name
+                        ));
+                        if spec.key.is_newer_than(&prev.key) {
+                            specs.insert(spec.name.clone(), spec);
+                        }
+                    }
+                    None => {
+                        specs.insert(spec.name.clone(), spec);
+                    }
+                },
+                Err((Some(name), e)) => {
+                    let kept = self.last_good.get(&name);
+                    warnings.push(match kept {
+                        Some(_) => format!(
+                            "row {n}: vassal {name} skipped: {e}; the vassal keeps its previous config"
+                        ),
+                        None => format!("row {n}: vassal {name} skipped: {e}"),
+                    });
+                    if let Some(old) = kept {
+                        specs.entry(name).or_insert_with(|| old.clone());
+                    }
+                }
+                Err((None, e)) => {
+                    warnings.push(format!("row {n} skipped: {e}"));
+                }
+            }
+        }
+        // report each bad row once while it stays bad
+        let mut seen = HashSet::with_capacity(warnings.len());
+        for w in warnings {
+            if !self.warned.contains(&w) {
+                tracing::warn!(monitor = %source, "{w}");
+            }
+            seen.insert(w);
+        }
+        self.warned = seen;
+        self.last_good = specs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        specs.into_values().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emperor::ConfigSource;
+
+    fn exts() -> Extensions {
+        Extensions::default()
+    }
+
+    fn spec(cols: &[Option<&str>]) -> Result<VassalSpec, RowError> {
+        row_to_spec(cols, &exts()).map_err(|(_, e)| e)
+    }
+
+    #[test]
+    fn three_columns() {
+        let s = spec(&[Some("a.ini"), Some("[uwsgi]\n"), Some("1700000000.5")]).unwrap();
+        assert_eq!(s.name.as_str(), "a.ini");
+        assert_eq!(s.config, ConfigSource::Inline("[uwsgi]\n".into()));
+        assert_eq!(s.key, ChangeKey::Stamp(1_700_000_000_500_000_000));
+        assert_eq!(s.owner, None);
+        assert_eq!(s.socket, None);
+    }
+
+    #[test]
+    fn owner_and_socket_columns() {
+        let s = spec(&[
+            Some("a.ini"),
+            Some("x"),
+            Some("1"),
+            Some("1000"),
+            Some("100"),
+            Some("127.0.0.1:9000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.owner,
+            Some(Owner {
+                uid: 1000,
+                gid: 100
+            })
+        );
+        assert_eq!(s.socket.as_deref(), Some("127.0.0.1:9000"));
+        for empty in [Some(""), None] {
+            let s = spec(&[Some("a.ini"), Some("x"), Some("1"), None, None, empty]).unwrap();
+            assert_eq!(s.socket, None);
+            assert_eq!(s.owner, None);
+        }
+    }
+
+    #[test]
+    fn bad_rows() {
+        let big = "x".repeat(65536);
+        let cases: Vec<(Vec<Option<&str>>, &str)> = vec![
+            (vec![None, Some("x"), Some("1")], "NULL"),
+            (vec![Some("a.txt"), Some("x"), Some("1")], "extension"),
+            (
+                vec![Some("../a.ini"), Some("x"), Some("1")],
+                "path separator",
+            ),
+            (
+                vec![Some("a/b.ini"), Some("x"), Some("1")],
+                "path separator",
+            ),
+            (
+                vec![Some("a.ini"), None, Some("1")],
+                "config column is NULL",
+            ),
+            (vec![Some("a.ini"), Some(""), Some("1")], "empty"),
+            (vec![Some("a.ini"), Some(&big), Some("1")], "65535"),
+            (vec![Some("a.ini"), Some("x"), None], "ts column is NULL"),
+            (
+                vec![Some("a.ini"), Some("x"), Some("yesterday")],
+                "not a number",
+            ),
+            (vec![Some("a.ini"), Some("x"), Some("-5")], "not a number"),
+            (vec![Some("a.ini"), Some("x"), Some("NaN")], "not a number"),
+            (
+                vec![Some("a.ini"), Some("x"), Some("2024-01-01 00:00:00")],
+                "not a number",
+            ),
+            (
+                vec![Some("a.ini"), Some("x"), Some("1"), Some("root"), Some("0")],
+                "uid/gid",
+            ),
+            (
+                vec![Some("a.ini"), Some("x"), Some("1"), Some("0"), None],
+                "uid/gid",
+            ),
+        ];
+        for (row, want) in cases {
+            let e = spec(&row).expect_err(want).to_string();
+            assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn largest_config_is_accepted() {
+        let big = "x".repeat(65535);
+        assert!(spec(&[Some("a.ini"), Some(&big), Some("1")]).is_ok());
+    }
+
+    #[test]
+    fn ts_forms() {
+        assert_eq!(parse_ts("12").unwrap(), ChangeKey::Stamp(12_000_000_000));
+        assert_eq!(parse_ts(" 1.25 ").unwrap(), ChangeKey::Stamp(1_250_000_000));
+        assert_eq!(
+            parse_ts("1e3").unwrap(),
+            ChangeKey::Stamp(1_000_000_000_000)
+        );
+        // microseconds apart still compare in order
+        let a = parse_ts("1700000000.000001").unwrap();
+        let b = parse_ts("1700000000.000002").unwrap();
+        assert!(b.is_newer_than(&a));
+        for bad in [
+            "",
+            "inf",
+            "-1",
+            "0x10",
+            ".5",
+            "1,5",
+            "1.2.3",
+            "1e",
+            "99999999999999999999999999999999",
+        ] {
+            assert!(parse_ts(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn column_counts() {
+        assert!(check_columns(3).is_ok());
+        assert!(check_columns(5).is_ok());
+        assert!(check_columns(6).is_ok());
+        assert_eq!(check_columns(2), Err(ResultError::ColumnCount(2)));
+        assert_eq!(check_columns(7), Err(ResultError::ColumnCount(7)));
+        assert_eq!(check_columns(4), Err(ResultError::UidWithoutGid));
+    }
+
+    #[test]
+    fn bad_rows_are_skipped_and_the_rest_counts() {
+        let mut r = RowReader::default();
+        let rows = vec![
+            vec![Some("a.ini"), Some("A"), Some("1")],
+            vec![Some("../evil.ini"), Some("E"), Some("1")],
+            vec![None, Some("N"), Some("1")],
+            vec![Some("b.ini"), Some("B"), Some("soon")],
+            vec![Some("c.ini"), Some("C"), Some("3")],
+        ];
+        let snap = r.snapshot(&rows, &exts(), "test");
+        let names: Vec<&str> = snap.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["a.ini", "c.ini"]);
+    }
+
+    #[test]
+    fn a_bad_edit_keeps_the_previous_spec() {
+        let mut r = RowReader::default();
+        let good = vec![vec![Some("a.ini"), Some("A1"), Some("1")]];
+        let first = r.snapshot(&good, &exts(), "test");
+        let big = "x".repeat(70_000);
+        let bad = vec![vec![Some("a.ini"), Some(big.as_str()), Some("2")]];
+        let second = r.snapshot(&bad, &exts(), "test");
+        assert_eq!(first, second);
+        // a later good edit is taken
+        let fixed = vec![vec![Some("a.ini"), Some("A3"), Some("3")]];
+        let third = r.snapshot(&fixed, &exts(), "test");
+        assert_eq!(third[0].config, ConfigSource::Inline("A3".into()));
+        // once the row is gone, a bad row of that name is not kept any more
+        r.snapshot(&[], &exts(), "test");
+        assert!(r.snapshot(&bad, &exts(), "test").is_empty());
+    }
+
+    #[test]
+    fn duplicate_names_keep_the_largest_ts() {
+        let mut r = RowReader::default();
+        let rows = vec![
+            vec![Some("a.ini"), Some("old"), Some("1")],
+            vec![Some("a.ini"), Some("new"), Some("5")],
+            vec![Some("a.ini"), Some("mid"), Some("3")],
+        ];
+        let snap = r.snapshot(&rows, &exts(), "test");
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].config, ConfigSource::Inline("new".into()));
+    }
+}
