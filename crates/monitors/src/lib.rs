@@ -73,10 +73,11 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             #[cfg(feature = "pg")]
             "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
             s if KNOWN.contains(&s) => {
+                // only the scheme: the rest may hold a password
                 return Err(MonitorError::NotBuilt {
-                    url: url.to_string(),
+                    url: format!("{s}://..."),
                     scheme: s.to_string(),
-                })
+                });
             }
             // an unknown scheme falls through to the path rules, as uWSGI does
             _ => {}
