@@ -649,16 +649,19 @@ impl Reconciler {
                 // on demand: hold the socket, spawn on the first connection
                 v.waiting = true;
                 v.respawn_at = None;
+                let new_socket = v.listening.as_ref() != Some(address);
                 v.listening = Some(address.clone());
                 out.push(Action::Listen {
                     name: name.clone(),
                     address: address.clone(),
                     workdir: spec.workdir.clone(),
                 });
-                self.emit(Event::OnDemandWaiting {
-                    name,
-                    socket: address,
-                });
+                if new_socket {
+                    self.emit(Event::OnDemandWaiting {
+                        name,
+                        socket: address,
+                    });
+                }
                 return;
             }
             Some(_) => {}

@@ -287,10 +287,16 @@ fn on_demand_lifecycle(addr_text: &str, addr: SocketAddr) {
 
     // a crash keeps the socket: a client that connects right after the
     // crash is queued and served by the next start
-    kill(Pid::from_raw(m2 as i32), Signal::SIGKILL).unwrap();
+    let crashed = tree(m2);
+    for p in &crashed {
+        kill(Pid::from_raw(*p as i32), Signal::SIGKILL).unwrap();
+    }
+    assert!(wait_all_dead(&crashed, T));
     let (w3, _) = get(addr).unwrap_or_else(|| panic!("no answer after a crash:\n{}", emp.log()));
-    assert_ne!(master_of(w3), m2);
+    assert!(!crashed.contains(&w3));
+    assert_eq!(ppid(master_of(w3)), Some(emp.pid()));
     assert!(emp.log().contains("died unexpectedly"), "{}", emp.log());
+    assert_eq!(emp.count("spawned uwsgi instance od.ini"), 3);
     // one socket all along: never re-bound
     assert_eq!(emp.count("instance detected, waiting for connections"), 1);
 }
