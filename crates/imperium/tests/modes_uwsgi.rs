@@ -382,7 +382,7 @@ fn broodlord_spawns_zergs_under_load_and_retires_them_on_idle() {
     let port = free_port();
     let zerg_sock = tmp.path().join("zerg.sock");
     let ini = format!(
-        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {app}\nenv = MARKER=base\nzerg-server = {zs}\nvassal-sos = 1\ndie-on-term = true\nreload-mercy = 5\nworker-reload-mercy = 5\n\n[zerg]\nplugins = python3\nmaster = true\nprocesses = 1\nzerg = {zs}\nwsgi-file = {app}\nenv = MARKER=zerg\nidle = 3\ndie-on-idle = true\ndie-on-term = true\n",
+        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {app}\nenv = MARKER=base\nzerg-server = {zs}\nvassal-sos = 1\ndie-on-term = true\nreload-mercy = 5\nworker-reload-mercy = 5\n\n[zerg]\nplugins = python3\nmaster = true\nprocesses = 1\nzerg = {zs}\nprotocol = http\nwsgi-file = {app}\nenv = MARKER=zerg\nidle = 3\ndie-on-idle = true\ndie-on-term = true\n",
         app = app.display(),
         zs = zerg_sock.display()
     );
