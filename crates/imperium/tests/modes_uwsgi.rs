@@ -171,12 +171,22 @@ fn a_tyrant_vassal_cannot_become_root_or_another_user() {
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
     // the check can fail: without no_new_privs this program runs as root
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid", &u1.0.to_string(), "--regid", &u1.1.to_string(), "--clear-groups"])
+        .args([
+            "--reuid",
+            &u1.0.to_string(),
+            "--regid",
+            &u1.1.to_string(),
+            "--clear-groups",
+        ])
         .arg(&suid)
         .arg("-u")
         .output()
         .expect("setpriv (util-linux)");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "setuid works here");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "setuid works here"
+    );
     let marker = tmp.path().join("euid");
     let (ini, p_su) = vassal_ini(&app, "su");
     write_owned(
@@ -190,7 +200,8 @@ fn a_tyrant_vassal_cannot_become_root_or_another_user() {
     );
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let emp = emperor(tmp.path(), &vassals, &["--emperor-tyrant"]);
-    let w = wait_answer(p_su, "su", T).unwrap_or_else(|| panic!("su never answered:\n{}", emp.log()));
+    let w =
+        wait_answer(p_su, "su", T).unwrap_or_else(|| panic!("su never answered:\n{}", emp.log()));
     assert_runs_as(master_of(w), u1);
     let got = std::fs::read_to_string(&marker).unwrap_or_default();
     assert_eq!(
@@ -264,7 +275,9 @@ fn on_demand_lifecycle(addr_text: &str, addr: SocketAddr) {
         .collect();
     let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert!(
-        answers.iter().all(|a| a.as_ref().is_some_and(|(_, m)| m == "od")),
+        answers
+            .iter()
+            .all(|a| a.as_ref().is_some_and(|(_, m)| m == "od")),
         "{answers:?}\n{}",
         emp.log()
     );

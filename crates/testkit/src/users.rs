@@ -63,6 +63,9 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<String> {
 
 fn status_ids(pid: u32, field: &str) -> Option<[u32; 4]> {
     let v = proc_status_field(pid, field)?;
-    let ids: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let ids: Vec<u32> = v
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     ids.try_into().ok()
 }
