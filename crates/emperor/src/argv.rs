@@ -33,6 +33,9 @@ pub struct LaunchOptions {
     pub include: Vec<String>,
     /// `--emperor-magic-exec`.
     pub magic_exec: bool,
+    /// `--emperor-tyrant-initgroups`: a tyrant vassal gets its owner's
+    /// supplementary groups (initgroups) instead of none.
+    pub tyrant_initgroups: bool,
 }
 
 impl Default for LaunchOptions {
@@ -49,6 +52,7 @@ impl Default for LaunchOptions {
             inherit: Vec::new(),
             include: Vec::new(),
             magic_exec: false,
+            tyrant_initgroups: false,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::monitor::MonitorId;
 use crate::name::VassalName;
+use crate::spec::Owner;
 
 /// How a vassal process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -38,6 +39,10 @@ pub struct Counters {
     pub throttled_respawns: u64,
     pub refused: u64,
     pub monitor_errors: u64,
+    /// Broodlord zergs added (on SOS).
+    pub zergs_added: u64,
+    /// On-demand vassals started by a connection.
+    pub on_demand_activations: u64,
 }
 
 /// One notable thing.
@@ -114,6 +119,51 @@ pub enum Event<'a> {
         state: &'a str,
         running: usize,
     },
+    /// Tyrant mode: the owner is root or below the allowed minimum.
+    TyrantRefused {
+        name: &'a VassalName,
+        reason: &'a str,
+    },
+    /// Tyrant mode: the owner of a known vassal changed.
+    OwnerChanged {
+        name: &'a VassalName,
+        from: Option<Owner>,
+        to: Option<Owner>,
+        running: bool,
+    },
+    /// An on-demand vassal waits for a connection on its socket.
+    OnDemandWaiting {
+        name: &'a VassalName,
+        socket: &'a str,
+    },
+    /// A connection arrived on an on-demand socket.
+    OnDemandActivated {
+        name: &'a VassalName,
+    },
+    /// An on-demand vassal stopped on idle and waits again.
+    BackToOnDemand {
+        name: &'a VassalName,
+    },
+    /// A vassal's SOS added a zerg.
+    ZergAdded {
+        name: &'a VassalName,
+        zerg: &'a VassalName,
+        zergs: usize,
+        max: usize,
+    },
+    /// A vassal's SOS found every broodlord slot taken.
+    BroodlordFull {
+        name: &'a VassalName,
+        zergs: usize,
+        max: usize,
+    },
+}
+
+fn owner_str(o: Option<Owner>) -> String {
+    match o {
+        Some(o) => format!("{}:{}", o.uid, o.gid),
+        None => "none".to_string(),
+    }
 }
 
 impl Event<'_> {
@@ -196,6 +246,45 @@ impl Event<'_> {
                     c.monitor_errors += 1;
                     warn!(monitor, url, "[emperor] monitor {url} is {state}; keeping its {running} vassals as they are");
                 }
+            }
+            Event::TyrantRefused { name, reason } => {
+                c.refused += 1;
+                error!(vassal = %name, "[emperor-tyrant] invalid permissions for vassal {name}: {reason}");
+            }
+            Event::OwnerChanged {
+                name,
+                from,
+                to,
+                running,
+            } => {
+                let (from, to) = (owner_str(from), owner_str(to));
+                if running {
+                    warn!(vassal = %name, %from, %to, "[emperor-tyrant] !!! permissions of file {name} changed ({from} -> {to}). stopping the instance... !!!");
+                } else {
+                    info!(vassal = %name, %from, %to, "[emperor-tyrant] permissions of {name} changed ({from} -> {to})");
+                }
+            }
+            Event::OnDemandWaiting { name, socket } => {
+                info!(vassal = %name, socket, "[uwsgi-emperor] {name} -> \"on demand\" instance detected, waiting for connections on socket \"{socket}\" ...");
+            }
+            Event::OnDemandActivated { name } => {
+                c.on_demand_activations += 1;
+                info!(vassal = %name, "[emperor] connection pending on the socket of on-demand vassal {name}: spawning it");
+            }
+            Event::BackToOnDemand { name } => {
+                info!(vassal = %name, "[uwsgi-emperor] {name} back to \"on demand\" mode");
+            }
+            Event::ZergAdded {
+                name,
+                zerg,
+                zergs,
+                max,
+            } => {
+                c.zergs_added += 1;
+                info!(vassal = %name, zerg = %zerg, zergs, max, "[emperor] vassal {name} sent SOS: adding zerg {zerg} ({zergs}/{max})");
+            }
+            Event::BroodlordFull { name, zergs, max } => {
+                warn!(vassal = %name, zergs, max, "[emperor] vassal {name} sent SOS, but the broodlord limit is reached ({zergs}/{max} zergs)");
             }
         }
     }

@@ -12,11 +12,14 @@ pub mod name;
 pub mod protocol;
 pub mod spec;
 
-pub use monitor::{Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions, Secret};
+pub use monitor::{
+    Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions, OnDemandSource, Secret,
+};
 pub use name::{Extensions, NameError, NamePolicy, VassalName};
 pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 pub mod argv;
 pub mod events;
+pub mod ondemand;
 pub mod reconciler;
 pub mod runtime;
 pub mod spawn;

@@ -39,6 +39,8 @@ pub struct MonitorOptions {
     /// The password for [`MonitorOptions::ldap_bind_dn`] when the URL gives
     /// none (`x-bindpw=` / `x-bindpw-file=` extensions).
     pub ldap_bind_password: Option<Secret>,
+    /// Where file monitors (dir, glob) find the on-demand socket of a vassal.
+    pub on_demand: OnDemandSource,
 }
 
 /// A password or other secret: its `Debug` and `Display` never show it, so
@@ -76,6 +78,24 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// Where file monitors find on-demand sockets (reference §11); database and
+/// message monitors carry the socket in their records instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OnDemandSource {
+    /// No file vassal is on demand.
+    #[default]
+    None,
+    /// `--emperor-on-demand-extension EXT`: the first line of the file
+    /// `NAME` + `EXT` next to the config (`app.ini.socket`).
+    Extension(String),
+    /// `--emperor-on-demand-directory DIR`: `DIR/<name without its last
+    /// extension>.socket` (a UNIX socket).
+    Directory(PathBuf),
+    /// `--emperor-on-demand-exec CMD`: the first line `CMD NAME` prints
+    /// (run through `/bin/sh`, the name passed as a separate argument).
+    Exec(String),
+}
+
 impl Default for MonitorOptions {
     fn default() -> Self {
         MonitorOptions {
@@ -87,6 +107,7 @@ impl Default for MonitorOptions {
             pg_channel: "imperium".to_string(),
             ldap_bind_dn: None,
             ldap_bind_password: None,
+            on_demand: OnDemandSource::None,
         }
     }
 }

@@ -142,6 +142,30 @@ impl VassalName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name of zerg number `n` of this (base) vassal: `NAME:zerg:N`.
+    ///
+    /// ```
+    /// use emperor::name::{Extensions, NamePolicy, VassalName};
+    /// let base = VassalName::parse("app.ini", &Extensions::default(), NamePolicy::Plain).unwrap();
+    /// let z = base.zerg(3);
+    /// assert_eq!(z.as_str(), "app.ini:zerg:3");
+    /// assert_eq!(z.zerg_parts(), Some(("app.ini", 3)));
+    /// assert_eq!(base.zerg_parts(), None);
+    /// ```
+    pub fn zerg(&self, n: u64) -> VassalName {
+        VassalName(Arc::from(format!("{}:zerg:{n}", self.0)))
+    }
+
+    /// For a zerg name (`NAME:zerg:N`), the base name and the number.
+    /// Names from monitors end with a config extension, so they never look
+    /// like a zerg.
+    pub fn zerg_parts(&self) -> Option<(&str, u64)> {
+        let (rest, n) = self.0.rsplit_once(':')?;
+        let n = n.parse().ok()?;
+        let base = rest.strip_suffix(":zerg")?;
+        (!base.is_empty()).then_some((base, n))
+    }
 }
 
 fn check_common(name: &str) -> Result<(), NameError> {

@@ -17,7 +17,7 @@ use crate::events::{Counters, Event, ExitStatus};
 use crate::monitor::MonitorId;
 use crate::name::VassalName;
 use crate::protocol::{self, VassalMessage, MSG_GRACEFUL_STOP, MSG_RELOAD, MSG_STOP};
-use crate::spec::{Change, ChangeKey, ConfigSource, MonitorHealth, VassalSpec};
+use crate::spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 use crate::throttle::{loyal_delay, Blacklist, ThrottleConfig};
 
 /// Identifies one process of a vassal; never reused.
@@ -33,6 +33,29 @@ pub struct ReconcilerConfig {
     pub curse_tolerance: Duration,
     /// `--emperor-required-heartbeat` (30 s).
     pub required_heartbeat: Duration,
+    /// `--emperor-tyrant`: run every vassal as the owner its source gives
+    /// (`None`: tyrant mode off, vassals run as the emperor's user).
+    pub tyrant: Option<TyrantConfig>,
+    /// `--emperor-broodlord N`: the most zergs alive at once (0: off).
+    pub broodlord: usize,
+}
+
+/// Tyrant mode settings (reference §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TyrantConfig {
+    /// `--emperor-tyrant-min-uid` (1): owners with a smaller uid are refused.
+    pub min_uid: u32,
+    /// `--emperor-tyrant-min-gid` (1): owners with a smaller gid are refused.
+    pub min_gid: u32,
+}
+
+impl Default for TyrantConfig {
+    fn default() -> Self {
+        TyrantConfig {
+            min_uid: 1,
+            min_gid: 1,
+        }
+    }
 }
 
 impl Default for ReconcilerConfig {
@@ -42,6 +65,8 @@ impl Default for ReconcilerConfig {
             graceful_shutdown: false,
             curse_tolerance: Duration::from_secs(30),
             required_heartbeat: Duration::from_secs(30),
+            tyrant: None,
+            broodlord: 0,
         }
     }
 }
@@ -52,6 +77,11 @@ pub enum Action {
     /// Start a process for `spec` as instance `instance`; then report
     /// [`Reconciler::spawned`] or [`Reconciler::spawn_failed`]. For inline
     /// configs the runtime pushes the config right after the spawn.
+    ///
+    /// `spec.owner` is set only in tyrant mode: the process runs as that
+    /// user. When `spec.socket` is set, the on-demand socket of the vassal
+    /// (see [`Action::Listen`]) goes on fd 0. A zerg (`NAME:zerg:N`, see
+    /// [`VassalName::zerg_parts`]) is launched as `NAME:zerg`.
     Spawn {
         instance: InstanceId,
         spec: VassalSpec,
@@ -65,6 +95,20 @@ pub enum Action {
     },
     /// SIGKILL the instance (never a pid ≤ 0: the runtime kills by handle).
     Kill { instance: InstanceId },
+    /// Make sure the on-demand socket of `name` is bound at `address` (keep
+    /// it when it already is, so queued connections survive) and watch it
+    /// for one pending connection, then report
+    /// [`Reconciler::on_demand_connection`] (or
+    /// [`Reconciler::listen_failed`]). The runtime never accepts.
+    /// A relative UNIX path resolves against `workdir` (the emperor's
+    /// directory when `None`), like the vassal's own relative paths.
+    Listen {
+        name: VassalName,
+        address: String,
+        workdir: Option<std::path::PathBuf>,
+    },
+    /// Close the on-demand socket of `name` (removed, or no longer on demand).
+    Unlisten { name: VassalName },
 }
 
 /// Why a running instance is being stopped.
@@ -113,8 +157,11 @@ pub enum VassalState {
     Exiled,
     /// Stopped on its own request (byte 22): waits for a config change.
     Idle,
-    /// Refused (for example a config too large for the pipe).
+    /// Refused (for example a config too large for the pipe, or a root
+    /// owner in tyrant mode).
     Refused,
+    /// On demand: waiting for a connection on its socket.
+    OnDemand,
 }
 
 /// One entry of the vassal table.
@@ -143,9 +190,52 @@ pub struct Vassal {
     pub last_loyal: Option<SystemTime>,
     pub last_ready: Option<SystemTime>,
     pub last_accepting: Option<SystemTime>,
+    /// For a broodlord zerg: its base vassal.
+    pub zerg_of: Option<VassalName>,
+    /// Zergs started for this (base) vassal so far (numbers its zergs).
+    pub zergs_started: u64,
+    /// The address the runtime holds the on-demand socket at.
+    pub listening: Option<String>,
+    /// On demand: waiting for a connection, no process.
+    pub waiting: bool,
+    /// On demand: a connection arrived; the spawn is due (it may wait for
+    /// the blacklist).
+    pub activated: bool,
 }
 
 impl Vassal {
+    fn new(name: VassalName, monitor: MonitorId, spec: VassalSpec) -> Vassal {
+        Vassal {
+            name,
+            monitor,
+            applied_key: spec.key,
+            desired: Some(spec),
+            proc: None,
+            respawn_at: None,
+            exiled: false,
+            idle: false,
+            refused: None,
+            crash_streak: 0,
+            reloads: 0,
+            restarts: 0,
+            born: SystemTime::now(),
+            last_exit: None,
+            last_loyal: None,
+            last_ready: None,
+            last_accepting: None,
+            zerg_of: None,
+            zergs_started: 0,
+            listening: None,
+            waiting: false,
+            activated: false,
+        }
+    }
+
+    /// True for a broodlord zerg.
+    pub fn is_zerg(&self) -> bool {
+        self.zerg_of.is_some()
+    }
+
     /// The state, derived from the fields.
     pub fn state(&self) -> VassalState {
         match &self.proc {
@@ -155,6 +245,7 @@ impl Vassal {
             None if self.refused.is_some() => VassalState::Refused,
             None if self.exiled => VassalState::Exiled,
             None if self.idle => VassalState::Idle,
+            None if self.waiting => VassalState::OnDemand,
             None => VassalState::Throttled,
         }
     }
@@ -242,6 +333,12 @@ impl Reconciler {
         self.vassals.values().filter(|v| v.proc.is_some()).count()
     }
 
+    /// Number of broodlord zergs in the table (what `--emperor-broodlord`
+    /// limits).
+    pub fn zergs(&self) -> usize {
+        self.vassals.values().filter(|v| v.is_zerg()).count()
+    }
+
     fn emit(&mut self, e: Event<'_>) {
         e.record(&mut self.counters);
     }
@@ -266,7 +363,10 @@ impl Reconciler {
                     .vassals
                     .values()
                     .filter(|v| {
-                        v.monitor == monitor && v.desired.is_some() && !names.contains(&v.name)
+                        v.monitor == monitor
+                            && v.desired.is_some()
+                            && !v.is_zerg()
+                            && !names.contains(&v.name)
                     })
                     .map(|v| v.name.clone())
                     .collect();
@@ -311,38 +411,32 @@ impl Reconciler {
     fn upsert(
         &mut self,
         monitor: MonitorId,
-        spec: VassalSpec,
+        mut spec: VassalSpec,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
         if self.shutting_down {
             return;
         }
+        // an empty socket value means "not on demand" (reference §4.5 bug)
+        spec.socket = spec
+            .socket
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         let name = spec.name.clone();
+        let tyrant = self.cfg.tyrant.is_some();
         let Some(v) = self.vassals.get_mut(&name) else {
-            let v = Vassal {
-                name: name.clone(),
-                monitor,
-                applied_key: spec.key,
-                desired: Some(spec),
-                proc: None,
-                respawn_at: None,
-                exiled: false,
-                idle: false,
-                refused: None,
-                crash_streak: 0,
-                reloads: 0,
-                restarts: 0,
-                born: SystemTime::now(),
-                last_exit: None,
-                last_loyal: None,
-                last_ready: None,
-                last_accepting: None,
-            };
-            self.vassals.insert(name.clone(), v);
+            self.vassals
+                .insert(name.clone(), Vassal::new(name.clone(), monitor, spec));
             self.start(&name, now, out);
             return;
         };
+        if v.is_zerg() {
+            // a monitor never names a zerg (names end with an extension)
+            return;
+        }
         if v.monitor != monitor {
             if v.desired.is_some() {
                 let owner = v.monitor;
@@ -360,13 +454,28 @@ impl Reconciler {
         }
         let was_removed = v.desired.is_none();
         let newer = spec.key.is_newer_than(&v.applied_key);
-        if !newer && !was_removed {
+        let old = v.desired.as_ref();
+        let owner_changed = tyrant && old.is_some_and(|d| d.owner != spec.owner);
+        let socket_changed = old.is_some_and(|d| d.socket != spec.socket);
+        if !newer && !was_removed && !owner_changed && !socket_changed {
             return;
         }
-        let restart_needed = v
-            .desired
-            .as_ref()
-            .is_some_and(|d| d.socket != spec.socket || d.workdir != spec.workdir);
+        let restart_needed =
+            owner_changed || socket_changed || old.is_some_and(|d| d.workdir != spec.workdir);
+        if owner_changed {
+            let from = old.and_then(|d| d.owner);
+            let to = spec.owner;
+            let running = v.proc.is_some();
+            self.emit(Event::OwnerChanged {
+                name: &name,
+                from,
+                to,
+                running,
+            });
+        }
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return;
+        };
         v.applied_key = spec.key;
         v.desired = Some(spec);
         v.exiled = false;
@@ -395,6 +504,58 @@ impl Reconciler {
             None if v.respawn_at.is_some() => {} // the timer starts it with the new spec
             None => self.start(&name, now, out),
         }
+        self.update_zergs(&name, restart_needed, now, out);
+    }
+
+    /// The zergs of `base` follow its spec: a reload reloads them with the
+    /// new config; a restart (new owner, socket or directory) stops them
+    /// (the base asks for new ones when it needs them).
+    fn update_zergs(
+        &mut self,
+        base: &VassalName,
+        restart: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(base_spec) = self.vassals.get(base).and_then(|v| v.desired.clone()) else {
+            return;
+        };
+        for z in self.zergs_of(base) {
+            let Some(v) = self.vassals.get_mut(&z) else {
+                continue;
+            };
+            if v.desired.is_none() {
+                continue;
+            }
+            if restart {
+                v.desired = None;
+                v.respawn_at = None;
+                if v.proc.is_some() {
+                    self.stop(&z, StopReason::Removed, now, out);
+                } else {
+                    self.delete(&z, out);
+                }
+                continue;
+            }
+            let spec = zerg_spec(&base_spec, z.clone());
+            if !spec.key.is_newer_than(&v.applied_key) {
+                continue;
+            }
+            v.applied_key = spec.key;
+            v.desired = Some(spec);
+            if let Some(p) = v.proc.as_ref().filter(|p| p.stopping.is_none()) {
+                let (instance, pid) = (p.instance, p.pid.unwrap_or(0));
+                self.reload(&z, instance, pid, out);
+            }
+        }
+    }
+
+    fn zergs_of(&self, base: &VassalName) -> Vec<VassalName> {
+        self.vassals
+            .values()
+            .filter(|v| v.zerg_of.as_ref() == Some(base))
+            .map(|v| v.name.clone())
+            .collect()
     }
 
     fn remove(
@@ -407,22 +568,38 @@ impl Reconciler {
         let Some(v) = self.vassals.get_mut(name) else {
             return;
         };
-        if v.monitor != monitor || v.desired.is_none() {
+        if v.monitor != monitor || v.desired.is_none() || v.is_zerg() {
             return;
         }
+        // its zergs go with it
+        for z in self.zergs_of(name) {
+            self.drop_vassal(&z, now, out);
+        }
+        self.drop_vassal(name, now, out);
+    }
+
+    /// Forgets what `name` should run: stops its process (deleted when the
+    /// exit is seen) or deletes it now.
+    fn drop_vassal(&mut self, name: &VassalName, now: Instant, out: &mut Vec<Action>) {
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         v.desired = None;
         v.respawn_at = None;
         if v.proc.is_some() {
             self.stop(name, StopReason::Removed, now, out);
         } else {
-            self.delete(name);
+            self.delete(name, out);
         }
     }
 
-    fn delete(&mut self, name: &VassalName) {
+    fn delete(&mut self, name: &VassalName, out: &mut Vec<Action>) {
         if let Some(v) = self.vassals.remove(name) {
             if let Some(p) = v.proc {
                 self.by_instance.remove(&p.instance);
+            }
+            if v.listening.is_some() {
+                out.push(Action::Unlisten { name: name.clone() });
             }
             self.emit(Event::Removed { name });
         }
@@ -456,6 +633,45 @@ impl Reconciler {
                 return;
             }
         }
+        if let Some(t) = self.cfg.tyrant {
+            if let Some(reason) = tyrant_refusal(&t, spec.owner) {
+                v.refused = Some(reason.clone());
+                v.waiting = false;
+                self.emit(Event::TyrantRefused {
+                    name,
+                    reason: &reason,
+                });
+                return;
+            }
+        }
+        match &spec.socket {
+            Some(address) if !v.activated => {
+                // on demand: hold the socket, spawn on the first connection
+                v.waiting = true;
+                v.respawn_at = None;
+                let new_socket = v.listening.as_ref() != Some(address);
+                v.listening = Some(address.clone());
+                out.push(Action::Listen {
+                    name: name.clone(),
+                    address: address.clone(),
+                    workdir: spec.workdir.clone(),
+                });
+                if new_socket {
+                    self.emit(Event::OnDemandWaiting {
+                        name,
+                        socket: address,
+                    });
+                }
+                return;
+            }
+            Some(_) => {}
+            None => {
+                v.activated = false;
+                if v.listening.take().is_some() {
+                    out.push(Action::Unlisten { name: name.clone() });
+                }
+            }
+        }
         if let Some(at) = allowed_at {
             if at > now {
                 v.respawn_at = Some(at);
@@ -468,6 +684,13 @@ impl Reconciler {
             }
         }
         v.respawn_at = None;
+        v.waiting = false;
+        v.activated = false;
+        let mut spec = spec;
+        if self.cfg.tyrant.is_none() {
+            // the owner a source gives matters only in tyrant mode
+            spec.owner = None;
+        }
         let instance = self.next_instance;
         self.next_instance += 1;
         v.proc = Some(Proc {
@@ -524,6 +747,7 @@ impl Reconciler {
         if reason != StopReason::PipeClosed {
             out.push(Action::Send { instance, byte });
             let why = match reason {
+                StopReason::Removed if v.is_zerg() => "zerg removed",
                 StopReason::Removed => "config removed",
                 StopReason::Restart => "restart with a new owner, socket or directory",
                 StopReason::Idle => "idle shutdown requested by the vassal",
@@ -560,9 +784,10 @@ impl Reconciler {
     /// The process of `instance` could not be started (exec failed for
     /// every program): like uWSGI's exit 26, it is not retried until its
     /// config changes.
-    pub fn spawn_failed(&mut self, instance: InstanceId, error: &str) {
+    pub fn spawn_failed(&mut self, instance: InstanceId, error: &str) -> Vec<Action> {
+        let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
-            return;
+            return out;
         };
         let shutting_down = self.shutting_down;
         if let Some(v) = self.vassals.get_mut(&name) {
@@ -571,9 +796,53 @@ impl Reconciler {
             v.last_exit = Some(ExitStatus::Code(26));
         }
         self.emit(Event::SpawnFailed { name: &name, error });
-        if shutting_down || self.vassals.get(&name).is_some_and(|v| v.desired.is_none()) {
-            self.delete(&name);
+        if shutting_down
+            || self
+                .vassals
+                .get(&name)
+                .is_some_and(|v| v.desired.is_none() || v.is_zerg())
+        {
+            self.delete(&name, &mut out);
         }
+        out
+    }
+
+    /// A connection is pending on the on-demand socket of `name`: spawn it
+    /// (the connection waits in the backlog until the vassal accepts it).
+    pub fn on_demand_connection(&mut self, name: &VassalName, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(v) = self.vassals.get_mut(name) else {
+            return out;
+        };
+        if !v.waiting || v.proc.is_some() || v.desired.is_none() {
+            return out; // a stale report
+        }
+        v.waiting = false;
+        v.activated = true;
+        self.emit(Event::OnDemandActivated { name });
+        self.start(name, now, &mut out);
+        out
+    }
+
+    /// The on-demand socket of `name` could not be bound: the vassal is
+    /// refused until its spec changes; every other vassal goes on.
+    pub fn listen_failed(&mut self, name: &VassalName, error: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(v) = self.vassals.get_mut(name) else {
+            return out;
+        };
+        let address = v.listening.take().unwrap_or_default();
+        v.waiting = false;
+        v.activated = false;
+        let reason = format!("cannot bind its on-demand socket {address:?}: {error}");
+        v.refused = Some(reason.clone());
+        self.emit(Event::Refused {
+            name,
+            reason: &reason,
+        });
+        // the runtime holds nothing for it, but make sure
+        out.push(Action::Unlisten { name: name.clone() });
+        out
     }
 
     /// A byte arrived from `instance`.
@@ -626,14 +895,52 @@ impl Reconciler {
             VassalMessage::IdleShutdown => {
                 self.stop(&name, StopReason::Idle, now, &mut out);
             }
-            VassalMessage::Sos => {
-                tracing::warn!(vassal = %name, pid, "[emperor] vassal {name} sent SOS, but broodlord mode is not enabled");
-            }
+            VassalMessage::Sos => self.sos(&name, pid, now, &mut out),
             VassalMessage::Unknown(b) => {
                 tracing::debug!(vassal = %name, byte = b, "ignoring unknown byte from vassal");
             }
         }
         out
+    }
+
+    /// Byte 30 from `name`: add a zerg when broodlord mode allows one more.
+    fn sos(&mut self, name: &VassalName, pid: u32, now: Instant, out: &mut Vec<Action>) {
+        let max = self.cfg.broodlord;
+        if max == 0 {
+            tracing::warn!(vassal = %name, pid, "[emperor] vassal {name} sent SOS, but broodlord mode is not enabled (--emperor-broodlord N)");
+            return;
+        }
+        let zergs = self.zergs();
+        let Some(base) = self.vassals.get_mut(name) else {
+            return;
+        };
+        if base.is_zerg() {
+            tracing::debug!(vassal = %name, "[emperor] SOS from a zerg ignored");
+            return;
+        }
+        let Some(base_spec) = base.desired.clone() else {
+            return;
+        };
+        if base.proc.as_ref().is_some_and(|p| p.stopping.is_some()) {
+            return;
+        }
+        if zergs >= max {
+            self.emit(Event::BroodlordFull { name, zergs, max });
+            return;
+        }
+        base.zergs_started += 1;
+        let zname = name.zerg(base.zergs_started);
+        let monitor = base.monitor;
+        let mut z = Vassal::new(zname.clone(), monitor, zerg_spec(&base_spec, zname.clone()));
+        z.zerg_of = Some(name.clone());
+        self.vassals.insert(zname.clone(), z);
+        self.emit(Event::ZergAdded {
+            name,
+            zerg: &zname,
+            zergs: zergs + 1,
+            max,
+        });
+        self.start(&zname, now, out);
     }
 
     /// The control pipe of `instance` reached EOF (every process holding it
@@ -680,17 +987,31 @@ impl Reconciler {
             return out;
         };
         if self.shutting_down || v.desired.is_none() {
-            self.delete(&name);
+            self.delete(&name, &mut out);
             return out;
         }
+        let on_demand = v.desired.as_ref().is_some_and(|d| d.socket.is_some());
         match reason {
             Some(StopReason::Restart) => self.start(&name, now, &mut out),
+            // a zerg that is idle has done its job
+            Some(StopReason::Idle) if v.is_zerg() => self.delete(&name, &mut out),
+            Some(StopReason::Idle) if on_demand => {
+                self.emit(Event::BackToOnDemand { name: &name });
+                self.start(&name, now, &mut out);
+            }
             Some(StopReason::Idle) => v.idle = true,
-            Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name),
+            Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name, &mut out),
             None | Some(StopReason::PipeClosed) => {
                 if status == ExitStatus::Code(26) {
-                    v.exiled = true;
                     self.emit(Event::Exiled { name: &name });
+                    let Some(v) = self.vassals.get_mut(&name) else {
+                        return out;
+                    };
+                    if v.is_zerg() {
+                        self.delete(&name, &mut out);
+                    } else {
+                        v.exiled = true;
+                    }
                     return out;
                 }
                 v.restarts += 1;
@@ -877,7 +1198,7 @@ impl Reconciler {
             };
             v.respawn_at = None;
             if v.proc.is_none() {
-                self.vassals.remove(&name);
+                self.delete(&name, &mut out);
                 continue;
             }
             self.stop(&name, StopReason::Shutdown, now, &mut out);
@@ -903,6 +1224,55 @@ impl Reconciler {
             out.push(Action::Kill { instance });
         }
         out
+    }
+}
+
+/// Why tyrant mode refuses `owner`, or `None` when it may run.
+fn tyrant_refusal(t: &TyrantConfig, owner: Option<Owner>) -> Option<String> {
+    let Some(o) = owner else {
+        return Some(
+            "tyrant mode needs an owner, but its source gives no uid/gid (give the uid and gid columns, fields or message parts)"
+                .to_string(),
+        );
+    };
+    if o.uid >= t.min_uid && o.gid >= t.min_gid {
+        return None;
+    }
+    let what = if o.uid == 0 || o.gid == 0 {
+        "tyrant mode never runs a vassal as root".to_string()
+    } else {
+        format!(
+            "the lowest allowed uid/gid is {}/{} (--emperor-tyrant-min-uid, --emperor-tyrant-min-gid)",
+            t.min_uid, t.min_gid
+        )
+    };
+    Some(format!(
+        "it is owned by uid {} gid {} and {what}; give it an unprivileged owner (for a file: chown USER:GROUP FILE; for a database or message: its uid and gid values)",
+        o.uid, o.gid
+    ))
+}
+
+/// The spec of a zerg of `base`: the base config's `[zerg]` section
+/// (uWSGI's `file:section` syntax; for config text, the runtime launches
+/// `emperor://NAME:zerg` and pushes the whole text), the base's owner and
+/// directory, never on demand.
+fn zerg_spec(base: &VassalSpec, name: VassalName) -> VassalSpec {
+    let config = match &base.config {
+        ConfigSource::File(p) => {
+            let mut s = p.clone().into_os_string();
+            s.push(":zerg");
+            ConfigSource::File(s.into())
+        }
+        ConfigSource::Url(u) => ConfigSource::Url(format!("{u}:zerg")),
+        ConfigSource::Inline(t) => ConfigSource::Inline(t.clone()),
+    };
+    VassalSpec {
+        name,
+        config,
+        key: base.key,
+        owner: base.owner,
+        socket: None,
+        workdir: base.workdir.clone(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! actions; one task per vassal process relays protocol bytes and reaps it;
 //! one task per monitor feeds changes in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -17,10 +17,12 @@ use tokio::time::Instant;
 use crate::argv::{build_argv, LaunchOptions};
 use crate::events::ExitStatus;
 use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
+use crate::name::VassalName;
+use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
 use crate::protocol::{encode_config, VassalMessage};
 use crate::reconciler::{Action, InstanceId, Reconciler, ReconcilerConfig};
 use crate::spawn::{spawn_vassal, SpawnRequest};
-use crate::spec::{ConfigSource, VassalSpec};
+use crate::spec::{ConfigSource, Owner, VassalSpec};
 
 /// Everything the emperor needs besides its monitors.
 #[derive(Debug, Clone)]
@@ -31,6 +33,8 @@ pub struct EmperorConfig {
     /// `--reload-mercy` (30 s when unset): how long Ragnarok waits before
     /// SIGKILL.
     pub reload_mercy: Duration,
+    /// How on-demand sockets are bound.
+    pub on_demand: OnDemandOptions,
 }
 
 /// Operator commands (signals, control socket).
@@ -64,6 +68,8 @@ enum Report {
     Message(InstanceId, VassalMessage),
     PipeClosed(InstanceId),
     Exited(InstanceId, ExitStatus),
+    /// A connection is pending on the on-demand socket of a vassal.
+    Connection(VassalName),
 }
 
 /// The emperor: build it with its monitors, then [`Emperor::run`] it.
@@ -99,6 +105,9 @@ impl Emperor {
             cwd: opts.cwd.clone(),
             handles: HashMap::new(),
             reports: mpsc::unbounded_channel(),
+            listeners: HashMap::new(),
+            on_demand: self.cfg.on_demand,
+            broodlord_num: 0,
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -124,6 +133,7 @@ impl Emperor {
                             exec.handles.remove(&i);
                             rec.exited(i, st, now)
                         }
+                        Report::Connection(name) => rec.on_demand_connection(&name, now),
                     }
                 }
                 c = commands.recv(), if commands_open => match c {
@@ -200,20 +210,119 @@ struct Executor {
         mpsc::UnboundedSender<Report>,
         mpsc::UnboundedReceiver<Report>,
     ),
+    /// The on-demand sockets, kept for the vassal's whole life in the table.
+    listeners: HashMap<VassalName, Listener>,
+    on_demand: OnDemandOptions,
+    /// `UWSGI_BROODLORD_NUM`: counts zerg starts.
+    broodlord_num: u64,
+}
+
+/// One on-demand socket and its watch.
+struct Listener {
+    address: String,
+    addr: OnDemandAddr,
+    sock: Arc<OnDemandSocket>,
+    watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.abort();
+        }
+    }
 }
 
 impl Executor {
     fn execute(&mut self, rec: &mut Reconciler, actions: Vec<Action>) {
-        for a in actions {
-            match a {
+        let mut work: VecDeque<Action> = actions.into();
+        while let Some(a) = work.pop_front() {
+            let more = match a {
                 Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
-                Action::Send { instance, byte } => self.send(instance, VassalCmd::Byte(byte)),
-                Action::PushConfig { instance, config } => {
-                    self.send(instance, VassalCmd::Config(config))
+                Action::Send { instance, byte } => {
+                    self.send(instance, VassalCmd::Byte(byte));
+                    Vec::new()
                 }
-                Action::Kill { instance } => self.send(instance, VassalCmd::Kill),
+                Action::PushConfig { instance, config } => {
+                    self.send(instance, VassalCmd::Config(config));
+                    Vec::new()
+                }
+                Action::Kill { instance } => {
+                    self.send(instance, VassalCmd::Kill);
+                    Vec::new()
+                }
+                Action::Listen {
+                    name,
+                    address,
+                    workdir,
+                } => self.listen(rec, name, address, workdir),
+                Action::Unlisten { name } => {
+                    self.listeners.remove(&name);
+                    Vec::new()
+                }
+            };
+            work.extend(more);
+        }
+    }
+
+    /// Binds (or keeps) the on-demand socket of `name` and watches it for
+    /// one pending connection.
+    fn listen(
+        &mut self,
+        rec: &mut Reconciler,
+        name: VassalName,
+        address: String,
+        workdir: Option<PathBuf>,
+    ) -> Vec<Action> {
+        let dir = workdir.unwrap_or_else(|| self.cwd.clone());
+        let addr = match OnDemandAddr::parse(&address, &dir) {
+            Ok(a) => a,
+            Err(e) => {
+                self.listeners.remove(&name);
+                return rec.listen_failed(&name, &e.to_string());
+            }
+        };
+        let keep = self
+            .listeners
+            .get(&name)
+            .is_some_and(|l| l.address == address && l.addr == addr);
+        if !keep {
+            // close the old socket first: the new one may take its path
+            self.listeners.remove(&name);
+            match OnDemandSocket::bind(&addr, &self.on_demand) {
+                Ok(sock) => {
+                    self.listeners.insert(
+                        name.clone(),
+                        Listener {
+                            address,
+                            addr,
+                            sock: Arc::new(sock),
+                            watch: None,
+                        },
+                    );
+                }
+                Err(e) => return rec.listen_failed(&name, &e.to_string()),
             }
         }
+        let Some(l) = self.listeners.get_mut(&name) else {
+            return Vec::new();
+        };
+        if l.watch.as_ref().is_some_and(|w| !w.is_finished()) {
+            return Vec::new();
+        }
+        let sock = l.sock.clone();
+        let reports = self.reports.0.clone();
+        l.watch = Some(tokio::spawn(async move {
+            match sock.wait_pending().await {
+                Ok(()) => {
+                    let _ = reports.send(Report::Connection(name));
+                }
+                Err(e) => {
+                    tracing::error!(vassal = %name, error = %e, "cannot watch the on-demand socket");
+                }
+            }
+        }));
+        Vec::new()
     }
 
     fn send(&self, instance: InstanceId, cmd: VassalCmd) {
@@ -237,9 +346,39 @@ impl Executor {
         .is_ok()
     }
 
-    fn spawn(&mut self, rec: &mut Reconciler, instance: InstanceId, spec: VassalSpec) {
+    /// The supplementary groups of a tyrant vassal: the owner's groups
+    /// with `--emperor-tyrant-initgroups`, none otherwise.
+    fn groups(&self, owner: Owner) -> Option<Vec<u32>> {
+        use nix::unistd::{getgrouplist, Gid, Uid, User};
+        if !self.launch.tyrant_initgroups {
+            return None;
+        }
+        let user = User::from_uid(Uid::from_raw(owner.uid)).ok().flatten();
+        let groups = user.and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            getgrouplist(&name, Gid::from_raw(owner.gid)).ok()
+        });
+        Some(match groups {
+            Some(g) => g.into_iter().map(|g| g.as_raw()).collect(),
+            // no such user: only its primary group, as initgroups("<uid>") does
+            None => vec![owner.gid],
+        })
+    }
+
+    fn spawn(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: VassalSpec,
+    ) -> Vec<Action> {
+        // a zerg NAME:zerg:N is launched as NAME:zerg (the [zerg] section)
+        let zerg_base = spec.name.zerg_parts().map(|(base, _)| base.to_string());
+        let launch_name = match &zerg_base {
+            Some(base) => format!("{base}:zerg"),
+            None => spec.name.to_string(),
+        };
         let argv = build_argv(
-            spec.name.as_str(),
+            &launch_name,
             &spec.config,
             &self.launch,
             self.magic_exec_ok(&spec),
@@ -248,29 +387,43 @@ impl Executor {
             ConfigSource::Inline(t) => Some(t.clone()),
             _ => None,
         };
+        let stdin_socket = if spec.socket.is_some() {
+            match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err(e)) => {
+                    return rec
+                        .spawn_failed(instance, &format!("cannot pass the on-demand socket: {e}"))
+                }
+                None => return rec.spawn_failed(instance, "its on-demand socket is not bound"),
+            }
+        } else {
+            None
+        };
+        let broodlord_num = zerg_base.is_some().then(|| {
+            self.broodlord_num += 1;
+            self.broodlord_num
+        });
+        let owner = spec.owner.map(|o| (o, self.groups(o)));
         let req = SpawnRequest {
             argv,
             programs: self.launch.programs(),
             base_env: self.base_env.clone(),
             workdir: spec.workdir.clone(),
-            owner: None,
+            owner,
             config_pipe: inline.is_some(),
-            stdin_socket: None,
-            broodlord_num: None,
+            stdin_socket,
+            broodlord_num,
         };
         let sp = match spawn_vassal(req) {
             Ok(sp) => sp,
-            Err(e) => {
-                rec.spawn_failed(instance, &e.to_string());
-                return;
-            }
+            Err(e) => return rec.spawn_failed(instance, &e.to_string()),
         };
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
         let ctrl = match to_tokio(sp.ctrl) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(vassal = %spec.name, error = %e, "cannot watch the vassal's control socket");
-                return;
+                return Vec::new();
             }
         };
         let config = sp.config.and_then(|c| to_tokio(c).ok());
@@ -288,6 +441,7 @@ impl Executor {
             rx,
             self.reports.0.clone(),
         ));
+        Vec::new()
     }
 }
 

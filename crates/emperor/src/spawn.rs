@@ -5,7 +5,8 @@
 //! and config socketpairs at the numbers named in `UWSGI_EMPEROR_FD` and
 //! `UWSGI_EMPEROR_FD_CONFIG`, and nothing else (every other fd is marked
 //! close-on-exec with one `close_range` call). In tyrant mode privileges are
-//! dropped (setgroups, setgid, setuid) and checked; then `PR_SET_PDEATHSIG`
+//! dropped (setgroups, setgid, setuid), checked, and locked with
+//! `PR_SET_NO_NEW_PRIVS` (no setuid program can give them back); then `PR_SET_PDEATHSIG`
 //! is set (after the drop, since a credential change clears it) and the
 //! parent is checked to still be alive.
 
@@ -175,6 +176,10 @@ fn child_setup(
             if !dropped || (o.uid != 0 && libc::setuid(0) == 0) {
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
+            // nor through a setuid-root program or file capabilities
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     // SAFETY: prctl/getppid/syscall/fcntl on integers only.
@@ -210,6 +215,19 @@ fn child_setup(
         }
     }
     Ok(())
+}
+
+/// Registers `fd` with the tokio reactor for readability (the emperor
+/// watches on-demand sockets this way, never accepting on them).
+pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` owns its descriptor: it stays open and refers to
+    // the same file description until the `AsyncFd` (which owns the
+    // `OwnedFd`) is dropped, and its `as_raw_fd` always returns that same
+    // number, which is what `register_with_interest` requires.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)
+    }
 }
 
 /// The vassal side of the contract: takes ownership of the fd whose number

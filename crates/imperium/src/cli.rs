@@ -125,6 +125,57 @@ pub struct Cli {
     #[arg(long, value_name = "NAME")]
     pub emperor_procname: Option<String>,
 
+    /// Tyrant mode: run each vassal as the owner of its config file (dir,
+    /// glob) or as the uid/gid its database or message gives. Privileges
+    /// are dropped before exec; root-owned vassals are refused.
+    #[arg(long)]
+    pub emperor_tyrant: bool,
+
+    /// Tyrant mode: take the owner of a symlinked config from the link
+    /// itself (lstat), not from its target.
+    #[arg(long)]
+    pub emperor_tyrant_nofollow: bool,
+
+    /// Tyrant mode: give vassals their owner's supplementary groups
+    /// (initgroups) instead of none.
+    #[arg(long)]
+    pub emperor_tyrant_initgroups: bool,
+
+    /// Tyrant mode: the lowest uid a vassal may run as (0 is never allowed).
+    #[arg(long, value_name = "UID", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub emperor_tyrant_min_uid: u32,
+
+    /// Tyrant mode: the lowest gid a vassal may run as (0 is never allowed).
+    #[arg(long, value_name = "GID", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub emperor_tyrant_min_gid: u32,
+
+    /// On demand: a config file NAME with a file NAME+EXT next to it is an
+    /// on-demand vassal whose socket is the first line of that file.
+    #[arg(long, visible_alias = "emperor-on-demand-ext", value_name = "EXT")]
+    pub emperor_on_demand_extension: Option<String>,
+
+    /// On demand: the socket of vassal NAME.EXT is DIR/NAME.socket.
+    #[arg(long, visible_alias = "emperor-on-demand-dir", value_name = "DIR")]
+    pub emperor_on_demand_directory: Option<PathBuf>,
+
+    /// On demand: run `CMD NAME` through /bin/sh; the first line it prints is
+    /// the socket (empty: not on demand).
+    #[arg(long, value_name = "CMD")]
+    pub emperor_on_demand_exec: Option<String>,
+
+    /// On demand: the mode (octal) of UNIX on-demand sockets.
+    #[arg(long, value_name = "MODE", default_value = "666", value_parser = parse_mode)]
+    pub emperor_on_demand_socket_mode: u32,
+
+    /// The listen backlog of on-demand sockets.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..))]
+    pub listen: i32,
+
+    /// Broodlord: the most zergs alive at once; a vassal's SOS (byte 30)
+    /// adds a zerg NAME:zerg:N launched with the [zerg] section of its config.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub emperor_broodlord: usize,
+
     /// The LISTEN channel of pg:// monitors.
     #[arg(long, value_name = "CHANNEL", default_value = "imperium")]
     pub emperor_pg_channel: String,
@@ -147,6 +198,13 @@ pub struct Cli {
     /// Log format: `human` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+}
+
+fn parse_mode(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{v:?} is not an octal file mode such as 666 or 660"))
 }
 
 /// Errors in an ini file.
@@ -333,6 +391,43 @@ mod tests {
         assert!(c.emperor_no_blacklist);
         assert_eq!(c.vassal_set, ["processes=4", "master=true"]);
         assert_eq!(c.emperor_extra_extension, [".foo"]);
+    }
+
+    #[test]
+    fn tyrant_on_demand_and_broodlord_options_parse() {
+        let c = parse(&[
+            "--emperor",
+            "/v",
+            "--emperor-tyrant",
+            "--emperor-tyrant-nofollow",
+            "--emperor-tyrant-initgroups",
+            "--emperor-tyrant-min-uid",
+            "1000",
+            "--emperor-on-demand-ext",
+            ".socket",
+            "--emperor-on-demand-socket-mode",
+            "660",
+            "--emperor-broodlord",
+            "4",
+        ])
+        .unwrap();
+        assert!(c.emperor_tyrant && c.emperor_tyrant_nofollow && c.emperor_tyrant_initgroups);
+        assert_eq!(
+            (c.emperor_tyrant_min_uid, c.emperor_tyrant_min_gid),
+            (1000, 1)
+        );
+        assert_eq!(c.emperor_on_demand_extension.as_deref(), Some(".socket"));
+        assert_eq!(c.emperor_on_demand_socket_mode, 0o660);
+        assert_eq!(c.emperor_broodlord, 4);
+        assert_eq!(c.listen, 100);
+        let e = parse(&["--emperor-tyrant-min-uid", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--emperor-tyrant-min-uid"), "{e}");
+        let e = parse(&["--emperor-on-demand-socket-mode", "999"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("octal"), "{e}");
     }
 
     #[test]

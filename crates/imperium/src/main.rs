@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use emperor::argv::LaunchOptions;
-use emperor::reconciler::ReconcilerConfig;
+use emperor::monitor::OnDemandSource;
+use emperor::ondemand::OnDemandOptions;
+use emperor::reconciler::{ReconcilerConfig, TyrantConfig};
 use emperor::runtime::{Command, Emperor, EmperorConfig};
 use emperor::throttle::ThrottleConfig;
 use emperor::{Extensions, MonitorOptions};
@@ -52,7 +54,8 @@ fn real_main() -> Result<()> {
         freq: Duration::from_secs(cli.emperor_freq),
         extensions: extensions.clone(),
         nofollow: cli.emperor_nofollow,
-        tyrant_nofollow: false,
+        tyrant_nofollow: cli.emperor_tyrant_nofollow,
+        on_demand: on_demand_source(&cli)?,
         cwd: cwd.clone(),
         pg_channel: cli.emperor_pg_channel.clone(),
         ldap_bind_dn: cli.emperor_ldap_binddn.clone(),
@@ -75,6 +78,11 @@ fn real_main() -> Result<()> {
             graceful_shutdown: cli.emperor_graceful_shutdown,
             curse_tolerance: Duration::from_secs(cli.emperor_curse_tolerance),
             required_heartbeat: Duration::from_secs(cli.emperor_required_heartbeat),
+            tyrant: cli.emperor_tyrant.then_some(TyrantConfig {
+                min_uid: cli.emperor_tyrant_min_uid,
+                min_gid: cli.emperor_tyrant_min_gid,
+            }),
+            broodlord: cli.emperor_broodlord,
         },
         launch: LaunchOptions {
             binary: cli.binary_path.clone(),
@@ -88,6 +96,7 @@ fn real_main() -> Result<()> {
             inherit: cli.vassals_inherit.clone(),
             include: cli.vassals_include.clone(),
             magic_exec: cli.emperor_magic_exec,
+            tyrant_initgroups: cli.emperor_tyrant_initgroups,
         },
         monitor: monitor_opts,
         reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 {
@@ -95,6 +104,10 @@ fn real_main() -> Result<()> {
         } else {
             cli.reload_mercy
         }),
+        on_demand: OnDemandOptions {
+            backlog: cli.listen,
+            unix_mode: cli.emperor_on_demand_socket_mode,
+        },
     };
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
@@ -138,6 +151,31 @@ fn ldap_bind_password(cli: &Cli) -> Result<Option<emperor::Secret>> {
         .ok()
         .filter(|s| !s.is_empty())
         .map(emperor::Secret::new))
+}
+
+/// Where file monitors find on-demand sockets: the first of
+/// `--emperor-on-demand-extension`, `-directory`, `-exec` given (as uWSGI).
+fn on_demand_source(cli: &Cli) -> Result<OnDemandSource> {
+    let given = [
+        cli.emperor_on_demand_extension.is_some(),
+        cli.emperor_on_demand_directory.is_some(),
+        cli.emperor_on_demand_exec.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        tracing::warn!("more than one --emperor-on-demand-* option: using the first of extension, directory, exec");
+    }
+    Ok(if let Some(ext) = &cli.emperor_on_demand_extension {
+        if ext.is_empty() || ext.contains('/') {
+            bail!("--emperor-on-demand-extension {ext:?}: give a suffix such as .socket");
+        }
+        OnDemandSource::Extension(ext.clone())
+    } else if let Some(dir) = &cli.emperor_on_demand_directory {
+        OnDemandSource::Directory(dir.clone())
+    } else if let Some(cmd) = &cli.emperor_on_demand_exec {
+        OnDemandSource::Exec(cmd.clone())
+    } else {
+        OnDemandSource::None
+    })
 }
 
 fn remove_pidfile(p: Option<PathBuf>) {

@@ -16,7 +16,9 @@ use emperor::{
 };
 use futures::future::BoxFuture;
 
-use crate::fswatch::{file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames};
+use crate::fswatch::{
+    file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames, SocketResolver,
+};
 
 /// The dir:// monitor.
 pub struct DirMonitor {
@@ -51,6 +53,7 @@ impl Monitor for DirMonitor {
         let src = DirSource {
             dir: self.dir,
             refused: RefusedNames::default(),
+            sockets: SocketResolver::default(),
         };
         Box::pin(run_file_monitor(src, ctx))
     }
@@ -59,6 +62,7 @@ impl Monitor for DirMonitor {
 struct DirSource {
     dir: PathBuf,
     refused: RefusedNames,
+    sockets: SocketResolver,
 }
 
 impl DirSource {
@@ -81,17 +85,20 @@ impl DirSource {
         }
     }
 
-    fn spec(&self, name: VassalName, opts: &MonitorOptions) -> io::Result<Option<VassalSpec>> {
+    fn spec(&mut self, name: VassalName, opts: &MonitorOptions) -> io::Result<Option<VassalSpec>> {
         let path = self.dir.join(name.as_str());
-        Ok(stat_vassal(&path, opts)?.map(|(key, owner)| {
-            file_spec(
-                name.clone(),
-                PathBuf::from(name.as_str()),
-                key,
-                owner,
-                Some(self.dir.clone()),
-            )
-        }))
+        let Some((key, owner)) = stat_vassal(&path, opts)? else {
+            return Ok(None);
+        };
+        let mut spec = file_spec(
+            name.clone(),
+            PathBuf::from(name.as_str()),
+            key,
+            owner,
+            Some(self.dir.clone()),
+        );
+        spec.socket = self.sockets.resolve(&name, &self.dir, opts);
+        Ok(Some(spec))
     }
 }
 
@@ -108,6 +115,8 @@ impl FileSource for DirSource {
                 specs.push(spec);
             }
         }
+        self.sockets
+            .retain(&specs.iter().map(|s| s.name.clone()).collect());
         Ok(specs)
     }
 
@@ -118,7 +127,14 @@ impl FileSource for DirSource {
     fn changes(&mut self, batch: &Batch, opts: &MonitorOptions) -> Option<Vec<Change>> {
         let mut out = Vec::new();
         for (_, file) in &batch.names {
-            let Some(name) = self.name_of(file, opts) else {
+            // a changed on-demand socket file (NAME + EXT) is a change of NAME
+            let file = match (&opts.on_demand, file.to_str()) {
+                (emperor::OnDemandSource::Extension(ext), Some(f)) if f.ends_with(ext.as_str()) => {
+                    std::ffi::OsString::from(&f[..f.len() - ext.len()])
+                }
+                _ => file.clone(),
+            };
+            let Some(name) = self.name_of(&file, opts) else {
                 continue;
             };
             match self.spec(name.clone(), opts) {

@@ -80,6 +80,89 @@ pub(crate) fn file_spec(
     }
 }
 
+/// Finds the on-demand socket of file vassals (`--emperor-on-demand-*`).
+///
+/// The extension and directory files are read on every scan (a few bytes),
+/// so editing them is seen at the next scan; the exec command runs once per
+/// vassal name, as uWSGI runs it once when the vassal is added.
+#[derive(Default)]
+pub(crate) struct SocketResolver {
+    exec_cache: std::collections::HashMap<VassalName, Option<String>>,
+}
+
+/// The socket named by `text`: cut at the first control byte (as uWSGI);
+/// empty means "not on demand".
+pub(crate) fn socket_from_text(text: &[u8]) -> Option<String> {
+    let end = text.iter().position(|b| *b < 32).unwrap_or(text.len());
+    let s = String::from_utf8_lossy(&text[..end]).trim().to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+impl SocketResolver {
+    /// The socket of vassal `name`, whose paths resolve against `base`.
+    pub(crate) fn resolve(
+        &mut self,
+        name: &VassalName,
+        base: &Path,
+        opts: &MonitorOptions,
+    ) -> Option<String> {
+        use emperor::OnDemandSource;
+        match &opts.on_demand {
+            OnDemandSource::None => None,
+            OnDemandSource::Extension(ext) => {
+                let p = base.join(format!("{name}{ext}"));
+                std::fs::read(p).ok().and_then(|t| socket_from_text(&t))
+            }
+            OnDemandSource::Directory(dir) => {
+                let stem = Path::new(name.as_str()).file_stem()?.to_string_lossy();
+                Some(
+                    base.join(dir)
+                        .join(format!("{stem}.socket"))
+                        .display()
+                        .to_string(),
+                )
+            }
+            OnDemandSource::Exec(cmd) => {
+                if let Some(s) = self.exec_cache.get(name) {
+                    return s.clone();
+                }
+                let s = run_on_demand_exec(cmd, name, base);
+                self.exec_cache.insert(name.clone(), s.clone());
+                s
+            }
+        }
+    }
+
+    /// Forgets names that are gone (so a re-added vassal asks again).
+    pub(crate) fn retain(&mut self, names: &std::collections::HashSet<VassalName>) {
+        self.exec_cache.retain(|n, _| names.contains(n));
+    }
+}
+
+fn run_on_demand_exec(cmd: &str, name: &VassalName, base: &Path) -> Option<String> {
+    // the name is an argument, never pasted into the shell text
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{cmd} \"$1\""))
+        .arg("sh")
+        .arg(name.as_str())
+        .current_dir(base)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => socket_from_text(&o.stdout),
+        Ok(o) => {
+            tracing::warn!(vassal = %name, status = %o.status, "[emperor] --emperor-on-demand-exec failed for {name}: not on demand");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(vassal = %name, error = %e, "[emperor] cannot run --emperor-on-demand-exec for {name}: not on demand");
+            None
+        }
+    }
+}
+
 /// What a batch of inotify events says.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
@@ -295,5 +378,87 @@ impl RefusedNames {
         if self.0.insert(name.clone()) {
             tracing::warn!(file = ?name, "[emperor] invalid vassal name: {why}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emperor::{Extensions, NamePolicy, OnDemandSource};
+
+    fn opts(src: OnDemandSource) -> MonitorOptions {
+        MonitorOptions {
+            on_demand: src,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn socket_text_is_cut_at_the_first_control_byte() {
+        assert_eq!(
+            socket_from_text(b"/run/a.sock\nrest"),
+            Some("/run/a.sock".into())
+        );
+        assert_eq!(
+            socket_from_text(b"127.0.0.1:9000"),
+            Some("127.0.0.1:9000".into())
+        );
+        assert_eq!(socket_from_text(b"\n"), None);
+        assert_eq!(socket_from_text(b""), None);
+    }
+
+    #[test]
+    fn on_demand_sources_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = VassalName::parse("app.ini", &Extensions::default(), NamePolicy::Plain).unwrap();
+        let mut r = SocketResolver::default();
+        assert_eq!(
+            r.resolve(&name, dir.path(), &opts(OnDemandSource::None)),
+            None
+        );
+        let ext = opts(OnDemandSource::Extension(".socket".into()));
+        assert_eq!(
+            r.resolve(&name, dir.path(), &ext),
+            None,
+            "no file: not on demand"
+        );
+        std::fs::write(dir.path().join("app.ini.socket"), "127.0.0.1:9123\n").unwrap();
+        assert_eq!(
+            r.resolve(&name, dir.path(), &ext).as_deref(),
+            Some("127.0.0.1:9123")
+        );
+        let d = opts(OnDemandSource::Directory("/run/od".into()));
+        assert_eq!(
+            r.resolve(&name, dir.path(), &d).as_deref(),
+            Some("/run/od/app.socket")
+        );
+        // the name reaches the command as one argument, whatever it holds
+        let marker = dir.path().join("ran");
+        let e = opts(OnDemandSource::Exec(format!(
+            "echo ran >> {}; printf '/tmp/od-%s.sock\\n'",
+            marker.display()
+        )));
+        assert_eq!(
+            r.resolve(&name, dir.path(), &e).as_deref(),
+            Some("/tmp/od-app.ini.sock")
+        );
+        // cached: the command runs once per name
+        assert_eq!(
+            r.resolve(&name, dir.path(), &e).as_deref(),
+            Some("/tmp/od-app.ini.sock")
+        );
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
+        r.retain(&Default::default());
+        r.resolve(&name, dir.path(), &e);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
+        // a hostile name stays one argument
+        let odd = VassalName::parse(
+            "a\"; touch pwned; \".ini",
+            &Extensions::default(),
+            NamePolicy::Plain,
+        )
+        .unwrap();
+        r.resolve(&odd, dir.path(), &e);
+        assert!(!dir.path().join("pwned").exists());
     }
 }

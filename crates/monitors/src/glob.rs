@@ -18,7 +18,9 @@ use emperor::{
 };
 use futures::future::BoxFuture;
 
-use crate::fswatch::{file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames};
+use crate::fswatch::{
+    file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames, SocketResolver,
+};
 
 /// The glob:// monitor.
 pub struct GlobMonitor {
@@ -55,6 +57,7 @@ impl Monitor for GlobMonitor {
             cwd: ctx.options.cwd.clone(),
             dirs: BTreeSet::new(),
             refused: RefusedNames::default(),
+            sockets: SocketResolver::default(),
         };
         Box::pin(run_file_monitor(src, ctx))
     }
@@ -65,6 +68,7 @@ struct GlobSource {
     cwd: PathBuf,
     dirs: BTreeSet<PathBuf>,
     refused: RefusedNames,
+    sockets: SocketResolver,
 }
 
 fn has_wildcard(s: &str) -> bool {
@@ -138,9 +142,14 @@ impl FileSource for GlobSource {
                 }
             };
             if let Ok(Some((key, owner))) = stat_vassal(&p, opts) {
-                specs.push(file_spec(name, shown, key, owner, None));
+                let socket = self.sockets.resolve(&name, &self.cwd, opts);
+                let mut spec = file_spec(name, shown, key, owner, None);
+                spec.socket = socket;
+                specs.push(spec);
             }
         }
+        self.sockets
+            .retain(&specs.iter().map(|s| s.name.clone()).collect());
         Ok(specs)
     }
 

@@ -9,6 +9,7 @@
 pub mod imperium;
 pub mod procs;
 pub mod servers;
+pub mod users;
 pub mod uwsgi;
 
 pub use imperium::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};

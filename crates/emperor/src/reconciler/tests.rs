@@ -364,3 +364,435 @@ fn spawn_failure_exiles() {
     assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Exiled);
     assert_eq!(r.counters().spawn_failures, 1);
 }
+
+// ----- tyrant mode -----------------------------------------------------------
+
+fn tyrant_rec() -> Reconciler {
+    Reconciler::new(
+        ReconcilerConfig {
+            tyrant: Some(TyrantConfig::default()),
+            ..Default::default()
+        },
+        vec!["m0".into()],
+    )
+}
+
+fn owned(n: &str, mtime: i128, uid: u32, gid: u32) -> VassalSpec {
+    VassalSpec {
+        owner: Some(Owner { uid, gid }),
+        ..file(n, mtime)
+    }
+}
+
+fn spawned_owner(acts: &[Action]) -> Vec<Option<Owner>> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Spawn { spec, .. } => Some(spec.owner),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn tyrant_runs_as_the_owner_and_owner_is_ignored_otherwise() {
+    let mut r = tyrant_rec();
+    let t = Instant::now();
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("a.ini", 1, 1001, 1002)), t);
+    assert_eq!(
+        spawned_owner(&acts),
+        vec![Some(Owner {
+            uid: 1001,
+            gid: 1002
+        })]
+    );
+    // without tyrant mode the source's owner is not used
+    let mut r = rec();
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("a.ini", 1, 1001, 1002)), t);
+    assert_eq!(spawned_owner(&acts), vec![None]);
+    // and an owner change does nothing
+    assert!(r
+        .monitor_change(0, Change::Upsert(owned("a.ini", 1, 0, 0)), t)
+        .is_empty());
+}
+
+#[test]
+fn tyrant_refuses_root_once_per_change_and_accepts_a_fixed_owner() {
+    let mut r = tyrant_rec();
+    let t = Instant::now();
+    for (uid, gid) in [(0, 1000), (1000, 0), (0, 0)] {
+        let n = format!("r{uid}{gid}.ini");
+        let (acts, _) = apply(&mut r, 0, Change::Upsert(owned(&n, 1, uid, gid)), t);
+        assert!(acts.is_empty(), "{uid}:{gid} {acts:?}");
+        let v = r.vassal(&n).unwrap();
+        assert_eq!(v.state(), VassalState::Refused);
+        assert!(
+            v.refused
+                .as_deref()
+                .unwrap()
+                .contains("never runs a vassal as root"),
+            "{:?}",
+            v.refused
+        );
+    }
+    assert_eq!(r.counters().refused, 3);
+    // every later scan with the same owner: no new refusal (no log spam)
+    for _ in 0..5 {
+        r.monitor_change(0, Change::Snapshot(vec![owned("r00.ini", 1, 0, 0)]), t);
+    }
+    assert_eq!(r.counters().refused, 3);
+    // chown to an unprivileged user: it starts
+    let (acts, _) = apply(
+        &mut r,
+        0,
+        Change::Upsert(owned("r00.ini", 1, 1000, 1000)),
+        t,
+    );
+    assert_eq!(
+        spawned_owner(&acts),
+        vec![Some(Owner {
+            uid: 1000,
+            gid: 1000
+        })]
+    );
+    // no owner at all (a source without uid/gid) is refused with its reason
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(file("none.ini", 1)), t);
+    assert!(acts.is_empty());
+    assert!(r
+        .vassal("none.ini")
+        .unwrap()
+        .refused
+        .as_deref()
+        .unwrap()
+        .contains("gives no uid/gid"));
+}
+
+#[test]
+fn tyrant_minimum_uid_and_gid_are_configurable() {
+    let mut r = Reconciler::new(
+        ReconcilerConfig {
+            tyrant: Some(TyrantConfig {
+                min_uid: 1000,
+                min_gid: 100,
+            }),
+            ..Default::default()
+        },
+        vec!["m0".into()],
+    );
+    let t = Instant::now();
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("sys.ini", 1, 33, 33)), t);
+    assert!(acts.is_empty());
+    let why = r.vassal("sys.ini").unwrap().refused.clone().unwrap();
+    assert!(why.contains("1000/100"), "{why}");
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("ok.ini", 1, 1000, 100)), t);
+    assert_eq!(spawned_owner(&acts).len(), 1);
+}
+
+#[test]
+fn tyrant_owner_change_stops_and_starts_under_the_new_owner() {
+    let mut r = tyrant_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(owned("a.ini", 1, 1001, 1001)), t);
+    // same mtime, new owner (chown does not touch mtime)
+    let acts = r.monitor_change(0, Change::Snapshot(vec![owned("a.ini", 1, 1002, 1002)]), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    assert!(spawned_owner(&acts).is_empty());
+    let acts = r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(
+        spawned_owner(&acts),
+        vec![Some(Owner {
+            uid: 1002,
+            gid: 1002
+        })]
+    );
+    // a change to root stops it and refuses the restart
+    let ids = ack(&mut r, &acts);
+    let acts = r.monitor_change(0, Change::Upsert(owned("a.ini", 1, 0, 0)), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    assert!(r.exited(ids[0], ExitStatus::Code(0), t).is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Refused);
+}
+
+// ----- on demand -------------------------------------------------------------
+
+fn on_demand(n: &str, mtime: i128, socket: &str) -> VassalSpec {
+    VassalSpec {
+        socket: Some(socket.to_string()),
+        ..file(n, mtime)
+    }
+}
+
+fn listens(acts: &[Action]) -> Vec<String> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Listen { address, .. } => Some(address.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn unlistens(acts: &[Action]) -> usize {
+    acts.iter()
+        .filter(|a| matches!(a, Action::Unlisten { .. }))
+        .count()
+}
+
+#[test]
+fn on_demand_waits_for_a_connection_then_spawns_with_the_socket() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (acts, ids) = apply(
+        &mut r,
+        0,
+        Change::Upsert(on_demand("a.ini", 1, "127.0.0.1:9000")),
+        t,
+    );
+    assert!(ids.is_empty(), "nothing runs before a connection");
+    assert_eq!(listens(&acts), ["127.0.0.1:9000"]);
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::OnDemand);
+    // rescans change nothing
+    assert!(r
+        .monitor_change(
+            0,
+            Change::Snapshot(vec![on_demand("a.ini", 1, "127.0.0.1:9000")]),
+            t
+        )
+        .is_empty());
+    let acts = r.on_demand_connection(&name("a.ini"), t);
+    let ids = ack(&mut r, &acts);
+    assert_eq!(ids.len(), 1);
+    assert!(
+        matches!(&acts[0], Action::Spawn { spec, .. } if spec.socket.as_deref() == Some("127.0.0.1:9000"))
+    );
+    // a stale second report does nothing
+    assert!(r.on_demand_connection(&name("a.ini"), t).is_empty());
+    assert_eq!(r.counters().on_demand_activations, 1);
+}
+
+#[test]
+fn on_demand_idle_goes_back_to_waiting_on_the_same_socket() {
+    let mut r = rec();
+    let t = Instant::now();
+    apply(
+        &mut r,
+        0,
+        Change::Upsert(on_demand("a.ini", 1, "/run/a.sock")),
+        t,
+    );
+    let acts = r.on_demand_connection(&name("a.ini"), t);
+    let id = ack(&mut r, &acts)[0];
+    let acts = r.vassal_message(id, M::IdleShutdown, t);
+    assert_eq!(sends(&acts), vec![(id, MSG_STOP)]);
+    let acts = r.exited(id, ExitStatus::Code(0), t);
+    // re-armed, not unbound; no spawn until the next connection
+    assert_eq!(listens(&acts), ["/run/a.sock"]);
+    assert_eq!(unlistens(&acts), 0);
+    assert!(ack(&mut r, &acts).is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::OnDemand);
+    let acts = r.on_demand_connection(&name("a.ini"), t);
+    assert_eq!(ack(&mut r, &acts).len(), 1);
+}
+
+#[test]
+fn on_demand_crash_keeps_the_socket_and_waits_again() {
+    let mut r = rec();
+    let t = Instant::now();
+    apply(&mut r, 0, Change::Upsert(on_demand("a.ini", 1, ":9000")), t);
+    let acts = r.on_demand_connection(&name("a.ini"), t);
+    let id = ack(&mut r, &acts)[0];
+    let acts = r.exited(id, ExitStatus::Signal(9), t);
+    assert_eq!(unlistens(&acts), 0, "the socket (and its backlog) is kept");
+    assert_eq!(listens(&acts), [":9000"]);
+    // a second crash is blacklisted: it waits for the window (the socket
+    // keeps queueing) instead of spinning, then waits for connections again
+    let acts = r.on_demand_connection(&name("a.ini"), t);
+    let id = ack(&mut r, &acts)[0];
+    let acts = r.exited(id, ExitStatus::Signal(9), t);
+    assert!(acts.is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert!(r.on_demand_connection(&name("a.ini"), t).is_empty());
+    let acts = r.tick(t + Duration::from_secs(1));
+    assert_eq!(listens(&acts), [":9000"]);
+    let acts = r.on_demand_connection(&name("a.ini"), t + Duration::from_secs(1));
+    assert_eq!(ack(&mut r, &acts).len(), 1);
+}
+
+#[test]
+fn on_demand_removal_and_socket_changes() {
+    let mut r = rec();
+    let t = Instant::now();
+    apply(&mut r, 0, Change::Upsert(on_demand("a.ini", 1, ":9000")), t);
+    // a new socket while waiting: rebind there
+    let acts = r.monitor_change(0, Change::Upsert(on_demand("a.ini", 1, ":9001")), t);
+    assert_eq!(listens(&acts), [":9001"]);
+    // an empty socket means "not on demand": unbind and run normally
+    let (acts, ids) = apply(&mut r, 0, Change::Upsert(on_demand("a.ini", 1, "")), t);
+    assert_eq!(unlistens(&acts), 1);
+    assert_eq!(ids.len(), 1);
+    // back to on demand while running: restart into waiting
+    let acts = r.monitor_change(0, Change::Upsert(on_demand("a.ini", 1, ":9002")), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    let acts = r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(listens(&acts), [":9002"]);
+    // removal while waiting closes the socket
+    let acts = r.monitor_change(0, Change::Snapshot(vec![]), t);
+    assert_eq!(unlistens(&acts), 1);
+    assert!(r.vassal("a.ini").is_none());
+    // an empty socket from the start is a normal vassal
+    let (acts, ids) = apply(&mut r, 0, Change::Upsert(on_demand("b.ini", 1, " ")), t);
+    assert_eq!(ids.len(), 1);
+    assert!(listens(&acts).is_empty());
+}
+
+#[test]
+fn on_demand_bind_failure_refuses_only_that_vassal() {
+    let mut r = rec();
+    let t = Instant::now();
+    apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![on_demand("a.ini", 1, "bad:port"), file("b.ini", 1)]),
+        t,
+    );
+    r.listen_failed(&name("a.ini"), "not a valid TCP address");
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.state(), VassalState::Refused);
+    assert!(v.refused.as_deref().unwrap().contains("bad:port"));
+    assert_eq!(r.vassal("b.ini").unwrap().state(), VassalState::Running);
+    // fixing the socket retries
+    let acts = r.monitor_change(0, Change::Upsert(on_demand("a.ini", 1, ":9000")), t);
+    assert_eq!(listens(&acts), [":9000"]);
+}
+
+// ----- broodlord ---------------------------------------------------------------
+
+fn brood_rec(n: usize) -> Reconciler {
+    Reconciler::new(
+        ReconcilerConfig {
+            broodlord: n,
+            ..Default::default()
+        },
+        vec!["m0".into()],
+    )
+}
+
+fn spawned_names(acts: &[Action]) -> Vec<(String, ConfigSource)> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Spawn { spec, .. } => Some((spec.name.to_string(), spec.config.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn sos_adds_distinct_zergs_up_to_the_limit() {
+    let mut r = brood_rec(2);
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    assert_eq!(
+        spawned_names(&acts),
+        [(
+            "a.ini:zerg:1".to_string(),
+            ConfigSource::File("a.ini:zerg".into())
+        )]
+    );
+    ack(&mut r, &acts);
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    assert_eq!(spawned_names(&acts)[0].0, "a.ini:zerg:2");
+    ack(&mut r, &acts);
+    // the limit counts zergs in total
+    assert!(r.vassal_message(ids[0], M::Sos, t).is_empty());
+    assert_eq!(r.zergs(), 2);
+    assert_eq!(r.counters().zergs_added, 2);
+    // without broodlord mode SOS does nothing
+    let mut r = rec();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    assert!(r.vassal_message(ids[0], M::Sos, t).is_empty());
+}
+
+#[test]
+fn idle_zergs_are_removed_and_free_their_slot() {
+    let mut r = brood_rec(1);
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    let z = ack(&mut r, &acts)[0];
+    let acts = r.vassal_message(z, M::IdleShutdown, t);
+    assert_eq!(sends(&acts), vec![(z, MSG_STOP)]);
+    assert!(r.exited(z, ExitStatus::Code(0), t).is_empty());
+    assert!(r.vassal("a.ini:zerg:1").is_none());
+    assert_eq!(r.zergs(), 0);
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    assert_eq!(spawned_names(&acts)[0].0, "a.ini:zerg:2");
+}
+
+#[test]
+fn removal_passes_keep_zergs_while_the_base_exists() {
+    let mut r = brood_rec(4);
+    let t = Instant::now();
+    let (_, ids) = apply(
+        &mut r,
+        0,
+        Change::Upsert(inline("db.ini", "[uwsgi]\n[zerg]\n", 1)),
+        t,
+    );
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    // config text: the zerg gets the same text (launched as db.ini:zerg)
+    assert_eq!(
+        spawned_names(&acts),
+        [(
+            "db.ini:zerg:1".to_string(),
+            ConfigSource::Inline("[uwsgi]\n[zerg]\n".into())
+        )]
+    );
+    let z = ack(&mut r, &acts)[0];
+    // a database snapshot only lists db.ini: the zerg stays
+    let acts = r.monitor_change(
+        0,
+        Change::Snapshot(vec![inline("db.ini", "[uwsgi]\n[zerg]\n", 1)]),
+        t,
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(
+        r.vassal("db.ini:zerg:1").unwrap().state(),
+        VassalState::Running
+    );
+    // a changed base reloads its zergs with the new text
+    let acts = r.monitor_change(
+        0,
+        Change::Upsert(inline("db.ini", "[uwsgi]\n[zerg]\nx=1\n", 2)),
+        t,
+    );
+    let mut s = sends(&acts);
+    s.sort();
+    assert_eq!(s, vec![(ids[0], MSG_RELOAD), (z, MSG_RELOAD)]);
+    assert_eq!(
+        r.vassal_message(z, M::ConfigRequest, t),
+        vec![Action::PushConfig {
+            instance: z,
+            config: "[uwsgi]\n[zerg]\nx=1\n".into()
+        }]
+    );
+    // the base goes away: its zergs go with it
+    let acts = r.monitor_change(0, Change::Snapshot(vec![]), t);
+    let mut s = sends(&acts);
+    s.sort();
+    assert_eq!(s, vec![(ids[0], MSG_STOP), (z, MSG_STOP)]);
+    r.exited(z, ExitStatus::Code(0), t);
+    r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(r.vassals().count(), 0);
+}
+
+#[test]
+fn a_crashed_zerg_respawns_and_an_exiled_one_is_dropped() {
+    let mut r = brood_rec(2);
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.vassal_message(ids[0], M::Sos, t);
+    let z = ack(&mut r, &acts)[0];
+    let acts = r.exited(z, ExitStatus::Signal(9), t);
+    let z = ack(&mut r, &acts)[0];
+    assert!(r.exited(z, ExitStatus::Code(26), t).is_empty());
+    assert!(r.vassal("a.ini:zerg:1").is_none());
+}

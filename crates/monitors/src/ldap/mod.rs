@@ -105,8 +105,9 @@ enum SourceError {
         #[source]
         source: Box<LdapError>,
     },
-    #[error("the content sync search failed: {source}")]
+    #[error("the content sync search on {server} failed: {source}")]
     Sync {
+        server: String,
         #[source]
         source: Box<LdapError>,
     },
@@ -240,6 +241,7 @@ impl Runner {
                         Some(Push::Ended(why)) => return Ok(self.sync_ended(&why)),
                         Some(Push::Failed(source)) => {
                             return Err(SourceError::Sync {
+                                server: server.clone(),
                                 source: Box::new(source),
                             })
                         }
@@ -307,6 +309,7 @@ impl Runner {
                             }
                             Some(Push::Failed(source)) => {
                             return Err(SourceError::Sync {
+                                server: server.clone(),
                                 source: Box::new(source),
                             })
                         }
