@@ -16,6 +16,8 @@ mod fswatch;
 pub mod glob;
 #[cfg(feature = "ldap")]
 pub mod ldap;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -26,6 +28,10 @@ pub fn schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "ldap") {
         v.push("ldap");
+    }
+    if cfg!(feature = "mongodb") {
+        v.push("mongodb");
+        v.push("mongodb2");
     }
     v
 }
@@ -49,6 +55,8 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "ldap")]
             "ldap" => return Ok(Box::new(ldap::LdapMonitor::new(url, opts)?)),
+            #[cfg(feature = "mongodb")]
+            "mongodb" | "mongodb2" => return Ok(Box::new(mongo::MongoMonitor::new(url)?)),
             s if KNOWN.contains(&s) => {
                 return Err(MonitorError::NotBuilt {
                     url: url.to_string(),
