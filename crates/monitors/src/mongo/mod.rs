@@ -36,7 +36,7 @@ use emperor::{
     VassalSpec,
 };
 use futures::future::BoxFuture;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::error::{Error as DriverError, ErrorKind};
 use mongodb::options::ClientOptions;
@@ -277,7 +277,7 @@ async fn open_stream(state: &State) -> Result<Option<Watcher>, String> {
     match result {
         Ok(stream) => {
             if resumed {
-                tracing::debug!(monitor = %state.url.shown, "[emperor-mongodb] change stream resumed from the last resume token");
+                tracing::info!(monitor = %state.url.shown, "[emperor-mongodb] change stream resumed from the last resume token");
             }
             Ok(Some(Watcher::spawn(stream, state.token.clone())))
         }
@@ -320,17 +320,29 @@ impl Watcher {
     ) -> Watcher {
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(async move {
+            let save = |stream: &mongodb::change_stream::ChangeStream<_>| {
+                if let Some(t) = stream.resume_token() {
+                    *token.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                }
+            };
+            // the token is kept current even without events (the server's
+            // post-batch token), so a reconnect resumes where the stream was
+            save(&stream);
             loop {
-                let signal = match stream.next().await {
-                    Some(Ok(ev)) => {
+                let signal = match stream.next_if_any().await {
+                    Ok(Some(ev)) => {
+                        save(&stream);
                         tracing::debug!(op = ?ev.operation_type, "[emperor-mongodb] change");
-                        *token.lock().unwrap_or_else(|p| p.into_inner()) = stream.resume_token();
                         // a full channel already holds a pending "changed": coalesce
                         let _ = tx.try_send(Signal::Changed);
                         continue;
                     }
-                    Some(Err(e)) => Signal::Failed(e.kind.to_string()),
-                    None => Signal::Closed,
+                    Ok(None) if stream.is_alive() => {
+                        save(&stream);
+                        continue;
+                    }
+                    Ok(None) => Signal::Closed,
+                    Err(e) => Signal::Failed(e.kind.to_string()),
                 };
                 let _ = tx.send(signal).await;
                 return;

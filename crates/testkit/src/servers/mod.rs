@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
+pub mod mongo;
+
 /// The command that installs everything the test suite needs.
 pub const INSTALL_HINT: &str = "bash scripts/install-deps.sh";
 
