@@ -3,14 +3,13 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
+pub mod mongo;
 pub mod slapd;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
-
-pub mod mongo;
 
 /// The command that installs everything the test suite needs.
 pub const INSTALL_HINT: &str = "bash scripts/install-deps.sh";
