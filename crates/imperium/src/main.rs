@@ -62,8 +62,13 @@ fn real_main() -> Result<()> {
         ldap_bind_password: ldap_bind_password(&cli)?,
     };
     let mut mons = Vec::new();
-    for url in &cli.emperor {
-        mons.push(monitors::build(url, &monitor_opts).with_context(|| format!("--emperor {url}"))?);
+    for (i, url) in cli.emperor.iter().enumerate() {
+        // the monitor's error names the URL with any password masked; the
+        // raw value must not be repeated here
+        mons.push(
+            monitors::build(url, &monitor_opts)
+                .with_context(|| format!("--emperor value #{}", i + 1))?,
+        );
     }
     let cfg = EmperorConfig {
         reconciler: ReconcilerConfig {

@@ -24,6 +24,8 @@ pub mod kv;
 pub mod zoo;
 #[cfg(feature = "pg")]
 pub mod pg;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
@@ -43,6 +45,10 @@ pub fn schemes() -> Vec<&'static str> {
     }
     if cfg!(feature = "pg") {
         v.push("pg");
+    }
+    if cfg!(feature = "mongodb") {
+        v.push("mongodb");
+        v.push("mongodb2");
     }
     v
 }
@@ -72,6 +78,8 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
             #[cfg(feature = "pg")]
             "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
+            #[cfg(feature = "mongodb")]
+            "mongodb" | "mongodb2" => return Ok(Box::new(mongo::MongoMonitor::new(url)?)),
             s if KNOWN.contains(&s) => {
                 // only the scheme: the rest may hold a password
                 return Err(MonitorError::NotBuilt {

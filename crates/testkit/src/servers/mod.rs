@@ -4,6 +4,7 @@
 //! removes its directory when dropped.
 
 pub mod pg;
+pub mod mongo;
 pub mod slapd;
 pub mod etcd;
 pub mod zookeeper;

@@ -1,0 +1,420 @@
+//! `mongodb://` and `mongodb2://`: vassals from a MongoDB collection
+//! (reference §4.6), with the official `mongodb` driver.
+//!
+//! Each pass is one query for the whole set (`find(filter)` with the
+//! projection `{name, config, ts, uid, gid, socket}`), sent to the emperor as
+//! a [`Change::Snapshot`]: a document that no longer matches the filter, or
+//! is deleted, stops its vassal; a larger `ts` reloads it.
+//!
+//! When the server offers change streams (a replica set, even of one node),
+//! the monitor watches the collection and runs a pass as soon as anything in
+//! it changes, so changes act within milliseconds; it resumes the stream
+//! from the last resume token after a reconnect. Otherwise (a standalone
+//! server) it polls every `--emperor-freq`. Either way a pass also runs every
+//! `--emperor-freq` and on a rescan request, as a safety net.
+//!
+//! A server that is down, refuses the credentials or fails the query is a
+//! [`MonitorHealth::Degraded`] change: running vassals stay as they are, the
+//! monitor reconnects with capped backoff and sends a fresh snapshot when the
+//! server is back. Documents that cannot be used are skipped with a warning
+//! that names them and says why (once, not on every pass).
+//!
+//! See docs/monitors/mongodb.md for the URL grammars and the document schema.
+
+pub mod document;
+pub mod relaxed_json;
+pub mod url;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bson::{doc, Document, RawDocumentBuf};
+use emperor::backoff::Backoff;
+use emperor::{
+    Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, VassalName,
+    VassalSpec,
+};
+use futures::future::BoxFuture;
+use futures::TryStreamExt;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::error::{Error as DriverError, ErrorKind};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection};
+use tokio::sync::mpsc;
+
+pub use url::{MongoUrl, UrlForm};
+
+/// How long to wait for a reachable server before an operation fails (the
+/// driver's default is 30 s; uWSGI uses its 4 s socket timeout). A
+/// connection string's own `serverSelectionTimeoutMS` / `connectTimeoutMS` win.
+pub const SERVER_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// First and largest delay between reconnection attempts.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_CAP: Duration = Duration::from_secs(10);
+
+/// Server error codes that mean "this server has no change streams":
+/// 40573 ($changeStream only on replica sets), 40324 (unknown pipeline
+/// stage), 115 (command not supported).
+const NO_CHANGE_STREAMS: &[i32] = &[40573, 40324, 115];
+
+/// The mongodb:// / mongodb2:// monitor.
+pub struct MongoMonitor {
+    url: MongoUrl,
+}
+
+impl MongoMonitor {
+    /// Parses `url` (the whole `--emperor` value). Nothing connects yet.
+    pub fn new(url: &str) -> Result<Self, MonitorError> {
+        let parsed = url::parse(url).map_err(|reason| MonitorError::BadUrl {
+            // the URL itself may carry a password: show the masked form
+            url: url::mask_password(url),
+            reason,
+        })?;
+        Ok(MongoMonitor { url: parsed })
+    }
+
+    /// The parsed source (for tests and diagnostics; its `Debug` hides passwords).
+    pub fn url(&self) -> &MongoUrl {
+        &self.url
+    }
+}
+
+impl Monitor for MongoMonitor {
+    fn describe(&self) -> String {
+        self.url.shown.clone()
+    }
+
+    fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
+        Box::pin(run(self.url, ctx))
+    }
+}
+
+/// How the monitor learns about changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    ChangeStream,
+    Polling,
+}
+
+/// Why a session ended.
+enum End {
+    /// The emperor is gone: stop.
+    EmperorGone,
+    /// The change stream closed cleanly (collection dropped or renamed): open it again.
+    StreamClosed,
+    /// Reading the source failed: degrade, back off, reconnect.
+    Failed(String),
+}
+
+/// What survives from one session to the next.
+struct State {
+    url: MongoUrl,
+    coll: Collection<RawDocumentBuf>,
+    /// None = not yet known, Some(true) = connected, Some(false) = degraded.
+    healthy: Option<bool>,
+    mode: Option<Mode>,
+    token: Arc<Mutex<Option<ResumeToken>>>,
+    /// The skipped documents warned about in the last pass (warned once).
+    warned: HashSet<String>,
+}
+
+async fn client(url: &MongoUrl) -> Result<Client, DriverError> {
+    let mut o = ClientOptions::parse(url.conn.clone()).await?;
+    if let Some(c) = &url.credential {
+        o.credential = Some(c.clone());
+    }
+    o.app_name
+        .get_or_insert_with(|| "imperium-emperor".to_string());
+    o.server_selection_timeout.get_or_insert(SERVER_TIMEOUT);
+    o.connect_timeout.get_or_insert(SERVER_TIMEOUT);
+    Client::with_options(o)
+}
+
+async fn run(url: MongoUrl, mut ctx: MonitorContext) {
+    let client = match client(&url).await {
+        Ok(c) => c,
+        Err(e) => {
+            let reason = format!("cannot set up the MongoDB client: {}", e.kind);
+            tracing::error!(monitor = %url.shown, "[emperor-mongodb] {reason}");
+            ctx.health(MonitorHealth::Failed(reason)).await;
+            return;
+        }
+    };
+    let coll = client
+        .database(&url.database)
+        .collection::<RawDocumentBuf>(&url.collection);
+    let mut state = State {
+        url,
+        coll,
+        healthy: None,
+        mode: None,
+        token: Arc::new(Mutex::new(None)),
+        warned: HashSet::new(),
+    };
+    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+    loop {
+        match session(&mut state, &mut ctx, &mut backoff).await {
+            End::EmperorGone => return,
+            End::StreamClosed => {
+                tracing::info!(monitor = %state.url.shown, "[emperor-mongodb] change stream closed (collection dropped or renamed?); reopening");
+                state.token.lock().unwrap_or_else(|p| p.into_inner()).take();
+                tokio::time::sleep(BACKOFF_BASE).await;
+            }
+            End::Failed(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
+                    monitor = %state.url.shown,
+                    attempt = backoff.attempts(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "[emperor-mongodb] ERROR({}.{}): {reason}; running vassals are kept",
+                    state.url.database,
+                    state.url.collection,
+                );
+                if state.healthy != Some(false) {
+                    state.healthy = Some(false);
+                    if !ctx.health(MonitorHealth::Degraded(reason)).await {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.rescan_requested() => {}
+                }
+                if ctx.is_closed() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One connected stretch: find out the mode, sync, then follow changes
+/// until something fails.
+async fn session(state: &mut State, ctx: &mut MonitorContext, backoff: &mut Backoff) -> End {
+    let opts = ctx.options.clone();
+    let mut watcher = match open_stream(state).await {
+        Ok(w) => w,
+        Err(e) => return End::Failed(e),
+    };
+    let mode = if watcher.is_some() {
+        Mode::ChangeStream
+    } else {
+        Mode::Polling
+    };
+    if state.mode != Some(mode) {
+        state.mode = Some(mode);
+        match mode {
+            Mode::ChangeStream => tracing::info!(
+                monitor = %state.url.shown,
+                "[emperor-mongodb] watching {}.{} with a change stream (changes act at once; full pass every {:?})",
+                state.url.database, state.url.collection, opts.freq
+            ),
+            Mode::Polling => tracing::info!(
+                monitor = %state.url.shown,
+                "[emperor-mongodb] the server offers no change streams (not a replica set): polling {}.{} every {:?}",
+                state.url.database, state.url.collection, opts.freq
+            ),
+        }
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + opts.freq, opts.freq);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let specs = match pass(state, &opts).await {
+            Ok(specs) => specs,
+            Err(e) => return End::Failed(e),
+        };
+        if state.healthy != Some(true) {
+            state.healthy = Some(true);
+            backoff.reset();
+            tracing::info!(monitor = %state.url.shown, vassals = specs.len(), "[emperor-mongodb] connected");
+            if !ctx.health(MonitorHealth::Connected).await {
+                return End::EmperorGone;
+            }
+        }
+        if !ctx.send(Change::Snapshot(specs)).await {
+            return End::EmperorGone;
+        }
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.rescan_requested() => {}
+            signal = async {
+                match watcher.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match signal {
+                Signal::Changed => {}
+                Signal::Closed => return End::StreamClosed,
+                Signal::Failed(e) => return End::Failed(format!("change stream: {e}")),
+            }
+        }
+    }
+}
+
+/// Opens the change stream (resuming from the last token when there is
+/// one). `Ok(None)` means the server has no change streams: poll.
+async fn open_stream(state: &State) -> Result<Option<Watcher>, String> {
+    let token = state
+        .token
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let resumed = token.is_some();
+    let mut result = state.coll.watch().resume_after(token).await;
+    if resumed {
+        if let Err(e) = &result {
+            if matches!(*e.kind, ErrorKind::Command(_)) && !no_change_streams(e) {
+                // the server answered but cannot resume (history gone): start afresh,
+                // the pass that follows resyncs everything anyway
+                tracing::info!(monitor = %state.url.shown, "[emperor-mongodb] cannot resume the change stream ({}); starting a new one", e.kind);
+                state.token.lock().unwrap_or_else(|p| p.into_inner()).take();
+                result = state.coll.watch().await;
+            }
+        }
+    }
+    match result {
+        Ok(stream) => {
+            if resumed {
+                tracing::info!(monitor = %state.url.shown, "[emperor-mongodb] change stream resumed from the last resume token");
+            }
+            Ok(Some(Watcher::spawn(stream, state.token.clone())))
+        }
+        Err(e) if no_change_streams(&e) => Ok(None),
+        Err(e) => Err(e.kind.to_string()),
+    }
+}
+
+fn no_change_streams(e: &DriverError) -> bool {
+    match &*e.kind {
+        ErrorKind::Command(c) => NO_CHANGE_STREAMS.contains(&c.code),
+        _ => false,
+    }
+}
+
+/// What the change stream reader reports.
+enum Signal {
+    /// Something in the collection changed: run a pass.
+    Changed,
+    /// The stream ended (invalidated).
+    Closed,
+    /// The stream failed (server gone, and the driver's own resume failed too).
+    Failed(String),
+}
+
+/// Reads the change stream in its own task, so that the stream is never
+/// dropped in the middle of a `getMore`; changes are coalesced into one
+/// pending signal (a burst of writes is one pass).
+struct Watcher {
+    rx: mpsc::Receiver<Signal>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn spawn(
+        mut stream: mongodb::change_stream::ChangeStream<
+            mongodb::change_stream::event::ChangeStreamEvent<RawDocumentBuf>,
+        >,
+        token: Arc<Mutex<Option<ResumeToken>>>,
+    ) -> Watcher {
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            let save = |stream: &mongodb::change_stream::ChangeStream<_>| {
+                if let Some(t) = stream.resume_token() {
+                    *token.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+                }
+            };
+            // the token is kept current even without events (the server's
+            // post-batch token), so a reconnect resumes where the stream was
+            save(&stream);
+            loop {
+                let signal = match stream.next_if_any().await {
+                    Ok(Some(ev)) => {
+                        save(&stream);
+                        tracing::debug!(op = ?ev.operation_type, "[emperor-mongodb] change");
+                        // a full channel already holds a pending "changed": coalesce
+                        let _ = tx.try_send(Signal::Changed);
+                        continue;
+                    }
+                    Ok(None) if stream.is_alive() => {
+                        save(&stream);
+                        continue;
+                    }
+                    Ok(None) => Signal::Closed,
+                    Err(e) => Signal::Failed(e.kind.to_string()),
+                };
+                let _ = tx.send(signal).await;
+                return;
+            }
+        });
+        Watcher { rx, task }
+    }
+
+    async fn next(&mut self) -> Signal {
+        self.rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Signal::Failed("change stream reader stopped".to_string()))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One pass: one query for the whole set.
+async fn pass(state: &mut State, opts: &MonitorOptions) -> Result<Vec<VassalSpec>, String> {
+    let mut projection = Document::new();
+    for f in document::FIELDS {
+        projection.insert(*f, 1);
+    }
+    let mut cursor = state
+        .coll
+        .find(state.url.filter.clone())
+        .projection(projection)
+        .sort(doc! {"_id": 1})
+        .await
+        .map_err(|e| format!("query failed: {}", e.kind))?;
+    let mut specs = Vec::new();
+    let mut names: HashSet<VassalName> = HashSet::new();
+    let mut skipped: HashSet<String> = HashSet::new();
+    while let Some(raw) = cursor
+        .try_next()
+        .await
+        .map_err(|e| format!("query failed: {}", e.kind))?
+    {
+        let doc = match Document::try_from(raw.as_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                let id = raw
+                    .get("_id")
+                    .ok()
+                    .flatten()
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_else(|| "?".to_string());
+                skipped.insert(format!("document _id {id}: unreadable BSON: {e}"));
+                continue;
+            }
+        };
+        match document::spec_from_document(&doc, opts) {
+            Ok(spec) if !names.insert(spec.name.clone()) => {
+                skipped.insert(format!(
+                    "document {}: another document with this name came first",
+                    document::label(&doc)
+                ));
+            }
+            Ok(spec) => specs.push(spec),
+            Err(reason) => {
+                skipped.insert(format!("document {}: {reason}", document::label(&doc)));
+            }
+        }
+    }
+    for s in skipped.difference(&state.warned) {
+        tracing::warn!(monitor = %state.url.shown, "[emperor-mongodb] skipping {s}");
+    }
+    state.warned = skipped;
+    Ok(specs)
+}
