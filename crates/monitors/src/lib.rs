@@ -25,6 +25,13 @@ pub mod zoo;
 #[cfg(feature = "pg")]
 pub mod pg;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(any(feature = "amqp", feature = "zmq"))]
+mod bus;
+#[cfg(feature = "zmq")]
+pub mod zmq;
+
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -44,6 +51,12 @@ pub fn schemes() -> Vec<&'static str> {
     if cfg!(feature = "pg") {
         v.push("pg");
     }
+    if cfg!(feature = "amqp") {
+        v.push("amqp");
+    }
+    if cfg!(feature = "zmq") {
+        v.push("zmq");
+    }
     v
 }
 
@@ -56,8 +69,7 @@ const KNOWN: &[&str] = &[
 /// a directory that does not exist) are returned here, before anything runs.
 pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
     if let Some((scheme, rest)) = url.split_once("://") {
-        // only the file monitors take the part after the scheme as a path
-        #[cfg(not(feature = "dir"))]
+        // unused in builds without any monitor that takes the part after the scheme
         let _ = rest;
         match scheme {
             #[cfg(feature = "dir")]
@@ -72,6 +84,10 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
             #[cfg(feature = "pg")]
             "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
+            #[cfg(feature = "amqp")]
+            "amqp" => return Ok(Box::new(amqp::AmqpMonitor::new(url, opts)?)),
+            #[cfg(feature = "zmq")]
+            "zmq" => return Ok(Box::new(zmq::ZmqMonitor::new(url, rest, opts)?)),
             s if KNOWN.contains(&s) => {
                 // only the scheme: the rest may hold a password
                 return Err(MonitorError::NotBuilt {
