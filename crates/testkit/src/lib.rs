@@ -11,5 +11,6 @@ pub mod procs;
 pub mod servers;
 pub mod users;
 pub mod uwsgi;
+pub mod zmq_push;
 
 pub use imperium::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};

@@ -143,3 +143,5 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
+
+pub mod rabbitmq;
