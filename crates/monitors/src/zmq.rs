@@ -67,9 +67,10 @@ impl ZmqMonitor {
         let socket = context
             .socket(zmq::PULL)
             .map_err(|e| bad(format!("cannot create a PULL socket: {e}")))?;
-        // accept IPv6 endpoints such as tcp://[::1]:5252 (IPv4 still works)
+        // IPv6 only for an IPv6 literal such as tcp://[::1]:5252: with it on,
+        // libzmq binds IPv4 addresses as v4-mapped IPv6 sockets
         socket
-            .set_ipv6(true)
+            .set_ipv6(endpoint.contains('['))
             .and_then(|_| socket.set_maxmsgsize(MAX_FRAME))
             .and_then(|_| socket.set_linger(0))
             .map_err(|e| bad(format!("cannot set socket options: {e}")))?;
@@ -112,9 +113,14 @@ async fn run(mon: ZmqMonitor, ctx: MonitorContext) {
         socket, _context, ..
     } = mon;
     // libzmq sockets are blocking: one thread reads and forwards raw messages
+    // dropped by the thread when it ends, after the socket is closed
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let reader = std::thread::Builder::new()
         .name("imperium-zmq".into())
-        .spawn(move || receive_loop(socket, _context, tx, thread_shown));
+        .spawn(move || {
+            receive_loop(socket, _context, tx, thread_shown);
+            drop(done_tx);
+        });
     if let Err(e) = reader {
         tracing::error!(monitor = %shown, "[emperor-zmq] cannot start the receiving thread: {e}");
         ctx.health(MonitorHealth::Failed(format!(
@@ -124,6 +130,14 @@ async fn run(mon: ZmqMonitor, ctx: MonitorContext) {
         return;
     }
     tracing::info!(monitor = %shown, "[emperor-zmq] PULL socket bound, waiting for touch/destroy messages");
+    consume(&ctx, &shown, &mut rx).await;
+    // let the thread see that nobody listens, then wait until it has closed
+    // the socket, so the endpoint is free when the monitor has ended
+    drop(rx);
+    let _ = done_rx.await;
+}
+
+async fn consume(ctx: &MonitorContext, shown: &str, rx: &mut mpsc::Receiver<Vec<Vec<u8>>>) {
     if !ctx.health(MonitorHealth::Connected).await {
         return;
     }

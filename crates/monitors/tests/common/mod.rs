@@ -26,8 +26,15 @@ pub fn opts_in(cwd: &Path) -> MonitorOptions {
     }
 }
 
-/// Builds the monitor for `url` with `monitors::build` and runs it.
+/// Builds the monitor for `url` with `monitors::build` and runs it. Logs go
+/// to the test output (shown with `--nocapture`, filtered by `RUST_LOG`).
 pub fn start(url: &str, opts: MonitorOptions) -> Running {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_test_writer()
+        .try_init();
     let mon = monitors::build(url, &opts).unwrap_or_else(|e| panic!("build {url}: {e}"));
     let describe = mon.describe();
     let (tx, rx) = mpsc::channel(256);

@@ -4,6 +4,7 @@
 //! removes its directory when dropped.
 
 pub mod pg;
+pub mod rabbitmq;
 pub mod slapd;
 pub mod etcd;
 pub mod zookeeper;
@@ -143,5 +144,3 @@ impl Drop for ServerProcess {
         self.stop();
     }
 }
-
-pub mod rabbitmq;

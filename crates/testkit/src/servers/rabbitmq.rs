@@ -12,7 +12,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,7 @@ impl RabbitMq {
         );
 
         let child = spawn_node(dir.path(), &node, port, dist_port, epmd_port);
-        let mut mq = RabbitMq {
+        let mq = RabbitMq {
             server: ServerProcess::new("rabbitmq", dir, child),
             epmd,
             port,
@@ -102,7 +102,8 @@ impl RabbitMq {
     /// use. It is stopped (and its directory removed) when the test binary
     /// exits, by a watchdog process that waits for the end of its stdin.
     pub fn shared() -> &'static RabbitMq {
-        static SHARED: OnceLock<(RabbitMq, Mutex<ChildStdin>)> = OnceLock::new();
+        // the watchdog keeps its stdin pipe open until this process exits
+        static SHARED: OnceLock<(RabbitMq, Mutex<Child>)> = OnceLock::new();
         let (mq, _) = SHARED.get_or_init(|| {
             let mq = RabbitMq::start();
             let guard = exit_watchdog(&mq);
@@ -278,10 +279,10 @@ fn spawn_node(dir: &Path, node: &str, port: u16, dist_port: u16, epmd_port: u16)
 }
 
 /// Starts `sh` that waits for the end of its stdin, then kills the node and
-/// epmd by pid and removes the directories. The returned pipe end must be
-/// kept open for as long as the node should live: it closes when the test
-/// binary exits, however it exits.
-fn exit_watchdog(mq: &RabbitMq) -> ChildStdin {
+/// epmd by pid and removes the directories. The returned child (with its
+/// stdin pipe) must be kept for as long as the node should live: the pipe
+/// closes when the test binary exits, however it exits.
+fn exit_watchdog(mq: &RabbitMq) -> Child {
     let pids: Vec<String> = [mq.server.pid(), mq.epmd.pid()]
         .into_iter()
         .flatten()
@@ -295,12 +296,11 @@ fn exit_watchdog(mq: &RabbitMq) -> ChildStdin {
         dir = mq.server.dir.path().display(),
         edir = mq.epmd.dir.path().display(),
     );
-    let mut child = Command::new("sh")
+    Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start the rabbitmq exit watchdog");
-    child.stdin.take().expect("watchdog stdin")
+        .expect("start the rabbitmq exit watchdog")
 }
