@@ -6,6 +6,7 @@
 //! Fixtures never skip: when a program is missing they panic with the
 //! command that installs it (see [`servers::require_program`]).
 
+pub mod amqp_publish;
 pub mod imperium;
 pub mod procs;
 pub mod servers;
