@@ -27,30 +27,32 @@ pub mod pg;
 #[cfg(feature = "zoo")]
 pub mod zoo;
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
+#[cfg(any(feature = "amqp", feature = "zmq"))]
+mod bus;
+#[cfg(feature = "zmq")]
+pub mod zmq;
+
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if cfg!(feature = "dir") {
-        v.push("dir");
-        v.push("glob");
-    }
-    if cfg!(feature = "ldap") {
-        v.push("ldap");
-    }
-    if cfg!(feature = "zoo") {
-        v.push("zoo");
-    }
-    if cfg!(feature = "etcd") {
-        v.push("etcd");
-    }
-    if cfg!(feature = "pg") {
-        v.push("pg");
-    }
-    if cfg!(feature = "mongodb") {
-        v.push("mongodb");
-        v.push("mongodb2");
-    }
-    v
+    // (scheme, built in?) in uWSGI's registration order, then imperium's own
+    [
+        ("dir", cfg!(feature = "dir")),
+        ("glob", cfg!(feature = "dir")),
+        ("pg", cfg!(feature = "pg")),
+        ("mongodb", cfg!(feature = "mongodb")),
+        ("mongodb2", cfg!(feature = "mongodb")),
+        ("amqp", cfg!(feature = "amqp")),
+        ("zmq", cfg!(feature = "zmq")),
+        ("zoo", cfg!(feature = "zoo")),
+        ("ldap", cfg!(feature = "ldap")),
+        ("etcd", cfg!(feature = "etcd")),
+    ]
+    .into_iter()
+    .filter(|(_, built)| *built)
+    .map(|(s, _)| s)
+    .collect()
 }
 
 /// Every scheme imperium knows, built in or not (for error messages).
@@ -62,8 +64,7 @@ const KNOWN: &[&str] = &[
 /// a directory that does not exist) are returned here, before anything runs.
 pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
     if let Some((scheme, rest)) = url.split_once("://") {
-        // only the file monitors take the part after the scheme as a path
-        #[cfg(not(feature = "dir"))]
+        // unused in builds without any monitor that takes the part after the scheme
         let _ = rest;
         match scheme {
             #[cfg(feature = "dir")]
@@ -80,6 +81,10 @@ pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, Monit
             "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
             #[cfg(feature = "mongodb")]
             "mongodb" | "mongodb2" => return Ok(Box::new(mongo::MongoMonitor::new(url)?)),
+            #[cfg(feature = "amqp")]
+            "amqp" => return Ok(Box::new(amqp::AmqpMonitor::new(url, opts)?)),
+            #[cfg(feature = "zmq")]
+            "zmq" => return Ok(Box::new(zmq::ZmqMonitor::new(url, rest, opts)?)),
             s if KNOWN.contains(&s) => {
                 // only the scheme: the rest may hold a password
                 return Err(MonitorError::NotBuilt {

@@ -6,10 +6,12 @@
 //! Fixtures never skip: when a program is missing they panic with the
 //! command that installs it (see [`servers::require_program`]).
 
+pub mod amqp_publish;
 pub mod imperium;
 pub mod procs;
 pub mod servers;
 pub mod users;
 pub mod uwsgi;
+pub mod zmq_push;
 
 pub use imperium::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};

@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod mongo;
 pub mod pg;
+pub mod rabbitmq;
 pub mod slapd;
 pub mod zookeeper;
 
