@@ -16,16 +16,16 @@ pub mod etcd;
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
-#[cfg(feature = "ldap")]
-pub mod ldap;
 #[cfg(any(feature = "zoo", feature = "etcd"))]
 pub mod kv;
-#[cfg(feature = "zoo")]
-pub mod zoo;
-#[cfg(feature = "pg")]
-pub mod pg;
+#[cfg(feature = "ldap")]
+pub mod ldap;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
+#[cfg(feature = "pg")]
+pub mod pg;
+#[cfg(feature = "zoo")]
+pub mod zoo;
 
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {

@@ -3,10 +3,10 @@
 //! waits until a real client request succeeds, and stops it (by pid) and
 //! removes its directory when dropped.
 
-pub mod pg;
-pub mod mongo;
-pub mod slapd;
 pub mod etcd;
+pub mod mongo;
+pub mod pg;
+pub mod slapd;
 pub mod zookeeper;
 
 use std::net::{TcpListener, TcpStream};
