@@ -2,6 +2,7 @@
 //! writes the log line (in uWSGI's familiar wording, with structured
 //! fields) and bumps its counter, so logs and counters cannot disagree.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::monitor::MonitorId;
@@ -10,6 +11,7 @@ use crate::spec::Owner;
 
 /// How a vassal process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ExitStatus {
     /// It exited with this code.
     Code(i32),
@@ -26,7 +28,9 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// Counters, one per event kind that counts something.
+/// Counters, one per event kind that counts something. Only
+/// [`Event::record`] bumps them; the stats server and the Prometheus
+/// endpoint read them, so logs, stats and metrics cannot disagree.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Counters {
     pub spawns: u64,
@@ -43,6 +47,69 @@ pub struct Counters {
     pub zergs_added: u64,
     /// On-demand vassals started by a connection.
     pub on_demand_activations: u64,
+    /// Every exit, by cause: `requested` (the emperor asked it to stop),
+    /// `exile` (code 26), `exit` (any other code), `signal`.
+    pub deaths: BTreeMap<&'static str, u64>,
+    /// Degraded/failed reports per monitor id.
+    pub monitor_errors_by: BTreeMap<MonitorId, u64>,
+    /// Monitor change seen -> command sent (spawn, reload, stop).
+    pub reaction: LatencyHistogram,
+}
+
+/// A fixed-bucket histogram of durations, in seconds (Prometheus style:
+/// each bucket counts the observations at or below its bound).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencyHistogram {
+    /// Upper bounds in seconds, ascending.
+    pub bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one is `+Inf`.
+    pub counts: Vec<u64>,
+    /// Sum of every observation, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+/// Bucket bounds of [`LatencyHistogram`], in seconds.
+pub const LATENCY_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            bounds: LATENCY_BOUNDS,
+            counts: vec![0; LATENCY_BOUNDS.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl LatencyHistogram {
+    /// Adds one observation.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += s;
+        self.count += 1;
+    }
+
+    /// `(upper bound, count in this bucket alone)` pairs, ending with
+    /// `+Inf` (the encoder makes them cumulative).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        self.bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
 }
 
 /// One notable thing.
@@ -157,6 +224,35 @@ pub enum Event<'a> {
         zergs: usize,
         max: usize,
     },
+    /// A monitor change was acted on: `latency` from the monitor sending
+    /// it to the commands being sent.
+    Reacted {
+        monitor: MonitorId,
+        latency: Duration,
+        actions: usize,
+    },
+    /// An operator paused automatic reloads of a vassal.
+    Paused {
+        name: &'a VassalName,
+    },
+    /// An operator resumed automatic reloads; `pending` when a change
+    /// arrived meanwhile and is applied now.
+    Resumed {
+        name: &'a VassalName,
+        pending: bool,
+    },
+    /// A config change arrived for a paused vassal and is held.
+    ChangeHeld {
+        name: &'a VassalName,
+    },
+    /// An operator stopped a vassal; it stays down until started again.
+    Held {
+        name: &'a VassalName,
+    },
+    /// An operator cleared the blacklist entry of one vassal.
+    Unblacklisted {
+        name: &'a VassalName,
+    },
 }
 
 fn owner_str(o: Option<Owner>) -> String {
@@ -209,6 +305,13 @@ impl Event<'_> {
                 status,
                 expected,
             } => {
+                let cause = match status {
+                    _ if expected => "requested",
+                    ExitStatus::Code(26) => "exile",
+                    ExitStatus::Code(_) => "exit",
+                    ExitStatus::Signal(_) => "signal",
+                };
+                *c.deaths.entry(cause).or_default() += 1;
                 if expected {
                     info!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) exited with {status}");
                 } else {
@@ -244,6 +347,7 @@ impl Event<'_> {
                     info!(monitor, url, "[emperor] monitor {url} is {state}");
                 } else {
                     c.monitor_errors += 1;
+                    *c.monitor_errors_by.entry(monitor).or_default() += 1;
                     warn!(monitor, url, "[emperor] monitor {url} is {state}; keeping its {running} vassals as they are");
                 }
             }
@@ -285,6 +389,34 @@ impl Event<'_> {
             }
             Event::BroodlordFull { name, zergs, max } => {
                 warn!(vassal = %name, zergs, max, "[emperor] vassal {name} sent SOS, but the broodlord limit is reached ({zergs}/{max} zergs)");
+            }
+            Event::Reacted {
+                monitor,
+                latency,
+                actions,
+            } => {
+                c.reaction.observe(latency);
+                tracing::debug!(
+                    monitor,
+                    actions,
+                    latency_us = latency.as_micros() as u64,
+                    "[emperor] reacted to a change of monitor #{monitor}"
+                );
+            }
+            Event::Paused { name } => {
+                info!(vassal = %name, "[emperor] automatic reloads of vassal {name} paused")
+            }
+            Event::Resumed { name, pending } => {
+                info!(vassal = %name, pending, "[emperor] automatic reloads of vassal {name} resumed")
+            }
+            Event::ChangeHeld { name } => {
+                info!(vassal = %name, "[emperor] vassal {name} changed, but its reloads are paused: holding the change")
+            }
+            Event::Held { name } => {
+                info!(vassal = %name, "[emperor] vassal {name} stopped by the operator: it stays down until started")
+            }
+            Event::Unblacklisted { name } => {
+                info!(vassal = %name, "[emperor] blacklist entry of vassal {name} cleared")
             }
         }
     }

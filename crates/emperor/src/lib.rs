@@ -11,6 +11,7 @@ pub mod monitor;
 pub mod name;
 pub mod protocol;
 pub mod spec;
+pub mod stats;
 
 pub use monitor::{
     Monitor, MonitorContext, MonitorError, MonitorId, MonitorOptions, OnDemandSource, Secret,
@@ -18,7 +19,10 @@ pub use monitor::{
 pub use name::{Extensions, NameError, NamePolicy, VassalName};
 pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 pub mod argv;
+pub mod control;
 pub mod events;
+pub mod lifecycle;
+pub mod metrics;
 pub mod ondemand;
 pub mod reconciler;
 pub mod runtime;

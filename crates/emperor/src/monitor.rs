@@ -117,6 +117,8 @@ impl Default for MonitorOptions {
 pub struct MonitorMessage {
     pub monitor: MonitorId,
     pub change: Change,
+    /// When the monitor sent it (the start of the reaction latency).
+    pub seen: std::time::Instant,
 }
 
 /// What a monitor task gets to talk to the emperor.
@@ -154,6 +156,7 @@ impl MonitorContext {
             .send(MonitorMessage {
                 monitor: self.id,
                 change,
+                seen: std::time::Instant::now(),
             })
             .await
             .is_ok()

@@ -124,6 +124,8 @@ pub enum StopReason {
     Idle,
     /// The emperor is shutting down.
     Shutdown,
+    /// An operator stopped it (`imperium ctl stop`): it stays down.
+    Operator,
 }
 
 /// One running (or starting) process of a vassal.
@@ -162,6 +164,8 @@ pub enum VassalState {
     Refused,
     /// On demand: waiting for a connection on its socket.
     OnDemand,
+    /// Stopped by an operator: waits for `imperium ctl start`.
+    Stopped,
 }
 
 /// One entry of the vassal table.
@@ -201,6 +205,14 @@ pub struct Vassal {
     /// On demand: a connection arrived; the spawn is due (it may wait for
     /// the blacklist).
     pub activated: bool,
+    /// Automatic reloads are paused (`imperium ctl pause`): config
+    /// changes are held in [`Vassal::held_change`] until resumed.
+    pub paused: bool,
+    /// The newest config change that arrived while paused.
+    pub held_change: Option<VassalSpec>,
+    /// Stopped by an operator (`imperium ctl stop`): not started again
+    /// until `imperium ctl start`.
+    pub held: bool,
 }
 
 impl Vassal {
@@ -228,6 +240,9 @@ impl Vassal {
             listening: None,
             waiting: false,
             activated: false,
+            paused: false,
+            held_change: None,
+            held: false,
         }
     }
 
@@ -242,6 +257,7 @@ impl Vassal {
             Some(p) if p.stopping.is_some() => VassalState::Stopping,
             Some(p) if p.pid.is_some() => VassalState::Running,
             Some(_) => VassalState::Starting,
+            None if self.held => VassalState::Stopped,
             None if self.refused.is_some() => VassalState::Refused,
             None if self.exiled => VassalState::Exiled,
             None if self.idle => VassalState::Idle,
@@ -341,6 +357,13 @@ impl Reconciler {
 
     fn emit(&mut self, e: Event<'_>) {
         e.record(&mut self.counters);
+    }
+
+    /// Records an event seen outside the reconciler (for example the
+    /// reaction latency measured by the runtime), so that it is logged and
+    /// counted in the same place as every other event.
+    pub fn note(&mut self, e: Event<'_>) {
+        self.emit(e);
     }
 
     // ----- monitor changes -------------------------------------------------
@@ -460,6 +483,14 @@ impl Reconciler {
         if !newer && !was_removed && !owner_changed && !socket_changed {
             return;
         }
+        if v.paused && !was_removed && !owner_changed {
+            let first = !matches!(&v.held_change, Some(h) if h.key == spec.key);
+            v.held_change = Some(spec);
+            if first {
+                self.emit(Event::ChangeHeld { name: &name });
+            }
+            return;
+        }
         let restart_needed =
             owner_changed || socket_changed || old.is_some_and(|d| d.workdir != spec.workdir);
         if owner_changed {
@@ -481,6 +512,15 @@ impl Reconciler {
         v.exiled = false;
         v.idle = false;
         v.refused = None;
+        if v.held {
+            // stays down with the new config until an operator starts it
+            if let Some(p) = v.proc.as_mut() {
+                if let Some((StopReason::Removed | StopReason::Idle, at)) = p.stopping {
+                    p.stopping = Some((StopReason::Operator, at));
+                }
+            }
+            return;
+        }
         match &v.proc {
             Some(p) if p.stopping.is_some() => {
                 // it is going down; it starts again with the new spec when
@@ -619,7 +659,7 @@ impl Reconciler {
         let Some(spec) = v.desired.clone() else {
             return;
         };
-        if v.proc.is_some() {
+        if v.proc.is_some() || v.held {
             return;
         }
         if let ConfigSource::Inline(text) = &spec.config {
@@ -752,6 +792,7 @@ impl Reconciler {
                 StopReason::Restart => "restart with a new owner, socket or directory",
                 StopReason::Idle => "idle shutdown requested by the vassal",
                 StopReason::Shutdown => "emperor shutdown",
+                StopReason::Operator => "stopped by the operator",
                 StopReason::PipeClosed => "",
             };
             self.emit(Event::Stop { name, pid, why });
@@ -974,7 +1015,11 @@ impl Reconciler {
         let expected = matches!(
             reason,
             Some(
-                StopReason::Removed | StopReason::Restart | StopReason::Idle | StopReason::Shutdown
+                StopReason::Removed
+                    | StopReason::Restart
+                    | StopReason::Idle
+                    | StopReason::Shutdown
+                    | StopReason::Operator
             )
         );
         self.emit(Event::Exited {
@@ -1000,6 +1045,7 @@ impl Reconciler {
                 self.start(&name, now, &mut out);
             }
             Some(StopReason::Idle) => v.idle = true,
+            Some(StopReason::Operator) => {}
             Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name, &mut out),
             None | Some(StopReason::PipeClosed) => {
                 if status == ExitStatus::Code(26) {
@@ -1157,6 +1203,141 @@ impl Reconciler {
         let (vn, instance, pid) = (v.name.clone(), p.instance, p.pid.unwrap_or(0));
         self.reload(&vn, instance, pid, &mut out);
         Ok(out)
+    }
+
+    fn operator_target(&self, name: &str) -> Result<VassalName, String> {
+        if self.shutting_down {
+            return Err("the emperor is shutting down".into());
+        }
+        self.vassal(name)
+            .map(|v| v.name.clone())
+            .ok_or_else(|| format!("no vassal named {name}"))
+    }
+
+    /// Pauses automatic reloads of one vassal: config changes are held
+    /// (the newest one kept) until [`Reconciler::resume`]. Removal of the
+    /// config still stops it; a crash respawns it with the config it runs.
+    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.paused {
+            return Err(format!("reloads of vassal {name} are already paused"));
+        }
+        v.paused = true;
+        self.emit(Event::Paused { name: &vn });
+        Ok(())
+    }
+
+    /// Resumes automatic reloads of one vassal and applies the change held
+    /// meanwhile, if any (as if it arrived now).
+    pub fn resume(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if !v.paused {
+            return Err(format!("reloads of vassal {name} are not paused"));
+        }
+        v.paused = false;
+        let held = v.held_change.take();
+        let monitor = v.monitor;
+        self.emit(Event::Resumed {
+            name: &vn,
+            pending: held.is_some(),
+        });
+        let mut out = Vec::new();
+        if let Some(spec) = held {
+            self.upsert(monitor, spec, now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Stops one vassal on an operator's request; it stays down (whatever
+    /// its source says) until [`Reconciler::start_one`].
+    pub fn stop_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.held {
+            return Err(format!("vassal {name} is already stopped"));
+        }
+        v.held = true;
+        v.respawn_at = None;
+        v.activated = false;
+        let mut out = Vec::new();
+        if v.listening.take().is_some() {
+            // an on-demand vassal stops listening too
+            v.waiting = false;
+            out.push(Action::Unlisten { name: vn.clone() });
+        }
+        self.emit(Event::Held { name: &vn });
+        self.stop(&vn, StopReason::Operator, now, &mut out);
+        Ok(out)
+    }
+
+    /// Starts one vassal on an operator's request: one stopped by
+    /// [`Reconciler::stop_one`], exiled, idle, or waiting for a throttled
+    /// respawn (its blacklist entry is cleared).
+    pub fn start_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.proc.as_ref().is_some_and(|p| p.stopping.is_none()) {
+            return Err(format!("vassal {name} is already running"));
+        }
+        if v.desired.is_none() {
+            return Err(format!("vassal {name} was removed from its source"));
+        }
+        v.held = false;
+        v.exiled = false;
+        v.idle = false;
+        v.respawn_at = None;
+        let mut out = Vec::new();
+        match v.proc.as_mut() {
+            // going down on our request: start again when its exit is seen
+            Some(p) => {
+                if let Some((_, at)) = p.stopping {
+                    p.stopping = Some((StopReason::Restart, at));
+                }
+            }
+            None => {
+                self.blacklist.remove(&vn);
+                self.start(&vn, now, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Clears the blacklist entry of one vassal; if it was waiting for a
+    /// throttled respawn, it starts now.
+    pub fn clear_blacklist_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let mut out = Vec::new();
+        if !self.blacklist.remove(&vn) {
+            return Err(format!("vassal {name} is not blacklisted"));
+        }
+        self.emit(Event::Unblacklisted { name: &vn });
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.proc.is_none() && v.respawn_at.take().is_some() {
+            self.start(&vn, now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Clears the whole blacklist (SIGURG, `imperium ctl clear-blacklist`);
+    /// vassals waiting for a throttled respawn start now.
+    pub fn clear_blacklist_all(&mut self, now: Instant) -> (usize, Vec<Action>) {
+        let n = self.clear_blacklist();
+        let mut out = Vec::new();
+        let waiting: Vec<VassalName> = self
+            .vassals
+            .values()
+            .filter(|v| v.proc.is_none() && v.respawn_at.is_some())
+            .map(|v| v.name.clone())
+            .collect();
+        for vn in waiting {
+            if let Some(v) = self.vassals.get_mut(&vn) {
+                v.respawn_at = None;
+            }
+            self.start(&vn, now, &mut out);
+        }
+        (n, out)
     }
 
     /// SIGURG: clears the blacklist.

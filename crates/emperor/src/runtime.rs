@@ -15,7 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::argv::{build_argv, LaunchOptions};
-use crate::events::ExitStatus;
+use crate::events::{Event, ExitStatus};
+use crate::lifecycle::{Lifecycle, Readiness};
 use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
 use crate::name::VassalName;
 use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
@@ -56,7 +57,14 @@ pub enum Command {
     },
     /// Read the table (stats, control socket).
     Inspect(Box<dyn FnOnce(&Reconciler) + Send>),
+    /// Change the table (control socket): the closure calls one reconciler
+    /// method with the current time and returns its actions, which the
+    /// runtime carries out.
+    Apply(ApplyFn),
 }
+
+/// The closure of [`Command::Apply`].
+pub type ApplyFn = Box<dyn FnOnce(&mut Reconciler, std::time::Instant) -> Vec<Action> + Send>;
 
 enum VassalCmd {
     Byte(u8),
@@ -76,11 +84,23 @@ enum Report {
 pub struct Emperor {
     cfg: EmperorConfig,
     monitors: Vec<Box<dyn Monitor>>,
+    lifecycle: Option<Box<dyn Lifecycle>>,
 }
 
 impl Emperor {
     pub fn new(cfg: EmperorConfig, monitors: Vec<Box<dyn Monitor>>) -> Self {
-        Emperor { cfg, monitors }
+        Emperor {
+            cfg,
+            monitors,
+            lifecycle: None,
+        }
+    }
+
+    /// Tells `l` when the initial scan has been acted on, after every step
+    /// and at shutdown (systemd notify).
+    pub fn with_lifecycle(mut self, l: Box<dyn Lifecycle>) -> Self {
+        self.lifecycle = Some(l);
+        self
     }
 
     /// Runs until a [`Command::Shutdown`] has stopped every vassal (or the
@@ -90,6 +110,9 @@ impl Emperor {
         for u in &urls {
             tracing::info!(monitor = %u, "[emperor] monitoring {u}");
         }
+        let mut readiness = Readiness::new(urls.len());
+        let mut lifecycle = self.lifecycle;
+        let mut told_stopping = false;
         let mut rec = Reconciler::new(self.cfg.reconciler.clone(), urls);
         let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorMessage>(4096);
         let (rescan_tx, rescan_rx) = watch::channel(0u64);
@@ -119,9 +142,11 @@ impl Emperor {
                 break;
             }
             let mut deadline = rec.next_deadline().map(Instant::from_std);
-            for extra in [mercy_at, give_up_at].into_iter().flatten() {
+            let ready_at = readiness.deadline().map(Instant::from_std);
+            for extra in [mercy_at, give_up_at, ready_at].into_iter().flatten() {
                 deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
             }
+            let mut reacting = None;
             let actions = tokio::select! {
                 biased;
                 Some(r) = exec.reports.1.recv() => {
@@ -143,7 +168,7 @@ impl Emperor {
                     }
                     Some(Command::Shutdown) => Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy),
                     Some(Command::ReloadAll) => rec.reload_all(),
-                    Some(Command::ClearBlacklist) => { rec.clear_blacklist(); Vec::new() }
+                    Some(Command::ClearBlacklist) => rec.clear_blacklist_all(Instant::now().into_std()).1,
                     Some(Command::LogVassals) => { rec.log_vassals(); Vec::new() }
                     Some(Command::Rescan) => { rescan_tx.send_modify(|n| *n += 1); Vec::new() }
                     Some(Command::Reload { name, reply }) => match rec.reload_one(&name) {
@@ -151,9 +176,14 @@ impl Emperor {
                         Err(e) => { let _ = reply.send(Err(e)); Vec::new() }
                     },
                     Some(Command::Inspect(f)) => { f(&rec); Vec::new() }
+                    Some(Command::Apply(f)) => f(&mut rec, Instant::now().into_std()),
                 },
                 m = mon_rx.recv(), if monitors_open => match m {
-                    Some(m) => rec.monitor_change(m.monitor, m.change, Instant::now().into_std()),
+                    Some(m) => {
+                        readiness.observe(m.monitor, &m.change, Instant::now().into_std());
+                        reacting = Some((m.monitor, m.seen));
+                        rec.monitor_change(m.monitor, m.change, Instant::now().into_std())
+                    }
                     None => { monitors_open = false; Vec::new() }
                 },
                 _ = sleep_until(deadline) => {
@@ -172,9 +202,31 @@ impl Emperor {
                 }
             };
             let _ = now;
+            let n_actions = actions.len();
             exec.execute(&mut rec, actions);
+            if let Some((monitor, seen)) = reacting.filter(|_| n_actions > 0) {
+                rec.note(Event::Reacted {
+                    monitor,
+                    latency: seen.elapsed(),
+                    actions: n_actions,
+                });
+            }
+            let became_ready = readiness.poll(Instant::now().into_std());
+            if let Some(l) = lifecycle.as_mut() {
+                if became_ready {
+                    l.ready(&rec);
+                }
+                if rec.is_shutting_down() && !told_stopping {
+                    told_stopping = true;
+                    l.stopping(&rec);
+                }
+                l.step(&rec);
+            }
         }
         tracing::info!("The Emperor is buried.");
+        if let Some(l) = lifecycle.as_mut() {
+            l.buried();
+        }
     }
 
     fn begin_shutdown(

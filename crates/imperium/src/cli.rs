@@ -26,9 +26,14 @@ use clap::{ArgAction, CommandFactory, Parser};
     name = "imperium",
     version,
     max_term_width = 100,
-    args_override_self = true
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
+    /// `imperium ctl ...`: steer a running emperor through its control socket.
+    #[command(subcommand)]
+    pub command: Option<Sub>,
+
     /// A config source: dir://DIR, glob://PATTERN, a bare directory or a bare
     /// glob pattern (repeatable). See docs/monitors.md for every scheme.
     #[arg(long, value_name = "URL")]
@@ -198,6 +203,62 @@ pub struct Cli {
     /// Log format: `human` or `json`.
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
+
+    /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
+    /// colon) or a UNIX socket path.
+    #[arg(long, visible_alias = "emperor-stats-server", value_name = "ADDR")]
+    pub emperor_stats: Option<String>,
+
+    /// Stats server: read an HTTP request and answer with HTTP headers.
+    #[arg(long)]
+    pub stats_http: bool,
+
+    /// Stats server: compact JSON instead of tab-indented.
+    #[arg(long)]
+    pub stats_minified: bool,
+
+    /// Seconds a stats, metrics or control client may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub socket_timeout: u64,
+
+    /// Mode of the stats and metrics UNIX sockets, in octal (666 when given
+    /// without a value; the umask applies when absent).
+    #[arg(long, value_name = "MODE", num_args = 0..=1, default_missing_value = "666", value_parser = parse_mode)]
+    pub chmod_socket: Option<u32>,
+
+    /// Serve Prometheus metrics (GET /metrics) here: HOST:PORT or a UNIX
+    /// socket path. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub emperor_metrics: Option<String>,
+
+    /// The control socket `imperium ctl` talks to (a UNIX socket path).
+    #[arg(long, value_name = "PATH")]
+    pub emperor_control_socket: Option<std::path::PathBuf>,
+
+    /// Mode of the control socket file, in octal.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    pub emperor_control_socket_mode: u32,
+
+    /// Also allow this uid on the control socket (root and the emperor's
+    /// own uid always are; repeatable).
+    #[arg(long, value_name = "UID")]
+    pub emperor_control_allow_uid: Vec<u32>,
+
+    /// Also allow peers whose primary gid is this one (repeatable).
+    #[arg(long, value_name = "GID")]
+    pub emperor_control_allow_gid: Vec<u32>,
+
+    /// uWSGI 2.1's datagram command socket (UDP HOST:PORT, or a UNIX
+    /// datagram socket path, mode 600): cmd=spawn|respawn|stop|log.
+    #[arg(long, value_name = "ADDR")]
+    pub emperor_command_socket: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Steer a running emperor through its control socket.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 fn parse_mode(v: &str) -> Result<u32, String> {
@@ -362,6 +423,45 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("imperium").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn ctl_subcommand_beside_the_uwsgi_options() {
+        let c = parse(&[
+            "--emperor",
+            "/v",
+            "--emperor-stats",
+            "127.0.0.1:9191",
+            "--stats-http",
+            "--chmod-socket",
+            "--emperor-control-socket-mode",
+            "0660",
+        ])
+        .unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.emperor_stats.as_deref(), Some("127.0.0.1:9191"));
+        assert_eq!(c.chmod_socket, Some(0o666));
+        assert_eq!(c.emperor_control_socket_mode, 0o660);
+        let c = parse(&["ctl", "--socket", "/run/c.sock", "--json", "pause", "a.ini"]).unwrap();
+        let Some(Sub::Ctl(a)) = c.command else {
+            panic!("no ctl")
+        };
+        assert!(a.json);
+        assert!(matches!(a.action, crate::ctl::Action::Pause { ref vassal } if vassal == "a.ini"));
+        let c = parse(&["ctl", "-s", "/c", "clear-blacklist"]).unwrap();
+        let Some(Sub::Ctl(a)) = c.command else {
+            panic!("no ctl")
+        };
+        assert!(matches!(
+            a.action,
+            crate::ctl::Action::ClearBlacklist { vassal: None }
+        ));
+        // emperor options and ctl do not mix
+        assert!(parse(&["--emperor", "/v", "ctl", "-s", "/c", "list"]).is_err());
+        let e = parse(&["--emperor-control-socket-mode", "999"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("octal"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `imperium` binary: command line, logging, signals and wiring.
 
 mod cli;
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use emperor::argv::LaunchOptions;
+use emperor::lifecycle::SdNotify;
 use emperor::monitor::OnDemandSource;
 use emperor::ondemand::OnDemandOptions;
 use emperor::reconciler::{ReconcilerConfig, TyrantConfig};
@@ -32,10 +34,13 @@ fn main() -> ExitCode {
 
 fn real_main() -> Result<()> {
     let args = cli::expand_ini(std::env::args_os().collect())?;
-    let cli = match Cli::try_parse_from(args) {
+    let mut cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if let Some(cli::Sub::Ctl(args)) = cli.command.take() {
+        return ctl::run(args);
+    }
     if cli.imperial_monitor_list {
         println!("*** uWSGI loaded imperial monitors ***");
         for s in monitors::schemes() {
@@ -129,12 +134,17 @@ fn real_main() -> Result<()> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async move {
         let (tx, rx) = mpsc::channel(64);
-        install_signals(tx)?;
+        install_signals(tx.clone())?;
+        start_observers(&cli, &tx).await?;
         tracing::info!(
             pid = std::process::id(),
             "*** starting imperium, the uWSGI-compatible Emperor ***"
         );
-        Emperor::new(cfg, mons).run(rx).await;
+        let mut emperor = Emperor::new(cfg, mons);
+        if let Some(n) = SdNotify::from_env() {
+            emperor = emperor.with_lifecycle(Box::new(n));
+        }
+        emperor.run(rx).await;
         anyhow::Ok(())
     });
     remove_pidfile(pidfile);
@@ -181,6 +191,61 @@ fn on_demand_source(cli: &Cli) -> Result<OnDemandSource> {
     } else {
         OnDemandSource::None
     })
+}
+
+/// Binds the stats, metrics, control and command sockets and starts their
+/// tasks. A socket that cannot be bound is a start-up error.
+async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
+    use emperor::stats::{Listener, StatsOptions};
+    let timeout = Duration::from_secs(cli.socket_timeout);
+    if let Some(addr) = &cli.emperor_stats {
+        let l = Listener::bind(addr, cli.chmod_socket)
+            .await
+            .context("--emperor-stats")?;
+        let opts = StatsOptions {
+            addr: addr.clone(),
+            http: cli.stats_http,
+            minified: cli.stats_minified,
+            timeout,
+            mode: cli.chmod_socket,
+            tyrant: cli.emperor_tyrant,
+        };
+        tracing::info!("*** Emperor stats server enabled on {addr} ***");
+        tokio::spawn(emperor::stats::serve(l, opts, tx.clone()));
+    }
+    if let Some(addr) = &cli.emperor_metrics {
+        let l = Listener::bind(addr, cli.chmod_socket)
+            .await
+            .context("--emperor-metrics")?;
+        tracing::info!("*** Prometheus metrics on {addr} (GET /metrics) ***");
+        tokio::spawn(emperor::metrics::serve(l, timeout, tx.clone()));
+    }
+    if let Some(path) = &cli.emperor_control_socket {
+        let addr = path.to_string_lossy();
+        if addr.contains(':') {
+            bail!("--emperor-control-socket {addr}: must be a UNIX socket path (no colon)");
+        }
+        let l = Listener::bind(&addr, Some(cli.emperor_control_socket_mode))
+            .await
+            .context("--emperor-control-socket")?;
+        let access = emperor::control::Access {
+            uids: cli.emperor_control_allow_uid.clone(),
+            gids: cli.emperor_control_allow_gid.clone(),
+        };
+        tracing::info!(
+            "*** control socket on {addr} (mode {:o}) ***",
+            cli.emperor_control_socket_mode
+        );
+        tokio::spawn(emperor::control::serve(l, access, tx.clone()));
+    }
+    if let Some(addr) = &cli.emperor_command_socket {
+        let s = emperor::control::CommandSocket::bind(addr, 0o600)
+            .await
+            .context("--emperor-command-socket")?;
+        tracing::info!("*** Emperor command socket on {addr} ***");
+        tokio::spawn(s.serve(tx.clone()));
+    }
+    Ok(())
 }
 
 fn remove_pidfile(p: Option<PathBuf>) {

@@ -796,3 +796,188 @@ fn a_crashed_zerg_respawns_and_an_exiled_one_is_dropped() {
     assert!(r.exited(z, ExitStatus::Code(26), t).is_empty());
     assert!(r.vassal("a.ini:zerg:1").is_none());
 }
+
+// ----- operator commands (imperium ctl) ---------------------------------------
+
+fn spawns(acts: &[Action]) -> usize {
+    acts.iter()
+        .filter(|a| matches!(a, Action::Spawn { .. }))
+        .count()
+}
+
+#[test]
+fn paused_vassal_holds_changes_until_resumed() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    r.pause("a.ini").unwrap();
+    assert!(r.pause("a.ini").unwrap_err().contains("already paused"));
+    // two edits while paused: nothing is sent, the newest is kept
+    for m in [2, 3, 3] {
+        let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", m)]), t);
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    let v = r.vassal("a.ini").unwrap();
+    assert!(v.paused);
+    assert_eq!(v.held_change.as_ref().unwrap().key, file("a.ini", 3).key);
+    assert_eq!(v.reloads, 0);
+    // a crash while paused respawns with the config it ran
+    let acts = r.exited(ids[0], ExitStatus::Signal(9), t);
+    let Some(Action::Spawn { spec, instance }) = acts.first().cloned() else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(spec.key, file("a.ini", 1).key);
+    r.spawned(instance, 4242, "uwsgi");
+    // resume applies the held change once: one graceful reload
+    let acts = r.resume("a.ini", t).unwrap();
+    assert_eq!(sends(&acts), vec![(instance, MSG_RELOAD)]);
+    let v = r.vassal("a.ini").unwrap();
+    assert!(!v.paused && v.held_change.is_none());
+    assert_eq!(v.applied_key, file("a.ini", 3).key);
+    assert!(r.resume("a.ini", t).unwrap_err().contains("not paused"));
+    // after resuming, changes reload at once again
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 4)]), t);
+    assert_eq!(sends(&acts), vec![(instance, MSG_RELOAD)]);
+}
+
+#[test]
+fn resume_without_held_change_does_nothing_and_removal_still_stops() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    r.pause("a.ini").unwrap();
+    assert!(r.resume("a.ini", t).unwrap().is_empty());
+    r.pause("a.ini").unwrap();
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![]), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    assert!(r
+        .pause("nope.ini")
+        .unwrap_err()
+        .contains("no vassal named nope.ini"));
+}
+
+#[test]
+fn operator_stop_keeps_a_vassal_down_until_started() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    let acts = r.stop_one("a.ini", t).unwrap();
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    assert!(r
+        .stop_one("a.ini", t)
+        .unwrap_err()
+        .contains("already stopped"));
+    // its exit is expected and nothing respawns it: no timer, no rescan,
+    // not even a config change
+    assert!(r.exited(ids[0], ExitStatus::Code(0), t).is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Stopped);
+    assert_eq!(r.counters().deaths_unexpected, 0);
+    assert_eq!(r.counters().deaths.get("requested"), Some(&1));
+    assert!(r.next_deadline().is_none());
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 2)]), t);
+    assert!(acts.is_empty(), "{acts:?}");
+    // start runs the newest config
+    let acts = r.start_one("a.ini", t).unwrap();
+    assert_eq!(spawns(&acts), 1);
+    let Action::Spawn { spec, instance } = &acts[0] else {
+        panic!()
+    };
+    assert_eq!(spec.key, file("a.ini", 2).key);
+    r.spawned(*instance, 5000, "uwsgi");
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
+    assert!(r
+        .start_one("a.ini", t)
+        .unwrap_err()
+        .contains("already running"));
+}
+
+#[test]
+fn start_while_an_operator_stop_is_in_progress_restarts_after_the_exit() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    r.stop_one("a.ini", t).unwrap();
+    assert!(r.start_one("a.ini", t).unwrap().is_empty());
+    let acts = r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(spawns(&acts), 1);
+}
+
+#[test]
+fn start_one_overrides_exile_and_blacklist() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    assert!(r.exited(ids[0], ExitStatus::Code(26), t).is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Exiled);
+    let acts = r.start_one("a.ini", t).unwrap();
+    assert_eq!(spawns(&acts), 1);
+}
+
+#[test]
+fn clear_blacklist_for_one_vassal_starts_it_now() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![file("a.ini", 1), file("b.ini", 1)]),
+        t,
+    );
+    // two quick non-loyal deaths each: the second is throttled by 1 s
+    let mut cur = ids.clone();
+    for _ in 0..2 {
+        for (i, id) in cur.clone().iter().enumerate() {
+            let acts = r.exited(*id, ExitStatus::Code(1), t);
+            cur[i] = ack(&mut r, &acts).first().copied().unwrap_or(0);
+        }
+    }
+    assert_eq!(cur, vec![0, 0], "both wait for a throttled respawn");
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert_eq!(r.counters().throttled_respawns, 2);
+    let acts = r.clear_blacklist_one("a.ini", t).unwrap();
+    assert_eq!(spawns(&acts), 1);
+    let Action::Spawn { spec, .. } = &acts[0] else {
+        panic!()
+    };
+    assert_eq!(spec.name.as_str(), "a.ini");
+    assert!(r.blacklist().allowed_at(&name("b.ini")).is_some());
+    assert!(r
+        .clear_blacklist_one("a.ini", t)
+        .unwrap_err()
+        .contains("not blacklisted"));
+    // clearing everything starts the other one too
+    let (n, acts) = r.clear_blacklist_all(t);
+    assert_eq!((n, spawns(&acts)), (1, 1));
+    assert_eq!(r.blacklist().entries().count(), 0);
+}
+
+#[test]
+fn deaths_are_counted_by_cause() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    let acts = r.exited(ids[0], ExitStatus::Signal(9), t);
+    let id = ack(&mut r, &acts)[0];
+    r.vassal_message(id, M::Loyal, t);
+    let acts = r.exited(id, ExitStatus::Code(3), t);
+    let id = ack(&mut r, &acts)[0];
+    r.exited(id, ExitStatus::Code(26), t);
+    let d = &r.counters().deaths;
+    assert_eq!(
+        (d.get("signal"), d.get("exit"), d.get("exile")),
+        (Some(&1), Some(&1), Some(&1))
+    );
+    assert_eq!(r.counters().deaths_unexpected, 3);
+}
+
+#[test]
+fn operator_commands_are_refused_during_shutdown() {
+    let mut r = rec();
+    let t = Instant::now();
+    apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    r.shutdown(t);
+    assert!(r
+        .start_one("a.ini", t)
+        .unwrap_err()
+        .contains("shutting down"));
+}

@@ -1,0 +1,467 @@
+//! Steering a running emperor: the control socket (`--emperor-control-socket`,
+//! spoken by `imperium ctl`) and uWSGI 2.1's datagram command socket
+//! (`--emperor-command-socket`, reference §14).
+//!
+//! The control socket is a UNIX stream socket. Each connection sends one
+//! [`Request`] as a JSON line and gets one [`Reply`] as a JSON line. The
+//! socket file is created with mode 0600 (`--emperor-control-socket-mode`)
+//! and every connection's peer credentials (`SO_PEERCRED`) are checked:
+//! root, the emperor's own uid, and the uids/gids given with
+//! `--emperor-control-allow-uid/-gid` are served; anybody else gets an
+//! error reply and a warning in the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::reconciler::{Action, Reconciler};
+use crate::runtime::Command;
+use crate::stats::{Listener, Snapshot, MAX_CLIENTS};
+
+/// One request on the control socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    /// Every vassal.
+    List,
+    /// One vassal.
+    Show { vassal: String },
+    /// Graceful reload.
+    Reload { vassal: String },
+    /// Stop; it stays down until `start`.
+    Stop { vassal: String },
+    /// Start a stopped, exiled, idle or throttled vassal.
+    Start { vassal: String },
+    /// Pause automatic reloads on config changes.
+    Pause { vassal: String },
+    /// Resume automatic reloads, applying a held change.
+    Resume { vassal: String },
+    /// Clear the blacklist entry of one vassal, or of all when `None`.
+    ClearBlacklist { vassal: Option<String> },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    /// What went wrong, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What was done, for humans.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `list`: an array of vassals; `show`: one vassal (the fields of
+    /// [`crate::stats::VassalSnap`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl Reply {
+    fn ok(message: impl Into<String>) -> Reply {
+        Reply {
+            ok: true,
+            message: Some(message.into()),
+            ..Reply::default()
+        }
+    }
+
+    fn err(e: impl Into<String>) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(e.into()),
+            ..Reply::default()
+        }
+    }
+}
+
+/// Who may use the control socket.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Extra uids allowed (root and the emperor's own uid always are).
+    pub uids: Vec<u32>,
+    /// Peers whose primary gid is one of these are allowed.
+    pub gids: Vec<u32>,
+}
+
+impl Access {
+    /// Whether a peer with these credentials is served.
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        uid == 0
+            || uid == nix::unistd::geteuid().as_raw()
+            || self.uids.contains(&uid)
+            || self.gids.contains(&gid)
+    }
+}
+
+/// Runs `f` on the reconciler inside the emperor's loop; the actions it
+/// returns are carried out there.
+pub async fn apply<F>(commands: &mpsc::Sender<Command>, f: F) -> Result<(), String>
+where
+    F: FnOnce(&mut Reconciler, Instant) -> Result<Vec<Action>, String> + Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    let f = Box::new(
+        move |rec: &mut Reconciler, now: Instant| match f(rec, now) {
+            Ok(a) => {
+                let _ = tx.send(Ok(()));
+                a
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                Vec::new()
+            }
+        },
+    );
+    commands
+        .send(Command::Apply(f))
+        .await
+        .map_err(|_| "the emperor is shutting down".to_string())?;
+    rx.await
+        .map_err(|_| "the emperor is shutting down".to_string())?
+}
+
+/// Carries out one request.
+pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
+    let done = |r: Result<(), String>, what: String| match r {
+        Ok(()) => Reply::ok(what),
+        Err(e) => Reply::err(e),
+    };
+    match req {
+        Request::List | Request::Show { .. } => {
+            let Some(snap) = Snapshot::request(commands).await else {
+                return Reply::err("the emperor is shutting down");
+            };
+            let data = match &req {
+                Request::Show { vassal } => match snap.vassal(vassal) {
+                    Some(v) => serde_json::to_value(v),
+                    None => return Reply::err(format!("no vassal named {vassal}")),
+                },
+                _ => serde_json::to_value(&snap.vassals),
+            };
+            Reply {
+                ok: true,
+                data: data.ok(),
+                ..Reply::default()
+            }
+        }
+        Request::Reload { vassal } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, _| rec.reload_one(&v)).await;
+            done(r, format!("reloading {vassal}"))
+        }
+        Request::Stop { vassal } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, now| rec.stop_one(&v, now)).await;
+            done(r, format!("stopping {vassal}; it stays down until started"))
+        }
+        Request::Start { vassal } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, now| rec.start_one(&v, now)).await;
+            done(r, format!("starting {vassal}"))
+        }
+        Request::Pause { vassal } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, _| rec.pause(&v).map(|()| Vec::new())).await;
+            done(r, format!("automatic reloads of {vassal} paused"))
+        }
+        Request::Resume { vassal } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, now| rec.resume(&v, now)).await;
+            done(r, format!("automatic reloads of {vassal} resumed"))
+        }
+        Request::ClearBlacklist {
+            vassal: Some(vassal),
+        } => {
+            let v = vassal.clone();
+            let r = apply(commands, move |rec, now| rec.clear_blacklist_one(&v, now)).await;
+            done(r, format!("blacklist entry of {vassal} cleared"))
+        }
+        Request::ClearBlacklist { vassal: None } => {
+            let (tx, rx) = oneshot::channel();
+            let r = apply(commands, move |rec, now| {
+                let (n, acts) = rec.clear_blacklist_all(now);
+                let _ = tx.send(n);
+                Ok(acts)
+            })
+            .await;
+            let n = rx.await.unwrap_or(0);
+            done(r, format!("blacklist cleared ({n} entries)"))
+        }
+    }
+}
+
+/// How long a control client may take to send its request and read the
+/// reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the control socket.
+pub async fn serve(listener: Listener, access: Access, commands: mpsc::Sender<Command>) {
+    let access = Arc::new(access);
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (conn, cred) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let access = access.clone();
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let fut = session(conn, cred, &access, &commands);
+            if tokio::time::timeout(CLIENT_TIMEOUT, fut).await.is_err() {
+                tracing::debug!("control client too slow; dropped");
+            }
+        });
+    }
+}
+
+async fn session(
+    conn: Box<dyn crate::stats::Conn>,
+    cred: Option<tokio::net::unix::UCred>,
+    access: &Access,
+    commands: &mpsc::Sender<Command>,
+) {
+    let mut conn = BufReader::new(conn);
+    let reply = match cred {
+        Some(c) if access.allows(c.uid(), c.gid()) => {
+            let mut line = String::new();
+            match conn.read_line(&mut line).await {
+                Ok(0) => return,
+                Ok(_) => match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        tracing::info!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
+                        handle(req, commands).await
+                    }
+                    Err(e) => Reply::err(format!("bad request: {e}")),
+                },
+                Err(e) => Reply::err(format!("cannot read the request: {e}")),
+            }
+        }
+        Some(c) => {
+            tracing::warn!(
+                uid = c.uid(),
+                gid = c.gid(),
+                pid = c.pid(),
+                "[emperor] control socket: refusing uid {} (not root, not the emperor's uid, not in --emperor-control-allow-uid/-gid)",
+                c.uid()
+            );
+            Reply::err(format!(
+                "permission denied: uid {} may not use this control socket",
+                c.uid()
+            ))
+        }
+        None => Reply::err("cannot read the peer's credentials"),
+    };
+    let mut text = serde_json::to_string(&reply).expect("reply serialises");
+    text.push('\n');
+    let _ = conn.get_mut().write_all(text.as_bytes()).await;
+    let _ = conn.get_mut().shutdown().await;
+}
+
+// ----- uWSGI's datagram command socket ---------------------------------------------
+
+/// Parses a uWSGI command packet: a 4-byte header (not checked, as uWSGI)
+/// and a key/value block (`u16le len, key, u16le len, value`, repeated).
+pub fn parse_command_packet(pkt: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut body = pkt
+        .get(4..)
+        .ok_or_else(|| format!("packet of {} bytes is shorter than its header", pkt.len()))?;
+    let mut out = Vec::new();
+    let take = |b: &mut &[u8]| -> Result<String, String> {
+        if b.len() < 2 {
+            return Err("truncated length".into());
+        }
+        let n = u16::from_le_bytes([b[0], b[1]]) as usize;
+        let s = b.get(2..2 + n).ok_or("truncated item")?;
+        *b = &b[2 + n..];
+        String::from_utf8(s.to_vec()).map_err(|_| "not UTF-8".to_string())
+    };
+    while !body.is_empty() {
+        let k = take(&mut body)?;
+        if k.is_empty() {
+            return Err("empty key".into());
+        }
+        let v = take(&mut body)?;
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Carries out one uWSGI command packet: `cmd` (or `command`) `spawn`
+/// (start), `respawn` (graceful reload), `stop` (stop; stays down until
+/// started), `log` (log `msg`). No reply, as in uWSGI.
+pub async fn command_packet(pkt: &[u8], commands: &mpsc::Sender<Command>) {
+    let kv = match parse_command_packet(pkt) {
+        Ok(kv) => kv,
+        Err(e) => {
+            tracing::error!("[emperor] invalid command packet: {e}");
+            return;
+        }
+    };
+    let get = |k: &str| kv.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let Some(cmd) = get("cmd").or_else(|| get("command")) else {
+        tracing::error!("[emperor] command packet without cmd");
+        return;
+    };
+    if cmd == "log" {
+        tracing::info!("[emperor] {}", get("msg").unwrap_or_default());
+        return;
+    }
+    let Some(vassal) = get("vassal") else {
+        tracing::error!("[emperor] command {cmd} without a vassal");
+        return;
+    };
+    let req = match cmd.as_str() {
+        "spawn" => Request::Start { vassal },
+        "respawn" => Request::Reload { vassal },
+        "stop" => Request::Stop { vassal },
+        _ => {
+            tracing::error!("[emperor] unknown command {cmd:?}");
+            return;
+        }
+    };
+    let r = handle(req, commands).await;
+    if let Some(e) = r.error {
+        tracing::error!("[emperor] ERROR: command {cmd}: {e}");
+    }
+}
+
+/// A bound datagram command socket.
+pub enum CommandSocket {
+    Udp(tokio::net::UdpSocket),
+    Unix(tokio::net::UnixDatagram, std::path::PathBuf),
+}
+
+impl CommandSocket {
+    /// UDP when `addr` contains a colon, else a UNIX datagram socket at
+    /// that path (mode `mode`).
+    pub async fn bind(addr: &str, mode: u32) -> Result<CommandSocket, crate::stats::BindError> {
+        let err = |source| crate::stats::BindError {
+            addr: addr.to_string(),
+            source,
+        };
+        if addr.contains(':') {
+            let a = if addr.starts_with(':') {
+                format!("0.0.0.0{addr}")
+            } else {
+                addr.to_string()
+            };
+            let s = tokio::net::UdpSocket::bind(a).await.map_err(err)?;
+            if s.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                tracing::warn!("--emperor-command-socket {addr}: UDP commands are not authenticated; anybody who can reach it can stop vassals");
+            }
+            return Ok(CommandSocket::Udp(s));
+        }
+        let path = std::path::PathBuf::from(addr);
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if m.file_type().is_socket() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let s = tokio::net::UnixDatagram::bind(&path).map_err(err)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        Ok(CommandSocket::Unix(s, path))
+    }
+
+    /// Receives and carries out packets until the emperor goes away.
+    pub async fn serve(self, commands: mpsc::Sender<Command>) {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let r = match &self {
+                CommandSocket::Udp(s) => s.recv(&mut buf).await,
+                CommandSocket::Unix(s, _) => s.recv(&mut buf).await,
+            };
+            match r {
+                Ok(n) => command_packet(&buf[..n], &commands).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "command socket: receive failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            if commands.is_closed() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for CommandSocket {
+    fn drop(&mut self) {
+        if let CommandSocket::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(k: &str, v: &str) -> Vec<u8> {
+        let mut b = (k.len() as u16).to_le_bytes().to_vec();
+        b.extend_from_slice(k.as_bytes());
+        b.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        b.extend_from_slice(v.as_bytes());
+        b
+    }
+
+    #[test]
+    fn parses_uwsgi_command_packets() {
+        let mut body = kv("cmd", "respawn");
+        body.extend(kv("vassal", "app.ini"));
+        let mut pkt = vec![0, body.len() as u8, 0, 0];
+        pkt.extend(&body);
+        assert_eq!(
+            parse_command_packet(&pkt).unwrap(),
+            vec![
+                ("cmd".to_string(), "respawn".to_string()),
+                ("vassal".to_string(), "app.ini".to_string())
+            ]
+        );
+        assert!(parse_command_packet(&[0, 1]).is_err());
+        assert!(parse_command_packet(&[0, 0, 0, 0, 5, 0, b'a']).is_err());
+        assert!(parse_command_packet(&[0, 0, 0, 0, 0, 0, 0, 0])
+            .unwrap_err()
+            .contains("empty key"));
+    }
+
+    #[test]
+    fn requests_round_trip_as_json_lines() {
+        let r = Request::ClearBlacklist { vassal: None };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"cmd":"clear-blacklist","vassal":null}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), r);
+        let r: Request = serde_json::from_str(r#"{"cmd":"pause","vassal":"a.ini"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Pause {
+                vassal: "a.ini".into()
+            }
+        );
+    }
+
+    #[test]
+    fn access_allows_root_self_and_listed() {
+        let a = Access {
+            uids: vec![1234],
+            gids: vec![77],
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(a.allows(0, 0) && a.allows(me, 1) && a.allows(1234, 1) && a.allows(5, 77));
+        if me != 65534 {
+            assert!(!a.allows(65534, 65534));
+        }
+    }
+}

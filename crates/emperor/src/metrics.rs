@@ -1,0 +1,376 @@
+//! Prometheus metrics (`--emperor-metrics ADDR`, off by default).
+//!
+//! Every scrape takes a [`Snapshot`] through the emperor's command channel
+//! and encodes it in the OpenMetrics text format with `prometheus-client`.
+//! The counters come from [`crate::events::Counters`], which only
+//! [`crate::events::Event::record`] bumps: the same call that writes the
+//! log line, so logs and metrics cannot drift apart. Gauges (vassals by
+//! state, monitor health) are read off the same snapshot.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::reconciler::VassalState;
+use crate::runtime::Command;
+use crate::stats::{Conn, Listener, Snapshot, MAX_CLIENTS};
+
+/// Every vassal state, so that each appears (at 0) in `imperium_vassals`.
+const STATES: [VassalState; 9] = [
+    VassalState::OnDemand,
+    VassalState::Starting,
+    VassalState::Running,
+    VassalState::Stopping,
+    VassalState::Throttled,
+    VassalState::Exiled,
+    VassalState::Idle,
+    VassalState::Refused,
+    VassalState::Stopped,
+];
+
+/// Death causes, so that each appears (at 0) in `imperium_deaths_total`.
+const CAUSES: [&str; 4] = ["requested", "exit", "signal", "exile"];
+
+fn state_name(s: VassalState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+type Labels = Vec<(String, String)>;
+type NoExemplar = Option<&'static Exemplar<Labels, u64>>;
+
+#[derive(Debug)]
+struct SnapshotCollector(Snapshot);
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    m.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)
+}
+
+fn labelled<'a>(
+    m: &'a mut MetricEncoder<'_>,
+    labels: &'a Labels,
+) -> Result<MetricEncoder<'a>, std::fmt::Error> {
+    m.encode_family(labels)
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let c = &s.counters;
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_vassals",
+                "Vassals by state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for st in STATES {
+                let n = s.vassals.iter().filter(|v| v.state == st).count() as i64;
+                let l = vec![("state".to_string(), state_name(st))];
+                labelled(&mut m, &l)?.encode_gauge(&n)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_vassals_paused",
+                "Vassals whose automatic reloads are paused.",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&(s.vassals.iter().filter(|v| v.paused).count() as i64))?;
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_blacklisted",
+                "Vassals in the blacklist.",
+                None,
+                MetricType::Gauge,
+            )?;
+            m.encode_gauge(&(s.blacklist.len() as i64))?;
+        }
+        counter(
+            &mut e,
+            "imperium_spawns",
+            "Vassal processes started.",
+            c.spawns,
+        )?;
+        counter(
+            &mut e,
+            "imperium_spawn_failures",
+            "Vassal processes that could not be started.",
+            c.spawn_failures,
+        )?;
+        counter(
+            &mut e,
+            "imperium_reloads",
+            "Graceful reloads sent.",
+            c.reloads,
+        )?;
+        counter(&mut e, "imperium_stops", "Stops sent.", c.stops)?;
+        counter(
+            &mut e,
+            "imperium_kills",
+            "Vassals killed with SIGKILL.",
+            c.kills,
+        )?;
+        counter(
+            &mut e,
+            "imperium_throttled_respawns",
+            "Respawns delayed by the blacklist or the loyal backoff.",
+            c.throttled_respawns,
+        )?;
+        counter(
+            &mut e,
+            "imperium_refused",
+            "Vassals refused (for example an oversized config).",
+            c.refused,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_deaths",
+                "Vassal process exits by cause: requested (the emperor asked), exit (a code), signal, exile (code 26).",
+                None,
+                MetricType::Counter,
+            )?;
+            for cause in CAUSES {
+                let v = c.deaths.get(cause).copied().unwrap_or(0);
+                let l = vec![("cause".to_string(), cause.to_string())];
+                labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_monitor_up",
+                "1 when the monitor's last report was connected, else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for mon in &s.monitors {
+                let l = vec![
+                    ("monitor".to_string(), mon.id.to_string()),
+                    ("url".to_string(), mon.url.clone()),
+                    ("health".to_string(), mon.health.to_string()),
+                ];
+                let up = i64::from(mon.health == "connected");
+                labelled(&mut m, &l)?.encode_gauge(&up)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_monitor_errors",
+                "Degraded or failed reports per monitor.",
+                None,
+                MetricType::Counter,
+            )?;
+            for mon in &s.monitors {
+                let v = c.monitor_errors_by.get(&mon.id).copied().unwrap_or(0);
+                let l = vec![
+                    ("monitor".to_string(), mon.id.to_string()),
+                    ("url".to_string(), mon.url.clone()),
+                ];
+                labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_reaction_seconds",
+                "From a monitor sending a change to the emperor sending the commands it implies.",
+                None,
+                MetricType::Histogram,
+            )?;
+            let h = &c.reaction;
+            let buckets = h.buckets();
+            m.encode_histogram::<Labels>(
+                h.sum,
+                h.count,
+                &buckets,
+                None::<&HashMap<usize, Exemplar<Labels, f64>>>,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The OpenMetrics text of a snapshot.
+pub fn render(snap: Snapshot) -> String {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(SnapshotCollector(snap)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).expect("writing to a String");
+    out
+}
+
+/// Serves `GET /metrics` over HTTP/1.x (one request per connection).
+pub async fn serve(listener: Listener, timeout: Duration, commands: mpsc::Sender<Command>) {
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let conn = match listener.accept().await {
+            Ok((c, _)) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics server: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let commands = commands.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = tokio::time::timeout(timeout, answer(conn, &commands)).await {
+                tracing::debug!(error = %e, "metrics client too slow; dropped");
+            }
+        });
+    }
+}
+
+async fn answer(mut conn: Box<dyn Conn>, commands: &mpsc::Sender<Command>) -> std::io::Result<()> {
+    // read the request head
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        req.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&req);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        )
+    } else if path != "/metrics" && path != "/" {
+        ("404 Not Found", "text/plain", "try /metrics\n".to_string())
+    } else {
+        match Snapshot::request(commands).await {
+            Some(s) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                render(s),
+            ),
+            None => (
+                "503 Service Unavailable",
+                "text/plain",
+                "shutting down\n".into(),
+            ),
+        }
+    };
+    let mut head = String::new();
+    let _ = write!(
+        head,
+        "HTTP/1.0 {status}\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        conn.write_all(body.as_bytes()).await?;
+    }
+    conn.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::ExitStatus;
+    use crate::name::{Extensions, NamePolicy, VassalName};
+    use crate::reconciler::{Action, Reconciler, ReconcilerConfig};
+    use crate::spec::{Change, ChangeKey, MonitorHealth, VassalSpec};
+    use std::time::Instant;
+
+    fn value(text: &str, series: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn metrics_follow_the_counters_and_the_table() {
+        let mut rec = Reconciler::new(ReconcilerConfig::default(), vec!["dir:///v".into()]);
+        let t = Instant::now();
+        let n = |s: &str| VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap();
+        rec.monitor_change(0, Change::Health(MonitorHealth::Connected), t);
+        let acts = rec.monitor_change(
+            0,
+            Change::Snapshot(vec![
+                VassalSpec::inline(n("a.ini"), "x", ChangeKey::Stamp(1)),
+                VassalSpec::inline(n("b.ini"), "x", ChangeKey::Stamp(1)),
+            ]),
+            t,
+        );
+        let ids: Vec<u64> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { instance, .. } => Some(*instance),
+                _ => None,
+            })
+            .collect();
+        for id in &ids {
+            rec.spawned(*id, 100 + *id as u32, "uwsgi");
+        }
+        rec.note(crate::events::Event::Reacted {
+            monitor: 0,
+            latency: Duration::from_millis(3),
+            actions: 2,
+        });
+        rec.exited(ids[0], ExitStatus::Signal(9), t);
+        rec.monitor_change(0, Change::Health(MonitorHealth::Degraded("gone".into())), t);
+        let text = render(Snapshot::take(&rec));
+        // the respawn after the death is not acknowledged yet: still starting
+        assert_eq!(value(&text, "imperium_spawns_total "), 2.0, "{text}");
+        assert_eq!(value(&text, "imperium_vassals{state=\"starting\"} "), 1.0);
+        assert_eq!(value(&text, "imperium_vassals{state=\"running\"} "), 1.0);
+        assert_eq!(value(&text, "imperium_vassals{state=\"exiled\"} "), 0.0);
+        assert_eq!(
+            value(&text, "imperium_deaths_total{cause=\"signal\"} "),
+            1.0
+        );
+        assert_eq!(value(&text, "imperium_deaths_total{cause=\"exit\"} "), 0.0);
+        assert_eq!(
+            value(
+                &text,
+                "imperium_monitor_up{monitor=\"0\",url=\"dir:///v\",health=\"degraded\"} "
+            ),
+            0.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                "imperium_monitor_errors_total{monitor=\"0\",url=\"dir:///v\"} "
+            ),
+            1.0
+        );
+        assert_eq!(value(&text, "imperium_reaction_seconds_count "), 1.0);
+        assert_eq!(
+            value(&text, "imperium_reaction_seconds_bucket{le=\"0.0025\"} "),
+            0.0
+        );
+        assert_eq!(
+            value(&text, "imperium_reaction_seconds_bucket{le=\"0.005\"} "),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "imperium_reaction_seconds_bucket{le=\"+Inf\"} "),
+            1.0
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
