@@ -34,8 +34,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Sub>,
 
-    /// A config source: dir://DIR, glob://PATTERN, a bare directory or a bare
-    /// glob pattern (repeatable). See docs/monitors.md for every scheme.
+    /// A config source (repeatable): dir://DIR, glob://PATTERN, a bare
+    /// directory or glob pattern, pg://CONNINFO;QUERY, mongodb://...,
+    /// amqp://HOST, zmq://ENDPOINT, zoo://HOST/PATH, ldap://HOST/DN,
+    /// etcd://HOST/PREFIX. See docs/monitors.md.
     #[arg(long, value_name = "URL")]
     pub emperor: Vec<String>,
 
