@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::reconciler::{Action, Reconciler};
 use crate::runtime::Command;
-use crate::stats::{Listener, Snapshot, MAX_CLIENTS};
+use crate::stats::{Listener, Snapshot};
 
 /// One request on the control socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,29 +200,22 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the control socket.
 pub async fn serve(listener: Listener, access: Access, commands: mpsc::Sender<Command>) {
     let access = Arc::new(access);
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (conn, cred) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "control socket: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let access = access.clone();
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let fut = session(conn, cred, &access, &commands);
-            if tokio::time::timeout(CLIENT_TIMEOUT, fut).await.is_err() {
+    crate::serve::accept_loop(
+        listener,
+        CLIENT_TIMEOUT,
+        |e| tracing::warn!(error = %e, "control socket: accept failed"),
+        move |conn, cred| {
+            let access = access.clone();
+            let commands = commands.clone();
+            async move { session(conn, cred, &access, &commands).await }
+        },
+        |r| {
+            if r.is_err() {
                 tracing::debug!("control client too slow; dropped");
             }
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn session(

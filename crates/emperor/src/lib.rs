@@ -26,5 +26,6 @@ pub mod metrics;
 pub mod ondemand;
 pub mod reconciler;
 pub mod runtime;
+mod serve;
 pub mod spawn;
 pub mod throttle;

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -18,11 +17,11 @@ use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::reconciler::VassalState;
 use crate::runtime::Command;
-use crate::stats::{Conn, Listener, Snapshot, MAX_CLIENTS};
+use crate::stats::{Conn, Listener, Snapshot};
 
 /// Every vassal state, so that each appears (at 0) in `imperium_vassals`.
 const STATES: [VassalState; 9] = [
@@ -214,27 +213,21 @@ pub fn render(snap: Snapshot) -> String {
 
 /// Serves `GET /metrics` over HTTP/1.x (one request per connection).
 pub async fn serve(listener: Listener, timeout: Duration, commands: mpsc::Sender<Command>) {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let conn = match listener.accept().await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = tokio::time::timeout(timeout, answer(conn, &commands)).await {
+    crate::serve::accept_loop(
+        listener,
+        timeout,
+        |e| tracing::warn!(error = %e, "metrics server: accept failed"),
+        move |conn, _| {
+            let commands = commands.clone();
+            async move { answer(conn, &commands).await }
+        },
+        |r| {
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "metrics client too slow; dropped");
             }
-        });
-    }
+        },
+    )
+    .await
 }
 
 async fn answer(mut conn: Box<dyn Conn>, commands: &mpsc::Sender<Command>) -> std::io::Result<()> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::events::{Counters, ExitStatus};
 use crate::reconciler::{Reconciler, VassalState};
@@ -544,32 +544,24 @@ pub const MAX_CLIENTS: usize = 64;
 /// Serves the stats document: one snapshot per connection, written by the
 /// connection's own task within `opts.timeout`.
 pub async fn serve(listener: Listener, opts: StatsOptions, commands: mpsc::Sender<Command>) {
+    let timeout = opts.timeout;
     let opts = Arc::new(opts);
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let conn = match listener.accept().await {
-            Ok((c, _)) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "stats server: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let opts = opts.clone();
-        let commands = commands.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let r = tokio::time::timeout(opts.timeout, answer(conn, &opts, &commands)).await;
-            match r {
-                Ok(Err(e)) => tracing::debug!(error = %e, "stats client"),
-                Err(_) => tracing::debug!("stats client too slow; dropped"),
-                Ok(Ok(())) => {}
-            }
-        });
-    }
+    crate::serve::accept_loop(
+        listener,
+        timeout,
+        |e| tracing::warn!(error = %e, "stats server: accept failed"),
+        move |conn, _| {
+            let opts = opts.clone();
+            let commands = commands.clone();
+            async move { answer(conn, &opts, &commands).await }
+        },
+        |r| match r {
+            Ok(Err(e)) => tracing::debug!(error = %e, "stats client"),
+            Err(_) => tracing::debug!("stats client too slow; dropped"),
+            Ok(Ok(())) => {}
+        },
+    )
+    .await
 }
 
 async fn answer(
