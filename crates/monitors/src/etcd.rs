@@ -34,16 +34,17 @@ pub struct EtcdMonitor {
 impl EtcdMonitor {
     /// `url` is the whole `--emperor` value, `rest` what follows `etcd://`.
     pub fn new(url: &str, rest: &str) -> Result<Self, MonitorError> {
-        let bad = |reason: String| MonitorError::BadUrl {
-            url: kv::redact_url(url),
-            reason,
-        };
-        let (auth, rest) = kv::split_userinfo(rest);
-        let slash = rest
-            .find('/')
-            .ok_or_else(|| bad("missing the key prefix (etcd://host:port/prefix)".to_string()))?;
-        let (hosts, path) = rest.split_at(slash);
-        let endpoints = kv::hosts_with_port(hosts, DEFAULT_PORT).map_err(bad)?;
+        let bad = |reason: String| kv::bad_url(url, reason);
+        let kv::UrlParts {
+            auth,
+            hosts: endpoints,
+            path,
+        } = kv::split_url(
+            url,
+            rest,
+            DEFAULT_PORT,
+            "missing the key prefix (etcd://host:port/prefix)",
+        )?;
         if path.contains(['?', '#']) {
             return Err(bad("etcd:// takes no query or fragment".to_string()));
         }

@@ -21,7 +21,9 @@
 //! a change of config; a reader needs one read and one event per change; and
 //! ZooKeeper and etcd get the same convention. See docs/monitors/zoo.md.
 
-use emperor::{ChangeKey, MonitorOptions, NameError, NamePolicy, Owner, VassalName, VassalSpec};
+use emperor::{
+    ChangeKey, MonitorError, MonitorOptions, NameError, NamePolicy, Owner, VassalName, VassalSpec,
+};
 
 /// The marker that starts a header line.
 pub const HEADER_MARKER: &str = "#!imperium";
@@ -223,6 +225,44 @@ pub fn hosts_with_port(list: &str, default_port: u16) -> Result<Vec<String>, Str
         }
     }
     Ok(out)
+}
+
+/// What follows `scheme://` in a zoo:// or etcd:// URL,
+/// `[user:password@]host:port[,host:port...]/path`, split.
+#[derive(Debug)]
+pub struct UrlParts<'a> {
+    /// `user:password`, when given.
+    pub auth: Option<(String, String)>,
+    /// Each host with its port (`default_port` when it has none).
+    pub hosts: Vec<String>,
+    /// Everything from the first `/` on.
+    pub path: &'a str,
+}
+
+/// The `BadUrl` error for `url` (the whole `--emperor` value), with its
+/// password hidden.
+pub fn bad_url(url: &str, reason: String) -> MonitorError {
+    MonitorError::BadUrl {
+        url: redact_url(url),
+        reason,
+    }
+}
+
+/// Splits `rest`, what follows `scheme://` in `url`, into its user info,
+/// hosts and path; `no_path` is the reason given when there is no `/`.
+pub fn split_url<'a>(
+    url: &str,
+    rest: &'a str,
+    default_port: u16,
+    no_path: &str,
+) -> Result<UrlParts<'a>, MonitorError> {
+    let (auth, rest) = split_userinfo(rest);
+    let slash = rest
+        .find('/')
+        .ok_or_else(|| bad_url(url, no_path.to_string()))?;
+    let (hosts, path) = rest.split_at(slash);
+    let hosts = hosts_with_port(hosts, default_port).map_err(|r| bad_url(url, r))?;
+    Ok(UrlParts { auth, hosts, path })
 }
 
 #[cfg(test)]

@@ -42,16 +42,13 @@ pub struct ZooMonitor {
 impl ZooMonitor {
     /// `url` is the whole `--emperor` value, `rest` what follows `zoo://`.
     pub fn new(url: &str, rest: &str) -> Result<Self, MonitorError> {
-        let bad = |reason: String| MonitorError::BadUrl {
-            url: kv::redact_url(url),
-            reason,
-        };
-        let (auth, rest) = kv::split_userinfo(rest);
-        let slash = rest
-            .find('/')
-            .ok_or_else(|| bad("missing the znode path (zoo://host:port/path)".to_string()))?;
-        let (hosts, path) = rest.split_at(slash);
-        let hosts = kv::hosts_with_port(hosts, DEFAULT_PORT).map_err(bad)?;
+        let bad = |reason: String| kv::bad_url(url, reason);
+        let kv::UrlParts { auth, hosts, path } = kv::split_url(
+            url,
+            rest,
+            DEFAULT_PORT,
+            "missing the znode path (zoo://host:port/path)",
+        )?;
         let path = if path.len() > 1 {
             path.trim_end_matches('/')
         } else {
