@@ -10,14 +10,13 @@
 //! etcd.restart(); // same data, same ports
 //! ```
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, require_program, wait_until, ServerProcess};
+use super::{
+    free_port, private_dir, require_program, server_log, tcp_answer_contains, ServerProcess,
+};
 
 /// How long the server may take to become healthy.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,10 +35,7 @@ impl Etcd {
     /// the install command) when etcd is not installed.
     pub fn start() -> Etcd {
         let bin = require_program("etcd", "etcd-server");
-        let dir = tempfile::Builder::new()
-            .prefix("imperium-etcd.")
-            .tempdir()
-            .expect("create temp dir");
+        let dir = private_dir("imperium-etcd.");
         let port = free_port();
         let peer_port = free_port();
         let child = spawn(&bin, dir.path(), port, peer_port);
@@ -66,8 +62,7 @@ impl Etcd {
     /// Starts the member again on the same data and ports, and waits until
     /// it is healthy.
     pub fn restart(&mut self) {
-        self.server.stop();
-        wait_until(Duration::from_secs(10), || !super::tcp_open(self.port));
+        self.server.stop_until_closed(self.port);
         let child = spawn(&self.bin, self.server.dir.path(), self.port, self.peer_port);
         self.server.set_child(child);
         self.wait_ready();
@@ -79,22 +74,13 @@ impl Etcd {
     }
 
     fn wait_ready(&self) {
-        let port = self.port;
-        if !wait_until(READY_TIMEOUT, || healthy(port)) {
-            panic!(
-                "etcd was not healthy on 127.0.0.1:{port} within {READY_TIMEOUT:?}; log:\n{}",
-                self.server.log_tail("server.log", 40)
-            );
-        }
+        self.server
+            .wait_ready(self.port, READY_TIMEOUT, "was not healthy", healthy);
     }
 }
 
 fn spawn(bin: &Path, dir: &Path, port: u16, peer_port: u16) -> Child {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("open server.log");
+    let log = server_log(dir);
     let client = format!("http://127.0.0.1:{port}");
     let peer = format!("http://127.0.0.1:{peer_port}");
     Command::new(bin)
@@ -123,16 +109,12 @@ fn spawn(bin: &Path, dir: &Path, port: u16, peer_port: u16) -> Child {
 
 /// True when `GET /health` says the member is healthy.
 fn healthy(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let req =
         format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.contains("\"health\":\"true\"")
+    tcp_answer_contains(
+        port,
+        req.as_bytes(),
+        Duration::from_secs(2),
+        "\"health\":\"true\"",
+    )
 }

@@ -10,6 +10,8 @@ pub mod rabbitmq;
 pub mod slapd;
 pub mod zookeeper;
 
+use std::fs::File;
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -47,6 +49,45 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A private temp directory named `prefix` and a random suffix.
+pub fn private_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create temp dir")
+}
+
+/// `dir`/server.log, opened for appending (created when missing): where a
+/// fixture's server writes its output.
+pub fn server_log(dir: &Path) -> File {
+    File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("open server.log")
+}
+
+/// Sends `request` to 127.0.0.1:`port` and reads the answer until the
+/// server closes the connection (or `read_timeout` passes): true when the
+/// answer contains `expect`.
+pub fn tcp_answer_contains(
+    port: u16,
+    request: &[u8],
+    read_timeout: Duration,
+    expect: &str,
+) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(read_timeout));
+    if s.write_all(request).is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.contains(expect)
 }
 
 /// Finds `program` (a name on PATH or an absolute path) or panics with the
@@ -117,6 +158,33 @@ impl ServerProcess {
                     Ok(None) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
+        }
+    }
+
+    /// Stops the server, then waits (up to 10 s) until nothing accepts
+    /// connections on 127.0.0.1:`port` any more: the old listener may
+    /// linger for a moment.
+    pub fn stop_until_closed(&mut self, port: u16) {
+        self.stop();
+        wait_until(Duration::from_secs(10), || !tcp_open(port));
+    }
+
+    /// Waits until `ready(port)` or `timeout`; then panics with "NAME
+    /// `failure` on 127.0.0.1:PORT within TIMEOUT" and the last 40 lines of
+    /// server.log.
+    pub fn wait_ready(
+        &self,
+        port: u16,
+        timeout: Duration,
+        failure: &str,
+        ready: impl Fn(u16) -> bool,
+    ) {
+        if !wait_until(timeout, || ready(port)) {
+            panic!(
+                "{} {failure} on 127.0.0.1:{port} within {timeout:?}; log:\n{}",
+                self.name,
+                self.log_tail("server.log", 40)
+            );
         }
     }
 

@@ -14,14 +14,13 @@
 //! println!("{}", server.url()); // mongodb://127.0.0.1:PORT/?directConnection=true
 //! ```
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_until, ServerProcess};
+use super::{free_port, server_log, wait_until, ServerProcess};
 
 /// Where the virtualenv lives unless `SECANTUS_VENV` says otherwise.
 pub const DEFAULT_VENV: &str = "/opt/mongo-compat-venv";
@@ -140,11 +139,7 @@ fn spawn(
     port: u16,
     topology: Topology,
 ) -> std::process::Child {
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("open server.log");
+    let log = server_log(dir);
     let mut cmd = Command::new(program);
     cmd.current_dir(dir)
         .arg("--host")

@@ -19,15 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, require_program, wait_until, ServerProcess};
+use super::{free_port, private_dir, require_program, server_log, wait_until, ServerProcess};
 
 /// Spawns `postgres` on the data in `dir`, logging to `dir`/server.log.
 fn spawn_postgres(bin: &Path, dir: &Path, port: u16, run_as: Option<(u32, u32)>) -> Child {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("open server.log");
+    let log = server_log(dir);
     let mut cmd = Command::new(bin.join("postgres"));
     cmd.arg("-D")
         .arg(dir.join("data"))
@@ -111,10 +107,7 @@ impl PgServer {
             "postgresql",
         );
         require_program("psql", "postgresql-client");
-        let dir = tempfile::Builder::new()
-            .prefix("imperium-pg.")
-            .tempdir()
-            .expect("create temp dir");
+        let dir = private_dir("imperium-pg.");
         let run_as = if nix::unistd::Uid::effective().is_root() {
             let user = nix::unistd::User::from_name("postgres")
                 .expect("look up user postgres")

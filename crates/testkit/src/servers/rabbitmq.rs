@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{free_port, require_program, tcp_open, wait_until, ServerProcess};
+use super::{free_port, require_program, server_log, tcp_open, wait_until, ServerProcess};
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const CTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -278,11 +278,7 @@ fn node_env(
 
 /// Starts the node; the output goes to DIR/server.log.
 fn spawn_node(dir: &Path, node: &str, port: u16, dist_port: u16, epmd_port: u16) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("open server.log");
+    let log = server_log(dir);
     // RUNNING_UNDER_SYSTEMD only makes the script `exec erl`, so the child
     // is beam.smp itself and can be stopped by its pid
     Command::new(SERVER)

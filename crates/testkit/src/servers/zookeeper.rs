@@ -10,14 +10,13 @@
 //! zk.restart(); // same data, same port
 //! ```
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, require_program, wait_until, ServerProcess};
+use super::{
+    free_port, private_dir, require_program, server_log, tcp_answer_contains, ServerProcess,
+};
 
 /// Where Debian's `zookeeper` package puts the server jar (its manifest
 /// class path pulls in the other jars).
@@ -40,10 +39,7 @@ impl ZooKeeper {
     pub fn start() -> ZooKeeper {
         let java = require_program("java", "default-jre-headless");
         require_program(ZOOKEEPER_JAR, "zookeeper");
-        let dir = tempfile::Builder::new()
-            .prefix("imperium-zookeeper.")
-            .tempdir()
-            .expect("create temp dir");
+        let dir = private_dir("imperium-zookeeper.");
         std::fs::create_dir(dir.path().join("data")).expect("create data dir");
         let port = free_port();
         let cfg = format!(
@@ -81,9 +77,7 @@ impl ZooKeeper {
     /// Starts the server again on the same data directory and port, and
     /// waits until it serves.
     pub fn restart(&mut self) {
-        self.server.stop();
-        // the old listener may linger for a moment
-        wait_until(Duration::from_secs(10), || !super::tcp_open(self.port));
+        self.server.stop_until_closed(self.port);
         let child = spawn(&self.java, self.server.dir.path());
         self.server.set_child(child);
         self.wait_ready();
@@ -95,22 +89,13 @@ impl ZooKeeper {
     }
 
     fn wait_ready(&self) {
-        let port = self.port;
-        if !wait_until(READY_TIMEOUT, || serving(port)) {
-            panic!(
-                "zookeeper did not serve on 127.0.0.1:{port} within {READY_TIMEOUT:?}; log:\n{}",
-                self.server.log_tail("server.log", 40)
-            );
-        }
+        self.server
+            .wait_ready(self.port, READY_TIMEOUT, "did not serve", serving);
     }
 }
 
 fn spawn(java: &PathBuf, dir: &std::path::Path) -> Child {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.join("server.log"))
-        .expect("open server.log");
+    let log = server_log(dir);
     // small heap, serial GC and C1 only: starts in about 0.3 s
     Command::new(java)
         .args([
@@ -133,14 +118,5 @@ fn spawn(java: &PathBuf, dir: &std::path::Path) -> Child {
 
 /// True when the server answers `srvr` with a serving mode.
 fn serving(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(b"srvr").is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.contains("Mode: standalone")
+    tcp_answer_contains(port, b"srvr", Duration::from_secs(1), "Mode: standalone")
 }
