@@ -57,7 +57,18 @@ impl Setup {
         Imperium::start_with_env(self.tmp.path(), args, env)
     }
 
-    /// A test vassal config with a record file; returns the record path.
+    /// A real uWSGI vassal: the app, and its config `app.ini` answering
+    /// with marker "one" on the returned port.
+    fn uwsgi_vassal(&self) -> (PathBuf, PathBuf, u16) {
+        let app = write_app(self.tmp.path());
+        let (ini, port) = vassal_ini(&app, "one");
+        let cfg = self.vassals.join("app.ini");
+        std::fs::write(&cfg, &ini).unwrap();
+        (app, cfg, port)
+    }
+
+    /// Writes (or rewrites) a test vassal config with a record file;
+    /// returns the record path.
     fn test_vassal(&self, name: &str, extra: &str) -> PathBuf {
         let rec = self.path(&format!("{name}.rec"));
         std::fs::write(
@@ -139,10 +150,7 @@ fn master_of(worker: u32) -> u32 {
 #[test]
 fn stats_follow_real_uwsgi_vassals_through_spawn_reload_and_death() {
     let s = setup();
-    let app = write_app(s.tmp.path());
-    let (ini, port) = vassal_ini(&app, "one");
-    let cfg = s.vassals.join("app.ini");
-    std::fs::write(&cfg, &ini).unwrap();
+    let (app, cfg, port) = s.uwsgi_vassal();
     let sport = free_port();
     let saddr = format!("127.0.0.1:{sport}");
     let emp = s.start(&uwsgi_bin(), &["--emperor-stats", &saddr]);
@@ -248,14 +256,7 @@ fn stats_over_unix_http_and_minified_and_a_stuck_client_does_not_delay_a_reload(
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     let before = record_lines(&rec).iter().filter(|l| *l == "reload").count();
-    std::fs::write(
-        s.vassals.join("a.ini"),
-        format!(
-            "[vassal]\nrecord = {}\nloyal = 1\nmarker = x\n",
-            rec.display()
-        ),
-    )
-    .unwrap();
+    s.test_vassal("a.ini", "loyal = 1\nmarker = x\n");
     let t0 = Instant::now();
     let reloaded = wait_until(Duration::from_secs(5), || {
         record_lines(&rec).iter().filter(|l| *l == "reload").count() > before
@@ -335,14 +336,7 @@ fn metrics_follow_a_scripted_scenario() {
     assert!(reactions >= 1.0, "{m}");
 
     // 2. a config change: one reload, one more reaction measured
-    std::fs::write(
-        s.vassals.join("a.ini"),
-        format!(
-            "[vassal]\nrecord = {}\nloyal = 1\nmarker = 2\n",
-            rec_a.display()
-        ),
-    )
-    .unwrap();
+    s.test_vassal("a.ini", "loyal = 1\nmarker = 2\n");
     let m = wait_metric(mport, "imperium_reloads_total", 1.0);
     assert!(metric(&m, "imperium_reaction_seconds_count") > reactions);
     assert!(metric(&m, "imperium_reaction_seconds_bucket{le=\"+Inf\"}") > reactions);
@@ -369,10 +363,7 @@ fn metrics_follow_a_scripted_scenario() {
 #[test]
 fn every_ctl_command_against_real_uwsgi_vassals() {
     let s = setup();
-    let app = write_app(s.tmp.path());
-    let (ini, port) = vassal_ini(&app, "one");
-    let cfg = s.vassals.join("app.ini");
-    std::fs::write(&cfg, &ini).unwrap();
+    let (app, cfg, port) = s.uwsgi_vassal();
     let sock = s.path("ctl.sock");
     let emp = s.start(
         &uwsgi_bin(),
