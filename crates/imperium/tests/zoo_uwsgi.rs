@@ -5,9 +5,9 @@
 mod kv_uwsgi_support;
 
 use kv_uwsgi_support::*;
-use testkit::procs::{alive, tree, wait_all_dead};
+use testkit::procs::{tree, wait_all_dead};
 use testkit::servers::zookeeper::ZooKeeper;
-use testkit::uwsgi::{http_get, vassal_ini, vassal_ini_on, wait_answer, write_app};
+use testkit::uwsgi::{vassal_ini, vassal_ini_on, wait_answer, write_app};
 use zookeeper_client as zk;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -68,48 +68,26 @@ fn create_change_outage_bad_record_delete_with_real_uwsgi() {
 
     let url = format!("zoo://{}/vassals", server.hosts());
     let mut emp = emperor(tmp.path(), &url, &[]);
-    let worker = wait_answer(port, "one", T)
-        .unwrap_or_else(|| panic!("vassal never answered:\n{}", emp.log()));
-    let master = master_of(worker);
-    assert_eq!(testkit::procs::ppid(master), Some(emp.pid()));
-    emp.wait_log("vassal app.ini has been spawned", T);
-    let log = emp.log();
-    assert!(
-        log.contains("bad.ini") && log.contains("znode skipped"),
-        "{log}"
-    );
-    assert!(!log.contains("vassal bad.ini has been spawned"), "{log}");
+    let master = app_up_bad_record_skipped(&emp, port, "znode skipped");
 
     // the config text is the znode's data, sent over the config pipe
     z.set("/vassals/app.ini", &vassal_ini_on(&app, "two", port));
-    emp.wait_log("reload the uwsgi instance app.ini", T);
-    let w2 = wait_answer(port, "two", T).unwrap_or_else(|| panic!("no reload:\n{}", emp.log()));
-    assert_eq!(master_of(w2), master, "graceful reload keeps the master");
+    app_reloaded_gracefully(&emp, port, master);
 
     // ZooKeeper down: the vassal keeps running, the monitor is degraded
     drop(z);
     server.stop();
-    emp.wait_log("keeping its", T);
-    assert!(http_get(port, "/").is_some_and(|b| b.contains("marker=two")));
-    assert!(alive(master));
+    app_kept_while_server_down(&emp, port, master);
     // back: everything is read again and changes flow
     server.restart();
     let z = Zk::connect(&server);
     z.set("/vassals/app.ini", &vassal_ini_on(&app, "three", port));
-    let w3 = wait_answer(port, "three", T)
-        .unwrap_or_else(|| panic!("no change after restart:\n{}", emp.log()));
-    assert_eq!(
-        master_of(w3),
-        master,
-        "the outage did not restart the vassal"
-    );
+    app_changed_after_restart(&emp, port, master);
 
     // delete: the vassal and all its processes go
     let all = tree(master);
     z.delete("/vassals/app.ini");
-    emp.wait_log("removed uwsgi instance app.ini", T);
-    assert!(wait_all_dead(&all, T), "left: {:?}", tree(master));
-    assert!(emp.stop().success());
+    app_removed(&mut emp, &all, master);
 }
 
 #[test]
