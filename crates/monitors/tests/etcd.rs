@@ -48,27 +48,7 @@ async fn create_change_delete_and_bad_records() {
 
     let mut m = start(&format!("etcd://{}/vassals", server.endpoint()));
     let snap = m.snapshot(T).await;
-    assert_eq!(names(&snap), ["a.ini", "b.ini"], "good records only");
-    assert_eq!(text(&snap[0]), "[uwsgi]\nmodule = a\n");
-    assert_eq!(
-        snap[0].key,
-        ChangeKey::Stamp(a0 as i128),
-        "the key is the mod_revision"
-    );
-    assert_eq!(
-        text(&snap[1]),
-        "[uwsgi]\nmodule = b\n",
-        "header line removed"
-    );
-    assert_eq!(snap[1].key, ChangeKey::Stamp(b0 as i128));
-    assert_eq!(
-        snap[1].owner,
-        Some(Owner {
-            uid: 1000,
-            gid: 1001
-        })
-    );
-    assert_eq!(snap[1].socket.as_deref(), Some("/tmp/b.sock"));
+    assert_good_records(&snap, a0, b0, "the key is the mod_revision", "/tmp/b.sock");
 
     let t0 = Instant::now();
     let a1 = put(&mut c, "/vassals/a.ini", "[uwsgi]\nmodule = a2\n").await;

@@ -63,28 +63,8 @@ async fn create_change_delete_and_bad_records() {
     let url = format!("zoo://{}/vassals", server.hosts());
     let mut m = start(&url);
     let snap = m.snapshot(T).await;
-    assert_eq!(names(&snap), ["a.ini", "b.ini"], "good records only");
-    assert_eq!(text(&snap[0]), "[uwsgi]\nmodule = a\n");
-    assert_eq!(
-        snap[0].key,
-        ChangeKey::Stamp(a0 as i128),
-        "the key is the mzxid"
-    );
+    assert_good_records(&snap, a0, b0, "the key is the mzxid", "127.0.0.1:3999");
     assert_eq!(snap[0].owner, None);
-    assert_eq!(
-        text(&snap[1]),
-        "[uwsgi]\nmodule = b\n",
-        "header line removed"
-    );
-    assert_eq!(snap[1].key, ChangeKey::Stamp(b0 as i128));
-    assert_eq!(
-        snap[1].owner,
-        Some(Owner {
-            uid: 1000,
-            gid: 1001
-        })
-    );
-    assert_eq!(snap[1].socket.as_deref(), Some("127.0.0.1:3999"));
 
     // change: an Upsert with the new text and a larger key, within milliseconds
     let t0 = Instant::now();

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emperor::{Change, MonitorContext, MonitorHealth, MonitorOptions, VassalName, VassalSpec};
+use emperor::{
+    Change, ChangeKey, MonitorContext, MonitorHealth, MonitorOptions, Owner, VassalName, VassalSpec,
+};
 use tokio::sync::{mpsc, watch};
 
 /// Logs to the test output (`RUST_LOG=monitors=debug` for more).
@@ -161,4 +163,35 @@ pub fn remove(change: Change, name: &str) {
 /// A name for comparisons.
 pub fn vname(n: &str) -> VassalName {
     VassalName::parse(n, &Default::default(), emperor::NamePolicy::Plain).unwrap()
+}
+
+/// Asserts the first snapshot of the bad-records scenario: exactly the two
+/// good records, `a.ini` (`[uwsgi]\nmodule = a\n`, written at `a_key`) and
+/// `b.ini` (`module = b` after a header giving uid 1000, gid 1001 and
+/// `socket`, written at `b_key`). `key_is` says what the change key is.
+#[track_caller]
+pub fn assert_good_records(
+    snap: &[VassalSpec],
+    a_key: i64,
+    b_key: i64,
+    key_is: &str,
+    socket: &str,
+) {
+    assert_eq!(names(snap), ["a.ini", "b.ini"], "good records only");
+    assert_eq!(text(&snap[0]), "[uwsgi]\nmodule = a\n");
+    assert_eq!(snap[0].key, ChangeKey::Stamp(a_key as i128), "{key_is}");
+    assert_eq!(
+        text(&snap[1]),
+        "[uwsgi]\nmodule = b\n",
+        "header line removed"
+    );
+    assert_eq!(snap[1].key, ChangeKey::Stamp(b_key as i128));
+    assert_eq!(
+        snap[1].owner,
+        Some(Owner {
+            uid: 1000,
+            gid: 1001
+        })
+    );
+    assert_eq!(snap[1].socket.as_deref(), Some(socket));
 }
