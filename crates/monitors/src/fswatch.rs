@@ -182,7 +182,13 @@ pub(crate) struct DirWatcher {
 fn mask() -> WatchMask {
     // CREATE is needed for symlinks (no CLOSE_WRITE follows); a regular file
     // being created is reported again by CLOSE_WRITE once written.
+    // MODIFY is needed for `touch -m` and every other utimensat() that sets
+    // the mtime alone: the kernel reports that as IN_MODIFY, not IN_ATTRIB
+    // (ATTRIB needs both times). A write() reports it too; the writes of one
+    // config and its CLOSE_WRITE arrive within the QUIET debounce and make
+    // one change, as a polling emperor would see it.
     WatchMask::CLOSE_WRITE
+        | WatchMask::MODIFY
         | WatchMask::MOVED_TO
         | WatchMask::MOVED_FROM
         | WatchMask::CREATE
