@@ -4,11 +4,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -22,7 +22,7 @@ use crate::name::VassalName;
 use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
 use crate::protocol::{encode_config, VassalMessage};
 use crate::reconciler::{Action, InstanceId, Reconciler, ReconcilerConfig};
-use crate::spawn::{spawn_vassal, SpawnRequest};
+use crate::spawn::{spawn_vassal, SpawnRequest, VassalProcess};
 use crate::spec::{ConfigSource, Owner, VassalSpec};
 
 /// Everything the emperor needs besides its monitors.
@@ -505,12 +505,24 @@ fn to_tokio(s: std::os::unix::net::UnixStream) -> std::io::Result<UnixStream> {
 async fn vassal_task(
     instance: InstanceId,
     name: String,
-    mut child: tokio::process::Child,
+    child: VassalProcess,
     ctrl: UnixStream,
     mut config: Option<UnixStream>,
     mut cmds: mpsc::UnboundedReceiver<VassalCmd>,
     reports: mpsc::UnboundedSender<Report>,
 ) {
+    let child = match child.into_async() {
+        Ok(c) => c,
+        Err((child, e)) => {
+            // not expected with a pidfd on Linux; a vassal whose exit cannot
+            // be seen is not left unsupervised: kill it and reap it here
+            tracing::error!(vassal = %name, error = %e, "cannot watch the vassal's pidfd; killing it");
+            let _ = child.kill();
+            let st = child.wait_blocking().unwrap_or(ExitStatus::Code(-1));
+            let _ = reports.send(Report::Exited(instance, st));
+            return;
+        }
+    };
     let (mut rd, mut wr) = ctrl.into_split();
     let mut buf = [0u8; 256];
     let mut reading = true;
@@ -531,7 +543,7 @@ async fn vassal_task(
                     }
                 }
             },
-            st = child.wait() => break st,
+            st = wait_exit(&child) => break st,
             _ = sleep_until(eof_at) => {
                 eof_at = None;
                 let _ = reports.send(Report::PipeClosed(instance));
@@ -547,7 +559,7 @@ async fn vassal_task(
                 Some(VassalCmd::Kill) => {
                     // the child is not reaped yet (we are still in the loop),
                     // so its pid cannot have been reused
-                    if let Err(e) = child.start_kill() {
+                    if let Err(e) = child.get_ref().kill() {
                         tracing::debug!(vassal = %name, error = %e, "kill failed");
                     }
                 }
@@ -566,17 +578,24 @@ async fn vassal_task(
         }
     }
     let status = match status {
-        Ok(st) => match (st.code(), st.signal()) {
-            (Some(c), _) => ExitStatus::Code(c),
-            (None, Some(s)) => ExitStatus::Signal(s),
-            _ => ExitStatus::Code(-1),
-        },
+        Ok(st) => st,
         Err(e) => {
             tracing::error!(vassal = %name, error = %e, "waiting for the vassal failed");
             ExitStatus::Code(-1)
         }
     };
     let _ = reports.send(Report::Exited(instance, status));
+}
+
+/// Waits until the process behind the pidfd exits, and reaps it.
+async fn wait_exit(child: &AsyncFd<VassalProcess>) -> std::io::Result<ExitStatus> {
+    loop {
+        let mut ready = child.readable().await?;
+        match child.get_ref().try_wait()? {
+            Some(st) => return Ok(st),
+            None => ready.clear_ready(),
+        }
+    }
 }
 
 async fn push_config(name: &str, sock: Option<&mut UnixStream>, text: &str) {
