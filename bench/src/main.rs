@@ -1,0 +1,494 @@
+//! imperium-bench: imperium against the real uWSGI Emperor, side by side.
+//!
+//! Every round runs each contender in turn on the same vassal set (the
+//! order rotates from round to round), then prints the median of every
+//! measurement and the ratios imperium/uWSGI. See docs/performance.md for
+//! the method.
+
+mod emperor;
+mod floor;
+mod procfs;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use emperor::{Contender, Kind, Programs};
+
+/// Benchmarks imperium against `uwsgi --emperor` (same vassals, same run,
+/// alternating) and prints medians and ratios.
+#[derive(Debug, Parser)]
+#[command(name = "imperium-bench")]
+struct Args {
+    /// Vassals per directory (N).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    vassals: usize,
+    /// Rounds; each round runs every contender once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Samples per round of each latency (touch, add, remove).
+    #[arg(long, default_value_t = 5)]
+    samples: usize,
+    /// Length of the idle window, in seconds.
+    #[arg(long, default_value_t = 6)]
+    idle_secs: u64,
+    /// The imperium binary (default: next to this program).
+    #[arg(long)]
+    imperium: Option<PathBuf>,
+    /// The test vassal (default: next to this program).
+    #[arg(long)]
+    test_vassal: Option<PathBuf>,
+    /// The uWSGI binary for the emperor and for the real vassals.
+    #[arg(long, default_value = "/usr/bin/uwsgi-core")]
+    uwsgi: PathBuf,
+    /// Skip the cold start with real uWSGI vassals.
+    #[arg(long)]
+    no_uwsgi_vassals: bool,
+    /// Run only these contenders (floor, imperium, uwsgi, uwsgi-1), comma
+    /// separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Keep every emperor's log in this directory.
+    #[arg(long)]
+    logs: Option<PathBuf>,
+}
+
+/// Samples of one measurement for one contender.
+type Samples = BTreeMap<(&'static str, String), Vec<f64>>;
+
+struct Bench {
+    args: Args,
+    progs: Programs,
+    test_vassal: PathBuf,
+    samples: Samples,
+    rng: u64,
+    run_no: usize,
+}
+
+const COLD_TEST: &str = "cold start, N test vassals (ms)";
+const COLD_UWSGI: &str = "cold start, N uWSGI vassals (ms)";
+const TOUCH: &str = "touch -> reload sent (ms)";
+const ADD: &str = "new config -> accepting (ms)";
+const REMOVE: &str = "deleted config -> reaped (ms)";
+const IDLE_CPU: &str = "idle CPU (ms per minute)";
+const IDLE_WAKE: &str = "idle wake-ups (per minute)";
+const RSS: &str = "emperor RSS with N vassals (MiB)";
+const STORM: &str = "crash storm: all N back (ms)";
+const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
+
+const ROWS: [&str; 10] = [
+    COLD_TEST,
+    COLD_UWSGI,
+    TOUCH,
+    ADD,
+    REMOVE,
+    IDLE_CPU,
+    IDLE_WAKE,
+    RSS,
+    STORM,
+    STORM_PROBE,
+];
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    let imperium = args.imperium.clone().unwrap_or(here.join("imperium"));
+    let test_vassal = args
+        .test_vassal
+        .clone()
+        .unwrap_or(here.join("imperium-test-vassal"));
+    for (p, what) in [
+        (&imperium, "imperium (cargo build --release -p imperium)"),
+        (
+            &test_vassal,
+            "imperium-test-vassal (cargo build --release -p imperium-testkit)",
+        ),
+        (&args.uwsgi, "uwsgi (apt-get install uwsgi-core)"),
+    ] {
+        if !p.exists() {
+            bail!("{} not found: build or install {what}", p.display());
+        }
+    }
+    if !args.no_uwsgi_vassals && !Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so").exists() {
+        bail!("uWSGI's python3 plugin is missing (apt-get install uwsgi-plugin-python3), or pass --no-uwsgi-vassals");
+    }
+    if let Some(l) = &args.logs {
+        std::fs::create_dir_all(l)?;
+    }
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut b = Bench {
+        progs: Programs {
+            imperium,
+            uwsgi: args.uwsgi.clone(),
+        },
+        test_vassal,
+        args,
+        samples: Samples::new(),
+        rng: seed,
+        run_no: 0,
+    };
+    let started = Instant::now();
+    let contenders = [
+        Contender::Floor,
+        Contender::Imperium,
+        Contender::Uwsgi(None),
+        Contender::Uwsgi(Some(1)),
+    ];
+    let keys = ["floor", "imperium", "uwsgi", "uwsgi-1"];
+    for o in &b.args.only {
+        if !keys.contains(&o.as_str()) {
+            bail!("--only {o}: expected one of {}", keys.join(", "));
+        }
+    }
+    let contenders: Vec<Contender> = contenders
+        .into_iter()
+        .zip(keys)
+        .filter(|(_, k)| b.args.only.is_empty() || b.args.only.iter().any(|o| o == k))
+        .map(|(c, _)| c)
+        .collect();
+    for round in 0..b.args.rounds {
+        let mut order = contenders.to_vec();
+        order.rotate_left(round % contenders.len());
+        for who in &order {
+            eprintln!(
+                "[{:>4}s] round {}/{}: {} with {} test vassals",
+                started.elapsed().as_secs(),
+                round + 1,
+                b.args.rounds,
+                who.label(),
+                b.args.vassals
+            );
+            b.test_vassal_suite(*who, round)
+                .with_context(|| format!("{} (test vassals)", who.label()))?;
+        }
+        if !b.args.no_uwsgi_vassals {
+            for who in &order {
+                eprintln!(
+                    "[{:>4}s] round {}/{}: {} with {} uWSGI vassals",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    b.args.rounds,
+                    who.label(),
+                    b.args.vassals
+                );
+                b.uwsgi_vassal_suite(*who)
+                    .with_context(|| format!("{} (uWSGI vassals)", who.label()))?;
+            }
+        }
+    }
+    print_report(&b, &contenders, started.elapsed());
+    Ok(())
+}
+
+impl Bench {
+    fn record(&mut self, metric: &'static str, who: Contender, v: f64) {
+        self.samples
+            .entry((metric, who.label()))
+            .or_default()
+            .push(v);
+    }
+
+    /// A pseudo-random pause of 50..300 ms, so that changes do not fall at
+    /// a fixed phase of a polling emperor's timer.
+    fn jitter(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        Duration::from_millis(50 + self.rng % 250)
+    }
+
+    fn echo(&mut self, who: Contender, what: &str) -> Option<PathBuf> {
+        self.run_no += 1;
+        let tag = who.label().replace([' ', '(', ')', '/'], "");
+        self.args
+            .logs
+            .as_ref()
+            .map(|d| d.join(format!("{:03}-{tag}-{what}.log", self.run_no)))
+    }
+
+    fn cold_timeout(&self) -> Duration {
+        Duration::from_secs(60) + Duration::from_millis(100 * self.args.vassals as u64)
+    }
+
+    fn test_vassal_suite(&mut self, who: Contender, round: usize) -> Result<()> {
+        let tmp = tempfile::Builder::new()
+            .prefix("imperium-bench")
+            .tempdir()?;
+        let dir = tmp.path().join("vassals");
+        std::fs::create_dir(&dir)?;
+        let names = names(self.args.vassals);
+        // loyal, so that a crash is never blacklisted by either emperor
+        for n in &names {
+            std::fs::write(dir.join(n), TEST_VASSAL_INI)?;
+        }
+        if who == Contender::Floor {
+            let t = floor::cold_start(&dir, &names, &self.test_vassal, self.cold_timeout())?;
+            self.record(COLD_TEST, who, ms(t));
+            return Ok(());
+        }
+        let echo = self.echo(who, "test");
+        let t0 = Instant::now();
+        let mut em = emperor::start(who, &self.progs, &dir, &self.test_vassal, echo)?;
+        let none = HashSet::new();
+        let all_up =
+            em.log
+                .wait_distinct(Kind::Accepting, names.len(), t0, &none, self.cold_timeout());
+        let result = (|| -> Result<()> {
+            let t = all_up.map_err(|k| {
+                anyhow::anyhow!("cold start: only {k}/{} vassals accepting", names.len())
+            })?;
+            self.record(COLD_TEST, who, ms(t - t0));
+
+            // idle cost: let the start-up settle, then a fixed window
+            std::thread::sleep(Duration::from_secs(1));
+            let (c0, w0) = (procfs::cpu_ns(em.pid), procfs::ctx_switches(em.pid));
+            let w = Duration::from_secs(self.args.idle_secs);
+            std::thread::sleep(w);
+            let (c1, w1) = (procfs::cpu_ns(em.pid), procfs::ctx_switches(em.pid));
+            let per_min = 60.0 / w.as_secs_f64();
+            self.record(IDLE_CPU, who, (c1 - c0) as f64 / 1e6 * per_min);
+            self.record(IDLE_WAKE, who, (w1 - w0) as f64 * per_min);
+            self.record(RSS, who, procfs::rss_kib(em.pid) as f64 / 1024.0);
+            em.log.clear();
+
+            // touch -> reload: whole seconds forward, so that uWSGI's
+            // one-second mtime resolution sees every change
+            let lat = self.latency_timeout(who);
+            let base = SystemTime::now() + Duration::from_secs(10);
+            for i in 0..self.args.samples {
+                std::thread::sleep(self.jitter());
+                let name = &names[(i * 7919 + round * 31) % names.len()];
+                let when = base + Duration::from_secs(i as u64 + 1);
+                let f = std::fs::File::open(dir.join(name))?;
+                let t = Instant::now();
+                // like touch(1): both times, so the kernel reports IN_ATTRIB
+                f.set_times(
+                    std::fs::FileTimes::new()
+                        .set_accessed(when)
+                        .set_modified(when),
+                )?;
+                drop(f);
+                let got = em
+                    .log
+                    .wait_for(Kind::Reload, name, t, lat)
+                    .with_context(|| format!("no reload of {name} within {lat:?}"))?;
+                self.record(TOUCH, who, ms(got - t));
+            }
+
+            // new config -> accepting; deleted config -> reaped
+            for i in 0..self.args.samples {
+                std::thread::sleep(self.jitter());
+                let name = format!("add-{round}-{i}.ini");
+                let tmp_name = dir.join(format!(".{name}.tmp"));
+                std::fs::write(&tmp_name, TEST_VASSAL_INI)?;
+                let t = Instant::now();
+                std::fs::rename(&tmp_name, dir.join(&name))?;
+                let got = em
+                    .log
+                    .wait_for(Kind::Accepting, &name, t, lat)
+                    .with_context(|| format!("{name} not accepting within {lat:?}"))?;
+                self.record(ADD, who, ms(got - t));
+                std::thread::sleep(self.jitter());
+                let t = Instant::now();
+                std::fs::remove_file(dir.join(&name))?;
+                let got = em
+                    .log
+                    .wait_for(Kind::Removed, &name, t, lat)
+                    .with_context(|| format!("{name} not removed within {lat:?}"))?;
+                self.record(REMOVE, who, ms(got - t));
+            }
+            em.log.clear();
+
+            // crash storm: SIGKILL every vassal at once; meanwhile a new
+            // config arrives and we time its start
+            std::thread::sleep(Duration::from_millis(500));
+            let victims = em.vassals();
+            if victims.len() != names.len() {
+                bail!(
+                    "crash storm: expected {} vassals, the emperor has {} children",
+                    names.len(),
+                    victims.len()
+                );
+            }
+            let t = Instant::now();
+            for v in &victims {
+                emperor::signal(*v, nix::sys::signal::Signal::SIGKILL);
+            }
+            let probe = format!("probe-{round}.ini");
+            let tmp_name = dir.join(format!(".{probe}.tmp"));
+            std::fs::write(&tmp_name, TEST_VASSAL_INI)?;
+            std::fs::rename(&tmp_name, dir.join(&probe))?;
+            let timeout = self.cold_timeout();
+            let exclude = HashSet::from([probe.clone()]);
+            let back = em
+                .log
+                .wait_distinct(Kind::Accepting, names.len(), t, &exclude, timeout)
+                .map_err(|k| {
+                    anyhow::anyhow!(
+                        "crash storm: only {k}/{} vassals back within {timeout:?}",
+                        names.len()
+                    )
+                })?;
+            self.record(STORM, who, ms(back - t));
+            let p = em
+                .log
+                .wait_for(Kind::Accepting, &probe, t, timeout)
+                .context("crash storm: the new config never started")?;
+            self.record(STORM_PROBE, who, ms(p - t));
+            Ok(())
+        })();
+        let stopped = em.stop(Duration::from_secs(40));
+        result?;
+        stopped
+    }
+
+    fn latency_timeout(&self, who: Contender) -> Duration {
+        match who {
+            Contender::Uwsgi(f) => Duration::from_secs(f.unwrap_or(3) * 3 + 5),
+            _ => Duration::from_secs(10),
+        }
+    }
+
+    fn uwsgi_vassal_suite(&mut self, who: Contender) -> Result<()> {
+        let tmp = tempfile::Builder::new()
+            .prefix("imperium-bench")
+            .tempdir()?;
+        let dir = tmp.path().join("vassals");
+        std::fs::create_dir(&dir)?;
+        let app = tmp.path().join("app.py");
+        std::fs::write(&app, APP)?;
+        let names = names(self.args.vassals);
+        for n in &names {
+            std::fs::write(dir.join(n), uwsgi_vassal_ini(tmp.path(), &app))?;
+        }
+        let bin = self.progs.uwsgi.clone();
+        if who == Contender::Floor {
+            let t = floor::cold_start(&dir, &names, &bin, self.cold_timeout())?;
+            self.record(COLD_UWSGI, who, ms(t));
+            return Ok(());
+        }
+        let echo = self.echo(who, "uwsgi");
+        let t0 = Instant::now();
+        let mut em = emperor::start(who, &self.progs, &dir, &bin, echo)?;
+        let got = em.log.wait_distinct(
+            Kind::Accepting,
+            names.len(),
+            t0,
+            &HashSet::new(),
+            self.cold_timeout(),
+        );
+        let stopped = em.stop(Duration::from_secs(40));
+        let t = got.map_err(|k| {
+            anyhow::anyhow!("cold start: only {k}/{} vassals accepting", names.len())
+        })?;
+        self.record(COLD_UWSGI, who, ms(t - t0));
+        stopped
+    }
+}
+
+const TEST_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nloyal = 1\n";
+
+const APP: &str = "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n";
+
+fn uwsgi_vassal_ini(tmp: &Path, app: &Path) -> String {
+    format!(
+        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nsocket = {}/%n.sock\nwsgi-file = {}\nvacuum = true\n",
+        tmp.display(),
+        app.display()
+    )
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("v{i:04}.ini")).collect()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    Some(if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    })
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(x) if x >= 100.0 => format!("{x:.0}"),
+        Some(x) if x >= 10.0 => format!("{x:.1}"),
+        Some(x) => format!("{x:.2}"),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        (Some(a), Some(b)) if a == 0.0 && b == 0.0 => "=".into(),
+        _ => "-".into(),
+    }
+}
+
+fn print_report(b: &Bench, contenders: &[Contender], took: Duration) {
+    let med = |metric: &'static str, who: Contender| {
+        b.samples
+            .get(&(metric, who.label()))
+            .and_then(|v| median(v))
+    };
+    let a = &b.args;
+    println!();
+    println!(
+        "imperium-bench: N = {} vassals, {} rounds, {} latency samples per round, idle window {} s ({} s in all)",
+        a.vassals,
+        a.rounds,
+        a.samples,
+        a.idle_secs,
+        took.as_secs()
+    );
+    println!();
+    let mut head = String::from("| measurement (median) |");
+    let mut line = String::from("|---|");
+    for c in contenders {
+        head.push_str(&format!(" {} |", c.label()));
+        line.push_str("---:|");
+    }
+    head.push_str(" imperium / uWSGI (freq 3) | imperium / uWSGI (freq 1) | imperium / floor |");
+    line.push_str("---:|---:|---:|");
+    println!("{head}");
+    println!("{line}");
+    for row in ROWS {
+        if b.samples.keys().all(|(m, _)| *m != row) {
+            continue;
+        }
+        let mut s = format!("| {} |", row.replace('N', &a.vassals.to_string()));
+        for c in contenders {
+            s.push_str(&format!(" {} |", fmt(med(row, *c))));
+        }
+        let imp = med(row, Contender::Imperium);
+        s.push_str(&format!(
+            " {} | {} | {} |",
+            ratio(imp, med(row, Contender::Uwsgi(None))),
+            ratio(imp, med(row, Contender::Uwsgi(Some(1)))),
+            ratio(imp, med(row, Contender::Floor)),
+        ));
+        println!("{s}");
+    }
+}
