@@ -599,7 +599,8 @@ mod tests {
 
     fn req(programs: &[&str], script: &str) -> SpawnRequest {
         SpawnRequest {
-            argv: ["sh", "-c", script].iter().map(OsString::from).collect(),
+            // bash, not dash: dash cannot redirect to fds above 9
+            argv: ["bash", "-c", script].iter().map(OsString::from).collect(),
             programs: programs.iter().map(OsString::from).collect(),
             base_env: std::env::vars_os().collect(),
             workdir: None,
@@ -622,16 +623,17 @@ mod tests {
 
     #[test]
     fn runs_the_program_from_path_with_the_control_fd() {
-        let sp = spawn_vassal(req(&["sh"], "printf 'hello' >&$UWSGI_EMPEROR_FD; exit 3")).unwrap();
+        let sp =
+            spawn_vassal(req(&["bash"], "printf 'hello' >&$UWSGI_EMPEROR_FD; exit 3")).unwrap();
         assert!(sp.pid > 0);
-        assert_eq!(sp.program, OsString::from("sh"));
+        assert_eq!(sp.program, OsString::from("bash"));
         assert_eq!(output(sp), ("hello".to_string(), ExitStatus::Code(3)));
     }
 
     #[test]
     fn falls_back_to_the_next_program() {
-        let sp = spawn_vassal(req(&["/nonexistent/imperium-x", "/bin/sh"], "exit 0")).unwrap();
-        assert_eq!(sp.program, OsString::from("/bin/sh"));
+        let sp = spawn_vassal(req(&["/nonexistent/imperium-x", "/bin/bash"], "exit 0")).unwrap();
+        assert_eq!(sp.program, OsString::from("/bin/bash"));
         assert_eq!(output(sp).1, ExitStatus::Code(0));
     }
 
@@ -650,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_bad_workdir_is_a_setup_error() {
-        let mut r = req(&["/bin/sh"], "exit 0");
+        let mut r = req(&["/bin/bash"], "exit 0");
         r.workdir = Some(PathBuf::from("/nonexistent/imperium-dir"));
         let err = spawn_vassal(r).unwrap_err();
         assert!(
@@ -661,7 +663,7 @@ mod tests {
 
     #[test]
     fn kill_and_reap_through_the_pidfd() {
-        let sp = spawn_vassal(req(&["/bin/sh"], "exec sleep 30")).unwrap();
+        let sp = spawn_vassal(req(&["/bin/bash"], "exec sleep 30")).unwrap();
         assert_eq!(sp.child.try_wait().unwrap(), None);
         sp.child.kill().unwrap();
         assert_eq!(
@@ -676,18 +678,17 @@ mod tests {
     fn the_child_gets_a_clean_process_state() {
         // an fd without close-on-exec must not leak into the vassal
         let leak = nix::unistd::dup(std::io::stderr()).unwrap();
+        // the last command is exec'd by bash itself, so /proc/self/status
+        // shows the signal state the vassal process started with
         let script = format!(
-            "echo \"cwd=$(pwd -P)\"; \
-             cd /proc/self; \
-             [ -e fd/{leak} ] && echo leaked; \
-             echo \"stdin=$(readlink fd/0)\"; \
-             grep -E '^Sig(Blk|Ign)' status",
+            "exec >&$UWSGI_EMPEROR_FD; \
+             echo \"cwd=$(pwd -P)\"; \
+             [ -e /proc/self/fd/{leak} ] && echo leaked; \
+             echo \"stdin=$(readlink /proc/self/fd/0)\"; \
+             exec grep -E '^Sig(Blk|Ign)' /proc/self/status",
             leak = leak.as_raw_fd()
         );
-        let mut r = req(
-            &["/bin/sh"],
-            &format!("{{ {script}; }} >&$UWSGI_EMPEROR_FD"),
-        );
+        let mut r = req(&["/bin/bash"], &script);
         r.workdir = Some(PathBuf::from("/"));
         let (out, st) = output(spawn_vassal(r).unwrap());
         assert_eq!(st, ExitStatus::Code(0), "{out}");
