@@ -266,7 +266,11 @@ fn main() {
         // configured the vassal only wakes up for the emperor's bytes, so a
         // fleet of idle test vassals costs no CPU (benchmarks measure the
         // emperor, not the vassals)
-        let wait = next_due(&b, start, next_hb, idle_sent, sos_sent);
+        let hb_on = match b.heartbeat_stop {
+            Some(ms) => start.elapsed() < Duration::from_millis(ms),
+            None => true,
+        };
+        let wait = next_due(&b, start, next_hb.filter(|_| hb_on), idle_sent, sos_sent);
         ctrl.set_read_timeout(wait).ok();
         let elapsed = start.elapsed().as_millis() as u64;
         if let Some(ms) = b.exit_after {
