@@ -211,13 +211,16 @@ pub struct Programs {
     pub uwsgi: PathBuf,
 }
 
-/// Starts `who` on the vassal directory `dir`, vassals run with `vassal_bin`.
-/// `echo` keeps a copy of the emperor's log.
+/// Starts `who` watching `source` (a directory or a monitor URL) in
+/// `cwd`, vassals run with `vassal_bin`; `extra` comes first on the
+/// command line (uWSGI's `--plugin`). `echo` keeps a copy of the log.
 pub fn start(
     who: Contender,
     progs: &Programs,
-    dir: &Path,
+    source: &std::ffi::OsStr,
+    cwd: &Path,
     vassal_bin: &Path,
+    extra: &[&str],
     echo: Option<PathBuf>,
 ) -> Result<Running> {
     let mut cmd = match who {
@@ -237,11 +240,12 @@ pub fn start(
             c
         }
     };
-    cmd.arg("--emperor")
-        .arg(dir)
+    cmd.args(extra)
+        .arg("--emperor")
+        .arg(source)
         .arg("--binary-path")
         .arg(vassal_bin)
-        .current_dir(dir)
+        .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -7,6 +7,7 @@
 
 mod emperor;
 mod floor;
+mod pg;
 mod procfs;
 
 use std::collections::{BTreeMap, HashSet};
@@ -44,6 +45,10 @@ struct Args {
     /// The uWSGI binary for the emperor and for the real vassals.
     #[arg(long, default_value = "/usr/bin/uwsgi-core")]
     uwsgi: PathBuf,
+    /// Skip the pg:// measurements (they need PostgreSQL and uWSGI's
+    /// emperor_pg plugin).
+    #[arg(long)]
+    no_pg: bool,
     /// Skip the cold start with real uWSGI vassals.
     #[arg(long)]
     no_uwsgi_vassals: bool,
@@ -66,6 +71,7 @@ struct Bench {
     samples: Samples,
     rng: u64,
     run_no: usize,
+    pg: Option<pg::Pg>,
 }
 
 const COLD_TEST: &str = "cold start, N test vassals (ms)";
@@ -79,10 +85,15 @@ const RSS: &str = "emperor RSS with N vassals (MiB)";
 const STORM: &str = "crash storm: all N back (ms)";
 const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
 
-const ROWS: [&str; 10] = [
+const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
+const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
+
+const ROWS: [&str; 12] = [
     COLD_TEST,
     COLD_UWSGI,
+    PG_COLD,
     TOUCH,
+    PG_UPDATE,
     ADD,
     REMOVE,
     IDLE_CPU,
@@ -136,7 +147,15 @@ fn main() -> Result<()> {
         samples: Samples::new(),
         rng: seed,
         run_no: 0,
+        pg: None,
     };
+    if !b.args.no_pg {
+        if !Path::new("/usr/lib/uwsgi/plugins/emperor_pg_plugin.so").exists() {
+            bail!("uWSGI's emperor_pg plugin is missing (apt-get install uwsgi-plugin-emperor-pg), or pass --no-pg");
+        }
+        eprintln!("starting a private PostgreSQL for the pg:// measurements");
+        b.pg = Some(pg::Pg::start()?);
+    }
     let started = Instant::now();
     let contenders = [
         Contender::Floor,
@@ -170,6 +189,20 @@ fn main() -> Result<()> {
             );
             b.test_vassal_suite(*who, round)
                 .with_context(|| format!("{} (test vassals)", who.label()))?;
+        }
+        if b.pg.is_some() {
+            for who in order.iter().filter(|w| **w != Contender::Floor) {
+                eprintln!(
+                    "[{:>4}s] round {}/{}: {} with {} pg:// test vassals",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    b.args.rounds,
+                    who.label(),
+                    b.args.vassals
+                );
+                b.pg_suite(*who)
+                    .with_context(|| format!("{} (pg://)", who.label()))?;
+            }
         }
         if !b.args.no_uwsgi_vassals {
             for who in &order {
@@ -238,7 +271,15 @@ impl Bench {
         }
         let echo = self.echo(who, "test");
         let t0 = Instant::now();
-        let mut em = emperor::start(who, &self.progs, &dir, &self.test_vassal, echo)?;
+        let mut em = emperor::start(
+            who,
+            &self.progs,
+            dir.as_os_str(),
+            &dir,
+            &self.test_vassal,
+            &[],
+            echo,
+        )?;
         let none = HashSet::new();
         let all_up =
             em.log
@@ -352,6 +393,71 @@ impl Bench {
         stopped
     }
 
+    fn pg_suite(&mut self, who: Contender) -> Result<()> {
+        let names: Vec<String> = (0..self.args.vassals)
+            .map(|i| format!("p{i:04}.ini"))
+            .collect();
+        let Some(pg) = self.pg.as_mut() else {
+            return Ok(());
+        };
+        pg.fill(&names, TEST_VASSAL_INI);
+        let url = pg.url();
+        let tmp = tempfile::Builder::new()
+            .prefix("imperium-bench")
+            .tempdir()?;
+        let extra: &[&str] = match who {
+            Contender::Uwsgi(_) => &["--plugin", "emperor_pg"],
+            _ => &[],
+        };
+        let echo = self.echo(who, "pg");
+        let t0 = Instant::now();
+        let mut em = emperor::start(
+            who,
+            &self.progs,
+            url.as_ref(),
+            tmp.path(),
+            &self.test_vassal,
+            extra,
+            echo,
+        )?;
+        let result = (|| -> Result<()> {
+            let t = em
+                .log
+                .wait_distinct(
+                    Kind::Accepting,
+                    names.len(),
+                    t0,
+                    &HashSet::new(),
+                    self.cold_timeout(),
+                )
+                .map_err(|k| {
+                    anyhow::anyhow!("pg cold start: only {k}/{} vassals accepting", names.len())
+                })?;
+            self.record(PG_COLD, who, ms(t - t0));
+            em.log.clear();
+            let freq = match who {
+                Contender::Uwsgi(f) => f,
+                _ => None,
+            };
+            let lat = pg::latency_timeout(freq);
+            for i in 0..self.args.samples {
+                std::thread::sleep(self.jitter());
+                let name = &names[(i * 7919 + self.run_no * 31) % names.len()];
+                let pg = self.pg.as_mut().expect("pg is running");
+                let t = pg.touch_row(name, self.run_no * 1000 + i)?;
+                let got = em
+                    .log
+                    .wait_for(Kind::Reload, name, t, lat)
+                    .with_context(|| format!("no reload of {name} within {lat:?}"))?;
+                self.record(PG_UPDATE, who, ms(got - t));
+            }
+            Ok(())
+        })();
+        let stopped = em.stop(Duration::from_secs(40));
+        result?;
+        stopped
+    }
+
     fn latency_timeout(&self, who: Contender) -> Duration {
         match who {
             Contender::Uwsgi(f) => Duration::from_secs(f.unwrap_or(3) * 3 + 5),
@@ -379,7 +485,7 @@ impl Bench {
         }
         let echo = self.echo(who, "uwsgi");
         let t0 = Instant::now();
-        let mut em = emperor::start(who, &self.progs, &dir, &bin, echo)?;
+        let mut em = emperor::start(who, &self.progs, dir.as_os_str(), &dir, &bin, &[], echo)?;
         let got = em.log.wait_distinct(
             Kind::Accepting,
             names.len(),
@@ -441,6 +547,8 @@ fn fmt(v: Option<f64>) -> String {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
+        // tiny ratios as fractions: 1/800 says more than 0.00x
+        (Some(a), Some(b)) if b > 0.0 && a > 0.0 && a / b < 0.1 => format!("1/{:.0}", b / a),
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         (Some(a), Some(b)) if a == 0.0 && b == 0.0 => "=".into(),
         _ => "-".into(),
