@@ -69,12 +69,7 @@ async fn table(tx: &mpsc::Sender<Command>) -> Vec<(String, VassalState)> {
 #[test]
 fn inline_config_zergs_survive_removal_passes_and_serve() {
     let tmp = tempfile::tempdir().unwrap();
-    let app = tmp.path().join("slow.py");
-    std::fs::write(
-        &app,
-        "import os, time\ndef application(environ, start_response):\n    time.sleep(0.3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]\n",
-    )
-    .unwrap();
+    let app = testkit::uwsgi::write_slow_app(tmp.path());
     let port = free_port();
     let zs = tmp.path().join("zerg.sock");
     let text = format!(

@@ -41,14 +41,19 @@ impl Env {
     }
 
     fn start(&self, extra: &[&str]) -> Imperium {
+        self.start_with(test_vassal_bin().to_str().unwrap(), extra, &[])
+    }
+
+    /// imperium on the vassal directory with `binary` as --binary-path.
+    fn start_with(&self, binary: &str, extra: &[&str], env: &[(&str, &str)]) -> Imperium {
         let mut args: Vec<String> = vec![
             "--emperor".into(),
             self.vassals.display().to_string(),
             "--binary-path".into(),
-            test_vassal_bin().display().to_string(),
+            binary.to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Imperium::start(self.tmp.path(), args)
+        Imperium::start_with_env(self.tmp.path(), args, env)
     }
 }
 
@@ -242,14 +247,9 @@ fn sighup_reloads_all_and_sigusr1_lists_them() {
 fn launch_contract_argv_env_fds_and_cwd() {
     let e = Env::new();
     e.write("c.ini", "");
-    let emp = Imperium::start_with_env(
-        e.tmp.path(),
-        [
-            "--emperor",
-            &e.vassals.display().to_string(),
-            "--binary-path",
-            &test_vassal_bin().display().to_string(),
-        ],
+    let emp = e.start_with(
+        test_vassal_bin().to_str().unwrap(),
+        &[],
         &[
             ("UWSGI_VASSAL_PROCESSES", "8"),
             ("UWSGI_RELOADS", "3"),
@@ -305,30 +305,17 @@ fn missing_binary_is_reported_and_the_fallback_is_used() {
     let e = Env::new();
     e.write("f.ini", "");
     // no fallback: a clear error, no respawn loop
-    let emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor",
-            &e.vassals.display().to_string(),
-            "--binary-path",
-            "/nonexistent/uwsgi",
-        ],
-    );
+    let emp = e.start_with("/nonexistent/uwsgi", &[], &[]);
     emp.wait_log("is the uwsgi binary in your system PATH ?", T);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(emp.count("cannot start vassal f.ini"), 1, "{}", emp.log());
     drop(emp);
     // with a fallback the vassal runs
-    let emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor",
-            &e.vassals.display().to_string(),
-            "--binary-path",
-            "/nonexistent/uwsgi",
-            "--emperor-wrapper-fallback",
-            &test_vassal_bin().display().to_string(),
-        ],
+    let fallback = test_vassal_bin().display().to_string();
+    let emp = e.start_with(
+        "/nonexistent/uwsgi",
+        &["--emperor-wrapper-fallback", &fallback],
+        &[],
     );
     assert!(wait_lines(&e.rec("f.ini"), "start", 1), "{}", emp.log());
 }

@@ -386,12 +386,7 @@ fn on_demand_unix_socket_from_the_directory_option() {
 #[test]
 fn broodlord_spawns_zergs_under_load_and_retires_them_on_idle() {
     let (tmp, vassals, _) = setup();
-    let app = tmp.path().join("slow.py");
-    std::fs::write(
-        &app,
-        "import os, time\ndef application(environ, start_response):\n    time.sleep(0.3)\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]\n",
-    )
-    .unwrap();
+    let app = testkit::uwsgi::write_slow_app(tmp.path());
     let port = free_port();
     let zerg_sock = tmp.path().join("zerg.sock");
     let ini = format!(

@@ -26,6 +26,22 @@ def application(environ, start_response):
     return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]
 "#;
 
+/// The same app, but each request takes 0.3 s (keeps workers busy, so a
+/// vassal under load asks for broodlord zergs).
+pub const SLOW_APP: &str = r#"import os, time
+def application(environ, start_response):
+    time.sleep(0.3)
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]
+"#;
+
+/// Writes slow.py ([`SLOW_APP`]) into `dir` and returns its path.
+pub fn write_slow_app(dir: &Path) -> PathBuf {
+    let p = dir.join("slow.py");
+    std::fs::write(&p, SLOW_APP).expect("write slow.py");
+    p
+}
+
 /// Writes app.py into `dir` (once) and returns its path.
 pub fn write_app(dir: &Path) -> PathBuf {
     let p = dir.join("app.py");
