@@ -204,7 +204,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const CHILD_STACK: usize = 128 * 1024;
 
 /// Steps of the child setup, reported to the parent when one fails.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "setgroups",
     "setgid",
     "setuid",
@@ -214,7 +214,31 @@ const STEPS: [&str; 9] = [
     "chdir",
     "set up fds",
     "prctl(PR_SET_NO_NEW_PRIVS)",
+    "setrlimit(RLIMIT_NOFILE)",
 ];
+
+/// The open-file limit the emperor started with, when
+/// [`raise_nofile_limit`] raised its own: vassals get this one back.
+static VASSAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the emperor's soft open-file limit to its hard limit (at most
+/// 2^20), since every vassal holds two or three fds in the emperor.
+/// Vassals still start with the original limit (uWSGI loops over every fd
+/// up to it). Returns `(old, new)` soft limits when it changed anything.
+pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return Ok(None);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    let _ = VASSAL_NOFILE.set(libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    Ok(Some((soft, target)))
+}
 
 /// What the child needs, prepared by the parent (no allocation happens in
 /// the child), and what the child reports back through the shared memory.
@@ -228,6 +252,8 @@ struct ChildArgs {
     parent: libc::pid_t,
     ctrl_fd: RawFd,
     config_fd: Option<RawFd>,
+    /// The open-file limit to restore (see [`raise_nofile_limit`]).
+    nofile: Option<libc::rlimit>,
     /// errno of each failed exec, in order (0: not tried or succeeded).
     exec_errors: Vec<AtomicI32>,
     /// 1 + index in STEPS of the setup step that failed (0: none).
@@ -356,6 +382,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         parent: std::process::id() as libc::pid_t,
         ctrl_fd,
         config_fd,
+        nofile: VASSAL_NOFILE.get().copied(),
         exec_errors: req.programs.iter().map(|_| AtomicI32::new(0)).collect(),
         failed_step: AtomicI32::new(0),
         setup_errno: AtomicI32::new(0),
@@ -498,6 +525,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             // nor through a setuid-root program or file capabilities
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return fail(8);
+            }
+        }
+        // the open-file limit the emperor started with (only the soft limit
+        // differs, and any process may lower its own soft limit)
+        if let Some(rl) = &a.nofile {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, rl) != 0 {
+                return fail(9);
             }
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {

@@ -127,6 +127,13 @@ fn real_main() -> Result<()> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("--emperor-pidfile {}", p.display()))?;
     }
+    match emperor::spawn::raise_nofile_limit() {
+        Ok(Some((old, new))) => tracing::info!(
+            "raised the open-file limit from {old} to {new} (vassals start with {old})"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

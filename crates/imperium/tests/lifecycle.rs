@@ -434,3 +434,31 @@ fn symlinks_are_followed_by_default_and_are_vassals_themselves_with_nofollow() {
     assert!(st.success());
     assert!(wait_lines(&e.rec("link.ini"), "reload", 1), "{}", emp.log());
 }
+
+#[test]
+fn the_open_file_limit_is_raised_for_the_emperor_but_not_for_vassals() {
+    let prlimit = testkit::servers::require_program("prlimit", "util-linux");
+    let e = Env::new();
+    e.write("n.ini", "");
+    let args = [
+        "--emperor".to_string(),
+        e.vassals.display().to_string(),
+        "--binary-path".to_string(),
+        test_vassal_bin().display().to_string(),
+    ];
+    let emp = Imperium::start_wrapped(
+        &[prlimit.to_str().unwrap(), "--nofile=1024:8192", "--"],
+        e.tmp.path(),
+        args,
+        &[],
+    );
+    assert!(wait_lines(&e.rec("n.ini"), "nofile", 1), "{}", emp.log());
+    emp.wait_log("raised the open-file limit from 1024 to 8192", T);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", emp.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(line.split_whitespace().nth(3), Some("8192"), "{line}");
+    assert!(record_lines(&e.rec("n.ini")).contains(&"nofile 1024".to_string()));
+}

@@ -73,10 +73,32 @@ impl Imperium {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::start_wrapped(&[], cwd, args, env)
+    }
+
+    /// Like [`Imperium::start_with_env`], run through a wrapper command that
+    /// execs it (for example `["prlimit", "--nofile=1024:8192", "--"]`).
+    pub fn start_wrapped<I, S>(
+        wrapper: &[&str],
+        cwd: &Path,
+        args: I,
+        env: &[(&str, &str)],
+    ) -> Imperium
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("imperium.log");
         let f = File::create(&log).expect("log file");
-        let mut cmd = Command::new(imperium_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(imperium_bin());
+                c
+            }
+            None => Command::new(imperium_bin()),
+        };
         cmd.args(args)
             .current_dir(cwd)
             .env("IMPERIUM_LOG", "debug")

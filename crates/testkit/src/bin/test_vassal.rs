@@ -21,7 +21,8 @@
 //! | `marker` | - | a value copied into the `start` record line |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
-//! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `env K=V` (each
+//! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `nofile N` (soft
+//! open-file limit), `env K=V` (each
 //! `UWSGI_*` and `NOTIFY_SOCKET` variable at start), `cwd DIR`,
 //! `got byte=B`, `reload`, `stop byte=B`, `lost`, `exit code=C`.
 
@@ -113,6 +114,13 @@ fn record(b: &Behaviour, line: &str) {
     }
 }
 
+/// The soft open-file limit, from /proc/self/limits.
+fn soft_nofile() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Records what the process got from its emperor: fds, fd 0, environment.
 fn record_process(b: &Behaviour, env0: &[(String, String)]) {
     let mut fds: Vec<u32> = std::fs::read_dir("/proc/self/fd")
@@ -130,6 +138,9 @@ fn record_process(b: &Behaviour, env0: &[(String, String)]) {
     record(b, &format!("fds {}", list.join(",")));
     if let Ok(t) = std::fs::read_link("/proc/self/fd/0") {
         record(b, &format!("fd0 {}", t.display()));
+    }
+    if let Some(n) = soft_nofile() {
+        record(b, &format!("nofile {n}"));
     }
     if let Ok(d) = std::env::current_dir() {
         record(b, &format!("cwd {}", d.display()));
