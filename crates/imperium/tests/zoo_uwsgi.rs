@@ -21,33 +21,77 @@ fn opts() -> zk::CreateOptions<'static> {
     zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all())
 }
 
+/// The test's own ZooKeeper client. Each write is retried (on a fresh
+/// session) for up to 20 s: right after a server restart on a loaded
+/// machine a request can time out before the session is re-established,
+/// which is about this client, not about the monitor under test.
 struct Zk {
     rt: tokio::runtime::Runtime,
-    c: zk::Client,
+    hosts: String,
+    c: std::cell::RefCell<zk::Client>,
 }
 
 impl Zk {
     fn connect(server: &ZooKeeper) -> Zk {
         let rt = rt();
-        let c = rt
-            .block_on(zk::Client::connect(&server.hosts()))
-            .expect("connect");
-        Zk { rt, c }
+        let hosts = server.hosts();
+        let c = rt.block_on(zk::Client::connect(&hosts)).expect("connect");
+        Zk {
+            rt,
+            hosts,
+            c: std::cell::RefCell::new(c),
+        }
     }
+
+    /// Runs `op` until it succeeds (or fails in a way `done` accepts).
+    fn retry<F, Fut>(&self, what: &str, done: fn(&zk::Error) -> bool, op: F)
+    where
+        F: Fn(zk::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<(), zk::Error>>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let c = self.c.borrow().clone();
+            match self.rt.block_on(op(c)) {
+                Ok(()) => return,
+                Err(e) if done(&e) => return,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    eprintln!("{what}: {e}; retrying on a new session");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    if let Ok(c) = self.rt.block_on(zk::Client::connect(&self.hosts)) {
+                        *self.c.borrow_mut() = c;
+                    }
+                }
+                Err(e) => panic!("{what}: {e}"),
+            }
+        }
+    }
+
     fn create(&self, path: &str, data: &str) {
-        self.rt
-            .block_on(self.c.create(path, data.as_bytes(), &opts()))
-            .unwrap_or_else(|e| panic!("create {path}: {e}"));
+        let what = format!("create {path}");
+        // a retried create whose first attempt went through finds the node
+        self.retry(
+            &what,
+            |e| matches!(e, zk::Error::NodeExists),
+            |c| async move { c.create(path, data.as_bytes(), &opts()).await.map(|_| ()) },
+        );
     }
     fn set(&self, path: &str, data: &str) {
-        self.rt
-            .block_on(self.c.set_data(path, data.as_bytes(), None))
-            .unwrap_or_else(|e| panic!("set {path}: {e}"));
+        let what = format!("set {path}");
+        self.retry(
+            &what,
+            |_| false,
+            |c| async move { c.set_data(path, data.as_bytes(), None).await.map(|_| ()) },
+        );
     }
     fn delete(&self, path: &str) {
-        self.rt
-            .block_on(self.c.delete(path, None))
-            .unwrap_or_else(|e| panic!("delete {path}: {e}"));
+        let what = format!("delete {path}");
+        // a retried delete whose first attempt went through finds no node
+        self.retry(
+            &what,
+            |e| matches!(e, zk::Error::NoNode),
+            |c| async move { c.delete(path, None).await },
+        );
     }
 }
 
