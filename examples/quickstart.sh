@@ -14,9 +14,13 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
-say "building imperium"
-cargo build --release -q -p imperium
-bin=${CARGO_TARGET_DIR:-target}/release/imperium
+# The quickstart needs only the file monitors: this build needs nothing but
+# the Rust toolchain (the full build also needs protoc and libzmq, which
+# scripts/install-deps.sh installs).
+say "building imperium (file monitors only)"
+target=${CARGO_TARGET_DIR:-target}/quickstart
+CARGO_TARGET_DIR=$target cargo build --release -q -p imperium --no-default-features --features dir
+bin=$target/release/imperium
 work=$(mktemp -d /tmp/imperium-quickstart.XXXXXX)
 mkdir "$work/vassals"
 get() { python3 -c 'import sys,urllib.request; print(urllib.request.urlopen("http://127.0.0.1:8081/", timeout=2).read().decode().strip())' 2>/dev/null; }
