@@ -1,0 +1,247 @@
+//! Operator commands on the vassal table: signals (SIGHUP, SIGURG,
+//! SIGUSR1, Ragnarok) and the control socket (reload, pause/resume,
+//! stop/start, clear the blacklist).
+
+use super::*;
+
+impl Reconciler {
+    /// SIGHUP: gracefully reload every running vassal.
+    pub fn reload_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let targets: Vec<(VassalName, InstanceId, u32)> = self
+            .vassals
+            .values()
+            .filter_map(|v| {
+                let p = v.proc.as_ref()?;
+                if p.stopping.is_some() {
+                    return None;
+                }
+                Some((v.name.clone(), p.instance, p.pid?))
+            })
+            .collect();
+        for (name, instance, pid) in targets {
+            self.reload(&name, instance, pid, &mut out);
+        }
+        out
+    }
+
+    /// Reloads one vassal (control socket).
+    pub fn reload_one(&mut self, name: &str) -> Result<Vec<Action>, String> {
+        let mut out = Vec::new();
+        let v = self
+            .vassal(name)
+            .ok_or_else(|| format!("no vassal named {name}"))?;
+        let p = v
+            .proc
+            .as_ref()
+            .ok_or_else(|| format!("vassal {name} is not running"))?;
+        if p.stopping.is_some() {
+            return Err(format!("vassal {name} is stopping"));
+        }
+        let (vn, instance, pid) = (v.name.clone(), p.instance, p.pid.unwrap_or(0));
+        self.reload(&vn, instance, pid, &mut out);
+        Ok(out)
+    }
+
+    fn operator_target(&self, name: &str) -> Result<VassalName, String> {
+        if self.shutting_down {
+            return Err("the emperor is shutting down".into());
+        }
+        self.vassal(name)
+            .map(|v| v.name.clone())
+            .ok_or_else(|| format!("no vassal named {name}"))
+    }
+
+    /// Pauses automatic reloads of one vassal: config changes are held
+    /// (the newest one kept) until [`Reconciler::resume`]. Removal of the
+    /// config still stops it; a crash respawns it with the config it runs.
+    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.paused {
+            return Err(format!("reloads of vassal {name} are already paused"));
+        }
+        v.paused = true;
+        self.emit(Event::Paused { name: &vn });
+        Ok(())
+    }
+
+    /// Resumes automatic reloads of one vassal and applies the change held
+    /// meanwhile, if any (as if it arrived now).
+    pub fn resume(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if !v.paused {
+            return Err(format!("reloads of vassal {name} are not paused"));
+        }
+        v.paused = false;
+        let held = v.held_change.take();
+        let monitor = v.monitor;
+        self.emit(Event::Resumed {
+            name: &vn,
+            pending: held.is_some(),
+        });
+        let mut out = Vec::new();
+        if let Some(spec) = held {
+            self.upsert(monitor, spec, now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Stops one vassal on an operator's request; it stays down (whatever
+    /// its source says) until [`Reconciler::start_one`].
+    pub fn stop_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.held {
+            return Err(format!("vassal {name} is already stopped"));
+        }
+        v.held = true;
+        v.respawn_at = None;
+        v.activated = false;
+        let mut out = Vec::new();
+        if v.listening.take().is_some() {
+            // an on-demand vassal stops listening too
+            v.waiting = false;
+            out.push(Action::Unlisten { name: vn.clone() });
+        }
+        self.emit(Event::Held { name: &vn });
+        self.stop(&vn, StopReason::Operator, now, &mut out);
+        Ok(out)
+    }
+
+    /// Starts one vassal on an operator's request: one stopped by
+    /// [`Reconciler::stop_one`], exiled, idle, or waiting for a throttled
+    /// respawn (its blacklist entry is cleared).
+    pub fn start_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.proc.as_ref().is_some_and(|p| p.stopping.is_none()) {
+            return Err(format!("vassal {name} is already running"));
+        }
+        if v.desired.is_none() {
+            return Err(format!("vassal {name} was removed from its source"));
+        }
+        v.held = false;
+        v.exiled = false;
+        v.idle = false;
+        v.respawn_at = None;
+        let mut out = Vec::new();
+        match v.proc.as_mut() {
+            // going down on our request: start again when its exit is seen
+            Some(p) => {
+                if let Some((_, at)) = p.stopping {
+                    p.stopping = Some((StopReason::Restart, at));
+                }
+            }
+            None => {
+                self.blacklist.remove(&vn);
+                self.start(&vn, now, &mut out);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Clears the blacklist entry of one vassal; if it was waiting for a
+    /// throttled respawn, it starts now.
+    pub fn clear_blacklist_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+        let vn = self.operator_target(name)?;
+        let mut out = Vec::new();
+        if !self.blacklist.remove(&vn) {
+            return Err(format!("vassal {name} is not blacklisted"));
+        }
+        self.emit(Event::Unblacklisted { name: &vn });
+        let v = self.vassals.get_mut(&vn).expect("present");
+        if v.proc.is_none() && v.respawn_at.take().is_some() {
+            self.start(&vn, now, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// Clears the whole blacklist (SIGURG, `imperium ctl clear-blacklist`);
+    /// vassals waiting for a throttled respawn start now.
+    pub fn clear_blacklist_all(&mut self, now: Instant) -> (usize, Vec<Action>) {
+        let n = self.clear_blacklist();
+        let mut out = Vec::new();
+        let waiting: Vec<VassalName> = self
+            .vassals
+            .values()
+            .filter(|v| v.proc.is_none() && v.respawn_at.is_some())
+            .map(|v| v.name.clone())
+            .collect();
+        for vn in waiting {
+            if let Some(v) = self.vassals.get_mut(&vn) {
+                v.respawn_at = None;
+            }
+            self.start(&vn, now, &mut out);
+        }
+        (n, out)
+    }
+
+    /// SIGURG: clears the blacklist.
+    pub fn clear_blacklist(&mut self) -> usize {
+        let n = self.blacklist.clear();
+        tracing::info!(entries = n, "[emperor] cleaning up blacklist ...");
+        n
+    }
+
+    /// SIGUSR1: one log line per vassal.
+    pub fn log_vassals(&self) {
+        for v in self.vassals.values() {
+            tracing::info!(
+                vassal = %v.name,
+                pid = v.pid(),
+                state = ?v.state(),
+                "vassal instance {} (last modified {}) status {} loyal {} zerg {}",
+                v.name,
+                v.applied_key.as_secs(),
+                i32::from(v.proc.as_ref().is_some_and(|p| p.stopping.is_some())),
+                i32::from(v.proc.as_ref().is_some_and(|p| p.loyal)),
+                i32::from(v.name.as_str().contains(':')),
+            );
+        }
+    }
+
+    /// Ragnarok: stop every vassal; nothing is respawned from now on.
+    pub fn shutdown(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.shutting_down {
+            return out;
+        }
+        self.shutting_down = true;
+        tracing::warn!("*** RAGNAROK EVOKED ***");
+        let names: Vec<VassalName> = self.vassals.keys().cloned().collect();
+        for name in names {
+            let Some(v) = self.vassals.get_mut(&name) else {
+                continue;
+            };
+            v.respawn_at = None;
+            if v.proc.is_none() {
+                self.delete(&name, &mut out);
+                continue;
+            }
+            self.stop(&name, StopReason::Shutdown, now, &mut out);
+        }
+        out
+    }
+
+    /// Ragnarok past the mercy time: SIGKILL every vassal still alive.
+    pub fn kill_all(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        let targets: Vec<(VassalName, InstanceId, u32)> = self
+            .vassals
+            .values()
+            .filter_map(|v| {
+                v.proc
+                    .as_ref()
+                    .and_then(|p| Some((v.name.clone(), p.instance, p.pid?)))
+            })
+            .collect();
+        for (name, instance, pid) in targets {
+            tracing::warn!(vassal = %name, pid, "NO MERCY for vassal {name} !!!");
+            self.counters.kills += 1;
+            out.push(Action::Kill { instance });
+        }
+        out
+    }
+}
