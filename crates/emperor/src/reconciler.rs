@@ -209,7 +209,7 @@ pub struct Vassal {
     /// changes are held in [`Vassal::held_change`] until resumed.
     pub paused: bool,
     /// The newest config change that arrived while paused.
-    pub held_change: Option<VassalSpec>,
+    pub held_change: Option<Box<VassalSpec>>,
     /// Stopped by an operator (`imperium ctl stop`): not started again
     /// until `imperium ctl start`.
     pub held: bool,
@@ -282,7 +282,9 @@ pub struct MonitorState {
 /// The vassal table and its decisions.
 pub struct Reconciler {
     cfg: ReconcilerConfig,
-    vassals: BTreeMap<VassalName, Vassal>,
+    /// Boxed: a B-tree node holds eleven values inline and splits half
+    /// empty on in-order inserts, which doubled the table's memory.
+    vassals: BTreeMap<VassalName, Box<Vassal>>,
     by_instance: HashMap<InstanceId, VassalName>,
     blacklist: Blacklist,
     monitors: Vec<MonitorState>,
@@ -313,7 +315,7 @@ impl Reconciler {
 
     /// The vassal table.
     pub fn vassals(&self) -> impl Iterator<Item = &Vassal> {
-        self.vassals.values()
+        self.vassals.values().map(|v| &**v)
     }
 
     /// One vassal.
@@ -321,7 +323,7 @@ impl Reconciler {
         self.vassals
             .iter()
             .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| v)
+            .map(|(_, v)| &**v)
     }
 
     /// The blacklist.
@@ -451,8 +453,10 @@ impl Reconciler {
         let name = spec.name.clone();
         let tyrant = self.cfg.tyrant.is_some();
         let Some(v) = self.vassals.get_mut(&name) else {
-            self.vassals
-                .insert(name.clone(), Vassal::new(name.clone(), monitor, spec));
+            self.vassals.insert(
+                name.clone(),
+                Box::new(Vassal::new(name.clone(), monitor, spec)),
+            );
             self.start(&name, now, out);
             return;
         };
@@ -485,7 +489,7 @@ impl Reconciler {
         }
         if v.paused && !was_removed && !owner_changed {
             let first = !matches!(&v.held_change, Some(h) if h.key == spec.key);
-            v.held_change = Some(spec);
+            v.held_change = Some(Box::new(spec));
             if first {
                 self.emit(Event::ChangeHeld { name: &name });
             }
@@ -974,7 +978,7 @@ impl Reconciler {
         let monitor = base.monitor;
         let mut z = Vassal::new(zname.clone(), monitor, zerg_spec(&base_spec, zname.clone()));
         z.zerg_of = Some(name.clone());
-        self.vassals.insert(zname.clone(), z);
+        self.vassals.insert(zname.clone(), Box::new(z));
         self.emit(Event::ZergAdded {
             name,
             zerg: &zname,

@@ -4,12 +4,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -66,10 +69,10 @@ pub enum Command {
 /// The closure of [`Command::Apply`].
 pub type ApplyFn = Box<dyn FnOnce(&mut Reconciler, std::time::Instant) -> Vec<Action> + Send>;
 
+/// What a vassal's task writes to it, in order.
 enum VassalCmd {
     Byte(u8),
     Config(Arc<str>),
-    Kill,
 }
 
 enum Report {
@@ -257,7 +260,7 @@ struct Executor {
     launch: LaunchOptions,
     base_env: Vec<(OsString, OsString)>,
     cwd: PathBuf,
-    handles: HashMap<InstanceId, mpsc::UnboundedSender<VassalCmd>>,
+    handles: HashMap<InstanceId, Arc<VassalLink>>,
     reports: (
         mpsc::UnboundedSender<Report>,
         mpsc::UnboundedReceiver<Report>,
@@ -300,7 +303,9 @@ impl Executor {
                     Vec::new()
                 }
                 Action::Kill { instance } => {
-                    self.send(instance, VassalCmd::Kill);
+                    if let Some(h) = self.handles.get(&instance) {
+                        h.kill();
+                    }
                     Vec::new()
                 }
                 Action::Listen {
@@ -379,8 +384,17 @@ impl Executor {
 
     fn send(&self, instance: InstanceId, cmd: VassalCmd) {
         if let Some(h) = self.handles.get(&instance) {
-            let _ = h.send(cmd);
+            h.send(cmd);
         }
+    }
+
+    /// A vassal that cannot be supervised (not expected on Linux) is not
+    /// left running unwatched: it is killed, reaped and reported dead.
+    fn abandon(&self, instance: InstanceId, name: &VassalName, child: &VassalProcess, what: &str) {
+        tracing::error!(vassal = %name, "{what}; killing it");
+        let _ = child.kill();
+        let st = child.wait_blocking().unwrap_or(ExitStatus::Code(-1));
+        let _ = self.reports.0.send(Report::Exited(instance, st));
     }
 
     fn magic_exec_ok(&self, spec: &VassalSpec) -> bool {
@@ -474,25 +488,33 @@ impl Executor {
         let ctrl = match to_tokio(sp.ctrl) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(vassal = %spec.name, error = %e, "cannot watch the vassal's control socket");
+                let what = format!("cannot watch the vassal's control socket: {e}");
+                self.abandon(instance, &spec.name, &sp.child, &what);
                 return Vec::new();
             }
         };
         let config = sp.config.and_then(|c| to_tokio(c).ok());
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(text) = inline {
-            let _ = tx.send(VassalCmd::Config(text));
-        }
-        self.handles.insert(instance, tx);
-        tokio::spawn(vassal_task(
-            instance,
-            spec.name.to_string(),
-            sp.child,
+        let child = match sp.child.into_async() {
+            Ok(c) => c,
+            Err((child, e)) => {
+                let what = format!("cannot watch the vassal's pidfd: {e}");
+                self.abandon(instance, &spec.name, &child, &what);
+                return Vec::new();
+            }
+        };
+        let link = Arc::new(VassalLink {
+            name: spec.name.clone(),
             ctrl,
+            child,
             config,
-            rx,
-            self.reports.0.clone(),
-        ));
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
+        });
+        if let Some(text) = inline {
+            link.send(VassalCmd::Config(text));
+        }
+        self.handles.insert(instance, link.clone());
+        tokio::spawn(vassal_task(instance, link, self.reports.0.clone()));
         Vec::new()
     }
 }
@@ -502,110 +524,220 @@ fn to_tokio(s: std::os::unix::net::UnixStream) -> std::io::Result<UnixStream> {
     UnixStream::from_std(s)
 }
 
-async fn vassal_task(
-    instance: InstanceId,
-    name: String,
-    child: VassalProcess,
+/// What the runtime shares with the task of one vassal process: its
+/// sockets, its pidfd and the commands the task has yet to carry out.
+///
+/// One allocation per vassal: a channel per vassal cost more than a
+/// kilobyte each (tokio preallocates a block of 32 slots), and the emperor
+/// keeps one per running vassal.
+struct VassalLink {
+    name: VassalName,
     ctrl: UnixStream,
-    mut config: Option<UnixStream>,
-    mut cmds: mpsc::UnboundedReceiver<VassalCmd>,
-    reports: mpsc::UnboundedSender<Report>,
-) {
-    let child = match child.into_async() {
-        Ok(c) => c,
-        Err((child, e)) => {
-            // not expected with a pidfd on Linux; a vassal whose exit cannot
-            // be seen is not left unsupervised: kill it and reap it here
-            tracing::error!(vassal = %name, error = %e, "cannot watch the vassal's pidfd; killing it");
-            let _ = child.kill();
-            let st = child.wait_blocking().unwrap_or(ExitStatus::Code(-1));
-            let _ = reports.send(Report::Exited(instance, st));
-            return;
+    child: AsyncFd<VassalProcess>,
+    config: Option<UnixStream>,
+    /// Commands in order; the task drains it when woken.
+    queue: std::sync::Mutex<VecDeque<VassalCmd>>,
+    waker: AtomicWaker,
+}
+
+impl VassalLink {
+    fn send(&self, cmd: VassalCmd) {
+        // a poisoned lock only means a panic elsewhere mid-push: the queue
+        // itself is still consistent
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(cmd);
+        self.waker.wake();
+    }
+
+    /// One poll of everything the task waits for, exit first.
+    fn poll_wake(
+        &self,
+        cx: &mut Context<'_>,
+        instance: InstanceId,
+        reports: &mpsc::UnboundedSender<Report>,
+        reading: bool,
+        eof_timer: Option<&mut Pin<Box<tokio::time::Sleep>>>,
+    ) -> Poll<Wake> {
+        loop {
+            match self.child.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(Wake::Exited(Err(e))),
+                Poll::Ready(Ok(mut ready)) => match self.child.get_ref().try_wait() {
+                    Ok(Some(st)) => return Poll::Ready(Wake::Exited(Ok(st))),
+                    Ok(None) => ready.clear_ready(),
+                    Err(e) => return Poll::Ready(Wake::Exited(Err(e))),
+                },
+            }
         }
-    };
-    let (mut rd, mut wr) = ctrl.into_split();
-    let mut buf = [0u8; 256];
-    let mut reading = true;
-    let mut cmds_open = true;
-    let mut eof_at: Option<Instant> = None;
-    let status = loop {
-        tokio::select! {
-            r = rd.read(&mut buf), if reading => match r {
-                Ok(0) | Err(_) => {
-                    // usually the process is exiting: give the exit a moment
-                    // to be seen, so an ordinary death is not logged as a curse
-                    reading = false;
-                    eof_at = Some(Instant::now() + Duration::from_millis(500));
+        if reading {
+            loop {
+                match self.ctrl.poll_read_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Wake::Eof),
+                    // on WouldBlock, try_read clears the readiness, so the
+                    // next poll registers for more
+                    Poll::Ready(Ok(())) => {
+                        if !self.relay_bytes(instance, reports) {
+                            return Poll::Ready(Wake::Eof);
+                        }
+                    }
                 }
+            }
+        }
+        if let Some(t) = eof_timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::EofTimeout);
+            }
+        }
+        self.waker.register(cx.waker());
+        if self.has_cmds() {
+            return Poll::Ready(Wake::Commands);
+        }
+        Poll::Pending
+    }
+
+    fn has_cmds(&self) -> bool {
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    fn next_cmd(&self) -> Option<VassalCmd> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    /// Reads what the vassal wrote (without waiting) and reports each byte;
+    /// false once the socket is at end of file or failed.
+    fn relay_bytes(&self, instance: InstanceId, reports: &mpsc::UnboundedSender<Report>) -> bool {
+        let mut buf = [0u8; 16];
+        loop {
+            match self.ctrl.try_read(&mut buf) {
+                Ok(0) => return false,
                 Ok(n) => {
                     for b in &buf[..n] {
-                        let _ = reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
+                        let _ =
+                            reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
                     }
                 }
-            },
-            st = wait_exit(&child) => break st,
-            _ = sleep_until(eof_at) => {
-                eof_at = None;
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    async fn carry_out(&self, cmd: VassalCmd) {
+        match cmd {
+            VassalCmd::Byte(b) => {
+                if let Err(e) = write_all(&self.ctrl, &[b]).await {
+                    tracing::debug!(vassal = %self.name, error = %e, "cannot write to the vassal's control socket");
+                }
+            }
+            VassalCmd::Config(text) => push_config(&self.name, self.config.as_ref(), &text).await,
+        }
+    }
+
+    /// SIGKILL now, not behind queued writes (a vassal that does not read
+    /// its socket can hold those forever). A pidfd never names another
+    /// process, even once this one is reaped.
+    fn kill(&self) {
+        if let Err(e) = self.child.get_ref().kill() {
+            tracing::debug!(vassal = %self.name, error = %e, "kill failed");
+        }
+    }
+}
+
+/// Writes all of `data` to a non-blocking socket shared by reference.
+async fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        sock.writable().await?;
+        match sock.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// What woke a vassal's task.
+enum Wake {
+    Exited(std::io::Result<ExitStatus>),
+    /// The control socket is at end of file or failed.
+    Eof,
+    /// The grace period after end of file is over.
+    EofTimeout,
+    Commands,
+}
+
+/// Relays the vassal's bytes to the runtime, carries out the runtime's
+/// commands, and reaps the process.
+///
+/// The wait is one `poll_fn` over the pidfd, the socket and the queue,
+/// rather than a `select!` of their futures: this task lives as long as
+/// its vassal, once per vassal, and a select of four futures made it about
+/// four times larger.
+async fn vassal_task(
+    instance: InstanceId,
+    link: Arc<VassalLink>,
+    reports: mpsc::UnboundedSender<Report>,
+) {
+    let mut reading = true;
+    let mut eof_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let status = loop {
+        let wake = std::future::poll_fn(|cx| {
+            link.poll_wake(cx, instance, &reports, reading, eof_timer.as_mut())
+        })
+        .await;
+        match wake {
+            Wake::Exited(st) => break st,
+            Wake::Eof => {
+                // usually the process is exiting: give the exit a moment to
+                // be seen, so an ordinary death is not logged as a curse
+                reading = false;
+                eof_timer = Some(Box::pin(tokio::time::sleep(Duration::from_millis(500))));
+            }
+            Wake::EofTimeout => {
+                eof_timer = None;
                 let _ = reports.send(Report::PipeClosed(instance));
             }
-            c = cmds.recv(), if cmds_open => match c {
-                None => cmds_open = false,
-                Some(VassalCmd::Byte(b)) => {
-                    if let Err(e) = wr.write_all(&[b]).await {
-                        tracing::debug!(vassal = %name, error = %e, "cannot write to the vassal's control socket");
-                    }
+            Wake::Commands => {
+                while let Some(cmd) = link.next_cmd() {
+                    Box::pin(link.carry_out(cmd)).await;
                 }
-                Some(VassalCmd::Config(text)) => push_config(&name, config.as_mut(), &text).await,
-                Some(VassalCmd::Kill) => {
-                    // the child is not reaped yet (we are still in the loop),
-                    // so its pid cannot have been reused
-                    if let Err(e) = child.get_ref().kill() {
-                        tracing::debug!(vassal = %name, error = %e, "kill failed");
-                    }
-                }
-            },
+            }
         }
     };
     // bytes the vassal wrote just before exiting
     if reading {
-        while let Ok(n) = rd.try_read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            for b in &buf[..n] {
-                let _ = reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
-            }
-        }
+        link.relay_bytes(instance, &reports);
     }
     let status = match status {
         Ok(st) => st,
         Err(e) => {
-            tracing::error!(vassal = %name, error = %e, "waiting for the vassal failed");
+            tracing::error!(vassal = %link.name, error = %e, "waiting for the vassal failed");
             ExitStatus::Code(-1)
         }
     };
     let _ = reports.send(Report::Exited(instance, status));
 }
 
-/// Waits until the process behind the pidfd exits, and reaps it.
-async fn wait_exit(child: &AsyncFd<VassalProcess>) -> std::io::Result<ExitStatus> {
-    loop {
-        let mut ready = child.readable().await?;
-        match child.get_ref().try_wait()? {
-            Some(st) => return Ok(st),
-            None => ready.clear_ready(),
-        }
-    }
-}
-
-async fn push_config(name: &str, sock: Option<&mut UnixStream>, text: &str) {
+async fn push_config(name: &VassalName, sock: Option<&UnixStream>, text: &str) {
     let Some(sock) = sock else {
         tracing::debug!(vassal = %name, "no config socket to push to");
         return;
     };
     match encode_config(text.as_bytes()) {
         Ok(pkt) => {
-            if let Err(e) = sock.write_all(&pkt).await {
+            if let Err(e) = write_all(sock, &pkt).await {
                 tracing::warn!(vassal = %name, error = %e, "cannot push the config to the vassal");
             }
         }

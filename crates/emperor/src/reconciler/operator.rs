@@ -83,7 +83,7 @@ impl Reconciler {
         });
         let mut out = Vec::new();
         if let Some(spec) = held {
-            self.upsert(monitor, spec, now, &mut out);
+            self.upsert(monitor, *spec, now, &mut out);
         }
         Ok(out)
     }
