@@ -292,6 +292,9 @@ pub struct Reconciler {
     shutting_down: bool,
     counters: Counters,
     conflicts_reported: HashSet<(VassalName, MonitorId)>,
+    /// A name another monitor also wanted became free: that monitor must
+    /// say again what it has (monitors do not resend unchanged sources).
+    rescan_wanted: bool,
 }
 
 impl Reconciler {
@@ -310,6 +313,7 @@ impl Reconciler {
             shutting_down: false,
             counters: Counters::default(),
             conflicts_reported: HashSet::new(),
+            rescan_wanted: false,
         }
     }
 
@@ -646,7 +650,19 @@ impl Reconciler {
                 out.push(Action::Unlisten { name: name.clone() });
             }
             self.emit(Event::Removed { name });
+            let before = self.conflicts_reported.len();
+            self.conflicts_reported.retain(|(n, _)| n != name);
+            if self.conflicts_reported.len() != before {
+                self.rescan_wanted = true;
+            }
         }
+    }
+
+    /// True (once) when the monitors should be asked for a full rescan: a
+    /// vassal name that another monitor also claimed was just freed, and
+    /// that monitor may not send its unchanged source again by itself.
+    pub fn take_rescan_wanted(&mut self) -> bool {
+        std::mem::take(&mut self.rescan_wanted)
     }
 
     // ----- process control -------------------------------------------------

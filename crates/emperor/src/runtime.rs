@@ -207,6 +207,9 @@ impl Emperor {
             let _ = now;
             let n_actions = actions.len();
             exec.execute(&mut rec, actions);
+            if rec.take_rescan_wanted() {
+                rescan_tx.send_modify(|n| *n += 1);
+            }
             if let Some((monitor, seen)) = reacting.filter(|_| n_actions > 0) {
                 rec.note(Event::Reacted {
                     monitor,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::name::VassalName;
 
 /// Where a vassal's config comes from.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum ConfigSource {
     /// A config file. The vassal is started as `uwsgi --ini <path>`; `path`
     /// is passed as given (relative paths resolve against the vassal's
@@ -75,7 +75,7 @@ pub struct Owner {
 }
 
 /// One vassal as its monitor sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VassalSpec {
     /// The vassal id (a basename for dir://, a path for glob://, the name
     /// column or field for databases).

@@ -314,9 +314,17 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
     let mut ticker = tokio::time::interval(opts.freq);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut full = true;
+    // a rescan that finds exactly what the emperor already has is not sent:
+    // the fingerprint of the last snapshot sent, forgotten as soon as a
+    // targeted change is sent after it (randomly keyed, so file names
+    // cannot be chosen to collide)
+    let fingerprint = std::hash::RandomState::new();
+    let mut in_sync: Option<u64> = None;
+    let mut forced = false;
     loop {
         if full {
             full = false;
+            let forced = std::mem::take(&mut forced);
             let result = src.scan(&opts);
             if let Some(w) = watcher.as_mut() {
                 w.set_dirs(&src.dirs());
@@ -327,9 +335,16 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                         healthy = Some(true);
                         ctx.health(MonitorHealth::Connected).await;
                     }
-                    ctx.send(Change::Snapshot(specs)).await
+                    let print = std::hash::BuildHasher::hash_one(&fingerprint, &specs);
+                    if in_sync == Some(print) && !forced {
+                        true
+                    } else {
+                        in_sync = Some(print);
+                        ctx.send(Change::Snapshot(specs)).await
+                    }
                 }
                 Err(e) => {
+                    in_sync = None;
                     if healthy != Some(false) {
                         healthy = Some(false);
                         ctx.health(MonitorHealth::Degraded(e.to_string())).await
@@ -344,7 +359,10 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
         }
         tokio::select! {
             _ = ticker.tick() => full = true,
-            _ = ctx.rescan_requested() => full = true,
+            _ = ctx.rescan_requested() => {
+                full = true;
+                forced = true;
+            }
             batch = async {
                 match watcher.as_mut() {
                     Some(w) => w.next_batch().await,
@@ -355,6 +373,9 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                 Ok(b) => match src.changes(&b, &opts) {
                     None => full = true,
                     Some(changes) => {
+                        if !changes.is_empty() {
+                            in_sync = None;
+                        }
                         for c in changes {
                             if !ctx.send(c).await {
                                 return;

@@ -981,3 +981,25 @@ fn operator_commands_are_refused_during_shutdown() {
         .unwrap_err()
         .contains("shutting down"));
 }
+
+#[test]
+fn a_name_freed_by_its_owner_asks_the_other_claimant_to_rescan() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    // monitor 1 also has a.ini: refused (logged once), nothing started
+    let (acts, _) = apply(&mut r, 1, Change::Snapshot(vec![file("a.ini", 5)]), t);
+    assert!(acts.is_empty());
+    assert!(!r.take_rescan_wanted());
+    // monitor 0 drops it: stopped, and once reaped, the name is free
+    apply(&mut r, 0, Change::Snapshot(vec![]), t);
+    assert!(!r.take_rescan_wanted(), "not while the old process runs");
+    r.exited(ids[0], ExitStatus::Code(0), t);
+    assert!(r.vassal("a.ini").is_none());
+    assert!(r.take_rescan_wanted());
+    assert!(!r.take_rescan_wanted(), "asked once");
+    // monitor 1's resent snapshot now starts it, with its own owner
+    let (_, ids) = apply(&mut r, 1, Change::Snapshot(vec![file("a.ini", 5)]), t);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(r.vassal("a.ini").unwrap().monitor, 1);
+}

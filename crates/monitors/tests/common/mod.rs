@@ -137,6 +137,11 @@ impl Running {
         }
     }
 
+    /// Asks for a full rescan, as SIGWINCH does.
+    pub fn rescan(&self) {
+        self._rescan.send_modify(|n| *n += 1);
+    }
+
     /// Drops the receiving end and waits for the monitor task to end by itself.
     pub async fn stop(mut self, secs: u64) {
         let task = self.task.take().expect("task");
