@@ -462,3 +462,29 @@ fn the_open_file_limit_is_raised_for_the_emperor_but_not_for_vassals() {
     assert_eq!(line.split_whitespace().nth(3), Some("8192"), "{line}");
     assert!(record_lines(&e.rec("n.ini")).contains(&"nofile 1024".to_string()));
 }
+
+#[test]
+fn a_slow_on_demand_exec_does_not_stall_the_emperor() {
+    let e = Env::new();
+    e.write("a.ini", "");
+    // prints nothing (not on demand); takes 4 s for slow*.ini
+    let exec = r#"f() { case "$1" in slow*) sleep 4;; esac; }; f"#;
+    let emp = e.start(&["--emperor-on-demand-exec", exec]);
+    assert!(wait_lines(&e.rec("a.ini"), "start", 1), "{}", emp.log());
+    let pid = record_starts(&e.rec("a.ini"))[0];
+    e.write("slow.ini", "");
+    // the monitor now waits for the command; the emperor goes on working
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    assert!(wait_lines(&e.rec("a.ini"), "start", 2), "{}", emp.log());
+    let respawned = killed.elapsed();
+    assert!(
+        respawned < Duration::from_secs(2),
+        "the respawn waited {respawned:?} for the on-demand command:\n{}",
+        emp.log()
+    );
+    assert!(record_starts(&e.rec("slow.ini")).is_empty());
+    // and the slow vassal starts once its command is done
+    assert!(wait_lines(&e.rec("slow.ini"), "start", 1), "{}", emp.log());
+}

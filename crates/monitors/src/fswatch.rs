@@ -321,11 +321,14 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
     let fingerprint = std::hash::RandomState::new();
     let mut in_sync: Option<u64> = None;
     let mut forced = false;
+    let blocking = matches!(opts.on_demand, emperor::OnDemandSource::Exec(_));
     loop {
         if full {
             full = false;
             let forced = std::mem::take(&mut forced);
-            let result = src.scan(&opts);
+            let o = opts.clone();
+            let result;
+            (src, result) = off_runtime(src, blocking, move |s| s.scan(&o)).await;
             if let Some(w) = watcher.as_mut() {
                 w.set_dirs(&src.dirs());
             }
@@ -370,19 +373,24 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                 }
             } => match batch {
                 Ok(b) if b.rescan => full = true,
-                Ok(b) => match src.changes(&b, &opts) {
-                    None => full = true,
-                    Some(changes) => {
-                        if !changes.is_empty() {
-                            in_sync = None;
-                        }
-                        for c in changes {
-                            if !ctx.send(c).await {
-                                return;
+                Ok(b) => {
+                    let o = opts.clone();
+                    let changes;
+                    (src, changes) = off_runtime(src, blocking, move |s| s.changes(&b, &o)).await;
+                    match changes {
+                        None => full = true,
+                        Some(changes) => {
+                            if !changes.is_empty() {
+                                in_sync = None;
+                            }
+                            for c in changes {
+                                if !ctx.send(c).await {
+                                    return;
+                                }
                             }
                         }
                     }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "inotify failed, falling back to polling every --emperor-freq");
                     watcher = None;
@@ -393,6 +401,29 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
         if ctx.is_closed() {
             return;
         }
+    }
+}
+
+/// Runs `f` on the source: inline, or with `blocking` on tokio's blocking
+/// pool, for sources that may run `--emperor-on-demand-exec` commands,
+/// which can take any time and must not stall the emperor's thread.
+async fn off_runtime<S: FileSource, R: Send + 'static>(
+    mut src: S,
+    blocking: bool,
+    f: impl FnOnce(&mut S) -> R + Send + 'static,
+) -> (S, R) {
+    if !blocking {
+        let r = f(&mut src);
+        return (src, r);
+    }
+    match tokio::task::spawn_blocking(move || {
+        let r = f(&mut src);
+        (src, r)
+    })
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
