@@ -1,8 +1,9 @@
 //! The vassal's argv and environment, built exactly as uWSGI builds them
 //! (reference §6.2, §6.4).
 
+use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use crate::name::Extensions;
 use crate::spec::ConfigSource;
@@ -142,9 +143,10 @@ pub fn build_env(
     ctrl_fd: i32,
     config_fd: Option<i32>,
     broodlord_num: Option<u64>,
-) -> Vec<(OsString, OsString)> {
-    let mut out: Vec<(OsString, OsString)> = Vec::with_capacity(base.len() + 3);
-    let mut renamed: Vec<(OsString, OsString)> = Vec::new();
+) -> Vec<(Cow<'_, OsStr>, Cow<'_, OsStr>)> {
+    // borrowed from `base` where unchanged: this runs once per spawn
+    let mut out: Vec<(Cow<'_, OsStr>, Cow<'_, OsStr>)> = Vec::with_capacity(base.len() + 3);
+    let mut renamed: Vec<(Cow<'_, OsStr>, Cow<'_, OsStr>)> = Vec::new();
     for (k, v) in base {
         let kb = k.as_bytes();
         if DROPPED.iter().any(|d| d.as_bytes() == kb) {
@@ -154,23 +156,24 @@ pub fn build_env(
             if !rest.is_empty() {
                 let mut nk = b"UWSGI_".to_vec();
                 nk.extend_from_slice(rest);
-                renamed.push((OsStr::from_bytes(&nk).to_os_string(), v.clone()));
+                renamed.push((Cow::Owned(OsString::from_vec(nk)), Cow::Borrowed(v)));
             }
             continue;
         }
-        out.push((k.clone(), v.clone()));
+        out.push((Cow::Borrowed(k), Cow::Borrowed(v)));
     }
     // a renamed variable wins over one of the same name (uWSGI uses setenv)
     for (k, v) in renamed {
         out.retain(|(ok, _)| ok != &k);
         out.push((k, v));
     }
-    out.push(("UWSGI_EMPEROR_FD".into(), ctrl_fd.to_string().into()));
+    let owned = |k: &str, v: String| (Cow::Owned(k.into()), Cow::Owned(v.into()));
+    out.push(owned("UWSGI_EMPEROR_FD", ctrl_fd.to_string()));
     if let Some(fd) = config_fd {
-        out.push(("UWSGI_EMPEROR_FD_CONFIG".into(), fd.to_string().into()));
+        out.push(owned("UWSGI_EMPEROR_FD_CONFIG", fd.to_string()));
     }
     if let Some(n) = broodlord_num {
-        out.push(("UWSGI_BROODLORD_NUM".into(), n.to_string().into()));
+        out.push(owned("UWSGI_BROODLORD_NUM", n.to_string()));
     }
     out
 }
@@ -286,7 +289,7 @@ mod tests {
         let env = build_env(&base, 5, Some(6), None);
         let get = |k: &str| {
             env.iter()
-                .find(|(ek, _)| ek == k)
+                .find(|(ek, _)| **ek == *k)
                 .map(|(_, v)| v.to_string_lossy().into_owned())
         };
         assert_eq!(get("PATH").as_deref(), Some("/bin"));
@@ -297,15 +300,20 @@ mod tests {
         assert_eq!(get("UWSGI_PROCESSES").as_deref(), Some("4"));
         assert_eq!(get("UWSGI_EMPEROR_FD").as_deref(), Some("5"));
         assert_eq!(get("UWSGI_EMPEROR_FD_CONFIG").as_deref(), Some("6"));
-        assert_eq!(env.iter().filter(|(k, _)| k == "UWSGI_SOCKET").count(), 1);
         assert_eq!(
-            env.iter().filter(|(k, _)| k == "UWSGI_EMPEROR_FD").count(),
+            env.iter().filter(|(k, _)| **k == *"UWSGI_SOCKET").count(),
+            1
+        );
+        assert_eq!(
+            env.iter()
+                .filter(|(k, _)| **k == *"UWSGI_EMPEROR_FD")
+                .count(),
             1
         );
         let env = build_env(&base, 5, None, Some(7));
-        assert!(!env.iter().any(|(k, _)| k == "UWSGI_EMPEROR_FD_CONFIG"));
+        assert!(!env.iter().any(|(k, _)| **k == *"UWSGI_EMPEROR_FD_CONFIG"));
         assert!(env
             .iter()
-            .any(|(k, v)| k == "UWSGI_BROODLORD_NUM" && v == "7"));
+            .any(|(k, v)| **k == *"UWSGI_BROODLORD_NUM" && **v == *"7"));
     }
 }

@@ -127,7 +127,7 @@ impl Emperor {
         drop(mon_tx);
         let mut exec = Executor {
             launch: self.cfg.launch,
-            base_env: std::env::vars_os().collect(),
+            base_env: std::env::vars_os().collect::<Vec<_>>().into(),
             cwd: opts.cwd.clone(),
             handles: HashMap::new(),
             reports: mpsc::unbounded_channel(),
@@ -153,16 +153,20 @@ impl Emperor {
             let actions = tokio::select! {
                 biased;
                 Some(r) = exec.reports.1.recv() => {
-                    let now = Instant::now().into_std();
-                    match r {
-                        Report::Message(i, m) => rec.vassal_message(i, m, now),
-                        Report::PipeClosed(i) => rec.pipe_closed(i, now),
-                        Report::Exited(i, st) => {
-                            exec.handles.remove(&i);
-                            rec.exited(i, st, now)
+                    // carry out what else is queued before computing the
+                    // next deadline again (a walk of the whole table): a
+                    // cold start or a crash storm queues thousands of reports
+                    let mut next = Some(r);
+                    let mut batch = 0;
+                    while let Some(r) = next.take() {
+                        let actions = exec.report(&mut rec, r);
+                        exec.execute(&mut rec, actions);
+                        batch += 1;
+                        if batch < REPORT_BATCH {
+                            next = exec.reports.1.try_recv().ok();
                         }
-                        Report::Connection(name) => rec.on_demand_connection(&name, now),
                     }
+                    Vec::new()
                 }
                 c = commands.recv(), if commands_open => match c {
                     None => {
@@ -261,7 +265,8 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 struct Executor {
     launch: LaunchOptions,
-    base_env: Vec<(OsString, OsString)>,
+    /// The emperor's environment, shared by every spawn request.
+    base_env: Arc<[(OsString, OsString)]>,
     cwd: PathBuf,
     handles: HashMap<InstanceId, Arc<VassalLink>>,
     reports: (
@@ -291,7 +296,25 @@ impl Drop for Listener {
     }
 }
 
+/// At most this many vassal reports are handled between two looks at the
+/// other inputs (commands, monitors, deadlines).
+const REPORT_BATCH: usize = 256;
+
 impl Executor {
+    /// Hands one report from a vassal task to the reconciler.
+    fn report(&mut self, rec: &mut Reconciler, r: Report) -> Vec<Action> {
+        let now = Instant::now().into_std();
+        match r {
+            Report::Message(i, m) => rec.vassal_message(i, m, now),
+            Report::PipeClosed(i) => rec.pipe_closed(i, now),
+            Report::Exited(i, st) => {
+                self.handles.remove(&i);
+                rec.exited(i, st, now)
+            }
+            Report::Connection(name) => rec.on_demand_connection(&name, now),
+        }
+    }
+
     fn execute(&mut self, rec: &mut Reconciler, actions: Vec<Action>) {
         let mut work: VecDeque<Action> = actions.into();
         while let Some(a) = work.pop_front() {

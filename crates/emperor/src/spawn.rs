@@ -26,6 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 
 use crate::events::ExitStatus;
 use crate::spec::Owner;
@@ -39,7 +40,7 @@ pub struct SpawnRequest {
     /// binary, wrapper fallbacks). A name without `/` is looked up in PATH.
     pub programs: Vec<OsString>,
     /// The environment before the emperor variables are added.
-    pub base_env: Vec<(OsString, OsString)>,
+    pub base_env: Arc<[(OsString, OsString)]>,
     /// The working directory (`None`: the emperor's).
     pub workdir: Option<PathBuf>,
     /// Tyrant mode: run as this user, with these supplementary groups
@@ -636,7 +637,7 @@ mod tests {
             // bash, not dash: dash cannot redirect to fds above 9
             argv: ["bash", "-c", script].iter().map(OsString::from).collect(),
             programs: programs.iter().map(OsString::from).collect(),
-            base_env: std::env::vars_os().collect(),
+            base_env: std::env::vars_os().collect::<Vec<_>>().into(),
             workdir: None,
             owner: None,
             config_pipe: false,
