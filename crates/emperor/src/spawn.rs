@@ -583,7 +583,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Registers `fd` with the tokio reactor for readability (the emperor
-/// watches on-demand sockets this way, never accepting on them).
+/// watches on-demand sockets this way, never accepting on them, and the
+/// file monitors their rescan timerfd).
 pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: an `OwnedFd` owns its descriptor: it stays open and refers to
     // the same file description until the `AsyncFd` (which owns the

@@ -311,8 +311,7 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
         }
     };
     let mut healthy: Option<bool> = None;
-    let mut ticker = tokio::time::interval(opts.freq);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = RescanClock::new(opts.freq);
     let mut full = true;
     // a rescan that finds exactly what the emperor already has is not sent:
     // the fingerprint of the last snapshot sent, forgotten as soon as a
@@ -424,6 +423,73 @@ async fn off_runtime<S: FileSource, R: Send + 'static>(
     {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The safety-rescan clock. A timerfd wakes the emperor exactly once per
+/// period; tokio's timer wheel woke it two or three times for a period of
+/// seconds (a cascade shortly before the deadline, then a self-wake when
+/// the interval re-armed), which made an idle emperor wake more often than
+/// uWSGI's. tokio's interval remains the fallback.
+enum RescanClock {
+    Fd(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
+    Tokio(tokio::time::Interval),
+}
+
+impl RescanClock {
+    fn new(period: Duration) -> RescanClock {
+        use nix::sys::time::TimeSpec;
+        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )
+        .and_then(|t| {
+            t.set(
+                Expiration::Interval(TimeSpec::from_duration(period)),
+                TimerSetTimeFlags::empty(),
+            )?;
+            Ok(t)
+        })
+        .map_err(io::Error::from)
+        .and_then(|t| emperor::spawn::register_readable(t.into()));
+        match fd {
+            Ok(fd) => RescanClock::Fd(fd),
+            Err(e) => {
+                tracing::debug!(error = %e, "no timerfd; rescans use tokio's timer");
+                let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                RescanClock::Tokio(i)
+            }
+        }
+    }
+
+    /// Waits for the next period (periods missed meanwhile count as one).
+    async fn tick(&mut self) {
+        match self {
+            RescanClock::Tokio(i) => {
+                i.tick().await;
+            }
+            RescanClock::Fd(fd) => loop {
+                let Ok(mut ready) = fd.readable().await else {
+                    // not expected for a timerfd: never tick again rather
+                    // than spin (inotify and requested rescans still work)
+                    return std::future::pending().await;
+                };
+                let mut expirations = [0u8; 8];
+                match ready.try_io(|f| {
+                    nix::unistd::read(f.get_ref(), &mut expirations).map_err(io::Error::from)
+                }) {
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot read the rescan timer");
+                        return std::future::pending().await;
+                    }
+                    Err(_would_block) => {}
+                }
+            },
+        }
     }
 }
 
