@@ -7,6 +7,7 @@
 
 mod emperor;
 mod floor;
+mod interrupt;
 mod pg;
 mod procfs;
 
@@ -105,6 +106,7 @@ const ROWS: [&str; 12] = [
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    interrupt::install()?;
     let here = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))

@@ -1,0 +1,64 @@
+//! Ctrl-C (SIGINT), SIGTERM or SIGHUP in the middle of a run: stop
+//! everything the harness started (emperors, their vassals, the floor's
+//! vassals, PostgreSQL and psql), then exit with 130.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::emperor::signal;
+use crate::procfs;
+
+/// Blocks the three signals in the calling thread, so every thread started
+/// afterwards inherits the block (children do not: std clears the mask
+/// before exec), and waits for them on a thread of its own. Call before
+/// starting any thread or process.
+pub fn install() -> Result<()> {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set.thread_block().context("block SIGINT/SIGTERM/SIGHUP")?;
+    std::thread::Builder::new()
+        .name("interrupt".into())
+        .spawn(move || {
+            let Ok(sig) = set.wait() else { return };
+            eprintln!("\nimperium-bench: {sig:?}: stopping every process it started");
+            stop_all(Duration::from_secs(5));
+            std::process::exit(130);
+        })
+        .context("start the signal thread")?;
+    Ok(())
+}
+
+/// Every process below this one, parents before children.
+fn descendants() -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut next = vec![std::process::id()];
+    while let Some(p) = next.pop() {
+        for c in procfs::children(p) {
+            out.push(c);
+            next.push(c);
+        }
+    }
+    out
+}
+
+/// SIGINT to the whole tree (Ragnarok for the emperors, a fast shutdown
+/// for PostgreSQL), `grace` to finish, then SIGKILL to what is left.
+fn stop_all(grace: Duration) {
+    let tree = descendants();
+    for &p in &tree {
+        signal(p, Signal::SIGINT);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && tree.iter().any(|&p| procfs::alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in descendants() {
+        if procfs::alive(p) {
+            signal(p, Signal::SIGKILL);
+        }
+    }
+}
