@@ -11,13 +11,14 @@ use std::io;
 use std::path::PathBuf;
 
 use emperor::{
-    Change, Monitor, MonitorContext, MonitorError, MonitorOptions, NameError, NamePolicy,
-    VassalName, VassalSpec,
+    Change, ChangeKey, Monitor, MonitorContext, MonitorError, MonitorOptions, NameError,
+    NamePolicy, Owner, VassalName, VassalSpec,
 };
 use futures::future::BoxFuture;
 
 use crate::fswatch::{
-    file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames, SocketResolver,
+    file_spec, run_file_monitor, stat_entry, stat_vassal, Batch, FileSource, RefusedNames,
+    SocketResolver,
 };
 
 /// The dir:// monitor.
@@ -86,10 +87,16 @@ impl DirSource {
     }
 
     fn spec(&mut self, name: VassalName, opts: &MonitorOptions) -> io::Result<Option<VassalSpec>> {
-        let path = self.dir.join(name.as_str());
-        let Some((key, owner)) = stat_vassal(&path, opts)? else {
-            return Ok(None);
-        };
+        let found = stat_vassal(&self.dir.join(name.as_str()), opts)?;
+        Ok(found.map(|found| self.spec_of(name, found, opts)))
+    }
+
+    fn spec_of(
+        &mut self,
+        name: VassalName,
+        (key, owner): (ChangeKey, Owner),
+        opts: &MonitorOptions,
+    ) -> VassalSpec {
         let mut spec = file_spec(
             name.clone(),
             PathBuf::from(name.as_str()),
@@ -98,7 +105,7 @@ impl DirSource {
             Some(self.dir.clone()),
         );
         spec.socket = self.sockets.resolve(&name, &self.dir, opts);
-        Ok(Some(spec))
+        spec
     }
 }
 
@@ -111,12 +118,11 @@ impl FileSource for DirSource {
                 continue;
             };
             // a file that vanished between readdir and stat is simply absent
-            if let Ok(Some(spec)) = self.spec(name, opts) {
-                specs.push(spec);
+            if let Ok(Some(found)) = stat_entry(&entry, opts) {
+                specs.push(self.spec_of(name, found, opts));
             }
         }
-        self.sockets
-            .retain(&specs.iter().map(|s| s.name.clone()).collect());
+        self.sockets.retain(&specs);
         Ok(specs)
     }
 

@@ -53,13 +53,31 @@ pub(crate) fn stat_vassal(
     } else {
         md.clone()
     };
-    Ok(Some((
-        file_key(&md),
-        Owner {
-            uid: owner_md.uid(),
-            gid: owner_md.gid(),
-        },
-    )))
+    Ok(Some((file_key(&md), owner_of(&owner_md))))
+}
+
+/// [`stat_vassal`] for a directory entry: a regular file (as the directory
+/// listing says) is stat'ed relative to the open directory, the same
+/// result in every mode for a file that is not a symlink, without walking
+/// the whole path again; anything else goes through [`stat_vassal`].
+pub(crate) fn stat_entry(
+    entry: &std::fs::DirEntry,
+    opts: &MonitorOptions,
+) -> io::Result<Option<(ChangeKey, Owner)>> {
+    match entry.file_type() {
+        Ok(ft) if ft.is_file() => {
+            let md = entry.metadata()?;
+            Ok(Some((file_key(&md), owner_of(&md))))
+        }
+        _ => stat_vassal(&entry.path(), opts),
+    }
+}
+
+fn owner_of(md: &Metadata) -> Owner {
+    Owner {
+        uid: md.uid(),
+        gid: md.gid(),
+    }
 }
 
 /// The spec of a file vassal.
@@ -134,7 +152,11 @@ impl SocketResolver {
     }
 
     /// Forgets names that are gone (so a re-added vassal asks again).
-    pub(crate) fn retain(&mut self, names: &std::collections::HashSet<VassalName>) {
+    pub(crate) fn retain(&mut self, specs: &[VassalSpec]) {
+        if self.exec_cache.is_empty() {
+            return;
+        }
+        let names: std::collections::HashSet<&VassalName> = specs.iter().map(|s| &s.name).collect();
         self.exec_cache.retain(|n, _| names.contains(n));
     }
 }
@@ -572,7 +594,7 @@ mod tests {
             Some("/tmp/od-app.ini.sock")
         );
         assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 1);
-        r.retain(&Default::default());
+        r.retain(&[]);
         r.resolve(&name, dir.path(), &e);
         assert_eq!(std::fs::read_to_string(&marker).unwrap().lines().count(), 2);
         // a hostile name stays one argument

@@ -148,8 +148,7 @@ impl FileSource for GlobSource {
                 specs.push(spec);
             }
         }
-        self.sockets
-            .retain(&specs.iter().map(|s| s.name.clone()).collect());
+        self.sockets.retain(&specs);
         Ok(specs)
     }
 
