@@ -5,26 +5,29 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 use crate::emperor::signal;
 use crate::procfs;
 
-/// Blocks the three signals in the calling thread, so every thread started
-/// afterwards inherits the block (children do not: std clears the mask
-/// before exec), and waits for them on a thread of its own. Call before
-/// starting any thread or process.
+/// Handles the three signals on a thread of its own (signal-hook: a
+/// handler that wakes the thread). Not by blocking them and waiting: a
+/// blocked mask is inherited across exec, and the emperors started
+/// afterwards would not see their own SIGINT.
 pub fn install() -> Result<()> {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set.thread_block().context("block SIGINT/SIGTERM/SIGHUP")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("install handlers for SIGINT/SIGTERM/SIGHUP")?;
     std::thread::Builder::new()
         .name("interrupt".into())
         .spawn(move || {
-            let Ok(sig) = set.wait() else { return };
-            eprintln!("\nimperium-bench: {sig:?}: stopping every process it started");
+            let Some(sig) = signals.forever().next() else {
+                return;
+            };
+            let name = Signal::try_from(sig)
+                .map(|s| s.as_str())
+                .unwrap_or("signal");
+            eprintln!("\nimperium-bench: {name}: stopping every process it started");
             stop_all(Duration::from_secs(5));
             std::process::exit(130);
         })

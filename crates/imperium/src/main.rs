@@ -300,6 +300,18 @@ fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
         (SignalKind::user_defined1(), || Command::LogVassals),
         (SignalKind::window_change(), || Command::Rescan),
     ];
+    // a blocked signal is inherited across exec: a parent that left SIGTERM
+    // blocked would make the emperor deaf to it. Unblock what is handled
+    // (the runtime has this one thread; threads started later inherit it).
+    let mut handled = nix::sys::signal::SigSet::empty();
+    for (kind, _) in &table {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(kind.as_raw_value()) {
+            handled.add(sig);
+        }
+    }
+    handled
+        .thread_unblock()
+        .context("cannot unblock the signals the emperor handles")?;
     for (kind, make) in table {
         let mut s =
             signal(kind).with_context(|| format!("cannot install a handler for {kind:?}"))?;

@@ -488,3 +488,23 @@ fn a_slow_on_demand_exec_does_not_stall_the_emperor() {
     // and the slow vassal starts once its command is done
     assert!(wait_lines(&e.rec("slow.ini"), "start", 1), "{}", emp.log());
 }
+
+#[test]
+fn sigterm_stops_the_emperor_even_when_its_parent_left_it_blocked() {
+    use nix::sys::signal::SigSet;
+    let e = Env::new();
+    e.write("a.ini", "");
+    // a blocked mask is inherited across fork and exec
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().unwrap();
+    let mut emp = e.start(&[]);
+    set.thread_unblock().unwrap();
+    assert!(wait_lines(&e.rec("a.ini"), "start", 1), "{}", emp.log());
+    let pid = record_starts(&e.rec("a.ini"))[0];
+    emp.signal(Signal::SIGTERM);
+    let st = emp.wait_exit(T);
+    assert!(st.success(), "{st:?}\n{}", emp.log());
+    assert!(wait_all_dead(&[pid], T), "vassal left running");
+}
