@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 
 use crate::name::Extensions;
-use crate::spec::{Change, MonitorHealth};
+use crate::spec::{Change, MonitorHealth, VassalSpec};
 
 /// Index of a monitor in the order of the `--emperor` options.
 pub type MonitorId = usize;
@@ -130,6 +130,42 @@ pub struct MonitorContext {
     pub options: Arc<MonitorOptions>,
     tx: mpsc::Sender<MonitorMessage>,
     rescan: watch::Receiver<u64>,
+    /// Shared by clones: they speak for the same source.
+    sync: Arc<std::sync::Mutex<SnapshotSync>>,
+}
+
+/// Whether the emperor already has what a snapshot would tell it.
+#[derive(Debug, Default)]
+struct SnapshotSync {
+    /// Randomly keyed, so names in a source cannot be chosen to collide.
+    hasher: std::hash::RandomState,
+    /// The fingerprint of the last snapshot sent by `send_if_changed`, while
+    /// nothing sent since (another snapshot, a targeted change, a degraded
+    /// health) has changed the emperor's view.
+    last: Option<u64>,
+    /// A rescan was requested: the next snapshot is sent even if unchanged.
+    forced: bool,
+}
+
+impl SnapshotSync {
+    /// True when `specs` differs from the last snapshot sent through
+    /// [`MonitorContext::send_if_changed`] (or a rescan was requested);
+    /// remembers it.
+    fn changed(&mut self, specs: &[VassalSpec]) -> bool {
+        let print = std::hash::BuildHasher::hash_one(&self.hasher, specs);
+        let unchanged = self.last == Some(print) && !self.forced;
+        self.last = Some(print);
+        self.forced = false;
+        !unchanged
+    }
+
+    /// Forgets the fingerprint when `change` moves the emperor's view away
+    /// from the last snapshot (a plain "connected" does not).
+    fn note(&mut self, change: &Change) {
+        if !matches!(change, Change::Health(MonitorHealth::Connected)) {
+            self.last = None;
+        }
+    }
 }
 
 impl MonitorContext {
@@ -146,12 +182,14 @@ impl MonitorContext {
             options,
             tx,
             rescan,
+            sync: Arc::default(),
         }
     }
 
     /// Sends a change to the emperor. Returns false once the emperor is
     /// gone; the monitor should then return.
     pub async fn send(&self, change: Change) -> bool {
+        self.sync().note(&change);
         self.tx
             .send(MonitorMessage {
                 monitor: self.id,
@@ -162,17 +200,44 @@ impl MonitorContext {
             .is_ok()
     }
 
+    /// Sends `specs` as a snapshot unless it equals the last one sent this
+    /// way and nothing else was sent in between, so that a source polled
+    /// every `--emperor-freq` costs an idle emperor nothing. After
+    /// [`MonitorContext::rescan_requested`] the next one is always sent.
+    /// Returns false once the emperor is gone.
+    pub async fn send_if_changed(&self, specs: Vec<VassalSpec>) -> bool {
+        if !self.sync().changed(&specs) {
+            return !self.is_closed();
+        }
+        self.tx
+            .send(MonitorMessage {
+                monitor: self.id,
+                change: Change::Snapshot(specs),
+                seen: std::time::Instant::now(),
+            })
+            .await
+            .is_ok()
+    }
+
+    fn sync(&self) -> std::sync::MutexGuard<'_, SnapshotSync> {
+        // a poisoned lock only means a panic elsewhere mid-update of two
+        // plain fields
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Reports the monitor's health (logged by the emperor on changes).
     pub async fn health(&self, health: MonitorHealth) -> bool {
         self.send(Change::Health(health)).await
     }
 
-    /// Waits until a rescan is requested. Cancel-safe.
+    /// Waits until a rescan is requested; the next snapshot is then sent
+    /// even if unchanged. Cancel-safe.
     pub async fn rescan_requested(&mut self) {
         if self.rescan.changed().await.is_err() {
             // the sender is gone: never resolve again
             std::future::pending::<()>().await;
         }
+        self.sync().forced = true;
     }
 
     /// True when the emperor has stopped listening.
@@ -208,4 +273,39 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::{NamePolicy, VassalName};
+    use crate::spec::{ChangeKey, VassalSpec};
+
+    fn specs(ts: i128) -> Vec<VassalSpec> {
+        let name = VassalName::parse("a.ini", &Extensions::default(), NamePolicy::Plain).unwrap();
+        vec![VassalSpec::inline(name, "[uwsgi]", ChangeKey::Stamp(ts))]
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_is_not_resent_unless_something_came_between() {
+        let mut s = SnapshotSync::default();
+        assert!(s.changed(&specs(1)), "the first one");
+        assert!(!s.changed(&specs(1)));
+        assert!(s.changed(&specs(2)), "a change");
+        assert!(!s.changed(&specs(2)));
+        // a targeted change moved the emperor's view: the next one is sent
+        s.note(&Change::Remove(
+            VassalName::parse("b.ini", &Extensions::default(), NamePolicy::Plain).unwrap(),
+        ));
+        assert!(s.changed(&specs(2)));
+        // an outage: the resync is sent; a plain "connected" changes nothing
+        s.note(&Change::Health(MonitorHealth::Degraded("down".into())));
+        assert!(s.changed(&specs(2)));
+        s.note(&Change::Health(MonitorHealth::Connected));
+        assert!(!s.changed(&specs(2)));
+        // a requested rescan is always sent, once
+        s.forced = true;
+        assert!(s.changed(&specs(2)));
+        assert!(!s.changed(&specs(2)));
+    }
 }

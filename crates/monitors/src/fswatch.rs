@@ -323,7 +323,7 @@ pub(crate) trait FileSource: Send + 'static {
 /// `--emperor-freq` tick (the safety net) and on request; targeted changes
 /// from inotify in between.
 pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor::MonitorContext) {
-    use emperor::{Change, MonitorHealth};
+    use emperor::MonitorHealth;
     let opts = ctx.options.clone();
     let mut watcher = match DirWatcher::new() {
         Ok(w) => Some(w),
@@ -335,18 +335,10 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
     let mut healthy: Option<bool> = None;
     let mut ticker = RescanClock::new(opts.freq);
     let mut full = true;
-    // a rescan that finds exactly what the emperor already has is not sent:
-    // the fingerprint of the last snapshot sent, forgotten as soon as a
-    // targeted change is sent after it (randomly keyed, so file names
-    // cannot be chosen to collide)
-    let fingerprint = std::hash::RandomState::new();
-    let mut in_sync: Option<u64> = None;
-    let mut forced = false;
     let blocking = matches!(opts.on_demand, emperor::OnDemandSource::Exec(_));
     loop {
         if full {
             full = false;
-            let forced = std::mem::take(&mut forced);
             let o = opts.clone();
             let result;
             (src, result) = off_runtime(src, blocking, move |s| s.scan(&o)).await;
@@ -359,16 +351,9 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                         healthy = Some(true);
                         ctx.health(MonitorHealth::Connected).await;
                     }
-                    let print = std::hash::BuildHasher::hash_one(&fingerprint, &specs);
-                    if in_sync == Some(print) && !forced {
-                        true
-                    } else {
-                        in_sync = Some(print);
-                        ctx.send(Change::Snapshot(specs)).await
-                    }
+                    ctx.send_if_changed(specs).await
                 }
                 Err(e) => {
-                    in_sync = None;
                     if healthy != Some(false) {
                         healthy = Some(false);
                         ctx.health(MonitorHealth::Degraded(e.to_string())).await
@@ -383,10 +368,7 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
         }
         tokio::select! {
             _ = ticker.tick() => full = true,
-            _ = ctx.rescan_requested() => {
-                full = true;
-                forced = true;
-            }
+            _ = ctx.rescan_requested() => full = true,
             batch = async {
                 match watcher.as_mut() {
                     Some(w) => w.next_batch().await,
@@ -401,9 +383,6 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                     match changes {
                         None => full = true,
                         Some(changes) => {
-                            if !changes.is_empty() {
-                                in_sync = None;
-                            }
                             for c in changes {
                                 if !ctx.send(c).await {
                                     return;

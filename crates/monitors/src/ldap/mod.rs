@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use emperor::backoff::Backoff;
 use emperor::{
-    Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, Secret,
-    VassalSpec,
+    Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, Secret, VassalSpec,
 };
 use futures::future::BoxFuture;
 use ldap3::controls::{RefreshMode, SyncRequest};
@@ -268,8 +267,7 @@ impl Runner {
             );
         }
 
-        let mut last = None;
-        if !self.poll(&mut ldap, ctx, &mut last, op_timeout).await? {
+        if !self.poll(&mut ldap, ctx, op_timeout).await? {
             return Ok(());
         }
         tracing::info!(
@@ -287,7 +285,7 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = ctx.rescan_requested() => last = None,
+                _ = ctx.rescan_requested() => {}
                 r = &mut driver.0 => {
                     let detail = match r {
                         Ok(Ok(())) => String::new(),
@@ -325,7 +323,7 @@ impl Runner {
                     }
                 }
             }
-            if !self.poll(&mut ldap, ctx, &mut last, op_timeout).await? {
+            if !self.poll(&mut ldap, ctx, op_timeout).await? {
                 return Ok(());
             }
         }
@@ -363,13 +361,12 @@ impl Runner {
         }
     }
 
-    /// Searches and sends a snapshot when it differs from `last`. False
-    /// once the emperor is gone.
+    /// Searches and sends a snapshot when it differs from the last one.
+    /// False once the emperor is gone.
     async fn poll(
         &mut self,
         ldap: &mut Ldap,
         ctx: &MonitorContext,
-        last: &mut Option<Vec<VassalSpec>>,
         op_timeout: Duration,
     ) -> Result<bool, SourceError> {
         let url = self.url.clone();
@@ -383,11 +380,7 @@ impl Runner {
                 source: Box::new(source),
             })?;
         let specs = self.specs(entries, &ctx.options);
-        if last.as_ref() == Some(&specs) {
-            return Ok(!ctx.is_closed());
-        }
-        *last = Some(specs.clone());
-        Ok(ctx.send(Change::Snapshot(specs)).await)
+        Ok(ctx.send_if_changed(specs).await)
     }
 
     /// The vassals of one search result; bad entries are logged (once while
