@@ -568,13 +568,14 @@ struct VassalLink {
 
 impl VassalLink {
     fn send(&self, cmd: VassalCmd) {
+        self.queue().push_back(cmd);
+        self.waker.wake();
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<VassalCmd>> {
         // a poisoned lock only means a panic elsewhere mid-push: the queue
         // itself is still consistent
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(cmd);
-        self.waker.wake();
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One poll of everything the task waits for, exit first.
@@ -618,25 +619,10 @@ impl VassalLink {
             }
         }
         self.waker.register(cx.waker());
-        if self.has_cmds() {
+        if !self.queue().is_empty() {
             return Poll::Ready(Wake::Commands);
         }
         Poll::Pending
-    }
-
-    fn has_cmds(&self) -> bool {
-        !self
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-    }
-
-    fn next_cmd(&self) -> Option<VassalCmd> {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
     }
 
     /// Reads what the vassal wrote (without waiting) and reports each byte;
@@ -736,7 +722,11 @@ async fn vassal_task(
                 let _ = reports.send(Report::PipeClosed(instance));
             }
             Wake::Commands => {
-                while let Some(cmd) = link.next_cmd() {
+                // the guard is dropped before each write is awaited
+                loop {
+                    let Some(cmd) = link.queue().pop_front() else {
+                        break;
+                    };
                     Box::pin(link.carry_out(cmd)).await;
                 }
             }
