@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, CommandFactory, Parser};
 
+use crate::config::Setting;
+
 /// imperium: a drop-in replacement for the uWSGI Emperor.
 ///
 /// It watches config sources (one monitor per --emperor value) and keeps one
@@ -27,7 +29,8 @@ use clap::{ArgAction, CommandFactory, Parser};
     version,
     max_term_width = 100,
     args_override_self = true,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_long_help = crate::options::help_text()
 )]
 pub struct Cli {
     /// `imperium ctl ...`: steer a running emperor through its control socket.
@@ -208,7 +211,7 @@ pub struct Cli {
 
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
-    #[arg(long, visible_alias = "emperor-stats-server", value_name = "ADDR")]
+    #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]
     pub emperor_stats: Option<String>,
 
     /// Stats server: read an HTTP request and answer with HTTP headers.
@@ -254,6 +257,146 @@ pub struct Cli {
     /// datagram socket path, mode 600): cmd=spawn|respawn|stop|log.
     #[arg(long, value_name = "ADDR")]
     pub emperor_command_socket: Option<String>,
+
+    /// Drop the emperor's privileges to this user (a name or a uid) once it
+    /// has bound its sockets and written its pidfile, as uWSGI does.
+    /// Vassals inherit it, unless tyrant mode runs them as their owners.
+    #[arg(long, value_name = "USER")]
+    pub uid: Option<String>,
+
+    /// Drop the emperor's group to this one (a name or a gid).
+    #[arg(long, value_name = "GROUP")]
+    pub gid: Option<String>,
+
+    /// A supplementary group to keep after the drop (repeatable).
+    #[arg(long, value_name = "GROUP")]
+    pub add_gid: Vec<String>,
+
+    /// Do not give the emperor the --uid user's supplementary groups.
+    #[arg(long)]
+    pub no_initgroups: bool,
+
+    /// Capabilities the emperor keeps across the --uid drop (comma-separated,
+    /// e.g. `setgid,setuid`, so that tyrant mode works from an unprivileged
+    /// emperor). Vassals never inherit them.
+    #[arg(long, value_name = "CAPS")]
+    pub cap: Vec<String>,
+
+    /// The capability bounding set of vassals (comma-separated): every other
+    /// capability is dropped from it before exec.
+    #[arg(long, visible_aliases = ["vassals-cap", "vassal-cap"], value_name = "CAPS")]
+    pub emperor_cap: Vec<String>,
+
+    /// Start vassals in new Linux namespaces: a comma-separated list of
+    /// net, ipc, pid, uts, mount (ns, fs, mnt), user, sysvsem, io.
+    #[arg(long, value_name = "FLAGS")]
+    pub emperor_use_clone: Option<String>,
+
+    /// Start the emperor before the privilege drop, as uWSGI's
+    /// early-emperor does: --uid, --gid and --cap are then not applied.
+    #[arg(long)]
+    pub early_emperor: bool,
+
+    /// Append the emperor's output (and the vassals', which inherit it) to
+    /// this file, opened before the privilege drop.
+    #[arg(long, value_name = "FILE")]
+    pub logto: Option<PathBuf>,
+
+    /// Like --logto, but opened after the privilege drop.
+    #[arg(long, value_name = "FILE")]
+    pub logto2: Option<PathBuf>,
+
+    /// Run in the background (detached from the terminal), logging to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub daemonize: Option<PathBuf>,
+
+    /// Like --daemonize, but the log file is opened after the privilege drop.
+    #[arg(long, value_name = "FILE")]
+    pub daemonize2: Option<PathBuf>,
+
+    /// Give the log file (--logto, --daemonize) to the --uid/--gid user.
+    #[arg(long)]
+    pub logfile_chown: bool,
+
+    /// Truncate the log file at start-up instead of appending.
+    #[arg(long)]
+    pub log_truncate: bool,
+
+    /// Prefix the emperor's log lines with the local date, uWSGI style
+    /// (`Wed Dec  2 04:40:37 2026 - `), or with a strftime FORMAT.
+    #[arg(long, visible_alias = "logdate", value_name = "FORMAT", num_args = 0..=1, default_missing_value = "")]
+    pub log_date: Option<String>,
+
+    /// Reopen the log file at every SIGHUP (for logrotate).
+    #[arg(long)]
+    pub log_reopen: bool,
+
+    /// Write the emperor's pid here, before the privilege drop (removed at
+    /// a clean exit).
+    #[arg(long, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Write the emperor's pid here, after the privilege drop.
+    #[arg(long, value_name = "FILE")]
+    pub pidfile2: Option<PathBuf>,
+
+    /// Change to this directory after the privilege drop.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// The emperor's umask (octal), which vassals inherit.
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub umask: Option<u32>,
+
+    /// Set an environment variable (KEY=VALUE) for the emperor and its
+    /// vassals (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Remove an environment variable before vassals start (repeatable).
+    #[arg(long, value_name = "KEY")]
+    pub unenv: Vec<String>,
+
+    /// SIGTERM stops the emperor (imperium always does this; accepted for
+    /// uWSGI configs, where it keeps a master from reloading on SIGTERM).
+    #[arg(long)]
+    pub die_on_term: bool,
+
+    /// Restart the emperor when this file is touched: every vassal is
+    /// stopped, and the emperor re-executes itself with the same command
+    /// line, re-reading its config (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub touch_reload: Vec<PathBuf>,
+
+    /// A uWSGI plugin to load (repeatable, comma-separated): the emperor
+    /// plugins built into this binary are accepted, language plugins are
+    /// accepted and ignored (they concern vassals), others are warned about.
+    #[arg(long, visible_alias = "plugins", value_name = "NAMES")]
+    pub plugin: Vec<String>,
+
+    /// Run `COMMAND NAME` (no shell) before each vassal starts; its exit
+    /// code is logged.
+    #[arg(long, value_name = "COMMAND")]
+    pub vassals_start_hook: Option<String>,
+
+    /// Run `COMMAND NAME` (no shell) after a vassal is removed or at
+    /// shutdown; its exit code is logged.
+    #[arg(long, value_name = "COMMAND")]
+    pub vassals_stop_hook: Option<String>,
+
+    /// Keep this inherited file descriptor open in vassals (repeatable).
+    #[arg(long, visible_alias = "fd-safe", value_name = "FD")]
+    pub safe_fd: Vec<i32>,
+
+    /// Bind the stats and metrics UNIX sockets in the abstract namespace
+    /// (a path starting with `@` always is).
+    #[arg(long)]
+    pub abstract_socket: bool,
+
+    /// Make every unknown or unsupported option an error instead of a
+    /// warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Subcommands.
@@ -270,7 +413,7 @@ fn parse_mode(v: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{v:?} is not an octal file mode such as 666 or 660"))
 }
 
-/// Errors in an ini file.
+/// Errors on the command line or in an ini file.
 #[derive(Debug, thiserror::Error)]
 pub enum IniError {
     #[error("cannot read ini file {path}: {source}")]
@@ -281,68 +424,138 @@ pub enum IniError {
     },
     #[error("{path}: no [{section}] section")]
     NoSection { path: String, section: String },
-    #[error("{path}:{line}: unknown option '{key}' (see imperium --help)")]
-    Unknown {
-        path: String,
-        line: usize,
-        key: String,
-    },
     #[error("{path}:{line}: expected `key = value`, got {text:?}")]
     Syntax {
         path: String,
         line: usize,
         text: String,
     },
-    #[error("{path}:{line}: option '{key}' is a flag; use true/false, yes/no, on/off or 1/0, not {value:?}")]
-    BadFlag {
-        path: String,
-        line: usize,
-        key: String,
-        value: String,
-    },
-    #[error("--ini needs a file name")]
-    MissingValue,
+    #[error("option --{0} needs a value")]
+    MissingValue(String),
+    #[error("unrecognized option '{0}' (see imperium --help)")]
+    UnknownArg(String),
+    #[error("{0:?}: unexpected argument (a config file ends in .ini; an unquoted glob pattern that the shell expanded gives several arguments: quote it)")]
+    Positional(String),
 }
 
-/// Expands every `--ini FILE[:SECTION]` in `args` into the options the
-/// file holds, in place (so later command-line options still win for
-/// single-valued options, and repeatable ones accumulate).
-pub fn expand_ini(args: Vec<OsString>) -> Result<Vec<OsString>, IniError> {
-    let mut out = Vec::with_capacity(args.len());
-    let mut it = args.into_iter();
-    if let Some(a0) = it.next() {
-        out.push(a0);
-    }
-    while let Some(a) = it.next() {
-        let s = a.to_string_lossy();
-        let spec = if s == "--ini" {
-            Some(
-                it.next()
-                    .ok_or(IniError::MissingValue)?
-                    .to_string_lossy()
-                    .into_owned(),
-            )
+/// Whether `--name` takes a value: imperium's own options first, then
+/// uWSGI's table.
+fn arity(cmd: &clap::Command, name: &str) -> Option<crate::options::Arity> {
+    use crate::options::Arity;
+    if let Some(a) = cmd.get_arguments().find(|a| {
+        a.get_long() == Some(name)
+            || a.get_all_aliases()
+                .into_iter()
+                .flatten()
+                .any(|al| al == name)
+    }) {
+        let n = a.get_num_args().unwrap_or_default();
+        return Some(if !a.get_action().takes_values() {
+            Arity::None
+        } else if n.min_values() == 0 {
+            Arity::Optional
         } else {
-            s.strip_prefix("--ini=").map(str::to_string)
-        };
-        match spec {
-            Some(spec) => out.extend(read_ini(&spec)?),
-            None => out.push(a),
+            Arity::Required
+        });
+    }
+    crate::options::uwsgi_options().get(name).map(|o| o.arity)
+}
+
+/// The command line as uWSGI reads it: `--name value`, `--name=value`,
+/// flags, uWSGI's one-letter forms, `--ini FILE[:SECTION]` (and a
+/// positional `FILE.ini`) expanded in place.
+pub fn settings_from_args(args: &[OsString]) -> Result<Vec<Setting>, IniError> {
+    use crate::options::Arity;
+    let cmd = Cli::command();
+    // several uWSGI options share a letter (-p: processes, workers); they
+    // are aliases, so any is right: take the first by name, every time
+    let mut shorts: std::collections::HashMap<char, &str> = std::collections::HashMap::new();
+    for o in crate::options::uwsgi_options().values() {
+        if let Some(c) = o.short {
+            let e = shorts.entry(c).or_insert(o.name);
+            if o.name < *e {
+                *e = o.name;
+            }
         }
+    }
+    let mut out = Vec::new();
+    let mut it = args
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned());
+    while let Some(a) = it.next() {
+        let (name, inline) = if let Some(long) = a.strip_prefix("--") {
+            match long.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (long.to_string(), None),
+            }
+        } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let mut c = short.chars();
+            let ch = c.next().unwrap_or('-');
+            let rest: String = c.collect();
+            match (shorts.get(&ch), ch) {
+                (Some(n), _) => (n.to_string(), (!rest.is_empty()).then_some(rest)),
+                (None, 'h') => ("help".to_string(), None),
+                (None, 'V') => ("version".to_string(), None),
+                _ => return Err(IniError::UnknownArg(a)),
+            }
+        } else if after_emperor_file(&out) {
+            // `--emperor /srv/*/uwsgi.ini` unquoted: the shell expanded the
+            // pattern into files, and the first one became the value
+            return Err(IniError::Positional(a));
+        } else if a.ends_with(".ini") {
+            out.extend(read_ini(&a)?);
+            continue;
+        } else {
+            return Err(IniError::Positional(a));
+        };
+        let name = name.replace('_', "-");
+        if name == "help" || name == "version" {
+            // clap prints them
+            out.push(Setting {
+                key: name,
+                value: None,
+                origin: "the command line".into(),
+            });
+            continue;
+        }
+        let value = match (arity(&cmd, &name), inline) {
+            (Some(_), Some(v)) => Some(v),
+            (Some(Arity::Required), None) => Some(
+                it.next()
+                    .ok_or_else(|| IniError::MissingValue(name.clone()))?,
+            ),
+            (Some(_), None) => None,
+            (None, _) => return Err(IniError::UnknownArg(format!("--{name}"))),
+        };
+        if name == "ini" {
+            out.extend(read_ini(value.as_deref().unwrap_or_default())?);
+            continue;
+        }
+        out.push(Setting {
+            key: name,
+            value,
+            origin: "the command line".into(),
+        });
     }
     Ok(out)
 }
 
-fn truthy(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "" | "1" | "true" | "yes" | "on" => Some(true),
-        "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
+/// Whether the last setting is an `--emperor` given on the command line
+/// whose value is an existing regular file: what an unquoted glob pattern
+/// leaves after the shell expanded it.
+fn after_emperor_file(out: &[Setting]) -> bool {
+    out.last().is_some_and(|s| {
+        s.key == "emperor"
+            && s.origin == "the command line"
+            && s.value
+                .as_deref()
+                .is_some_and(|v| std::path::Path::new(v).is_file())
+    })
 }
 
-/// Reads one ini file section into command-line arguments.
-pub fn read_ini(spec: &str) -> Result<Vec<OsString>, IniError> {
+/// Reads one ini file section into settings.
+pub fn read_ini(spec: &str) -> Result<Vec<Setting>, IniError> {
     let (path, section) = match spec.rsplit_once(':') {
         Some((p, s)) if !s.contains('/') && !s.is_empty() => (p.to_string(), s.to_string()),
         _ => (spec.to_string(), "uwsgi".to_string()),
@@ -351,7 +564,6 @@ pub fn read_ini(spec: &str) -> Result<Vec<OsString>, IniError> {
         path: path.clone(),
         source: e,
     })?;
-    let cmd = Cli::command();
     let mut out = Vec::new();
     let mut in_section = false;
     let mut found = false;
@@ -379,39 +591,11 @@ pub fn read_ini(spec: &str) -> Result<Vec<OsString>, IniError> {
                 text: raw.to_string(),
             });
         }
-        let key = key.replace('_', "-");
-        let arg = cmd.get_arguments().find(|a| {
-            a.get_long() == Some(key.as_str())
-                || a.get_visible_aliases()
-                    .into_iter()
-                    .flatten()
-                    .any(|al| al == key)
+        out.push(Setting {
+            key: key.replace('_', "-"),
+            value: Some(value.to_string()),
+            origin: format!("{path}:{}", i + 1),
         });
-        let Some(arg) = arg else {
-            return Err(IniError::Unknown {
-                path,
-                line: i + 1,
-                key,
-            });
-        };
-        let long = arg.get_long().unwrap_or(&key).to_string();
-        if arg.get_action().takes_values() {
-            out.push(OsString::from(format!("--{long}")));
-            out.push(OsString::from(value));
-        } else {
-            match truthy(value) {
-                Some(true) => out.push(OsString::from(format!("--{long}"))),
-                Some(false) => {}
-                None => {
-                    return Err(IniError::BadFlag {
-                        path,
-                        line: i + 1,
-                        key,
-                        value: value.to_string(),
-                    })
-                }
-            }
-        }
     }
     if !found {
         return Err(IniError::NoSection { path, section });
@@ -542,6 +726,16 @@ mod tests {
         assert!(e.contains("--emperor-freq"), "{e}");
     }
 
+    fn full(args: &[&str]) -> anyhow::Result<(Cli, Vec<crate::config::Note>)> {
+        let args: Vec<OsString> = std::iter::once("imperium")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        let settings = settings_from_args(&args)?;
+        let p = crate::config::prepare("imperium".into(), &settings)?;
+        Ok((Cli::try_parse_from(&p.args)?, p.notes))
+    }
+
     #[test]
     fn ini_file_expands_to_options() {
         let dir = tempfile::tempdir().unwrap();
@@ -551,43 +745,72 @@ mod tests {
             "[other]\nemperor = /nope\n[uwsgi]\n; comment\nemperor = /etc/uwsgi/vassals\nemperor_freq = 2\nemperor-nofollow = true\nemperor-no-blacklist = false\nvassal-set = a=1\n",
         )
         .unwrap();
-        let args = expand_ini(vec![
-            "imperium".into(),
-            "--ini".into(),
-            p.clone().into_os_string(),
-            "--emperor-freq".into(),
-            "5".into(),
-        ])
-        .unwrap();
-        let c = Cli::try_parse_from(args).unwrap();
+        let ps = p.to_string_lossy().into_owned();
+        let (c, _) = full(&["--ini", &ps, "--emperor-freq", "5"]).unwrap();
         assert_eq!(c.emperor, ["/etc/uwsgi/vassals"]);
         assert_eq!(c.emperor_freq, 5, "the command line after --ini wins");
         assert!(c.emperor_nofollow);
         assert!(!c.emperor_no_blacklist);
         assert_eq!(c.vassal_set, ["a=1"]);
-        let args = expand_ini(vec![
-            "imperium".into(),
-            format!("--ini={}:other", p.display()).into(),
+        let (c, _) = full(&[&format!("--ini={ps}:other")]).unwrap();
+        assert_eq!(c.emperor, ["/nope"]);
+        // a positional config file, as `uwsgi emperor.ini`
+        let (c, _) = full(&[&ps]).unwrap();
+        assert_eq!(c.emperor, ["/etc/uwsgi/vassals"]);
+    }
+
+    #[test]
+    fn uwsgi_short_forms_and_generic_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("e.log");
+        let ls = log.to_string_lossy().into_owned();
+        let (c, notes) = full(&[
+            "-M",
+            "-d",
+            &ls,
+            "--emperor",
+            "/v",
+            "--uid",
+            "www-data",
+            "--plugin",
+            "emperor_pg",
+            "-p",
+            "4",
         ])
         .unwrap();
-        assert_eq!(Cli::try_parse_from(args).unwrap().emperor, ["/nope"]);
+        assert_eq!(c.daemonize.as_deref(), Some(log.as_path()));
+        assert_eq!(c.uid.as_deref(), Some("www-data"));
+        assert_eq!(c.plugin, ["emperor_pg"]);
+        let ignored: Vec<String> = notes
+            .iter()
+            .map(|n| match n {
+                crate::config::Note::Ignored { key, .. } => key.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ignored, ["master", "processes"]);
     }
 
     #[test]
     fn ini_errors_are_clear() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.ini");
+        let ps = p.to_string_lossy().into_owned();
         std::fs::write(&p, "[uwsgi]\nemperor-bogus = 1\n").unwrap();
-        let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
+        let (_, notes) = full(&["--ini", &ps]).unwrap();
+        let w = notes[0].to_string();
         assert!(
-            e.contains("unknown option 'emperor-bogus'") && e.contains(":2:"),
-            "{e}"
+            w.contains("unknown option 'emperor-bogus'") && w.contains(":2:"),
+            "{w}"
         );
+        std::fs::write(&p, "[uwsgi]\nstrict = true\nemperor-bogus = 1\n").unwrap();
+        let e = full(&["--ini", &ps]).unwrap_err().to_string();
+        assert!(e.contains("emperor-bogus") && e.contains("--strict"), "{e}");
         std::fs::write(&p, "[uwsgi]\nemperor-nofollow = maybe\n").unwrap();
-        let e = read_ini(&p.to_string_lossy()).unwrap_err().to_string();
+        let e = full(&["--ini", &ps]).unwrap_err().to_string();
         assert!(e.contains("emperor-nofollow") && e.contains("flag"), "{e}");
         std::fs::write(&p, "[x]\n").unwrap();
-        assert!(read_ini(&p.to_string_lossy())
+        assert!(read_ini(&ps)
             .unwrap_err()
             .to_string()
             .contains("no [uwsgi] section"));
@@ -595,5 +818,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/nonexistent/e.ini"));
+        std::fs::create_dir_all(dir.path().join("a")).unwrap();
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        let a = dir.path().join("a/x.ini");
+        let b = dir.path().join("b/x.ini");
+        std::fs::write(&a, "[uwsgi]\n").unwrap();
+        std::fs::write(&b, "[uwsgi]\n").unwrap();
+        let e = full(&["--emperor", &a.to_string_lossy(), &b.to_string_lossy()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("quote it"), "{e}");
+        let e = full(&["--emperor-frek", "3"]).unwrap_err().to_string();
+        assert!(e.contains("--emperor-frek"), "{e}");
     }
 }

@@ -1,8 +1,13 @@
 //! The `imperium` binary: command line, logging, signals and wiring.
 
 mod cli;
+mod config;
 mod ctl;
+mod options;
+mod process;
+mod touch;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -33,14 +38,16 @@ fn main() -> ExitCode {
 }
 
 fn real_main() -> Result<()> {
-    let args = cli::expand_ini(std::env::args_os().collect())?;
-    let mut cli = match Cli::try_parse_from(args) {
-        Ok(c) => c,
-        Err(e) => e.exit(),
-    };
-    if let Some(cli::Sub::Ctl(args)) = cli.command.take() {
+    let original_args: Vec<OsString> = std::env::args_os().collect();
+    let original_cwd = std::env::current_dir().context("cannot read the current directory")?;
+    // a re-exec after --touch-reload: the pidfiles stay, no second daemonize
+    let reloaded = std::env::var_os(touch::RELOADS_VAR).is_some();
+    std::env::remove_var(touch::RELOADS_VAR);
+    let mut cli = parse_command_line(&original_args)?;
+    if let Some(cli::Sub::Ctl(args)) = cli.0.command.take() {
         return ctl::run(args);
     }
+    let (cli, notes) = cli;
     if cli.imperial_monitor_list {
         println!("*** uWSGI loaded imperial monitors ***");
         for s in monitors::schemes() {
@@ -49,7 +56,40 @@ fn real_main() -> Result<()> {
         println!("*** end of the imperial monitors list ***");
         return Ok(());
     }
-    init_logging(&cli.log_format);
+    process::apply_env_and_umask(&cli)?;
+    // the log file: daemonize first (the parent exits), then the file
+    // opened now (logto, daemonize) or after the privilege drop (logto2,
+    // daemonize2), as uWSGI does
+    let log_file = process::log_file(&cli);
+    if (cli.daemonize.is_some() || cli.daemonize2.is_some()) && !reloaded {
+        process::daemonize()?;
+        if cli.umask.is_none() {
+            // uWSGI's daemonize clears the umask unless --umask is given
+            nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        }
+    }
+    let drop = if cli.early_emperor {
+        None
+    } else {
+        process::Drop::from_cli(&cli)?
+    };
+    if let Some(l) = log_file.as_ref().filter(|l| !l.after_drop) {
+        let f = process::redirect_output(&l.path, cli.log_truncate && !reloaded)?;
+        if cli.logfile_chown {
+            process::chown_log(&f, drop.as_ref())?;
+        }
+    }
+    init_logging(&cli.log_format, cli.log_date.as_deref());
+    for n in &notes {
+        match n {
+            config::Note::Ignored { .. } => tracing::info!("{n}"),
+            config::Note::Unknown { .. } => tracing::warn!("{n}"),
+        }
+    }
+    if cli.early_emperor && (cli.uid.is_some() || cli.gid.is_some()) {
+        tracing::info!("--early-emperor: the emperor keeps its privileges; --uid/--gid/--cap are not applied to it (as in uWSGI, where they apply to a master the emperor started before)");
+    }
+    check_plugins(&cli.plugin);
     if cli.emperor.is_empty() {
         bail!("no config source: give at least one --emperor URL (a directory, a glob pattern or a scheme://; see --help)");
     }
@@ -122,10 +162,19 @@ fn real_main() -> Result<()> {
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
     }
-    let pidfile = cli.emperor_pidfile.clone();
-    if let Some(p) = &pidfile {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("--emperor-pidfile {}", p.display()))?;
+    // pidfiles written before the drop (pidfile, emperor-pidfile) and after
+    // it (pidfile2); all are removed at a clean exit
+    let mut pidfiles = Vec::new();
+    for (p, what) in [
+        (&cli.emperor_pidfile, "--emperor-pidfile"),
+        (&cli.pidfile, "--pidfile"),
+    ] {
+        if let Some(p) = p {
+            if !reloaded {
+                process::write_pidfile(p, what)?;
+            }
+            pidfiles.push(p.clone());
+        }
     }
     match emperor::spawn::raise_nofile_limit() {
         Ok(Some((old, new))) => tracing::info!(
@@ -138,24 +187,130 @@ fn real_main() -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = rt.block_on(async move {
-        let (tx, rx) = mpsc::channel(64);
-        install_signals(tx.clone())?;
-        start_observers(&cli, &tx).await?;
-        tracing::info!(
-            pid = std::process::id(),
-            "*** starting imperium, the uWSGI-compatible Emperor ***"
-        );
-        let mut emperor = Emperor::new(cfg, mons);
-        if let Some(n) = SdNotify::from_env() {
-            emperor = emperor.with_lifecycle(Box::new(n));
+    let reexec = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result = rt.block_on({
+        let reexec = reexec.clone();
+        let pidfiles = &mut pidfiles;
+        async move {
+            let (tx, rx) = mpsc::channel(64);
+            install_signals(tx.clone())?;
+            start_observers(&cli, &tx).await?;
+            // everything that needs the emperor's privileges is bound: drop
+            // them, then what uWSGI does after the drop
+            if let Some(d) = &drop {
+                d.apply()?;
+            }
+            if let Some(l) = log_file.as_ref().filter(|l| l.after_drop) {
+                process::redirect_output(&l.path, cli.log_truncate && !reloaded)?;
+            }
+            if let Some(p) = &cli.pidfile2 {
+                if !reloaded {
+                    process::write_pidfile(p, "--pidfile2")?;
+                }
+                pidfiles.push(p.clone());
+            }
+            if let Some(dir) = &cli.chdir {
+                tracing::info!("chdir() to {}", dir.display());
+                std::env::set_current_dir(dir)
+                    .with_context(|| format!("--chdir {}", dir.display()))?;
+            }
+            if cli.log_reopen {
+                if let Some(l) = &log_file {
+                    reopen_log_on_hup(l.path.clone())?;
+                }
+            }
+            if !cli.touch_reload.is_empty() {
+                touch::watch(cli.touch_reload.clone(), tx.clone(), reexec.clone());
+            }
+            tracing::info!(
+                pid = std::process::id(),
+                "*** starting imperium, the uWSGI-compatible Emperor ***"
+            );
+            let mut emperor = Emperor::new(cfg, mons);
+            if let Some(n) = SdNotify::from_env() {
+                emperor = emperor.with_lifecycle(Box::new(n));
+            }
+            emperor.run(rx).await;
+            anyhow::Ok(())
         }
-        emperor.run(rx).await;
-        anyhow::Ok(())
     });
-    remove_pidfile(pidfile);
     rt.shutdown_timeout(Duration::from_millis(100));
+    if result.is_ok() && reexec.load(std::sync::atomic::Ordering::SeqCst) {
+        // --touch-reload: every vassal is stopped; start again from the
+        // same command line, which re-reads the config files
+        tracing::info!("--touch-reload: re-executing the emperor");
+        let err = touch::reexec(&original_args, &original_cwd);
+        remove_pidfiles(pidfiles);
+        return Err(err);
+    }
+    remove_pidfiles(pidfiles);
     result
+}
+
+/// The command line and the config files it names, through uWSGI's config
+/// language, into imperium's options; `imperium ctl ...` is parsed as it is.
+fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
+    if args.get(1).is_some_and(|a| a == "ctl") {
+        return match Cli::try_parse_from(args) {
+            Ok(c) => Ok((c, Vec::new())),
+            Err(e) => e.exit(),
+        };
+    }
+    let settings = cli::settings_from_args(args)?;
+    let prepared = config::prepare(
+        args.first().cloned().unwrap_or_else(|| "imperium".into()),
+        &settings,
+    )?;
+    match Cli::try_parse_from(&prepared.args) {
+        Ok(c) => Ok((c, prepared.notes)),
+        Err(e) => e.exit(),
+    }
+}
+
+/// `--plugin`: emperor plugins built in are accepted, language plugins are
+/// ignored (they concern vassals), anything else gets a warning.
+fn check_plugins(values: &[String]) {
+    for name in values
+        .iter()
+        .flat_map(|v| v.split([',', ' ']))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let base = base.strip_suffix(".so").unwrap_or(base);
+        let base = base.strip_suffix("_plugin").unwrap_or(base);
+        match options::plugin_class(base) {
+            options::Plugin::Emperor(scheme) if monitors::schemes().contains(&scheme) => {
+                tracing::info!("plugin {name}: the {scheme}:// monitor is built into imperium")
+            }
+            options::Plugin::Emperor(scheme) => tracing::warn!(
+                "plugin {name}: this imperium binary was built without the {scheme}:// monitor"
+            ),
+            options::Plugin::Other => {
+                tracing::info!(
+                    "plugin {name} ignored: it concerns vassals, which load their own plugins"
+                )
+            }
+            options::Plugin::Unknown => {
+                tracing::warn!("plugin {name}: not a uWSGI plugin imperium knows; ignored")
+            }
+        }
+    }
+}
+
+/// `--log-reopen`: SIGHUP (which also reloads every vassal) reopens the log
+/// file, so a logrotate that moved it gets a new one.
+fn reopen_log_on_hup(path: PathBuf) -> Result<()> {
+    let mut s = signal(SignalKind::hangup()).context("cannot install a handler for SIGHUP")?;
+    tokio::spawn(async move {
+        while s.recv().await.is_some() {
+            match process::reopen_output(&path) {
+                Ok(()) => tracing::info!("log file {} reopened", path.display()),
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The ldap:// bind password: `--emperor-ldap-bindpw-file`, else the
@@ -254,24 +409,24 @@ async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
     Ok(())
 }
 
-fn remove_pidfile(p: Option<PathBuf>) {
-    if let Some(p) = p {
+fn remove_pidfiles(p: Vec<PathBuf>) {
+    for p in p {
         let _ = std::fs::remove_file(p);
     }
 }
 
+/// `--emperor-procname`: the command line (`ps -f`, `pgrep -f`) and the
+/// process name (`ps -o comm`, 15 bytes), as uWSGI sets them.
 fn set_procname(name: &str) {
-    match std::ffi::CString::new(name) {
-        Ok(c) => {
-            if let Err(e) = nix::sys::prctl::set_name(&c) {
-                tracing::warn!(error = %e, "cannot set the process name");
-            }
-        }
-        Err(_) => tracing::warn!("--emperor-procname contains a NUL byte; ignored"),
+    if let Err(e) = emperor::spawn::set_cmdline(name) {
+        tracing::warn!(error = %e, "--emperor-procname: cannot set the process title");
     }
 }
 
-fn init_logging(format: &str) {
+/// The emperor's log: tracing's format, or with `--log-date` uWSGI's
+/// local-time prefix (`Wed Dec  2 04:40:37 2026 -`) or a strftime format.
+fn init_logging(format: &str, log_date: Option<&str>) {
+    use tracing_subscriber::fmt::time::ChronoLocal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMPERIUM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
@@ -279,11 +434,21 @@ fn init_logging(format: &str) {
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
-    } else {
-        use std::io::IsTerminal;
-        b.with_target(false)
-            .with_ansi(std::io::stderr().is_terminal())
-            .init();
+        return;
+    }
+    use std::io::IsTerminal;
+    let b = b
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
+    match log_date {
+        Some(f) => {
+            let f = match f.to_ascii_lowercase().as_str() {
+                "" | "1" | "true" | "yes" | "on" => "%a %b %e %H:%M:%S %Y -".to_string(),
+                _ => f.to_string(),
+            };
+            b.with_timer(ChronoLocal::new(f)).init()
+        }
+        None => b.init(),
     }
 }
 
