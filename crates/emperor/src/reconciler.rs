@@ -20,6 +20,10 @@ use crate::protocol::{self, VassalMessage, MSG_GRACEFUL_STOP, MSG_RELOAD, MSG_ST
 use crate::spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 use crate::throttle::{loyal_delay, Blacklist, ThrottleConfig};
 
+/// The shortest wait before a vassal that could not be started is tried
+/// again (uWSGI tries again at its next scan, every `--emperor-freq`).
+pub const SPAWN_RETRY_MIN: Duration = Duration::from_secs(1);
+
 /// Identifies one process of a vassal; never reused.
 pub type InstanceId = u64;
 
@@ -842,10 +846,13 @@ impl Reconciler {
         });
     }
 
-    /// The process of `instance` could not be started (exec failed for
-    /// every program): like uWSGI's exit 26, it is not retried until its
-    /// config changes.
-    pub fn spawn_failed(&mut self, instance: InstanceId, error: &str) -> Vec<Action> {
+    /// The process for `instance` could not be started (its binary cannot
+    /// be executed, a resource ran out, its on-demand socket is gone). It
+    /// is retried through the blacklist, as uWSGI re-adds such a vassal at
+    /// its next scan: [`SPAWN_RETRY_MIN`] plus the blacklist window, which
+    /// each failure widens by `--emperor-throttle` (a binary being replaced by a package upgrade
+    /// comes back on its own).
+    pub fn spawn_failed(&mut self, instance: InstanceId, error: &str, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
             return out;
@@ -853,7 +860,6 @@ impl Reconciler {
         let shutting_down = self.shutting_down;
         if let Some(v) = self.vassals.get_mut(&name) {
             v.proc = None;
-            v.exiled = true;
             v.last_exit = Some(ExitStatus::Code(26));
         }
         self.emit(Event::SpawnFailed { name: &name, error });
@@ -864,7 +870,18 @@ impl Reconciler {
                 .is_some_and(|v| v.desired.is_none() || v.is_zerg())
         {
             self.delete(&name, &mut out);
+            return out;
         }
+        let delay = self.blacklist.record_death(&name, now, &self.cfg.throttle) + SPAWN_RETRY_MIN;
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.restarts += 1;
+            v.respawn_at = Some(now + delay);
+        }
+        self.emit(Event::RespawnScheduled {
+            name: &name,
+            delay,
+            loyal: false,
+        });
         out
     }
 

@@ -483,10 +483,19 @@ impl Executor {
             match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
                 Some(Ok(fd)) => Some(fd),
                 Some(Err(e)) => {
-                    return rec
-                        .spawn_failed(instance, &format!("cannot pass the on-demand socket: {e}"))
+                    return rec.spawn_failed(
+                        instance,
+                        &format!("cannot pass the on-demand socket: {e}"),
+                        std::time::Instant::now(),
+                    )
                 }
-                None => return rec.spawn_failed(instance, "its on-demand socket is not bound"),
+                None => {
+                    return rec.spawn_failed(
+                        instance,
+                        "its on-demand socket is not bound",
+                        std::time::Instant::now(),
+                    )
+                }
             }
         } else {
             None
@@ -508,7 +517,7 @@ impl Executor {
         };
         let sp = match spawn_vassal(req) {
             Ok(sp) => sp,
-            Err(e) => return rec.spawn_failed(instance, &e.to_string()),
+            Err(e) => return rec.spawn_failed(instance, &e.to_string(), std::time::Instant::now()),
         };
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
         let ctrl = match to_tokio(sp.ctrl) {

@@ -321,6 +321,23 @@ fn missing_binary_is_reported_and_the_fallback_is_used() {
 }
 
 #[test]
+fn a_binary_that_cannot_be_executed_yet_is_retried_until_it_can() {
+    // a package upgrade or a venv rebuild in progress: the binary is
+    // missing for a while, and the vassal starts once it is back (uWSGI
+    // re-adds it at its next scan; the config is never touched here)
+    let e = Env::new();
+    e.write("f.ini", "");
+    let bin = e.tmp.path().join("bin/uwsgi");
+    let emp = e.start_with(&bin.display().to_string(), &[], &[]);
+    emp.wait_log("is the uwsgi binary in your system PATH ?", T);
+    emp.wait_log("throttling vassal f.ini: respawn in", T);
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(test_vassal_bin(), &bin).unwrap();
+    assert!(wait_lines(&e.rec("f.ini"), "start", 1), "{}", emp.log());
+    assert!(emp.count("cannot start vassal f.ini") >= 1, "{}", emp.log());
+}
+
+#[test]
 fn a_source_that_goes_away_keeps_the_vassals_running() {
     let e = Env::new();
     e.write("a.ini", "");

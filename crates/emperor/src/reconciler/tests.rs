@@ -353,16 +353,36 @@ fn sighup_reloads_every_running_vassal() {
 }
 
 #[test]
-fn spawn_failure_exiles() {
+fn spawn_failure_is_retried_through_the_blacklist() {
     let mut r = rec();
     let t = Instant::now();
     let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 1)), t);
     let Action::Spawn { instance, .. } = acts[0] else {
         panic!()
     };
-    r.spawn_failed(instance, "no such file");
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Exiled);
+    // a binary that cannot be executed (a package upgrade in progress) is
+    // not exiled: it is tried again, never sooner than SPAWN_RETRY_MIN
+    assert!(r.spawn_failed(instance, "no such file", t).is_empty());
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
     assert_eq!(r.counters().spawn_failures, 1);
+    assert_eq!(r.next_deadline(), Some(t + SPAWN_RETRY_MIN));
+    assert!(r.tick(t + SPAWN_RETRY_MIN / 2).is_empty());
+    let acts = r.tick(t + SPAWN_RETRY_MIN);
+    let Action::Spawn { instance, .. } = acts[0] else {
+        panic!("{acts:?}")
+    };
+    // the second failure in a row waits longer (the blacklist widens)
+    let t2 = t + SPAWN_RETRY_MIN;
+    r.spawn_failed(instance, "no such file", t2);
+    let next = r.next_deadline().unwrap();
+    assert!(next > t2 + SPAWN_RETRY_MIN, "{:?}", next - t2);
+    // once it starts, it runs as usual
+    let acts = r.tick(next);
+    let Action::Spawn { instance, .. } = acts[0] else {
+        panic!("{acts:?}")
+    };
+    r.spawned(instance, 42, "uwsgi");
+    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
 }
 
 // ----- tyrant mode -----------------------------------------------------------
