@@ -163,6 +163,36 @@ async fn first_query_with_the_default_query_and_a_keyword_conninfo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamp_timestamptz_and_date_columns_are_stamps() {
+    // the table of the docs, queried without EXTRACT(epoch ...)
+    let pg = PgServer::start();
+    setup(&pg);
+    pg.psql(
+        "ALTER TABLE vassals ADD COLUMN plain timestamp, ADD COLUMN day date;
+         INSERT INTO vassals VALUES ('a.ini', '[uwsgi]', to_timestamp(1700000000.25),
+                                     '2023-11-14 22:13:20.5', '2023-11-14')",
+    );
+    for (col, want) in [
+        ("ts", 1_700_000_000_250_000_000),
+        ("plain", 1_700_000_000_500_000_000),
+        ("day", 1_699_920_000_000_000_000),
+        ("EXTRACT(epoch FROM ts)", 1_700_000_000_250_000_000),
+    ] {
+        let mut run = start(
+            &format!(
+                "pg://{};SELECT name, config, {col} FROM vassals",
+                pg.conninfo()
+            ),
+            opts(Duration::from_secs(3600), ""),
+        );
+        let specs = run
+            .snapshot_where(Duration::from_secs(10), |s| !s.is_empty())
+            .await;
+        assert_eq!(specs[0].key, ChangeKey::Stamp(want), "column {col}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_drives_insert_update_and_delete_within_milliseconds() {
     let pg = Arc::new(PgServer::start());
     setup(&pg);
@@ -553,6 +583,13 @@ fn a_bad_conninfo_is_a_startup_error_without_the_password() {
         assert!(!err.contains("Sekr1t"), "{err}");
         assert!(err.starts_with("pg://"), "{err}");
     }
+    // the unknown keyword is named
+    let err = match monitors::build("pg://host=127.0.0.1 hots=db password=Sekr1t", &o) {
+        Ok(_) => panic!("an unknown keyword should be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("unknown option `hots`"), "{err}");
+    assert!(!err.contains("Sekr1t"), "{err}");
 }
 
 #[test]

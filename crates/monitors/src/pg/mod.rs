@@ -60,7 +60,8 @@ impl PgMonitor {
         let mut config = tokio_postgres::Config::from_str(&parsed.conninfo).map_err(|e| {
             MonitorError::BadUrl {
                 url: parsed.describe(),
-                reason: format!("invalid libpq conninfo: {e}"),
+                // the source names the keyword (`unknown option `hots``)
+                reason: format!("invalid libpq conninfo: {}", error_text(&e)),
             }
         })?;
         apply_libpq_env(&mut config, &|k| std::env::var(k).ok()).map_err(|reason| {

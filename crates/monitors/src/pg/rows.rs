@@ -39,7 +39,7 @@ pub enum RowError {
     Config(#[from] ConfigPipeError),
     #[error("the ts column is NULL")]
     NullTs,
-    #[error("the ts column {0:?} is not a number of seconds since the epoch (select EXTRACT(epoch FROM ts))")]
+    #[error("the ts column {0:?} is neither a number of seconds since the epoch nor an ISO date or timestamp (select EXTRACT(epoch FROM ts))")]
     BadTs(String),
     #[error("the uid/gid columns {0:?}/{1:?} are not both NULL or both numbers")]
     BadOwner(Option<String>, Option<String>),
@@ -56,7 +56,9 @@ pub fn check_columns(n: usize) -> Result<(), ResultError> {
     }
 }
 
-/// Parses the ts column: seconds since the epoch, possibly fractional.
+/// Parses the ts column: seconds since the epoch, possibly fractional, or
+/// a date or timestamp column as PostgreSQL prints it (see
+/// `parse_iso_timestamp`).
 ///
 /// Plain decimals (what `EXTRACT(epoch FROM ts)` prints) are read exactly to
 /// the nanosecond; an exponent form goes through
@@ -88,8 +90,39 @@ pub fn parse_ts(text: &str) -> Result<ChangeKey, RowError> {
         .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'e' | b'E' | b'+' | b'-'));
     match t.parse::<f64>() {
         Ok(secs) if exp_form && secs.is_finite() => Ok(ChangeKey::from_secs_f64(secs)),
-        _ => Err(bad()),
+        _ => parse_iso_timestamp(t).ok_or_else(bad),
     }
+}
+
+/// A `timestamp`, `timestamptz` or `date` column as PostgreSQL prints it
+/// with its default `DateStyle` (ISO): `2026-12-02`, `2026-12-02
+/// 04:40:37.25`, `2026-12-02 04:40:37.25+01` (or `+05:30`). A timestamp
+/// without a time zone counts as UTC, as `EXTRACT(epoch FROM ts)` counts
+/// it, so `ts` and `EXTRACT(epoch FROM ts)` give the same stamp.
+fn parse_iso_timestamp(t: &str) -> Option<ChangeKey> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let ns = |secs: i64, sub: u32| {
+        i128::from(secs)
+            .checked_mul(1_000_000_000)?
+            .checked_add(i128::from(sub))
+            .filter(|v| *v >= 0)
+            .map(ChangeKey::Stamp)
+    };
+    if let Ok(d) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return ns(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp(), 0);
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(d) = DateTime::parse_from_str(t, f) {
+            return ns(d.timestamp(), d.timestamp_subsec_nanos());
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(d) = NaiveDateTime::parse_from_str(t, f) {
+            let d = d.and_utc();
+            return ns(d.timestamp(), d.timestamp_subsec_nanos());
+        }
+    }
+    None
 }
 
 fn parse_owner(uid: Option<&str>, gid: Option<&str>) -> Result<Option<Owner>, RowError> {
@@ -310,6 +343,25 @@ mod tests {
     #[test]
     fn ts_forms() {
         assert_eq!(parse_ts("12").unwrap(), ChangeKey::Stamp(12_000_000_000));
+        // timestamp, timestamptz and date columns as PostgreSQL prints them
+        assert_eq!(
+            parse_ts("2023-11-14 22:13:20.25").unwrap(),
+            ChangeKey::Stamp(1_700_000_000_250_000_000)
+        );
+        assert_eq!(
+            parse_ts("2023-11-14 22:13:20+00").unwrap(),
+            ChangeKey::Stamp(1_700_000_000_000_000_000)
+        );
+        assert_eq!(
+            parse_ts("2023-11-15 03:43:20.5+05:30").unwrap(),
+            ChangeKey::Stamp(1_700_000_000_500_000_000)
+        );
+        assert_eq!(
+            parse_ts("2023-11-14").unwrap(),
+            ChangeKey::Stamp(1_699_920_000_000_000_000)
+        );
+        assert!(parse_ts("2023-13-45").is_err());
+        assert!(parse_ts("0044-03-15 BC").is_err());
         assert_eq!(parse_ts(" 1.25 ").unwrap(), ChangeKey::Stamp(1_250_000_000));
         assert_eq!(
             parse_ts("1e3").unwrap(),
