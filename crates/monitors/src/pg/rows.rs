@@ -39,7 +39,7 @@ pub enum RowError {
     Config(#[from] ConfigPipeError),
     #[error("the ts column is NULL")]
     NullTs,
-    #[error("the ts column {0:?} is neither a number of seconds since the epoch nor an ISO date or timestamp (select EXTRACT(epoch FROM ts))")]
+    #[error("the ts column {0:?} is not a number of seconds since the epoch, nor an ISO date or timestamp (select EXTRACT(epoch FROM ts))")]
     BadTs(String),
     #[error("the uid/gid columns {0:?}/{1:?} are not both NULL or both numbers")]
     BadOwner(Option<String>, Option<String>),
