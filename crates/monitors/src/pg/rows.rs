@@ -316,7 +316,7 @@ mod tests {
             (vec![Some("a.ini"), Some("x"), Some("-5")], "not a number"),
             (vec![Some("a.ini"), Some("x"), Some("NaN")], "not a number"),
             (
-                vec![Some("a.ini"), Some("x"), Some("2024-01-01 00:00:00")],
+                vec![Some("a.ini"), Some("x"), Some("2024-01-01 25:00:00")],
                 "not a number",
             ),
             (
