@@ -37,6 +37,12 @@ pub struct LaunchOptions {
     /// `--emperor-tyrant-initgroups`: a tyrant vassal gets its owner's
     /// supplementary groups (initgroups) instead of none.
     pub tyrant_initgroups: bool,
+    /// `--emperor-use-clone`, `--emperor-cap`, `--safe-fd`.
+    pub confine: std::sync::Arc<crate::spawn::Confinement>,
+    /// `--vassals-start-hook`: run `HOOK NAME` before each vassal starts.
+    pub start_hook: Option<OsString>,
+    /// `--vassals-stop-hook`: run `HOOK NAME` once a vassal is gone.
+    pub stop_hook: Option<OsString>,
 }
 
 impl Default for LaunchOptions {
@@ -54,6 +60,9 @@ impl Default for LaunchOptions {
             include: Vec::new(),
             magic_exec: false,
             tyrant_initgroups: false,
+            confine: Default::default(),
+            start_hook: None,
+            stop_hook: None,
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct ReconcilerConfig {
     pub tyrant: Option<TyrantConfig>,
     /// `--emperor-broodlord N`: the most zergs alive at once (0: off).
     pub broodlord: usize,
+    /// `--vassals-stop-hook` is set: emit [`Action::StopHook`] for each
+    /// vassal that leaves the table.
+    pub stop_hook: bool,
 }
 
 /// Tyrant mode settings (reference §10).
@@ -71,6 +74,7 @@ impl Default for ReconcilerConfig {
             required_heartbeat: Duration::from_secs(30),
             tyrant: None,
             broodlord: 0,
+            stop_hook: false,
         }
     }
 }
@@ -113,6 +117,9 @@ pub enum Action {
     },
     /// Close the on-demand socket of `name` (removed, or no longer on demand).
     Unlisten { name: VassalName },
+    /// `--vassals-stop-hook`: `name` has left the table (removed, or at
+    /// shutdown); run the hook for it.
+    StopHook { name: VassalName },
 }
 
 /// Why a running instance is being stopped.
@@ -653,6 +660,9 @@ impl Reconciler {
             if v.listening.is_some() {
                 out.push(Action::Unlisten { name: name.clone() });
             }
+            if self.cfg.stop_hook {
+                out.push(Action::StopHook { name: name.clone() });
+            }
             self.emit(Event::Removed { name });
             let before = self.conflicts_reported.len();
             self.conflicts_reported.retain(|(n, _)| n != name);
@@ -883,6 +893,15 @@ impl Reconciler {
             loyal: false,
         });
         out
+    }
+
+    /// Whether `instance` is being stopped (`None`: not in the table any
+    /// more). The runtime asks before it starts a process whose
+    /// `--vassals-start-hook` ran in the meantime.
+    pub fn instance_stopping(&self, instance: InstanceId) -> Option<bool> {
+        let name = self.by_instance.get(&instance)?;
+        let p = self.vassals.get(name)?.proc.as_ref()?;
+        Some(p.stopping.is_some())
     }
 
     /// A connection is pending on the on-demand socket of `name`: spawn it

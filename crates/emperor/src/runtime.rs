@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -81,6 +81,8 @@ enum Report {
     Exited(InstanceId, ExitStatus),
     /// A connection is pending on the on-demand socket of a vassal.
     Connection(VassalName),
+    /// The `--vassals-start-hook` of a vassal about to start has ended.
+    StartHookDone(InstanceId, Box<VassalSpec>),
 }
 
 /// The emperor: build it with its monitors, then [`Emperor::run`] it.
@@ -134,6 +136,7 @@ impl Emperor {
             listeners: HashMap::new(),
             on_demand: self.cfg.on_demand,
             broodlord_num: 0,
+            stop_hooks: Vec::new(),
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -233,6 +236,20 @@ impl Emperor {
                 l.step(&rec);
             }
         }
+        // --vassals-stop-hook runs for every vassal of the Ragnarok too;
+        // they get the shutdown's mercy to finish
+        let hooks = std::mem::take(&mut exec.stop_hooks);
+        let pending = hooks.iter().filter(|h| !h.is_finished()).count();
+        if pending > 0 {
+            tracing::info!("waiting for {pending} --vassals-stop-hook command(s)");
+            let all = futures::future::join_all(hooks);
+            if tokio::time::timeout(self.cfg.reload_mercy, all)
+                .await
+                .is_err()
+            {
+                tracing::warn!("--vassals-stop-hook commands still running after the mercy; not waiting for them");
+            }
+        }
         tracing::info!("The Emperor is buried.");
         if let Some(l) = lifecycle.as_mut() {
             l.buried();
@@ -253,6 +270,27 @@ impl Emperor {
         }
         *mercy_at = Some(Instant::now() + mercy);
         rec.shutdown(Instant::now().into_std())
+    }
+}
+
+/// Logs how a `--vassals-start-hook` or `--vassals-stop-hook` ended.
+fn log_hook(
+    which: &str,
+    hook: &OsString,
+    name: &VassalName,
+    st: std::io::Result<std::process::ExitStatus>,
+) {
+    let hook = hook.to_string_lossy();
+    match st {
+        Ok(st) if st.success() => {
+            tracing::info!(vassal = %name, "[emperor] vassals {which} hook {hook} for {name} exited with code 0")
+        }
+        Ok(st) => {
+            tracing::warn!(vassal = %name, "[emperor] vassals {which} hook {hook} for {name} ended: {st}")
+        }
+        Err(e) => {
+            tracing::error!(vassal = %name, "[emperor] cannot run the vassals {which} hook {hook} for {name}: {e}")
+        }
     }
 }
 
@@ -278,6 +316,8 @@ struct Executor {
     on_demand: OnDemandOptions,
     /// `UWSGI_BROODLORD_NUM`: counts zerg starts.
     broodlord_num: u64,
+    /// `--vassals-stop-hook` commands still running.
+    stop_hooks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// One on-demand socket and its watch.
@@ -312,6 +352,12 @@ impl Executor {
                 rec.exited(i, st, now)
             }
             Report::Connection(name) => rec.on_demand_connection(&name, now),
+            Report::StartHookDone(i, spec) => match rec.instance_stopping(i) {
+                // stopped while its hook ran: it ends before it began
+                Some(true) => rec.exited(i, ExitStatus::Code(0), now),
+                Some(false) => self.spawn_now(rec, i, *spec),
+                None => Vec::new(),
+            },
         }
     }
 
@@ -341,6 +387,10 @@ impl Executor {
                 } => self.listen(rec, name, address, workdir),
                 Action::Unlisten { name } => {
                     self.listeners.remove(&name);
+                    Vec::new()
+                }
+                Action::StopHook { name } => {
+                    self.run_stop_hook(&name);
                     Vec::new()
                 }
             };
@@ -457,7 +507,77 @@ impl Executor {
         })
     }
 
+    /// A hook command (`HOOK NAME`, no shell, stdin on /dev/null) with the
+    /// emperor's environment and `UWSGI_VASSALS_DIR` (the directory of a
+    /// file vassal's config, else the emperor's directory), as uWSGI runs
+    /// its vassal hooks.
+    fn hook_command(
+        &self,
+        hook: &OsString,
+        spec_name: &str,
+        config: Option<&ConfigSource>,
+    ) -> tokio::process::Command {
+        let dir = match config {
+            Some(ConfigSource::File(p)) => self
+                .cwd
+                .join(p)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.cwd.clone()),
+            _ => self.cwd.clone(),
+        };
+        let mut c = tokio::process::Command::new(hook);
+        c.arg(spec_name)
+            .env("UWSGI_VASSALS_DIR", dir)
+            .current_dir(&self.cwd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// `--vassals-stop-hook`: runs `HOOK NAME` without waiting (the emperor
+    /// never blocks on it; uWSGI's does) and logs how it ended.
+    fn run_stop_hook(&mut self, name: &VassalName) {
+        let Some(hook) = self.launch.stop_hook.clone() else {
+            return;
+        };
+        let mut cmd = self.hook_command(&hook, name.as_str(), None);
+        let name = name.clone();
+        self.stop_hooks.retain(|h| !h.is_finished());
+        self.stop_hooks.push(tokio::spawn(async move {
+            log_hook("stop", &hook, &name, cmd.status().await);
+        }));
+    }
+
+    /// Starts the process for `instance`, after its `--vassals-start-hook`
+    /// when there is one: the hook runs as the vassal will (its tyrant
+    /// owner), the emperor goes on meanwhile, and the process starts when
+    /// the hook has ended, whatever its exit code (uWSGI logs it only).
     fn spawn(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: VassalSpec,
+    ) -> Vec<Action> {
+        let Some(hook) = self.launch.start_hook.clone() else {
+            return self.spawn_now(rec, instance, spec);
+        };
+        let mut cmd = self.hook_command(&hook, spec.name.as_str(), Some(&spec.config));
+        if let Some(o) = spec.owner {
+            cmd.uid(o.uid).gid(o.gid);
+        }
+        if let Some(d) = &spec.workdir {
+            cmd.current_dir(d);
+        }
+        let reports = self.reports.0.clone();
+        tokio::spawn(async move {
+            log_hook("start", &hook, &spec.name, cmd.status().await);
+            let _ = reports.send(Report::StartHookDone(instance, Box::new(spec)));
+        });
+        Vec::new()
+    }
+
+    fn spawn_now(
         &mut self,
         rec: &mut Reconciler,
         instance: InstanceId,
@@ -514,6 +634,7 @@ impl Executor {
             config_pipe: inline.is_some(),
             stdin_socket,
             broodlord_num,
+            confine: self.launch.confine.clone(),
         };
         let sp = match spawn_vassal(req) {
             Ok(sp) => sp,

@@ -52,6 +52,68 @@ pub struct SpawnRequest {
     pub stdin_socket: Option<OwnedFd>,
     /// `UWSGI_BROODLORD_NUM` for zergs.
     pub broodlord_num: Option<u64>,
+    /// Namespaces, bounding set and kept fds (the same for every vassal).
+    pub confine: Arc<Confinement>,
+}
+
+/// What every vassal gets beyond uWSGI's defaults: `--emperor-use-clone`,
+/// `--emperor-cap` and `--safe-fd`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    /// `CLONE_NEW*` (and `CLONE_SYSVSEM`, `CLONE_IO`) flags added to the
+    /// clone that creates the vassal.
+    pub clone_flags: libc::c_int,
+    /// The capabilities (numbers, as in linux/capability.h) left in the
+    /// vassal's bounding set; `None` leaves the set alone.
+    pub bounding_set: Option<Vec<u32>>,
+    /// Inherited fds the vassal keeps open.
+    pub safe_fds: Vec<RawFd>,
+}
+
+/// The `--emperor-use-clone` names imperium accepts, and their flags.
+const CLONE_NAMES: &[(&str, libc::c_int)] = &[
+    ("net", libc::CLONE_NEWNET),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("pid", libc::CLONE_NEWPID),
+    ("ns", libc::CLONE_NEWNS),
+    ("fs", libc::CLONE_NEWNS),
+    ("mount", libc::CLONE_NEWNS),
+    ("mnt", libc::CLONE_NEWNS),
+    ("sysvsem", libc::CLONE_SYSVSEM),
+    ("io", libc::CLONE_IO),
+];
+
+/// Parses `--emperor-use-clone`: a comma-separated list of uWSGI's names.
+/// `files` (the vassal would share the emperor's fd table), `parent` (it
+/// would become the emperor's sibling, out of its reach) and `user` (the
+/// vassal would run as the overflow user: neither uWSGI nor imperium write
+/// uid maps) are refused with the reason.
+pub fn parse_clone_flags(list: &str) -> Result<libc::c_int, String> {
+    let mut flags = 0;
+    for name in list
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match name {
+            "files" => return Err("'files' would make each vassal share the emperor's file descriptor table; not supported".into()),
+            "parent" => return Err("'parent' would make each vassal a sibling of the emperor, which could then neither reap nor kill it; not supported".into()),
+            "user" => return Err("'user' would run each vassal as the overflow user of a new user namespace without uid/gid maps; not supported (run the emperor itself in a user namespace instead)".into()),
+            _ => {}
+        }
+        match CLONE_NAMES.iter().find(|(n, _)| *n == name) {
+            Some((_, f)) => flags |= f,
+            None => {
+                let known: Vec<&str> = CLONE_NAMES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "unknown namespace {name:?} (one of: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(flags)
 }
 
 /// A vassal process, held by its pidfd.
@@ -205,7 +267,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const CHILD_STACK: usize = 128 * 1024;
 
 /// Steps of the child setup, reported to the parent when one fails.
-const STEPS: [&str; 10] = [
+const STEPS: [&str; 13] = [
     "setgroups",
     "setgid",
     "setuid",
@@ -216,7 +278,21 @@ const STEPS: [&str; 10] = [
     "set up fds",
     "prctl(PR_SET_NO_NEW_PRIVS)",
     "setrlimit(RLIMIT_NOFILE)",
+    "prctl(PR_CAPBSET_DROP) for --emperor-cap",
+    "capset() to drop the emperor's capabilities",
+    "keep a --safe-fd open",
 ];
+
+/// CAP_SETPCAP: uWSGI keeps it in the bounding set whatever --emperor-cap says.
+const CAP_SETPCAP: u32 = 8;
+
+/// The highest capability number this kernel knows.
+fn last_cap() -> libc::c_int {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
 
 /// The open-file limit the emperor started with, when
 /// [`raise_nofile_limit`] raised its own: vassals get this one back.
@@ -255,12 +331,34 @@ struct ChildArgs {
     config_fd: Option<RawFd>,
     /// The open-file limit to restore (see [`raise_nofile_limit`]).
     nofile: Option<libc::rlimit>,
+    /// Capabilities to drop from the bounding set.
+    cap_drop: Vec<libc::c_int>,
+    /// Inherited fds to keep.
+    safe_fds: Vec<RawFd>,
+    /// In a new pid namespace the parent is invisible (getppid() is 0).
+    new_pid_ns: bool,
     /// errno of each failed exec, in order (0: not tried or succeeded).
     exec_errors: Vec<AtomicI32>,
     /// 1 + index in STEPS of the setup step that failed (0: none).
     failed_step: AtomicI32,
     /// errno of the failed setup step.
     setup_errno: AtomicI32,
+}
+
+/// `struct __user_cap_header_struct` of linux/capability.h.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct` of linux/capability.h.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 /// An mmap'd stack with a guard page below it.
@@ -384,6 +482,14 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         ctrl_fd,
         config_fd,
         nofile: VASSAL_NOFILE.get().copied(),
+        cap_drop: match &req.confine.bounding_set {
+            Some(keep) => (0..=last_cap())
+                .filter(|c| *c as u32 != CAP_SETPCAP && !keep.contains(&(*c as u32)))
+                .collect(),
+            None => Vec::new(),
+        },
+        safe_fds: req.confine.safe_fds.clone(),
+        new_pid_ns: req.confine.clone_flags & libc::CLONE_NEWPID != 0,
         exec_errors: req.programs.iter().map(|_| AtomicI32::new(0)).collect(),
         failed_step: AtomicI32::new(0),
         setup_errno: AtomicI32::new(0),
@@ -407,7 +513,11 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         let pid = libc::clone(
             child_main,
             stack.top(),
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD,
+            libc::CLONE_VM
+                | libc::CLONE_VFORK
+                | libc::CLONE_PIDFD
+                | libc::SIGCHLD
+                | req.confine.clone_flags,
             &args as *const ChildArgs as *mut libc::c_void,
             &mut pidfd as *mut libc::c_int,
         );
@@ -504,6 +614,12 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             std::ptr::null_mut::<libc::sigset_t>(),
             std::mem::size_of::<libc::c_ulong>(),
         );
+        // --emperor-cap: the bounding set, before any drop (uWSGI's order)
+        for cap in &a.cap_drop {
+            if libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0) != 0 {
+                return fail(10);
+            }
+        }
         if let Some((o, groups)) = &a.owner {
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
                 return fail(0);
@@ -513,6 +629,17 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             }
             if libc::syscall(libc::SYS_setuid, o.uid) != 0 {
                 return fail(2);
+            }
+            // an unprivileged emperor that kept CAP_SETUID/CAP_SETGID (--cap)
+            // still holds them after a non-root to non-root setuid: the
+            // vassal gives up every capability
+            let hdr = CapHeader {
+                version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+                pid: 0,
+            };
+            let data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) != 0 {
+                return fail(11);
             }
             let dropped = libc::getuid() == o.uid
                 && libc::geteuid() == o.uid
@@ -538,8 +665,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
             return fail(4);
         }
-        // the emperor may have died between clone and prctl
-        if libc::getppid() != a.parent {
+        // the emperor may have died between clone and prctl (in a new pid
+        // namespace the parent is outside it and getppid() says 0)
+        if !a.new_pid_ns && libc::getppid() != a.parent {
             *libc::__errno_location() = libc::ESRCH;
             return fail(5);
         }
@@ -571,6 +699,11 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if let Some(fd) = a.config_fd {
             if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                 return fail(7);
+            }
+        }
+        for fd in &a.safe_fds {
+            if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                return fail(12);
             }
         }
         for (i, prog) in a.programs.iter().enumerate() {
@@ -712,6 +845,7 @@ mod tests {
             config_pipe: false,
             stdin_socket: None,
             broodlord_num: None,
+            confine: Arc::default(),
         }
     }
 
@@ -752,6 +886,61 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::NotFound);
         }
         assert_eq!(tried[1].0, OsString::from("/nonexistent/b"));
+    }
+
+    #[test]
+    fn namespaces_bounding_set_and_safe_fds() {
+        // a file the emperor holds open (close-on-exec, as std opens it)
+        let f = tempfile::tempfile().unwrap();
+        let fd = f.as_raw_fd();
+        let mut r = req(
+            &["bash"],
+            &format!(
+                "exec >&$UWSGI_EMPEROR_FD; grep CapBnd /proc/self/status; \
+                 grep -o '^ *[a-z0-9]*:' /proc/self/net/dev; [ -e /proc/self/fd/{fd} ] && echo safe-fd-open; echo pid $$"
+            ),
+        );
+        r.confine = Arc::new(Confinement {
+            clone_flags: parse_clone_flags("net,uts,pid,ipc,ns").unwrap(),
+            // CAP_NET_BIND_SERVICE (10) only, plus CAP_SETPCAP (kept)
+            bounding_set: Some(vec![10]),
+            safe_fds: vec![fd],
+        });
+        let (out, st) = output(spawn_vassal(r).unwrap());
+        assert_eq!(st, ExitStatus::Code(0), "{out}");
+        let bnd = out
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(bnd, (1 << 10) | (1 << 8), "{out}");
+        // a new network namespace has only its loopback
+        let ifaces: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(':'))
+            .collect();
+        assert_eq!(ifaces, ["lo"], "{out}");
+        assert!(out.contains("safe-fd-open"), "{out}");
+        // pid 1 of its own pid namespace
+        assert!(out.contains("pid 1\n"), "{out}");
+        drop(f);
+    }
+
+    #[test]
+    fn unsafe_clone_flags_are_refused_with_the_reason() {
+        for (list, want) in [
+            ("files", "file descriptor table"),
+            ("net,parent", "sibling"),
+            ("user", "uid/gid maps"),
+            ("nett", "unknown namespace"),
+        ] {
+            let e = parse_clone_flags(list).unwrap_err();
+            assert!(e.contains(want), "{list}: {e}");
+        }
+        assert_eq!(
+            parse_clone_flags("ipc, uts").unwrap(),
+            libc::CLONE_NEWIPC | libc::CLONE_NEWUTS
+        );
     }
 
     #[test]

@@ -464,7 +464,8 @@ pub struct BindError {
 /// A bound listener, TCP or UNIX.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    /// A UNIX socket, and its file (`None` in the abstract namespace).
+    Unix(UnixListener, Option<PathBuf>),
 }
 
 /// A connection accepted by a [`Listener`].
@@ -473,8 +474,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> C
 
 impl Listener {
     /// Binds `addr`: TCP when it contains a colon (`127.0.0.1:9191`,
-    /// `:9191` = every address), else a UNIX socket path (a stale socket
-    /// file is replaced) with `mode` applied.
+    /// `:9191` = every address), an abstract UNIX socket when it starts
+    /// with `@` (as in uWSGI), else a UNIX socket path (a stale socket file
+    /// is replaced) with `mode` applied.
     pub async fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, BindError> {
         let err = |source| BindError {
             addr: addr.to_string(),
@@ -488,6 +490,16 @@ impl Listener {
             };
             return TcpListener::bind(a).await.map(Listener::Tcp).map_err(err);
         }
+        if let Some(name) = addr.strip_prefix('@') {
+            // the abstract namespace: no file, no mode, gone with the socket
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(err)?;
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            return UnixListener::from_std(l)
+                .map(|l| Listener::Unix(l, None))
+                .map_err(err);
+        }
         let path = PathBuf::from(addr);
         if let Ok(m) = std::fs::symlink_metadata(&path) {
             use std::os::unix::fs::FileTypeExt;
@@ -500,7 +512,7 @@ impl Listener {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         }
-        Ok(Listener::Unix(l, path))
+        Ok(Listener::Unix(l, Some(path)))
     }
 
     /// Accepts one connection, with the peer's credentials for UNIX sockets.
@@ -531,7 +543,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if let Listener::Unix(_, p) = self {
+        if let Listener::Unix(_, Some(p)) = self {
             let _ = std::fs::remove_file(p);
         }
     }

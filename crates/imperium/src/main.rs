@@ -133,6 +133,7 @@ fn real_main() -> Result<()> {
                 min_gid: cli.emperor_tyrant_min_gid,
             }),
             broodlord: cli.emperor_broodlord,
+            stop_hook: cli.vassals_stop_hook.is_some(),
         },
         launch: LaunchOptions {
             binary: cli.binary_path.clone(),
@@ -147,6 +148,9 @@ fn real_main() -> Result<()> {
             include: cli.vassals_include.clone(),
             magic_exec: cli.emperor_magic_exec,
             tyrant_initgroups: cli.emperor_tyrant_initgroups,
+            confine: std::sync::Arc::new(confinement(&cli)?),
+            start_hook: cli.vassals_start_hook.clone().map(OsString::from),
+            stop_hook: cli.vassals_stop_hook.clone().map(OsString::from),
         },
         monitor: monitor_opts,
         reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 {
@@ -267,6 +271,32 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
     }
 }
 
+/// `--emperor-use-clone`, `--emperor-cap` and `--safe-fd`.
+fn confinement(cli: &Cli) -> Result<emperor::spawn::Confinement> {
+    let clone_flags = match &cli.emperor_use_clone {
+        Some(list) => emperor::spawn::parse_clone_flags(list)
+            .map_err(|e| anyhow::anyhow!("--emperor-use-clone {list}: {e}"))?,
+        None => 0,
+    };
+    let bounding_set = if cli.emperor_cap.is_empty() {
+        None
+    } else {
+        let caps = process::parse_caps("emperor-cap", &cli.emperor_cap)?;
+        Some(caps.iter().map(|c| u32::from(c.index())).collect())
+    };
+    for fd in &cli.safe_fd {
+        let open = std::fs::symlink_metadata(format!("/proc/self/fd/{fd}")).is_ok();
+        if *fd < 3 || !open {
+            bail!("--safe-fd {fd}: not an open file descriptor above 2 of the emperor");
+        }
+    }
+    Ok(emperor::spawn::Confinement {
+        clone_flags,
+        bounding_set,
+        safe_fds: cli.safe_fd.clone(),
+    })
+}
+
 /// `--plugin`: emperor plugins built in are accepted, language plugins are
 /// ignored (they concern vassals), anything else gets a warning.
 fn check_plugins(values: &[String]) {
@@ -359,7 +389,17 @@ fn on_demand_source(cli: &Cli) -> Result<OnDemandSource> {
 async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
     use emperor::stats::{Listener, StatsOptions};
     let timeout = Duration::from_secs(cli.socket_timeout);
-    if let Some(addr) = &cli.emperor_stats {
+    // --abstract-socket: UNIX paths of the stats and metrics servers go in
+    // the abstract namespace (`@name`, which Listener::bind understands)
+    let abstract_addr = |a: &String| {
+        if cli.abstract_socket && !a.contains(':') && !a.starts_with('@') {
+            format!("@{a}")
+        } else {
+            a.clone()
+        }
+    };
+    if let Some(addr) = cli.emperor_stats.as_ref().map(abstract_addr) {
+        let addr = &addr;
         let l = Listener::bind(addr, cli.chmod_socket)
             .await
             .context("--emperor-stats")?;
@@ -374,7 +414,8 @@ async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
         tracing::info!("*** Emperor stats server enabled on {addr} ***");
         tokio::spawn(emperor::stats::serve(l, opts, tx.clone()));
     }
-    if let Some(addr) = &cli.emperor_metrics {
+    if let Some(addr) = cli.emperor_metrics.as_ref().map(abstract_addr) {
+        let addr = &addr;
         let l = Listener::bind(addr, cli.chmod_socket)
             .await
             .context("--emperor-metrics")?;
