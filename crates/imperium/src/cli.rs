@@ -13,9 +13,8 @@ use crate::config::Setting;
 /// It watches config sources (one monitor per --emperor value) and keeps one
 /// vassal process per config running, starting, gracefully reloading and
 /// stopping vassals as configs appear, change and disappear. Vassals are
-/// real uWSGI instances (run them with `master = true`, or they ignore the
-/// emperor's reload and stop messages) or any program that speaks the
-/// emperor protocol.
+/// real uWSGI instances (uWSGI 2.0 gives a vassal a master of its own
+/// accord) or any program that speaks the emperor protocol.
 ///
 /// Options can also come from an ini file: `imperium --ini emperor.ini`
 /// reads the [uwsgi] section (or `--ini file.ini:section`), one option per
