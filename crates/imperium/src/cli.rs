@@ -396,6 +396,16 @@ pub struct Cli {
     /// warning.
     #[arg(long)]
     pub strict: bool,
+
+    /// Send SIGINT (stop every vassal and exit) to the emperor whose pid is
+    /// in PIDFILE, and exit (uWSGI's `--stop`, as in `ExecStop=`).
+    #[arg(long, value_name = "PIDFILE")]
+    pub stop: Option<PathBuf>,
+
+    /// Send SIGHUP (reload every vassal) to the emperor whose pid is in
+    /// PIDFILE, and exit (uWSGI's `--reload`, as in `ExecReload=`).
+    #[arg(long, value_name = "PIDFILE")]
+    pub reload: Option<PathBuf>,
 }
 
 /// Subcommands.

@@ -56,6 +56,14 @@ fn real_main() -> Result<()> {
         println!("*** end of the imperial monitors list ***");
         return Ok(());
     }
+    for (file, sig, what) in [
+        (&cli.stop, nix::sys::signal::Signal::SIGINT, "--stop"),
+        (&cli.reload, nix::sys::signal::Signal::SIGHUP, "--reload"),
+    ] {
+        if let Some(f) = file {
+            return signal_pidfile(f, sig).with_context(|| format!("{what} {}", f.display()));
+        }
+    }
     process::apply_env_and_umask(&cli)?;
     // the log file: daemonize first (the parent exits), then the file
     // opened now (logto, daemonize) or after the privilege drop (logto2,
@@ -269,6 +277,20 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
         Ok(c) => Ok((c, prepared.notes)),
         Err(e) => e.exit(),
     }
+}
+
+/// `--stop PIDFILE`, `--reload PIDFILE`: signal the emperor whose pid the
+/// file holds, as uWSGI does.
+fn signal_pidfile(path: &std::path::Path, sig: nix::sys::signal::Signal) -> Result<()> {
+    let text = std::fs::read_to_string(path).context("cannot read the pidfile")?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| format!("the pidfile holds {:?}, not a pid", text.trim()))?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig)
+        .with_context(|| format!("cannot send {sig} to pid {pid}"))
 }
 
 /// `--emperor-use-clone`, `--emperor-cap` and `--safe-fd`.

@@ -91,6 +91,7 @@ const STARTUP: &str = "a uWSGI start-up detail with no counterpart in imperium";
 
 const SERVES: &str = "imperium is the emperor alone and serves no requests: move the socket and the application into a vassal config";
 const APP: &str = "imperium loads no application: put it in a vassal config";
+const PAUSE: &str = "SIGTSTP would stop the emperor itself: use `imperium ctl pause NAME` / `imperium ctl resume NAME`";
 const MASTER_FIFO: &str = "use --emperor-control-socket and `imperium ctl` instead";
 const CONFINE: &str = "imperium does not confine itself; vassals can be (--emperor-use-clone, --emperor-tyrant, or the vassal's own chroot/namespace options), and the emperor can be by its service manager (systemd's RootDirectory=, PrivateNetwork=, ...)";
 const LOGGERS: &str = "imperium logs to stderr, or to a file with logto/daemonize: pipe stderr to logger(1) or let the service manager collect it";
@@ -223,6 +224,9 @@ const NAMED: &[(&str, Class)] = &[
     ("eval", Class::Unsupported(APP)),
     ("pyrun", Class::Unsupported(APP)),
     ("master-fifo", Class::Unsupported(MASTER_FIFO)),
+    ("pause", Class::Unsupported(PAUSE)),
+    ("suspend", Class::Unsupported(PAUSE)),
+    ("resume", Class::Unsupported(PAUSE)),
     ("chroot", Class::Unsupported(CONFINE)),
     ("pivot-root", Class::Unsupported(CONFINE)),
     ("pivot_root", Class::Unsupported(CONFINE)),
@@ -518,6 +522,7 @@ pub fn plugin_class(name: &str) -> Plugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     #[test]
     fn table_has_uwsgi_options_with_their_arity_and_short_forms() {
@@ -556,6 +561,30 @@ mod tests {
         assert_eq!(plugin_class("python311"), Plugin::Other);
         assert_eq!(plugin_class("router_static"), Plugin::Other);
         assert_eq!(plugin_class("frobnicator"), Plugin::Unknown);
+    }
+
+    #[test]
+    fn docs_list_every_classified_option() {
+        let doc = include_str!("../../../../docs/migrating.md");
+        for (n, _) in classified() {
+            assert!(
+                doc.contains(&format!("`{n}`")),
+                "docs/migrating.md does not list {n}"
+            );
+        }
+        let cli = crate::cli::Cli::command();
+        let options = include_str!("../../../../docs/options.md");
+        for a in cli.get_arguments() {
+            if let Some(l) = a.get_long() {
+                if l == "help" || l == "version" {
+                    continue;
+                }
+                assert!(
+                    options.contains(&format!("--{l}")),
+                    "docs/options.md does not list --{l}"
+                );
+            }
+        }
     }
 
     #[test]
