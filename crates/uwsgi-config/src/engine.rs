@@ -561,7 +561,7 @@ impl<'a> Engine<'a> {
                 }
             }
             Logic::IfPlugin(want) => {
-                if self.ctx.plugins.iter().any(|p| *p == data) == want {
+                if self.ctx.plugins.contains(&data) == want {
                     self.add(key, subst(&data), origin, false)?;
                 }
             }
@@ -913,7 +913,7 @@ impl<'a> Engine<'a> {
         }
         let mut state = Op::Concat;
         let mut cur: Option<String> = None;
-        let num = |s: &Option<String>| s.as_deref().map(|s| atoi(s)).unwrap_or(0);
+        let num = |s: &Option<String>| s.as_deref().map(atoi).unwrap_or(0);
         for tok in key.split(' ').filter(|t| !t.is_empty()) {
             let value = if tok.bytes().all(|b| b.is_ascii_digit()) {
                 tok.to_string()

@@ -2,6 +2,9 @@
 
 use crate::magic::Substituted;
 
+/// A reader's failure: (source line when known, message).
+pub(crate) type ReadError = (Option<usize>, String);
+
 /// One `key = value` line of the asked section.
 pub(crate) struct RawEntry {
     pub(crate) key: String,

@@ -12,14 +12,14 @@
 
 use yaml_rust2::scanner::{Scanner, TokenType};
 
-use crate::ini::RawEntry;
+use crate::ini::{RawEntry, ReadError};
 use crate::magic::Substituted;
 
 /// The entries of `section`, and a warning uWSGI would print.
 pub(crate) fn parse(
     sub: &Substituted,
     section: &str,
-) -> Result<(Vec<RawEntry>, Option<String>), (Option<usize>, String)> {
+) -> Result<(Vec<RawEntry>, Option<String>), ReadError> {
     let text = String::from_utf8_lossy(&sub.text);
     let mut scanner = Scanner::new(text.chars());
     let mut out = Vec::new();
