@@ -161,8 +161,8 @@ pub enum Error {
         limit: usize,
     },
 
-    /// A placeholder that keeps expanding into itself (e.g. `a = %(a)`):
-    /// uWSGI loops forever; this crate stops after
+    /// A placeholder that keeps expanding into itself (e.g. `a = x%(a)`):
+    /// uWSGI loops until it runs out of memory; this crate stops after
     /// [`crate::Limits::max_substitutions`] substitutions in one value.
     #[error("{origin}: placeholder loop while expanding {key} (more than {limit} substitutions)")]
     PlaceholderLoop {

@@ -47,6 +47,8 @@ mod ini;
 mod json;
 mod magic;
 mod source;
+#[cfg(test)]
+mod tests;
 mod xml;
 mod yaml;
 

@@ -249,7 +249,7 @@ fn placeholders_env_and_files() {
         "[uwsgi]\nbase = /srv\nchdir = %(base)/app\nu = %(unknown)/x\ne = $(HOME)/h\nue = $(NOPE_XYZ)\nf = @(one.txt)\ng = @(exec://echo hi)\n\
          set-ph = ph1=val1\nh = %(ph1)\nset = s1=sv\ni = %(s1)\nm = %(base 1)\nn = %(cpu + 2)\ncpu = 3\nbase = /other\nlate = %(later)\nlater = L\n\
          deep = %(chdir)\nmath = %(cpu * cpu - 1 / 2)\ninc = %(cpu ++)\ndiv = %(cpu / 0)\nempty = %()\nnested = %(a(b))\nunderscore = %(_)\n\
-         twice = %(base)%(base)\nmixed = $(HOME)%(base)@(one.txt)\nreloads = $(UWSGI_RELOADS)\nph-env = %(envref)\nenvref = $(HOME)\nflag = %(flagopt)\n",
+         twice = %(base)%(base)\nmixed = $(HOME)%(base)@(one.txt)\nreloads = $(UWSGI_RELOADS)\nph-env = %(envref)\nenvref = $(HOME)\nflag = %(flagopt)\nselfref = %(selfref)\n",
     );
     same(
         &fx,
@@ -353,7 +353,11 @@ fn include_loop_is_an_error_where_uwsgi_recurses() {
     fx.write("loop1.ini", "[uwsgi]\ninclude = loop2.ini\n")
         .write("loop2.ini", "[uwsgi]\ninclude = loop1.ini\n");
     // uWSGI recurses until it runs out of memory: it never shows its config
-    match fx.real(&["--ini", "loop1.ini"], &[]) {
+    match fx.real_within(
+        &["--ini", "loop1.ini"],
+        &[],
+        std::time::Duration::from_secs(2),
+    ) {
         Real::Failed(_) => {}
         Real::Shown(v) => panic!("uWSGI finished: {v:?}"),
     }
@@ -574,4 +578,17 @@ fn exec_source() {
         ],
         &[],
     );
+}
+
+#[test]
+fn placeholder_loop_is_an_error_where_uwsgi_hangs() {
+    let fx = Fixture::new();
+    fx.write("l.ini", "[uwsgi]\nb = %(b)\na = y%(b)\n");
+    // uWSGI rescans `y%(b)` forever (constant memory): killed at the timeout
+    match fx.real_within(&["--ini", "l.ini"], &[], std::time::Duration::from_secs(2)) {
+        Real::Failed(_) => {}
+        Real::Shown(v) => panic!("uWSGI finished: {v:?}"),
+    }
+    let e = fx.ours(&["--ini", "l.ini"], &[]).unwrap_err();
+    assert!(matches!(e, Error::PlaceholderLoop { .. }), "{e}");
 }

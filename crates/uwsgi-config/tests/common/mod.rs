@@ -97,6 +97,11 @@ impl Fixture {
 
     /// Runs uWSGI with `--show-config` first, then `args`.
     pub fn real(&self, args: &[&str], env: &[(&str, &str)]) -> Real {
+        self.real_within(args, env, TIMEOUT)
+    }
+
+    /// [`Fixture::real`] with another timeout (for runs expected to hang).
+    pub fn real_within(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Real {
         require_uwsgi();
         let mut cmd = Command::new(UWSGI);
         cmd.arg("--show-config")
@@ -128,7 +133,7 @@ impl Fixture {
             });
         }
         drop(tx);
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut all = Vec::new();
         let mut block: Option<Vec<(String, String)>> = None;
         let mut in_block = false;
