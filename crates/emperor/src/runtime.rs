@@ -515,11 +515,11 @@ impl Executor {
         &self,
         hook: &OsString,
         spec_name: &str,
-        config: Option<&ConfigSource>,
+        config: Option<(&ConfigSource, Option<&Path>)>,
     ) -> tokio::process::Command {
         let dir = match config {
-            Some(ConfigSource::File(p)) => self
-                .cwd
+            Some((ConfigSource::File(p), workdir)) => workdir
+                .unwrap_or(&self.cwd)
                 .join(p)
                 .parent()
                 .map(Path::to_path_buf)
@@ -562,7 +562,11 @@ impl Executor {
         let Some(hook) = self.launch.start_hook.clone() else {
             return self.spawn_now(rec, instance, spec);
         };
-        let mut cmd = self.hook_command(&hook, spec.name.as_str(), Some(&spec.config));
+        let mut cmd = self.hook_command(
+            &hook,
+            spec.name.as_str(),
+            Some((&spec.config, spec.workdir.as_deref())),
+        );
         if let Some(o) = spec.owner {
             cmd.uid(o.uid).gid(o.gid);
         }

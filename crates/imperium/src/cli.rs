@@ -422,194 +422,156 @@ fn parse_mode(v: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{v:?} is not an octal file mode such as 666 or 660"))
 }
 
-/// Errors on the command line or in an ini file.
+/// Errors on the command line or in a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum IniError {
-    #[error("cannot read ini file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: no [{section}] section")]
-    NoSection { path: String, section: String },
-    #[error("{path}:{line}: expected `key = value`, got {text:?}")]
-    Syntax {
-        path: String,
-        line: usize,
-        text: String,
-    },
-    #[error("option --{0} needs a value")]
-    MissingValue(String),
-    #[error("unrecognized option '{0}' (see imperium --help)")]
-    UnknownArg(String),
-    #[error("{0:?}: unexpected argument (a config file ends in .ini; an unquoted glob pattern that the shell expanded gives several arguments: quote it)")]
-    Positional(String),
+    #[error(transparent)]
+    Config(#[from] uwsgi_config::Error),
+    #[error("{0:?}: unexpected argument after --emperor {1:?} (an unquoted glob pattern that the shell expanded gives several arguments: quote it, e.g. --emperor '/srv/*/uwsgi.ini')")]
+    Positional(String, String),
 }
 
-/// Whether `--name` takes a value: imperium's own options first, then
-/// uWSGI's table.
-fn arity(cmd: &clap::Command, name: &str) -> Option<crate::options::Arity> {
-    use crate::options::Arity;
-    if let Some(a) = cmd.get_arguments().find(|a| {
-        a.get_long() == Some(name)
-            || a.get_all_aliases()
-                .into_iter()
-                .flatten()
-                .any(|al| al == name)
-    }) {
-        let n = a.get_num_args().unwrap_or_default();
-        return Some(if !a.get_action().takes_values() {
-            Arity::None
-        } else if n.min_values() == 0 {
-            Arity::Optional
-        } else {
-            Arity::Required
-        });
-    }
-    crate::options::uwsgi_options().get(name).map(|o| o.arity)
+/// imperium's options and uWSGI 2.0.21's, for the command line's arities,
+/// one-letter forms and abbreviations.
+struct Table {
+    cmd: clap::Command,
+    shorts: std::collections::HashMap<char, &'static str>,
+    names: Vec<String>,
 }
 
-/// The command line as uWSGI reads it: `--name value`, `--name=value`,
-/// flags, uWSGI's one-letter forms, `--ini FILE[:SECTION]` (and a
-/// positional `FILE.ini`) expanded in place.
-pub fn settings_from_args(args: &[OsString]) -> Result<Vec<Setting>, IniError> {
-    use crate::options::Arity;
-    let cmd = Cli::command();
-    // several uWSGI options share a letter (-p: processes, workers); they
-    // are aliases, so any is right: take the first by name, every time
-    let mut shorts: std::collections::HashMap<char, &str> = std::collections::HashMap::new();
-    for o in crate::options::uwsgi_options().values() {
-        if let Some(c) = o.short {
-            let e = shorts.entry(c).or_insert(o.name);
-            if o.name < *e {
-                *e = o.name;
+impl Table {
+    fn new() -> Table {
+        let cmd = Cli::command();
+        // several uWSGI options share a letter (-p: processes, workers);
+        // they are aliases, so any is right: take the first by name
+        let mut shorts: std::collections::HashMap<char, &'static str> =
+            std::collections::HashMap::new();
+        for o in crate::options::uwsgi_options().values() {
+            if let Some(c) = o.short {
+                let e = shorts.entry(c).or_insert(o.name);
+                if o.name < *e {
+                    *e = o.name;
+                }
             }
         }
+        let mut names: Vec<String> = cmd
+            .get_arguments()
+            .flat_map(|a| {
+                a.get_long()
+                    .into_iter()
+                    .chain(a.get_all_aliases().into_iter().flatten())
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut uwsgi: Vec<&str> = crate::options::uwsgi_options().keys().copied().collect();
+        uwsgi.sort_unstable();
+        names.extend(uwsgi.into_iter().map(str::to_string));
+        names.push("help".into());
+        names.push("version".into());
+        names.dedup();
+        Table { cmd, shorts, names }
     }
-    let mut out = Vec::new();
-    let mut it = args
+}
+
+impl uwsgi_config::OptionTable for Table {
+    fn arity(&self, long: &str) -> Option<uwsgi_config::Arity> {
+        use uwsgi_config::Arity;
+        if long == "help" || long == "version" {
+            return Some(Arity::None);
+        }
+        if let Some(a) = self.cmd.get_arguments().find(|a| {
+            a.get_long() == Some(long)
+                || a.get_all_aliases()
+                    .into_iter()
+                    .flatten()
+                    .any(|al| al == long)
+        }) {
+            let n = a.get_num_args().unwrap_or_default();
+            return Some(if !a.get_action().takes_values() {
+                Arity::None
+            } else if n.min_values() == 0 {
+                Arity::Optional
+            } else {
+                Arity::Required
+            });
+        }
+        crate::options::uwsgi_options()
+            .get(long)
+            .map(|o| match o.arity {
+                crate::options::Arity::None => Arity::None,
+                crate::options::Arity::Required => Arity::Required,
+                crate::options::Arity::Optional => Arity::Optional,
+            })
+    }
+
+    fn long_of_short(&self, short: char) -> Option<&str> {
+        match short {
+            'h' => Some("help"),
+            'V' => Some("version"),
+            c => self.shorts.get(&c).copied(),
+        }
+    }
+
+    fn long_names(&self) -> Vec<&str> {
+        self.names.iter().map(String::as_str).collect()
+    }
+
+    fn is_immediate(&self, long: &str) -> bool {
+        crate::options::is_immediate(long)
+    }
+}
+
+fn origin(o: &uwsgi_config::Origin) -> String {
+    match o {
+        uwsgi_config::Origin::CommandLine { .. } => "the command line".into(),
+        uwsgi_config::Origin::Env { var } => format!("${var}"),
+        uwsgi_config::Origin::File {
+            path,
+            line: Some(l),
+        } => format!("{path}:{l}"),
+        uwsgi_config::Origin::File { path, line: None } => path.clone(),
+    }
+}
+
+/// The command line, the `UWSGI_*` variables and every config file they
+/// name, read with uWSGI's config language (crate `uwsgi-config`: magic
+/// variables, placeholders, includes, `if-*`/`for` logic, ini/xml/yaml/json),
+/// as one ordered list of settings, and the warnings uWSGI would print.
+pub fn settings_from_args(args: &[OsString]) -> Result<(Vec<Setting>, Vec<String>), IniError> {
+    let strs: Vec<String> = args
         .iter()
         .skip(1)
-        .map(|a| a.to_string_lossy().into_owned());
-    while let Some(a) = it.next() {
-        let (name, inline) = if let Some(long) = a.strip_prefix("--") {
-            match long.split_once('=') {
-                Some((n, v)) => (n.to_string(), Some(v.to_string())),
-                None => (long.to_string(), None),
-            }
-        } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
-            let mut c = short.chars();
-            let ch = c.next().unwrap_or('-');
-            let rest: String = c.collect();
-            match (shorts.get(&ch), ch) {
-                (Some(n), _) => (n.to_string(), (!rest.is_empty()).then_some(rest)),
-                (None, 'h') => ("help".to_string(), None),
-                (None, 'V') => ("version".to_string(), None),
-                _ => return Err(IniError::UnknownArg(a)),
-            }
-        } else if after_emperor_file(&out) {
-            // `--emperor /srv/*/uwsgi.ini` unquoted: the shell expanded the
-            // pattern into files, and the first one became the value
-            return Err(IniError::Positional(a));
-        } else if a.ends_with(".ini") {
-            out.extend(read_ini(&a)?);
-            continue;
-        } else {
-            return Err(IniError::Positional(a));
-        };
-        let name = name.replace('_', "-");
-        if name == "help" || name == "version" {
-            // clap prints them
-            out.push(Setting {
-                key: name,
-                value: None,
-                origin: "the command line".into(),
-            });
-            continue;
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // `--emperor /srv/*/uwsgi.ini` unquoted: the shell expanded the pattern
+    // into files; the first became the value and uWSGI would load the
+    // others as config files
+    for w in strs.windows(3) {
+        if (w[0] == "--emperor") && std::path::Path::new(&w[1]).is_file() && !w[2].starts_with('-')
+        {
+            return Err(IniError::Positional(w[2].clone(), w[1].clone()));
         }
-        let value = match (arity(&cmd, &name), inline) {
-            (Some(_), Some(v)) => Some(v),
-            (Some(Arity::Required), None) => Some(
-                it.next()
-                    .ok_or_else(|| IniError::MissingValue(name.clone()))?,
-            ),
-            (Some(_), None) => None,
-            (None, _) => return Err(IniError::UnknownArg(format!("--{name}"))),
-        };
-        if name == "ini" {
-            out.extend(read_ini(value.as_deref().unwrap_or_default())?);
-            continue;
-        }
-        out.push(Setting {
-            key: name,
-            value,
-            origin: "the command line".into(),
-        });
     }
-    Ok(out)
-}
-
-/// Whether the last setting is an `--emperor` given on the command line
-/// whose value is an existing regular file: what an unquoted glob pattern
-/// leaves after the shell expanded it.
-fn after_emperor_file(out: &[Setting]) -> bool {
-    out.last().is_some_and(|s| {
-        s.key == "emperor"
-            && s.origin == "the command line"
-            && s.value
-                .as_deref()
-                .is_some_and(|v| std::path::Path::new(v).is_file())
-    })
-}
-
-/// Reads one ini file section into settings.
-pub fn read_ini(spec: &str) -> Result<Vec<Setting>, IniError> {
-    let (path, section) = match spec.rsplit_once(':') {
-        Some((p, s)) if !s.contains('/') && !s.is_empty() => (p.to_string(), s.to_string()),
-        _ => (spec.to_string(), "uwsgi".to_string()),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| IniError::Read {
-        path: path.clone(),
-        source: e,
-    })?;
-    let mut out = Vec::new();
-    let mut in_section = false;
-    let mut found = false;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-            continue;
-        }
-        if line.starts_with('[') && line.ends_with(']') {
-            in_section = line[1..line.len() - 1].trim() == section;
-            found |= in_section;
-            continue;
-        }
-        if !in_section {
-            continue;
-        }
-        let (key, value) = match line.split_once('=') {
-            Some((k, v)) => (k.trim(), v.trim()),
-            None => (line, ""),
-        };
-        if key.is_empty() {
-            return Err(IniError::Syntax {
-                path,
-                line: i + 1,
-                text: raw.to_string(),
-            });
-        }
-        out.push(Setting {
-            key: key.replace('_', "-"),
-            value: Some(value.to_string()),
-            origin: format!("{path}:{}", i + 1),
-        });
-    }
-    if !found {
-        return Err(IniError::NoSection { path, section });
-    }
-    Ok(out)
+    let ctx = uwsgi_config::Context::from_system();
+    let cfg = uwsgi_config::parse(&strs, &Table::new(), &ctx)?;
+    // `strict` is config language, but imperium applies it to every option,
+    // wherever it stands (uWSGI's applies from its own position on)
+    let settings = cfg
+        .entries
+        .iter()
+        .filter(|e| !uwsgi_config::is_config_language(&e.key) || e.key == "strict")
+        .map(|e| Setting {
+            // uWSGI matches file keys as written; imperium also takes `_`
+            key: e.key.replace('_', "-"),
+            value: e.value.clone(),
+            origin: origin(&e.origin),
+        })
+        .collect();
+    Ok((
+        settings,
+        cfg.warnings.iter().map(ToString::to_string).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -740,7 +702,7 @@ mod tests {
             .chain(args.iter().copied())
             .map(OsString::from)
             .collect();
-        let settings = settings_from_args(&args)?;
+        let (settings, _) = settings_from_args(&args)?;
         let p = crate::config::prepare("imperium".into(), &settings)?;
         Ok((Cli::try_parse_from(&p.args)?, p.notes))
     }
@@ -801,6 +763,32 @@ mod tests {
     }
 
     #[test]
+    fn config_language_in_the_emperor_config() {
+        // the forms of the issue: %d, placeholders, $(ENV), if-exists
+        let dir = tempfile::tempdir().unwrap();
+        let d = format!("{}/", dir.path().display());
+        let p = dir.path().join("emperor.ini");
+        std::fs::write(
+            &p,
+            "[uwsgi]\nemperor = %dvassals\nlogto = %d/logs/x.log\nvassals-include = %dapps-include.ini\nbase = /srv\nchdir = %(base)/app\nif-exists = %demperor.ini\nvassal-set = home=$(HOME)\nendif =\n",
+        )
+        .unwrap();
+        let ps = p.to_string_lossy().into_owned();
+        let (c, notes) = full(&[&ps]).unwrap();
+        assert_eq!(c.emperor, [format!("{d}vassals")]);
+        assert_eq!(c.logto, Some(format!("{d}/logs/x.log").into()));
+        assert_eq!(c.vassals_include, [format!("{d}apps-include.ini")]);
+        assert_eq!(c.chdir, Some("/srv/app".into()));
+        let home = std::env::var("HOME").unwrap_or_default();
+        assert_eq!(c.vassal_set, [format!("home={home}")]);
+        // `base` is a placeholder-only key: unknown, so a warning
+        assert!(
+            notes.iter().any(|n| n.to_string().contains("'base'")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
     fn ini_errors_are_clear() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("e.ini");
@@ -814,19 +802,27 @@ mod tests {
         );
         std::fs::write(&p, "[uwsgi]\nstrict = true\nemperor-bogus = 1\n").unwrap();
         let e = full(&["--ini", &ps]).unwrap_err().to_string();
-        assert!(e.contains("emperor-bogus") && e.contains("--strict"), "{e}");
+        assert!(
+            e.contains("emperor-bogus") && e.contains("strict") && e.contains("line 3"),
+            "{e}"
+        );
         std::fs::write(&p, "[uwsgi]\nemperor-nofollow = maybe\n").unwrap();
         let e = full(&["--ini", &ps]).unwrap_err().to_string();
         assert!(e.contains("emperor-nofollow") && e.contains("flag"), "{e}");
         std::fs::write(&p, "[x]\n").unwrap();
-        assert!(read_ini(&ps)
+        let args: Vec<OsString> = ["imperium", "--ini", &ps]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let (_, warnings) = settings_from_args(&args).unwrap();
+        assert!(
+            warnings.iter().any(|w| w.contains("uwsgi")),
+            "a missing [uwsgi] section is reported: {warnings:?}"
+        );
+        let e = full(&["--ini", "/nonexistent/e.ini"])
             .unwrap_err()
-            .to_string()
-            .contains("no [uwsgi] section"));
-        assert!(read_ini("/nonexistent/e.ini")
-            .unwrap_err()
-            .to_string()
-            .contains("/nonexistent/e.ini"));
+            .to_string();
+        assert!(e.contains("/nonexistent/e.ini"), "{e}");
         std::fs::create_dir_all(dir.path().join("a")).unwrap();
         std::fs::create_dir_all(dir.path().join("b")).unwrap();
         let a = dir.path().join("a/x.ini");

@@ -34,6 +34,9 @@ pub enum Note {
         /// Why it means nothing here.
         why: &'static str,
     },
+    /// A warning of the config language (a missing section, a block left
+    /// open, ...), which uWSGI prints too.
+    Config(String),
     /// Nobody has classified this option: ignored, as uWSGI ignores unknown
     /// keys.
     Unknown {
@@ -52,6 +55,7 @@ impl std::fmt::Display for Note {
             Note::Ignored { key, origin, why } => {
                 write!(f, "{origin}: option '{key}' ignored: {why}")
             }
+            Note::Config(w) => f.write_str(w),
             Note::Unknown {
                 key,
                 origin,
@@ -137,6 +141,15 @@ pub fn prepare(argv0: OsString, settings: &[Setting]) -> Result<Prepared, Config
     };
     for s in settings {
         let key = s.key.as_str();
+        if matches!(key, "help" | "usage" | "version") {
+            let flag = if key == "version" {
+                "--version"
+            } else {
+                "--help"
+            };
+            out.args.push(OsString::from(flag));
+            continue;
+        }
         let arg = cmd.get_arguments().find(|a| {
             a.get_long() == Some(key)
                 || a.get_all_aliases()

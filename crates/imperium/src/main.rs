@@ -91,7 +91,7 @@ fn real_main() -> Result<()> {
     for n in &notes {
         match n {
             config::Note::Ignored { .. } => tracing::info!("{n}"),
-            config::Note::Unknown { .. } => tracing::warn!("{n}"),
+            config::Note::Unknown { .. } | config::Note::Config(_) => tracing::warn!("{n}"),
         }
     }
     if cli.early_emperor && (cli.uid.is_some() || cli.gid.is_some()) {
@@ -268,11 +268,14 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
             Err(e) => e.exit(),
         };
     }
-    let settings = cli::settings_from_args(args)?;
-    let prepared = config::prepare(
+    let (settings, warnings) = cli::settings_from_args(args)?;
+    let mut prepared = config::prepare(
         args.first().cloned().unwrap_or_else(|| "imperium".into()),
         &settings,
     )?;
+    prepared
+        .notes
+        .splice(0..0, warnings.into_iter().map(config::Note::Config));
     match Cli::try_parse_from(&prepared.args) {
         Ok(c) => Ok((c, prepared.notes)),
         Err(e) => e.exit(),

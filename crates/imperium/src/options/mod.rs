@@ -69,6 +69,57 @@ pub fn uwsgi_options() -> &'static HashMap<&'static str, UwsgiOption> {
     })
 }
 
+/// The options uWSGI 2.0.21 runs while it parses (`UWSGI_OPT_IMMEDIATE`)
+/// and that are not config language: their values are not expanded by
+/// the placeholder passes.
+const IMMEDIATE: &[&str] = &[
+    "fallback-config",
+    "stop",
+    "reload",
+    "pause",
+    "suspend",
+    "resume",
+    "connect-and-read",
+    "extract",
+    "listen",
+    "umask",
+    "help",
+    "usage",
+    "print-sym",
+    "print-symbol",
+    "spooler-processes",
+    "signal",
+    "flock",
+    "flock-wait",
+    "flock2",
+    "flock-wait2",
+    "immediate-uid",
+    "immediate-gid",
+    "command-mode",
+    "pcre-jit",
+    "early-envdir",
+    "plugins",
+    "plugin",
+    "need-plugins",
+    "need-plugin",
+    "plugins-dir",
+    "plugin-dir",
+    "autoload",
+    "dlopen",
+    "binary-append-data",
+    "iprint",
+    "exit",
+    "cflags",
+    "dot-h",
+    "config-py",
+    "build-plugin",
+];
+
+/// Whether uWSGI runs `name` while parsing (see [`IMMEDIATE`]).
+pub fn is_immediate(name: &str) -> bool {
+    IMMEDIATE.contains(&name)
+}
+
 /// What imperium does with an option that is not one of its own (those
 /// have the same meaning as in uWSGI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
