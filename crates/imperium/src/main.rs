@@ -206,7 +206,7 @@ fn real_main() -> Result<()> {
         async move {
             let (tx, rx) = mpsc::channel(64);
             install_signals(tx.clone())?;
-            start_observers(&cli, &tx).await?;
+            start_observers(&cli, &tx, drop.as_ref().map(process::Drop::target)).await?;
             // everything that needs the emperor's privileges is bound: drop
             // them, then what uWSGI does after the drop
             if let Some(d) = &drop {
@@ -411,7 +411,11 @@ fn on_demand_source(cli: &Cli) -> Result<OnDemandSource> {
 
 /// Binds the stats, metrics, control and command sockets and starts their
 /// tasks. A socket that cannot be bound is a start-up error.
-async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
+async fn start_observers(
+    cli: &Cli,
+    tx: &mpsc::Sender<Command>,
+    owner: Option<(Option<u32>, Option<u32>)>,
+) -> Result<()> {
     use emperor::stats::{Listener, StatsOptions};
     let timeout = Duration::from_secs(cli.socket_timeout);
     // --abstract-socket: UNIX paths of the stats and metrics servers go in
@@ -428,6 +432,7 @@ async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
         let l = Listener::bind(addr, cli.chmod_socket)
             .await
             .context("--emperor-stats")?;
+        chown_socket("--emperor-stats", addr, owner)?;
         let opts = StatsOptions {
             addr: addr.clone(),
             http: cli.stats_http,
@@ -444,6 +449,7 @@ async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
         let l = Listener::bind(addr, cli.chmod_socket)
             .await
             .context("--emperor-metrics")?;
+        chown_socket("--emperor-metrics", addr, owner)?;
         tracing::info!("*** Prometheus metrics on {addr} (GET /metrics) ***");
         tokio::spawn(emperor::metrics::serve(l, timeout, tx.clone()));
     }
@@ -473,6 +479,25 @@ async fn start_observers(cli: &Cli, tx: &mpsc::Sender<Command>) -> Result<()> {
         tokio::spawn(s.serve(tx.clone()));
     }
     Ok(())
+}
+
+/// A stats or metrics UNIX socket is bound before the privilege drop: give
+/// it to the --uid/--gid user, as uWSGI leaves it (its master binds the
+/// stats socket after dropping privileges), so that --chmod-socket 660
+/// lets that user and group in, not root alone.
+fn chown_socket(what: &str, addr: &str, owner: Option<(Option<u32>, Option<u32>)>) -> Result<()> {
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
+    if addr.contains(':') || addr.starts_with('@') || !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    nix::unistd::chown(
+        addr,
+        uid.map(nix::unistd::Uid::from_raw),
+        gid.map(nix::unistd::Gid::from_raw),
+    )
+    .with_context(|| format!("{what} {addr}: cannot give the socket to the --uid/--gid user"))
 }
 
 fn remove_pidfiles(p: Vec<PathBuf>) {

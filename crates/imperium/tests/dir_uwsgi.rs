@@ -7,7 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testkit::procs::{alive, children, tree, wait_all_dead};
-use testkit::uwsgi::{http_get, parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app};
+use testkit::uwsgi::{
+    http_get, master_of, parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app,
+};
 use testkit::Imperium;
 
 const T: Duration = Duration::from_secs(20);
@@ -35,10 +37,6 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
 }
 
 /// The uWSGI master of the vassal serving `port`: the parent of the worker.
-fn master_of(worker: u32) -> u32 {
-    testkit::procs::ppid(worker).expect("worker has a parent")
-}
-
 #[test]
 fn spawn_reload_destroy_with_real_uwsgi() {
     let (tmp, vassals, app) = setup();

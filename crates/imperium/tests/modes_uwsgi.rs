@@ -8,19 +8,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{chown, Gid, Pid, Uid};
+use nix::unistd::Pid;
 use testkit::procs::{alive, ppid, tree, wait_all_dead};
 use testkit::servers::{free_port, wait_until};
-use testkit::users::{proc_gids, proc_status_field, proc_uids, test_user};
-use testkit::uwsgi::{parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app};
+use testkit::users::{
+    assert_runs_as, own, proc_status_field, proc_uids, readable_tempdir, test_user, write_owned,
+};
+use testkit::uwsgi::{master_of, parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app};
 use testkit::Imperium;
 
 const T: Duration = Duration::from_secs(25);
 
-/// A temp dir the vassal users can read (tempfile makes 0700 dirs).
+/// A temp dir the vassal users can read, its vassals/ dir and the app.
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = readable_tempdir();
     let vassals = tmp.path().join("vassals");
     std::fs::create_dir(&vassals).unwrap();
     std::fs::set_permissions(&vassals, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -41,28 +42,6 @@ fn emperor(dir: &Path, vassals: &Path, extra: &[&str]) -> Imperium {
     ];
     args.extend(extra.iter().map(|a| a.into()));
     Imperium::start(dir, args)
-}
-
-fn own(path: &Path, (uid, gid): (u32, u32)) {
-    chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).unwrap();
-}
-
-/// Writes a config as root, then gives it its owner (so the emperor never
-/// sees it root-owned).
-fn write_owned(path: &Path, text: &str, owner: (u32, u32)) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    own(&tmp, owner);
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn master_of(worker: u32) -> u32 {
-    ppid(worker).expect("worker has a parent")
-}
-
-fn assert_runs_as(pid: u32, (uid, gid): (u32, u32)) {
-    assert_eq!(proc_uids(pid), Some([uid; 4]), "uids of {pid}");
-    assert_eq!(proc_gids(pid), Some([gid; 4]), "gids of {pid}");
 }
 
 // ----- tyrant mode -----------------------------------------------------------

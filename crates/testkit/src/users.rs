@@ -1,7 +1,10 @@
 //! Unprivileged users for tyrant-mode tests (the tests run as root).
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
+
+use nix::unistd::{chown, Gid, Uid};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -68,4 +71,42 @@ fn status_ids(pid: u32, field: &str) -> Option<[u32; 4]> {
         .filter_map(|x| x.parse().ok())
         .collect();
     ids.try_into().ok()
+}
+
+/// Gives `path` to `uid:gid`.
+pub fn own(path: &Path, (uid, gid): (u32, u32)) {
+    chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+}
+
+/// Writes a config as root, then gives it its owner and moves it in place
+/// (so an emperor never sees it root-owned).
+pub fn write_owned(path: &Path, text: &str, owner: (u32, u32)) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    own(&tmp, owner);
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+/// Asserts that all four uids and gids of `pid` are `uid` and `gid`.
+pub fn assert_runs_as(pid: u32, (uid, gid): (u32, u32)) {
+    assert_eq!(proc_uids(pid), Some([uid; 4]), "uids of {pid}");
+    assert_eq!(proc_gids(pid), Some([gid; 4]), "gids of {pid}");
+}
+
+/// The permitted and effective capability sets of `pid` (the `CapPrm:` and
+/// `CapEff:` lines of /proc/PID/status).
+pub fn proc_caps(pid: u32) -> Option<(u64, u64)> {
+    let read = |f| u64::from_str_radix(&proc_status_field(pid, f)?, 16).ok();
+    Some((read("CapPrm:")?, read("CapEff:")?))
+}
+
+/// A temp dir that unprivileged users can read and enter (tempfile makes
+/// 0700 dirs): for configs and apps of vassals that drop privileges.
+pub fn readable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod 755 the temp dir");
+    tmp
 }

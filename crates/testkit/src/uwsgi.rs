@@ -67,6 +67,11 @@ pub fn vassal_ini_on(app: &Path, marker: &str, port: u16) -> String {
     )
 }
 
+/// The uWSGI master of a worker that answered (its parent).
+pub fn master_of(worker: u32) -> u32 {
+    crate::procs::ppid(worker).expect("worker has a parent")
+}
+
 /// GET `path` from 127.0.0.1:`port`; the body, or `None` when nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(
