@@ -331,7 +331,8 @@ pub struct Cli {
     pub log_reopen: bool,
 
     /// Write the emperor's pid here, before the privilege drop (removed at
-    /// a clean exit).
+    /// a clean exit when the emperor may still remove it: not from a
+    /// root-owned directory after a --uid drop, as with uWSGI).
     #[arg(long, value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 

@@ -461,6 +461,9 @@ async fn start_observers(
         let l = Listener::bind(&addr, Some(cli.emperor_control_socket_mode))
             .await
             .context("--emperor-control-socket")?;
+        // the emperor's own uid is always allowed: after the drop that is
+        // the --uid user, who must be able to connect to the socket file
+        chown_socket("--emperor-control-socket", &addr, owner)?;
         let access = emperor::control::Access {
             uids: cli.emperor_control_allow_uid.clone(),
             gids: cli.emperor_control_allow_gid.clone(),
@@ -475,16 +478,18 @@ async fn start_observers(
         let s = emperor::control::CommandSocket::bind(addr, 0o600)
             .await
             .context("--emperor-command-socket")?;
+        chown_socket("--emperor-command-socket", addr, owner)?;
         tracing::info!("*** Emperor command socket on {addr} ***");
         tokio::spawn(s.serve(tx.clone()));
     }
     Ok(())
 }
 
-/// A stats or metrics UNIX socket is bound before the privilege drop: give
-/// it to the --uid/--gid user, as uWSGI leaves it (its master binds the
-/// stats socket after dropping privileges), so that --chmod-socket 660
-/// lets that user and group in, not root alone.
+/// A stats, metrics, control or command UNIX socket is bound before the
+/// privilege drop: give it to the --uid/--gid user, as uWSGI leaves it (its
+/// master binds the stats socket after dropping privileges), so that
+/// --chmod-socket 660 lets that user and group in, not root alone, and the
+/// control socket (mode 600) still lets the emperor's own user in.
 fn chown_socket(what: &str, addr: &str, owner: Option<(Option<u32>, Option<u32>)>) -> Result<()> {
     let Some((uid, gid)) = owner else {
         return Ok(());
@@ -502,7 +507,14 @@ fn chown_socket(what: &str, addr: &str, owner: Option<(Option<u32>, Option<u32>)
 
 fn remove_pidfiles(p: Vec<PathBuf>) {
     for p in p {
-        let _ = std::fs::remove_file(p);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::info!(
+                "pidfile {} left in place: {e} (written before the privilege drop; use --pidfile2 in a directory the --uid user owns)",
+                p.display()
+            ),
+        }
     }
 }
 

@@ -10,8 +10,8 @@
 //! pidfiles, the stop signal stops everything); where uWSGI differs on
 //! purpose, the documented difference is asserted and explained.
 //!
-//! Entries that need uWSGI's config language (`%d`, `%(_)`, `for`) are
-//! written too and `#[ignore]`d until the uwsgi-config crate is merged.
+//! Entries that use uWSGI's config language (`%d`, `%(_)`, `for`) go
+//! through the uwsgi-config crate, as imperium reads its config.
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1116,7 +1116,6 @@ fn shortcuts_for(kind: Emperor) {
 }
 
 #[test]
-#[ignore = "needs the uwsgi-config crate (config language)"]
 fn custom_options_docs_for_loop_vassals_include() {
     shortcuts_for(Uwsgi);
     shortcuts_for(Imperium);
@@ -1155,7 +1154,6 @@ fn magic_vars(kind: Emperor) {
 }
 
 #[test]
-#[ignore = "needs the uwsgi-config crate (config language)"]
 fn server_notes_magic_variables_d_and_p() {
     magic_vars(Uwsgi);
     magic_vars(Imperium);
@@ -1223,9 +1221,11 @@ fn an_unsupported_option_and_strict_unknown_keys_stop_start_up() {
         assert!(!st.success(), "{kind:?}: {st:?}");
         let out = run.output();
         match kind {
+            // uWSGI's own strict mode (the config language's), with the
+            // file and line
             Imperium => assert!(
                 out.contains(&format!(
-                    "{}:3: unknown option 'frobnicate' (--strict is on",
+                    "{} line 3: [strict-mode] unknown config directive: frobnicate",
                     ini.display()
                 )),
                 "{out}"
