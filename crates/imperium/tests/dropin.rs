@@ -284,3 +284,55 @@ fn unsupported_and_strict_options_stop_the_start_with_file_and_line() {
         emp.log()
     );
 }
+
+#[test]
+fn procname_log_reopen_abstract_stats_and_early_emperor() {
+    let (euid, _) = testkit::users::test_user("imperium-emp");
+    let e = Env::new();
+    e.write("a.ini", "");
+    let log = e.path("emperor.log");
+    let name = format!("imperium-test-{}", std::process::id());
+    let mut emp = e.start_ini(
+        &format!(
+            "emperor-procname = uWSGI Emperor {name}\nlogto = {}\nlog-reopen = true\nemperor-stats = {name}.stats\nabstract-socket = true\nearly-emperor = true\nuid = {euid}",
+            log.display()
+        ),
+        &[],
+    );
+    assert!(
+        wait_until(T, || record_starts(&e.rec("a.ini")).len() == 1),
+        "{}",
+        read(&log)
+    );
+    let pid = emp.pid();
+    // the command line, as pgrep -f sees it
+    let cmdline = read(Path::new(&format!("/proc/{pid}/cmdline")));
+    assert!(
+        cmdline.starts_with(&format!("uWSGI Emperor {name}")),
+        "{cmdline:?}"
+    );
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("^uWSGI Emperor {name}")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pid.to_string());
+    // early-emperor: the uid is not applied to the emperor
+    assert!(status_field(pid, "Uid").starts_with("0\t"));
+    // the stats socket is in the abstract namespace: no file
+    assert!(!e.path(&format!("{name}.stats")).exists());
+    let unix = read(Path::new("/proc/net/unix"));
+    assert!(
+        unix.contains(&format!("@{name}.stats")),
+        "not in /proc/net/unix"
+    );
+    // log-reopen: a logrotate moved the file away; SIGHUP makes a new one
+    std::fs::rename(&log, e.path("emperor.log.1")).unwrap();
+    emp.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        wait_until(T, || read(&log).contains("reopened")),
+        "{}",
+        read(&e.path("emperor.log.1"))
+    );
+    assert!(emp.stop().success());
+    assert!(read(&log).contains("The Emperor is buried."));
+}
