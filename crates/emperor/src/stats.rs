@@ -205,11 +205,11 @@ impl Snapshot {
         let vassals = rec
             .vassals()
             .map(|v| {
-                let p = v.proc.as_ref();
+                let p = v.proc();
                 let spec = v.desired.as_ref();
                 VassalSnap {
                     name: v.name.to_string(),
-                    state: v.state(),
+                    state: v.phase.state(),
                     pid: v.pid(),
                     monitor: v.monitor,
                     config: match spec.map(|s| &s.config) {
@@ -230,9 +230,7 @@ impl Snapshot {
                     last_ready: v.last_ready.map_or(0.0, unix),
                     last_accepting: v.last_accepting.map_or(0.0, unix),
                     last_run: p.map_or(0.0, |p| unix(p.started_wall)),
-                    cursed: p
-                        .and_then(|p| p.stopping)
-                        .map_or(0.0, |(_, t)| clock.unix(t)),
+                    cursed: v.phase.stopping().map_or(0.0, |(_, t)| clock.unix(t)),
                     zerg: v.name.as_str().contains(':'),
                     on_demand: spec.and_then(|s| s.socket.clone()),
                     uid: spec.and_then(|s| s.owner).map_or(0, |o| o.uid),
@@ -240,10 +238,10 @@ impl Snapshot {
                     reloads: v.reloads,
                     restarts: v.restarts,
                     last_exit: v.last_exit,
-                    next_respawn: v.respawn_at.map(|t| clock.unix(t)),
+                    next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
                     paused: v.paused,
                     change_held: v.held_change.is_some(),
-                    refused: v.refused.clone(),
+                    refused: v.phase.refused().map(str::to_string),
                 }
             })
             .collect();

@@ -11,12 +11,9 @@ impl Reconciler {
         let targets: Vec<(VassalName, InstanceId, u32)> = self
             .vassals
             .values()
-            .filter_map(|v| {
-                let p = v.proc.as_ref()?;
-                if p.stopping.is_some() {
-                    return None;
-                }
-                Some((v.name.clone(), p.instance, p.pid?))
+            .filter_map(|v| match &v.phase {
+                Phase::Running { proc, pid } => Some((v.name.clone(), proc.instance, *pid)),
+                _ => None,
             })
             .collect();
         for (name, instance, pid) in targets {
@@ -31,14 +28,13 @@ impl Reconciler {
         let v = self
             .vassal(name)
             .ok_or_else(|| format!("no vassal named {name}"))?;
-        let p = v
-            .proc
-            .as_ref()
-            .ok_or_else(|| format!("vassal {name} is not running"))?;
-        if p.stopping.is_some() {
-            return Err(format!("vassal {name} is stopping"));
-        }
-        let (vn, instance, pid) = (v.name.clone(), p.instance, p.pid.unwrap_or(0));
+        let (instance, pid) = match &v.phase {
+            Phase::Starting(p) => (p.instance, 0),
+            Phase::Running { proc, pid } => (proc.instance, *pid),
+            Phase::Stopping { .. } => return Err(format!("vassal {name} is stopping")),
+            _ => return Err(format!("vassal {name} is not running")),
+        };
+        let vn = v.name.clone();
         self.reload(&vn, instance, pid, &mut out);
         Ok(out)
     }
@@ -93,17 +89,21 @@ impl Reconciler {
     pub fn stop_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
-        if v.held {
+        if v.stopped_by_operator {
             return Err(format!("vassal {name} is already stopped"));
         }
-        v.held = true;
-        v.respawn_at = None;
-        v.activated = false;
+        v.stopped_by_operator = true;
         let mut out = Vec::new();
         if v.listening.take().is_some() {
             // an on-demand vassal stops listening too
-            v.waiting = false;
             out.push(Action::Unlisten { name: vn.clone() });
+        }
+        match &mut v.phase {
+            // going down already: it stays down
+            Phase::Stopping { reason, .. } => *reason = StopReason::Operator,
+            Phase::Starting(_) | Phase::Running { .. } => {}
+            // no process: nothing scheduled any more
+            _ => v.phase = Phase::Stopped,
         }
         self.emit(Event::Held { name: &vn });
         self.stop(&vn, StopReason::Operator, now, &mut out);
@@ -116,27 +116,21 @@ impl Reconciler {
     pub fn start_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
-        if v.proc.as_ref().is_some_and(|p| p.stopping.is_none()) {
+        if matches!(v.phase, Phase::Starting(_) | Phase::Running { .. }) {
             return Err(format!("vassal {name} is already running"));
         }
         if v.desired.is_none() {
             return Err(format!("vassal {name} was removed from its source"));
         }
-        v.held = false;
-        v.exiled = false;
-        v.idle = false;
-        v.respawn_at = None;
+        v.stopped_by_operator = false;
         let mut out = Vec::new();
-        match v.proc.as_mut() {
+        match &mut v.phase {
             // going down on our request: start again when its exit is seen
-            Some(p) => {
-                if let Some((_, at)) = p.stopping {
-                    p.stopping = Some((StopReason::Restart, at));
-                }
-            }
-            None => {
+            Phase::Stopping { reason, .. } => *reason = StopReason::Restart,
+            _ => {
+                v.phase = Phase::Stopped;
                 self.blacklist.remove(&vn);
-                self.start(&vn, now, &mut out);
+                self.start(&vn, now, false, &mut out);
             }
         }
         Ok(out)
@@ -152,8 +146,9 @@ impl Reconciler {
         }
         self.emit(Event::Unblacklisted { name: &vn });
         let v = self.vassals.get_mut(&vn).expect("present");
-        if v.proc.is_none() && v.respawn_at.take().is_some() {
-            self.start(&vn, now, &mut out);
+        if let Phase::Throttled { activated, .. } = v.phase {
+            v.phase = Phase::Stopped;
+            self.start(&vn, now, activated, &mut out);
         }
         Ok(out)
     }
@@ -163,17 +158,19 @@ impl Reconciler {
     pub fn clear_blacklist_all(&mut self, now: Instant) -> (usize, Vec<Action>) {
         let n = self.clear_blacklist();
         let mut out = Vec::new();
-        let waiting: Vec<VassalName> = self
+        let waiting: Vec<(VassalName, bool)> = self
             .vassals
             .values()
-            .filter(|v| v.proc.is_none() && v.respawn_at.is_some())
-            .map(|v| v.name.clone())
+            .filter_map(|v| match v.phase {
+                Phase::Throttled { activated, .. } => Some((v.name.clone(), activated)),
+                _ => None,
+            })
             .collect();
-        for vn in waiting {
+        for (vn, activated) in waiting {
             if let Some(v) = self.vassals.get_mut(&vn) {
-                v.respawn_at = None;
+                v.phase = Phase::Stopped;
             }
-            self.start(&vn, now, &mut out);
+            self.start(&vn, now, activated, &mut out);
         }
         (n, out)
     }
@@ -191,12 +188,12 @@ impl Reconciler {
             tracing::info!(
                 vassal = %v.name,
                 pid = v.pid(),
-                state = ?v.state(),
+                state = ?v.phase.state(),
                 "vassal instance {} (last modified {}) status {} loyal {} zerg {}",
                 v.name,
                 v.applied_key.as_secs(),
-                i32::from(v.proc.as_ref().is_some_and(|p| p.stopping.is_some())),
-                i32::from(v.proc.as_ref().is_some_and(|p| p.loyal)),
+                i32::from(v.phase.stopping().is_some()),
+                i32::from(v.proc().is_some_and(|p| p.loyal)),
                 i32::from(v.name.as_str().contains(':')),
             );
         }
@@ -215,8 +212,7 @@ impl Reconciler {
             let Some(v) = self.vassals.get_mut(&name) else {
                 continue;
             };
-            v.respawn_at = None;
-            if v.proc.is_none() {
+            if v.proc().is_none() {
                 self.delete(&name, &mut out);
                 continue;
             }
@@ -231,11 +227,7 @@ impl Reconciler {
         let targets: Vec<(VassalName, InstanceId, u32)> = self
             .vassals
             .values()
-            .filter_map(|v| {
-                v.proc
-                    .as_ref()
-                    .and_then(|p| Some((v.name.clone(), p.instance, p.pid?)))
-            })
+            .filter_map(|v| Some((v.name.clone(), v.proc()?.instance, v.pid()?)))
             .collect();
         for (name, instance, pid) in targets {
             tracing::warn!(vassal = %name, pid, "NO MERCY for vassal {name} !!!");

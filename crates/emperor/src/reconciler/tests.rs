@@ -1,8 +1,12 @@
 //! Reconciler unit tests: feed events, read the actions.
 
 use super::*;
+use crate::events::ExitStatus;
 use crate::name::{Extensions, NamePolicy};
 use crate::protocol::VassalMessage as M;
+use crate::protocol::{MSG_GRACEFUL_STOP, MSG_RELOAD, MSG_STOP};
+use crate::spec::{Change, ChangeKey};
+use std::time::Duration;
 
 fn name(n: &str) -> VassalName {
     VassalName::parse(n, &Extensions::default(), NamePolicy::Plain).unwrap()
@@ -83,7 +87,10 @@ fn new_spec_spawns_once_and_same_key_does_nothing() {
         t,
     );
     assert!(acts.is_empty(), "{acts:?}");
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
 }
 
 #[test]
@@ -134,7 +141,10 @@ fn removal_stops_then_exit_deletes() {
     );
     let acts = r.monitor_change(0, Change::Snapshot(vec![file("b.ini", 1)]), t);
     assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Stopping);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Stopping
+    );
     let acts = r.exited(ids[0], ExitStatus::Code(0), t);
     assert!(acts.is_empty());
     assert!(r.vassal("a.ini").is_none());
@@ -169,7 +179,10 @@ fn unexpected_death_respawns_and_blacklist_throttles_non_loyal() {
     let t1 = t + Duration::from_millis(10);
     let acts = r.exited(ids[0], ExitStatus::Code(1), t1);
     assert!(acts.is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Throttled
+    );
     assert_eq!(r.next_deadline(), Some(t1 + Duration::from_secs(1)));
     assert!(r.tick(t1 + Duration::from_millis(999)).is_empty());
     let acts = r.tick(t1 + Duration::from_secs(1));
@@ -183,7 +196,10 @@ fn exit_26_exiles_until_the_config_changes() {
     let t = Instant::now();
     let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
     assert!(r.exited(ids[0], ExitStatus::Code(26), t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Exiled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Exiled
+    );
     assert!(r
         .monitor_change(0, Change::Snapshot(vec![file("a.ini", 1)]), t)
         .is_empty());
@@ -240,7 +256,10 @@ fn pipe_eof_curses_and_the_death_respawns() {
     let t = Instant::now();
     let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
     assert!(r.pipe_closed(ids[0], t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Stopping);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Stopping
+    );
     let acts = r.exited(ids[0], ExitStatus::Code(1), t);
     assert_eq!(ack(&mut r, &acts).len(), 1);
 }
@@ -263,13 +282,38 @@ fn heartbeat_watchdog_kills_after_the_required_interval() {
 }
 
 #[test]
+fn a_stopping_vassal_is_judged_by_the_curse_tolerance_not_its_heartbeat() {
+    let mut r = Reconciler::new(
+        ReconcilerConfig {
+            required_heartbeat: Duration::from_secs(5),
+            ..Default::default()
+        },
+        vec!["m0".into()],
+    );
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    r.vassal_message(ids[0], M::Heartbeat, t);
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(5)));
+    // removed at t+1: the heartbeat deadline (t+5) no longer counts, the
+    // curse tolerance (30 s) does; an expired heartbeat deadline would make
+    // the loop spin on a deadline that tick never clears
+    let t1 = t + Duration::from_secs(1);
+    r.monitor_change(0, Change::Remove(name("a.ini")), t1);
+    assert_eq!(r.next_deadline(), Some(t1 + Duration::from_secs(30)));
+    assert!(r.tick(t + Duration::from_secs(6)).is_empty());
+}
+
+#[test]
 fn monitor_degraded_never_removes_vassals() {
     let mut r = rec();
     let t = Instant::now();
     apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     let acts = r.monitor_change(0, Change::Health(MonitorHealth::Degraded("down".into())), t);
     assert!(acts.is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
 }
 
 #[test]
@@ -305,7 +349,10 @@ fn oversized_inline_config_is_refused_not_truncated() {
     let big = "x".repeat(70_000);
     let (acts, _) = apply(&mut r, 0, Change::Upsert(inline("big.ini", &big, 1)), t);
     assert!(acts.is_empty());
-    assert_eq!(r.vassal("big.ini").unwrap().state(), VassalState::Refused);
+    assert_eq!(
+        r.vassal("big.ini").unwrap().phase.state(),
+        VassalState::Refused
+    );
     // a fixed config is accepted
     let (_, ids) = apply(
         &mut r,
@@ -363,7 +410,10 @@ fn spawn_failure_is_retried_through_the_blacklist() {
     // a binary that cannot be executed (a package upgrade in progress) is
     // not exiled: it is tried again, never sooner than SPAWN_RETRY_MIN
     assert!(r.spawn_failed(instance, "no such file", t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Throttled
+    );
     assert_eq!(r.counters().spawn_failures, 1);
     assert_eq!(r.next_deadline(), Some(t + SPAWN_RETRY_MIN));
     assert!(r.tick(t + SPAWN_RETRY_MIN / 2).is_empty());
@@ -382,7 +432,10 @@ fn spawn_failure_is_retried_through_the_blacklist() {
         panic!("{acts:?}")
     };
     r.spawned(instance, 42, "uwsgi");
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
 }
 
 // ----- tyrant mode -----------------------------------------------------------
@@ -444,14 +497,14 @@ fn tyrant_refuses_root_once_per_change_and_accepts_a_fixed_owner() {
         let (acts, _) = apply(&mut r, 0, Change::Upsert(owned(&n, 1, uid, gid)), t);
         assert!(acts.is_empty(), "{uid}:{gid} {acts:?}");
         let v = r.vassal(&n).unwrap();
-        assert_eq!(v.state(), VassalState::Refused);
+        assert_eq!(v.phase.state(), VassalState::Refused);
         assert!(
-            v.refused
-                .as_deref()
+            v.phase
+                .refused()
                 .unwrap()
                 .contains("never runs a vassal as root"),
             "{:?}",
-            v.refused
+            v.phase
         );
     }
     assert_eq!(r.counters().refused, 3);
@@ -480,8 +533,8 @@ fn tyrant_refuses_root_once_per_change_and_accepts_a_fixed_owner() {
     assert!(r
         .vassal("none.ini")
         .unwrap()
-        .refused
-        .as_deref()
+        .phase
+        .refused()
         .unwrap()
         .contains("gives no uid/gid"));
 }
@@ -501,7 +554,13 @@ fn tyrant_minimum_uid_and_gid_are_configurable() {
     let t = Instant::now();
     let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("sys.ini", 1, 33, 33)), t);
     assert!(acts.is_empty());
-    let why = r.vassal("sys.ini").unwrap().refused.clone().unwrap();
+    let why = r
+        .vassal("sys.ini")
+        .unwrap()
+        .phase
+        .refused()
+        .unwrap()
+        .to_string();
     assert!(why.contains("1000/100"), "{why}");
     let (acts, _) = apply(&mut r, 0, Change::Upsert(owned("ok.ini", 1, 1000, 100)), t);
     assert_eq!(spawned_owner(&acts).len(), 1);
@@ -529,7 +588,10 @@ fn tyrant_owner_change_stops_and_starts_under_the_new_owner() {
     let acts = r.monitor_change(0, Change::Upsert(owned("a.ini", 1, 0, 0)), t);
     assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
     assert!(r.exited(ids[0], ExitStatus::Code(0), t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Refused);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Refused
+    );
 }
 
 // ----- on demand -------------------------------------------------------------
@@ -568,7 +630,10 @@ fn on_demand_waits_for_a_connection_then_spawns_with_the_socket() {
     );
     assert!(ids.is_empty(), "nothing runs before a connection");
     assert_eq!(listens(&acts), ["127.0.0.1:9000"]);
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::OnDemand);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::OnDemand
+    );
     // rescans change nothing
     assert!(r
         .monitor_change(
@@ -607,7 +672,10 @@ fn on_demand_idle_goes_back_to_waiting_on_the_same_socket() {
     assert_eq!(listens(&acts), ["/run/a.sock"]);
     assert_eq!(unlistens(&acts), 0);
     assert!(ack(&mut r, &acts).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::OnDemand);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::OnDemand
+    );
     let acts = r.on_demand_connection(&name("a.ini"), t);
     assert_eq!(ack(&mut r, &acts).len(), 1);
 }
@@ -628,7 +696,10 @@ fn on_demand_crash_keeps_the_socket_and_waits_again() {
     let id = ack(&mut r, &acts)[0];
     let acts = r.exited(id, ExitStatus::Signal(9), t);
     assert!(acts.is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Throttled
+    );
     assert!(r.on_demand_connection(&name("a.ini"), t).is_empty());
     let acts = r.tick(t + Duration::from_secs(1));
     assert_eq!(listens(&acts), [":9000"]);
@@ -675,9 +746,12 @@ fn on_demand_bind_failure_refuses_only_that_vassal() {
     );
     r.listen_failed(&name("a.ini"), "not a valid TCP address");
     let v = r.vassal("a.ini").unwrap();
-    assert_eq!(v.state(), VassalState::Refused);
-    assert!(v.refused.as_deref().unwrap().contains("bad:port"));
-    assert_eq!(r.vassal("b.ini").unwrap().state(), VassalState::Running);
+    assert_eq!(v.phase.state(), VassalState::Refused);
+    assert!(v.phase.refused().unwrap().contains("bad:port"));
+    assert_eq!(
+        r.vassal("b.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
     // fixing the socket retries
     let acts = r.monitor_change(0, Change::Upsert(on_demand("a.ini", 1, ":9000")), t);
     assert_eq!(listens(&acts), [":9000"]);
@@ -775,7 +849,7 @@ fn removal_passes_keep_zergs_while_the_base_exists() {
     );
     assert!(acts.is_empty(), "{acts:?}");
     assert_eq!(
-        r.vassal("db.ini:zerg:1").unwrap().state(),
+        r.vassal("db.ini:zerg:1").unwrap().phase.state(),
         VassalState::Running
     );
     // a changed base reloads its zergs with the new text
@@ -890,7 +964,10 @@ fn operator_stop_keeps_a_vassal_down_until_started() {
     // its exit is expected and nothing respawns it: no timer, no rescan,
     // not even a config change
     assert!(r.exited(ids[0], ExitStatus::Code(0), t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Stopped);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Stopped
+    );
     assert_eq!(r.counters().deaths_unexpected, 0);
     assert_eq!(r.counters().deaths.get("requested"), Some(&1));
     assert!(r.next_deadline().is_none());
@@ -904,7 +981,10 @@ fn operator_stop_keeps_a_vassal_down_until_started() {
     };
     assert_eq!(spec.key, file("a.ini", 2).key);
     r.spawned(*instance, 5000, "uwsgi");
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Running);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
     assert!(r
         .start_one("a.ini", t)
         .unwrap_err()
@@ -928,7 +1008,10 @@ fn start_one_overrides_exile_and_blacklist() {
     let t = Instant::now();
     let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     assert!(r.exited(ids[0], ExitStatus::Code(26), t).is_empty());
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Exiled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Exiled
+    );
     let acts = r.start_one("a.ini", t).unwrap();
     assert_eq!(spawns(&acts), 1);
 }
@@ -952,7 +1035,10 @@ fn clear_blacklist_for_one_vassal_starts_it_now() {
         }
     }
     assert_eq!(cur, vec![0, 0], "both wait for a throttled respawn");
-    assert_eq!(r.vassal("a.ini").unwrap().state(), VassalState::Throttled);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Throttled
+    );
     assert_eq!(r.counters().throttled_respawns, 2);
     let acts = r.clear_blacklist_one("a.ini", t).unwrap();
     assert_eq!(spawns(&acts), 1);
