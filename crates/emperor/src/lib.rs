@@ -19,6 +19,7 @@ pub use monitor::{
 pub use name::{Extensions, NameError, NamePolicy, VassalName};
 pub use spec::{Change, ChangeKey, ConfigSource, MonitorHealth, Owner, VassalSpec};
 pub mod argv;
+pub mod command;
 pub mod control;
 pub mod events;
 pub mod lifecycle;

@@ -58,7 +58,7 @@ async fn table(tx: &mpsc::Sender<Command>) -> Vec<(String, VassalState)> {
     let f = move |r: &emperor::reconciler::Reconciler| {
         let v = r
             .vassals()
-            .map(|v| (v.name.to_string(), v.state()))
+            .map(|v| (v.name.to_string(), v.phase.state()))
             .collect();
         let _ = rtx.send(v);
     };

@@ -1,0 +1,420 @@
+//! Carries out the reconciler's actions: spawns (after a start hook),
+//! protocol bytes and config pushes, kills, on-demand sockets, stop hooks.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::task::AtomicWaker;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::vassal::{to_tokio, vassal_task, VassalLink};
+use super::{Report, VassalCmd};
+use crate::argv::{build_argv, LaunchOptions};
+use crate::events::ExitStatus;
+use crate::name::VassalName;
+use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
+use crate::reconciler::{Action, InstanceId, Reconciler};
+use crate::spawn::{spawn_vassal, SpawnRequest, VassalProcess};
+use crate::spec::{ConfigSource, Owner, VassalSpec};
+
+/// Logs how a `--vassals-start-hook` or `--vassals-stop-hook` ended.
+fn log_hook(
+    which: &str,
+    hook: &OsString,
+    name: &VassalName,
+    st: std::io::Result<std::process::ExitStatus>,
+) {
+    let hook = hook.to_string_lossy();
+    match st {
+        Ok(st) if st.success() => {
+            tracing::info!(vassal = %name, "[emperor] vassals {which} hook {hook} for {name} exited with code 0")
+        }
+        Ok(st) => {
+            tracing::warn!(vassal = %name, "[emperor] vassals {which} hook {hook} for {name} ended: {st}")
+        }
+        Err(e) => {
+            tracing::error!(vassal = %name, "[emperor] cannot run the vassals {which} hook {hook} for {name}: {e}")
+        }
+    }
+}
+
+pub(super) struct Executor {
+    pub(super) launch: LaunchOptions,
+    /// The emperor's environment, shared by every spawn request.
+    pub(super) base_env: Arc<[(OsString, OsString)]>,
+    pub(super) cwd: PathBuf,
+    pub(super) handles: HashMap<InstanceId, Arc<VassalLink>>,
+    pub(super) reports: (
+        mpsc::UnboundedSender<Report>,
+        mpsc::UnboundedReceiver<Report>,
+    ),
+    /// The on-demand sockets, kept for the vassal's whole life in the table.
+    pub(super) listeners: HashMap<VassalName, Listener>,
+    pub(super) on_demand: OnDemandOptions,
+    /// `UWSGI_BROODLORD_NUM`: counts zerg starts.
+    pub(super) broodlord_num: u64,
+    /// `--vassals-stop-hook` commands still running.
+    pub(super) stop_hooks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One on-demand socket and its watch.
+pub(super) struct Listener {
+    address: String,
+    addr: OnDemandAddr,
+    sock: Arc<OnDemandSocket>,
+    watch: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            w.abort();
+        }
+    }
+}
+
+/// At most this many vassal reports are handled between two looks at the
+/// other inputs (commands, monitors, deadlines).
+pub(super) const REPORT_BATCH: usize = 256;
+
+impl Executor {
+    /// Hands one report from a vassal task to the reconciler.
+    pub(super) fn report(&mut self, rec: &mut Reconciler, r: Report) -> Vec<Action> {
+        let now = Instant::now().into_std();
+        match r {
+            Report::Message(i, m) => rec.vassal_message(i, m, now),
+            Report::PipeClosed(i) => rec.pipe_closed(i, now),
+            Report::Exited(i, st) => {
+                self.handles.remove(&i);
+                rec.exited(i, st, now)
+            }
+            Report::Connection(name) => rec.on_demand_connection(&name, now),
+            Report::StartHookDone(i, spec) => match rec.instance_stopping(i) {
+                // stopped while its hook ran: it ends before it began
+                Some(true) => rec.exited(i, ExitStatus::Code(0), now),
+                Some(false) => self.spawn_now(rec, i, *spec),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    pub(super) fn execute(&mut self, rec: &mut Reconciler, actions: Vec<Action>) {
+        let mut work: VecDeque<Action> = actions.into();
+        while let Some(a) = work.pop_front() {
+            let more = match a {
+                Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
+                Action::Send { instance, byte } => {
+                    self.send(instance, VassalCmd::Byte(byte));
+                    Vec::new()
+                }
+                Action::PushConfig { instance, config } => {
+                    self.send(instance, VassalCmd::Config(config));
+                    Vec::new()
+                }
+                Action::Kill { instance } => {
+                    if let Some(h) = self.handles.get(&instance) {
+                        h.kill();
+                    }
+                    Vec::new()
+                }
+                Action::Listen {
+                    name,
+                    address,
+                    workdir,
+                } => self.listen(rec, name, address, workdir),
+                Action::Unlisten { name } => {
+                    self.listeners.remove(&name);
+                    Vec::new()
+                }
+                Action::StopHook { name } => {
+                    self.run_stop_hook(&name);
+                    Vec::new()
+                }
+            };
+            work.extend(more);
+        }
+    }
+
+    /// Binds (or keeps) the on-demand socket of `name` and watches it for
+    /// one pending connection.
+    fn listen(
+        &mut self,
+        rec: &mut Reconciler,
+        name: VassalName,
+        address: String,
+        workdir: Option<PathBuf>,
+    ) -> Vec<Action> {
+        let dir = workdir.unwrap_or_else(|| self.cwd.clone());
+        let addr = match OnDemandAddr::parse(&address, &dir) {
+            Ok(a) => a,
+            Err(e) => {
+                self.listeners.remove(&name);
+                return rec.listen_failed(&name, &e.to_string());
+            }
+        };
+        let keep = self
+            .listeners
+            .get(&name)
+            .is_some_and(|l| l.address == address && l.addr == addr);
+        if !keep {
+            // close the old socket first: the new one may take its path
+            self.listeners.remove(&name);
+            match OnDemandSocket::bind(&addr, &self.on_demand) {
+                Ok(sock) => {
+                    self.listeners.insert(
+                        name.clone(),
+                        Listener {
+                            address,
+                            addr,
+                            sock: Arc::new(sock),
+                            watch: None,
+                        },
+                    );
+                }
+                Err(e) => return rec.listen_failed(&name, &e.to_string()),
+            }
+        }
+        let Some(l) = self.listeners.get_mut(&name) else {
+            return Vec::new();
+        };
+        if l.watch.as_ref().is_some_and(|w| !w.is_finished()) {
+            return Vec::new();
+        }
+        let sock = l.sock.clone();
+        let reports = self.reports.0.clone();
+        l.watch = Some(tokio::spawn(async move {
+            match sock.wait_pending().await {
+                Ok(()) => {
+                    let _ = reports.send(Report::Connection(name));
+                }
+                Err(e) => {
+                    tracing::error!(vassal = %name, error = %e, "cannot watch the on-demand socket");
+                }
+            }
+        }));
+        Vec::new()
+    }
+
+    fn send(&self, instance: InstanceId, cmd: VassalCmd) {
+        if let Some(h) = self.handles.get(&instance) {
+            h.send(cmd);
+        }
+    }
+
+    /// A vassal that cannot be supervised (not expected on Linux) is not
+    /// left running unwatched: it is killed, reaped and reported dead.
+    fn abandon(&self, instance: InstanceId, name: &VassalName, child: &VassalProcess, what: &str) {
+        tracing::error!(vassal = %name, "{what}; killing it");
+        let _ = child.kill();
+        let st = child.wait_blocking().unwrap_or(ExitStatus::Code(-1));
+        let _ = self.reports.0.send(Report::Exited(instance, st));
+    }
+
+    fn magic_exec_ok(&self, spec: &VassalSpec) -> bool {
+        let ConfigSource::File(path) = &spec.config else {
+            return false;
+        };
+        if !self.launch.magic_exec {
+            return false;
+        }
+        let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(path);
+        nix::unistd::access(
+            &full,
+            nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_ok()
+    }
+
+    /// The supplementary groups of a tyrant vassal: the owner's groups
+    /// with `--emperor-tyrant-initgroups`, none otherwise.
+    fn groups(&self, owner: Owner) -> Option<Vec<u32>> {
+        use nix::unistd::{getgrouplist, Gid, Uid, User};
+        if !self.launch.tyrant_initgroups {
+            return None;
+        }
+        let user = User::from_uid(Uid::from_raw(owner.uid)).ok().flatten();
+        let groups = user.and_then(|u| {
+            let name = std::ffi::CString::new(u.name).ok()?;
+            getgrouplist(&name, Gid::from_raw(owner.gid)).ok()
+        });
+        Some(match groups {
+            Some(g) => g.into_iter().map(|g| g.as_raw()).collect(),
+            // no such user: only its primary group, as initgroups("<uid>") does
+            None => vec![owner.gid],
+        })
+    }
+
+    /// A hook command (`HOOK NAME`, no shell, stdin on /dev/null) with the
+    /// emperor's environment and `UWSGI_VASSALS_DIR` (the directory of a
+    /// file vassal's config, else the emperor's directory), as uWSGI runs
+    /// its vassal hooks.
+    fn hook_command(
+        &self,
+        hook: &OsString,
+        spec_name: &str,
+        config: Option<(&ConfigSource, Option<&Path>)>,
+    ) -> tokio::process::Command {
+        let dir = match config {
+            Some((ConfigSource::File(p), workdir)) => workdir
+                .unwrap_or(&self.cwd)
+                .join(p)
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.cwd.clone()),
+            _ => self.cwd.clone(),
+        };
+        let mut c = tokio::process::Command::new(hook);
+        c.arg(spec_name)
+            .env("UWSGI_VASSALS_DIR", dir)
+            .current_dir(&self.cwd)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// `--vassals-stop-hook`: runs `HOOK NAME` without waiting (the emperor
+    /// never blocks on it; uWSGI's does) and logs how it ended.
+    fn run_stop_hook(&mut self, name: &VassalName) {
+        let Some(hook) = self.launch.stop_hook.clone() else {
+            return;
+        };
+        let mut cmd = self.hook_command(&hook, name.as_str(), None);
+        let name = name.clone();
+        self.stop_hooks.retain(|h| !h.is_finished());
+        self.stop_hooks.push(tokio::spawn(async move {
+            log_hook("stop", &hook, &name, cmd.status().await);
+        }));
+    }
+
+    /// Starts the process for `instance`, after its `--vassals-start-hook`
+    /// when there is one: the hook runs as the vassal will (its tyrant
+    /// owner), the emperor goes on meanwhile, and the process starts when
+    /// the hook has ended, whatever its exit code (uWSGI logs it only).
+    fn spawn(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: VassalSpec,
+    ) -> Vec<Action> {
+        let Some(hook) = self.launch.start_hook.clone() else {
+            return self.spawn_now(rec, instance, spec);
+        };
+        let mut cmd = self.hook_command(
+            &hook,
+            spec.name.as_str(),
+            Some((&spec.config, spec.workdir.as_deref())),
+        );
+        if let Some(o) = spec.owner {
+            cmd.uid(o.uid).gid(o.gid);
+        }
+        if let Some(d) = &spec.workdir {
+            cmd.current_dir(d);
+        }
+        let reports = self.reports.0.clone();
+        tokio::spawn(async move {
+            log_hook("start", &hook, &spec.name, cmd.status().await);
+            let _ = reports.send(Report::StartHookDone(instance, Box::new(spec)));
+        });
+        Vec::new()
+    }
+
+    fn spawn_now(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: VassalSpec,
+    ) -> Vec<Action> {
+        // a zerg NAME:zerg:N is launched as NAME:zerg (the [zerg] section)
+        let zerg_base = spec.name.zerg_parts().map(|(base, _)| base.to_string());
+        let launch_name = match &zerg_base {
+            Some(base) => format!("{base}:zerg"),
+            None => spec.name.to_string(),
+        };
+        let argv = build_argv(
+            &launch_name,
+            &spec.config,
+            &self.launch,
+            self.magic_exec_ok(&spec),
+        );
+        let inline = match &spec.config {
+            ConfigSource::Inline(t) => Some(t.clone()),
+            _ => None,
+        };
+        let stdin_socket = if spec.socket.is_some() {
+            match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
+                Some(Ok(fd)) => Some(fd),
+                Some(Err(e)) => {
+                    return rec.spawn_failed(
+                        instance,
+                        &format!("cannot pass the on-demand socket: {e}"),
+                        std::time::Instant::now(),
+                    )
+                }
+                None => {
+                    return rec.spawn_failed(
+                        instance,
+                        "its on-demand socket is not bound",
+                        std::time::Instant::now(),
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        let broodlord_num = zerg_base.is_some().then(|| {
+            self.broodlord_num += 1;
+            self.broodlord_num
+        });
+        let owner = spec.owner.map(|o| (o, self.groups(o)));
+        let req = SpawnRequest {
+            argv,
+            programs: self.launch.programs(),
+            base_env: self.base_env.clone(),
+            workdir: spec.workdir.clone(),
+            owner,
+            config_pipe: inline.is_some(),
+            stdin_socket,
+            broodlord_num,
+            confine: self.launch.confine.clone(),
+        };
+        let sp = match spawn_vassal(req) {
+            Ok(sp) => sp,
+            Err(e) => return rec.spawn_failed(instance, &e.to_string(), std::time::Instant::now()),
+        };
+        rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
+        let ctrl = match to_tokio(sp.ctrl) {
+            Ok(s) => s,
+            Err(e) => {
+                let what = format!("cannot watch the vassal's control socket: {e}");
+                self.abandon(instance, &spec.name, &sp.child, &what);
+                return Vec::new();
+            }
+        };
+        let config = sp.config.and_then(|c| to_tokio(c).ok());
+        let child = match sp.child.into_async() {
+            Ok(c) => c,
+            Err((child, e)) => {
+                let what = format!("cannot watch the vassal's pidfd: {e}");
+                self.abandon(instance, &spec.name, &child, &what);
+                return Vec::new();
+            }
+        };
+        let link = Arc::new(VassalLink {
+            name: spec.name.clone(),
+            ctrl,
+            child,
+            config,
+            queue: std::sync::Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
+        });
+        if let Some(text) = inline {
+            link.send(VassalCmd::Config(text));
+        }
+        self.handles.insert(instance, link.clone());
+        tokio::spawn(vassal_task(instance, link, self.reports.0.clone()));
+        Vec::new()
+    }
+}

@@ -1,0 +1,252 @@
+//! The runtime: one task owns the [`Reconciler`] and carries out its
+//! actions; one task per vassal process relays protocol bytes and reaps it;
+//! one task per monitor feeds changes in.
+//!
+//! `mod.rs` is the loop; `executor.rs` carries out the reconciler's actions
+//! (spawns, sockets, hooks); `vassal.rs` is the task of one vassal process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::argv::LaunchOptions;
+use crate::events::{Event, ExitStatus};
+use crate::lifecycle::{Lifecycle, Readiness};
+use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
+use crate::name::VassalName;
+use crate::ondemand::OnDemandOptions;
+use crate::protocol::VassalMessage;
+use crate::reconciler::{Action, InstanceId, Reconciler, ReconcilerConfig};
+use crate::spec::VassalSpec;
+
+pub use crate::command::{ApplyFn, Command};
+
+mod executor;
+mod vassal;
+
+use executor::{Executor, REPORT_BATCH};
+
+/// Everything the emperor needs besides its monitors.
+#[derive(Debug, Clone)]
+pub struct EmperorConfig {
+    pub reconciler: ReconcilerConfig,
+    pub launch: LaunchOptions,
+    pub monitor: MonitorOptions,
+    /// `--reload-mercy` (30 s when unset): how long Ragnarok waits before
+    /// SIGKILL.
+    pub reload_mercy: Duration,
+    /// How on-demand sockets are bound.
+    pub on_demand: OnDemandOptions,
+}
+
+/// What a vassal's task writes to it, in order.
+pub(super) enum VassalCmd {
+    Byte(u8),
+    Config(Arc<str>),
+}
+
+/// What the tasks around the loop (vassals, on-demand sockets, hooks)
+/// report to it.
+pub(super) enum Report {
+    Message(InstanceId, VassalMessage),
+    PipeClosed(InstanceId),
+    Exited(InstanceId, ExitStatus),
+    /// A connection is pending on the on-demand socket of a vassal.
+    Connection(VassalName),
+    /// The `--vassals-start-hook` of a vassal about to start has ended.
+    StartHookDone(InstanceId, Box<VassalSpec>),
+}
+
+/// The emperor: build it with its monitors, then [`Emperor::run`] it.
+pub struct Emperor {
+    cfg: EmperorConfig,
+    monitors: Vec<Box<dyn Monitor>>,
+    lifecycle: Option<Box<dyn Lifecycle>>,
+}
+
+impl Emperor {
+    pub fn new(cfg: EmperorConfig, monitors: Vec<Box<dyn Monitor>>) -> Self {
+        Emperor {
+            cfg,
+            monitors,
+            lifecycle: None,
+        }
+    }
+
+    /// Tells `l` when the initial scan has been acted on, after every step
+    /// and at shutdown (systemd notify).
+    pub fn with_lifecycle(mut self, l: Box<dyn Lifecycle>) -> Self {
+        self.lifecycle = Some(l);
+        self
+    }
+
+    /// Runs until a [`Command::Shutdown`] has stopped every vassal (or the
+    /// command channel closes, which also shuts down).
+    pub async fn run(self, mut commands: mpsc::Receiver<Command>) {
+        let urls: Vec<String> = self.monitors.iter().map(|m| m.describe()).collect();
+        for u in &urls {
+            tracing::info!(monitor = %u, "[emperor] monitoring {u}");
+        }
+        let mut readiness = Readiness::new(urls.len());
+        let mut lifecycle = self.lifecycle;
+        let mut told_stopping = false;
+        let mut rec = Reconciler::new(self.cfg.reconciler.clone(), urls);
+        let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorMessage>(4096);
+        let (rescan_tx, rescan_rx) = watch::channel(0u64);
+        let opts = Arc::new(self.cfg.monitor.clone());
+        for (i, m) in self.monitors.into_iter().enumerate() {
+            let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
+            tokio::spawn(m.run(ctx));
+        }
+        drop(mon_tx);
+        let mut exec = Executor {
+            launch: self.cfg.launch,
+            base_env: std::env::vars_os().collect::<Vec<_>>().into(),
+            cwd: opts.cwd.clone(),
+            handles: HashMap::new(),
+            reports: mpsc::unbounded_channel(),
+            listeners: HashMap::new(),
+            on_demand: self.cfg.on_demand,
+            broodlord_num: 0,
+            stop_hooks: Vec::new(),
+        };
+        let mut monitors_open = true;
+        let mut commands_open = true;
+        let mut mercy_at: Option<Instant> = None;
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            if rec.is_shutting_down() && rec.running() == 0 {
+                break;
+            }
+            let mut deadline = rec.next_deadline().map(Instant::from_std);
+            let ready_at = readiness.deadline().map(Instant::from_std);
+            for extra in [mercy_at, give_up_at, ready_at].into_iter().flatten() {
+                deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
+            }
+            let mut reacting = None;
+            let actions = tokio::select! {
+                biased;
+                Some(r) = exec.reports.1.recv() => {
+                    // carry out what else is queued before computing the
+                    // next deadline again (a walk of the whole table): a
+                    // cold start or a crash storm queues thousands of reports
+                    let mut next = Some(r);
+                    let mut batch = 0;
+                    while let Some(r) = next.take() {
+                        let actions = exec.report(&mut rec, r);
+                        exec.execute(&mut rec, actions);
+                        batch += 1;
+                        if batch < REPORT_BATCH {
+                            next = exec.reports.1.try_recv().ok();
+                        }
+                    }
+                    Vec::new()
+                }
+                c = commands.recv(), if commands_open => match c {
+                    None => {
+                        commands_open = false;
+                        Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy)
+                    }
+                    Some(Command::Shutdown) => Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy),
+                    Some(Command::ReloadAll) => rec.reload_all(),
+                    Some(Command::ClearBlacklist) => rec.clear_blacklist_all(Instant::now().into_std()).1,
+                    Some(Command::LogVassals) => { rec.log_vassals(); Vec::new() }
+                    Some(Command::Rescan) => { rescan_tx.send_modify(|n| *n += 1); Vec::new() }
+                    Some(Command::Inspect(f)) => { f(&rec); Vec::new() }
+                    Some(Command::Apply(f)) => f(&mut rec, Instant::now().into_std()),
+                },
+                m = mon_rx.recv(), if monitors_open => match m {
+                    Some(m) => {
+                        readiness.observe(m.monitor, &m.change, Instant::now().into_std());
+                        reacting = Some((m.monitor, m.seen));
+                        rec.monitor_change(m.monitor, m.change, Instant::now().into_std())
+                    }
+                    None => { monitors_open = false; Vec::new() }
+                },
+                _ = sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if give_up_at.is_some_and(|t| t <= now) {
+                        tracing::error!(left = rec.running(), "vassals still not reaped 10 s after SIGKILL; exiting anyway");
+                        break;
+                    }
+                    if mercy_at.is_some_and(|t| t <= now) {
+                        mercy_at = None;
+                        give_up_at = Some(now + Duration::from_secs(10));
+                        rec.kill_all()
+                    } else {
+                        rec.tick(now.into_std())
+                    }
+                }
+            };
+            let _ = now;
+            let n_actions = actions.len();
+            exec.execute(&mut rec, actions);
+            if rec.take_rescan_wanted() {
+                rescan_tx.send_modify(|n| *n += 1);
+            }
+            if let Some((monitor, seen)) = reacting.filter(|_| n_actions > 0) {
+                rec.note(Event::Reacted {
+                    monitor,
+                    latency: seen.elapsed(),
+                    actions: n_actions,
+                });
+            }
+            let became_ready = readiness.poll(Instant::now().into_std());
+            if let Some(l) = lifecycle.as_mut() {
+                if became_ready {
+                    l.ready(&rec);
+                }
+                if rec.is_shutting_down() && !told_stopping {
+                    told_stopping = true;
+                    l.stopping(&rec);
+                }
+                l.step(&rec);
+            }
+        }
+        // --vassals-stop-hook runs for every vassal of the Ragnarok too;
+        // they get the shutdown's mercy to finish
+        let hooks = std::mem::take(&mut exec.stop_hooks);
+        let pending = hooks.iter().filter(|h| !h.is_finished()).count();
+        if pending > 0 {
+            tracing::info!("waiting for {pending} --vassals-stop-hook command(s)");
+            let all = futures::future::join_all(hooks);
+            if tokio::time::timeout(self.cfg.reload_mercy, all)
+                .await
+                .is_err()
+            {
+                tracing::warn!("--vassals-stop-hook commands still running after the mercy; not waiting for them");
+            }
+        }
+        tracing::info!("The Emperor is buried.");
+        if let Some(l) = lifecycle.as_mut() {
+            l.buried();
+        }
+    }
+
+    fn begin_shutdown(
+        rec: &mut Reconciler,
+        mercy_at: &mut Option<Instant>,
+        mercy: Duration,
+    ) -> Vec<Action> {
+        if rec.is_shutting_down() {
+            let left = mercy_at
+                .map(|t| t.saturating_duration_since(Instant::now()).as_secs())
+                .unwrap_or(0);
+            tracing::warn!("RAGNAROK ALREADY EVOKED (mercyless in {left} seconds)");
+            return Vec::new();
+        }
+        *mercy_at = Some(Instant::now() + mercy);
+        rec.shutdown(Instant::now().into_std())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
