@@ -104,6 +104,10 @@ const ROWS: [&str; 12] = [
     STORM_PROBE,
 ];
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark plan, one step after another"
+)]
 fn main() -> Result<()> {
     let args = Args::parse();
     interrupt::install()?;
@@ -255,6 +259,10 @@ impl Bench {
         Duration::from_secs(60) + Duration::from_millis(100 * self.args.vassals as u64)
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one scenario per block, in the order they run"
+    )]
     fn test_vassal_suite(&mut self, who: Contender, round: usize) -> Result<()> {
         let tmp = tempfile::Builder::new()
             .prefix("imperium-bench")

@@ -200,7 +200,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the control socket.
 pub async fn serve(listener: Listener, access: Access, commands: mpsc::Sender<Command>) {
     let access = Arc::new(access);
-    crate::serve::accept_loop(
+    crate::listener::accept_loop(
         listener,
         CLIENT_TIMEOUT,
         |e| tracing::warn!(error = %e, "control socket: accept failed"),

@@ -65,6 +65,10 @@ fn labelled<'a>(
 }
 
 impl Collector for SnapshotCollector {
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one block per metric family, in the order they are exposed"
+    )]
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.0;
         let c = &s.counters;
@@ -213,7 +217,7 @@ pub fn render(snap: Snapshot) -> String {
 
 /// Serves `GET /metrics` over HTTP/1.x (one request per connection).
 pub async fn serve(listener: Listener, timeout: Duration, commands: mpsc::Sender<Command>) {
-    crate::serve::accept_loop(
+    crate::listener::accept_loop(
         listener,
         timeout,
         |e| tracing::warn!(error = %e, "metrics server: accept failed"),

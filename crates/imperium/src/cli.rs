@@ -31,6 +31,10 @@ use crate::config::Setting;
     args_conflicts_with_subcommands = true,
     after_long_help = crate::options::help_text()
 )]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "uWSGI's command line has that many flags"
+)]
 pub struct Cli {
     /// `imperium ctl ...`: steer a running emperor through its control socket.
     #[command(subcommand)]

@@ -37,6 +37,10 @@ fn main() -> ExitCode {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "start-up in uWSGI's order (env, log, daemonize, pidfiles, sockets, drop), one step after another"
+)]
 fn real_main() -> Result<()> {
     let original_args: Vec<OsString> = std::env::args_os().collect();
     let original_cwd = std::env::current_dir().context("cannot read the current directory")?;

@@ -275,6 +275,8 @@ fn unsupported_and_strict_options_stop_the_start_with_file_and_line() {
     );
     let mut emp = e.start_ini("frobnicate = 1", &[]);
     emp.wait_log("unknown option 'frobnicate' ignored", T);
+    // the signal handlers are in place once it says it starts
+    emp.wait_log("starting imperium", T);
     assert!(emp.stop().success());
     let mut emp = e.start_ini("frobnicate = 1", &["--strict"]);
     assert!(!emp.wait_exit(T).success());

@@ -198,6 +198,10 @@ async fn sleep_unless_closed(ctx: &MonitorContext, d: Duration) -> bool {
 
 /// Connects, declares the exchange and the private queue, and consumes
 /// until the connection breaks or the emperor goes away.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one AMQP session: connect, declare, bind, consume"
+)]
 async fn session(
     mon: &AmqpMonitor,
     ctx: &MonitorContext,

@@ -194,6 +194,10 @@ async fn start_server(topology: Topology) -> MongoServer {
 /// document among good ones, on a replica set: with --emperor-freq at 60 s
 /// every change that shows up within seconds came through the change stream.
 #[tokio::test(flavor = "current_thread")]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario through every kind of change-stream event"
+)]
 async fn change_stream_follows_every_kind_of_change() {
     let (logs, _guard) = Logs::capture();
     let server = start_server(Topology::ReplicaSet).await;

@@ -79,6 +79,10 @@ fn resolve_short(table: &dyn OptionTable, c: char) -> Option<(String, Arity)> {
 /// permutation: non-options are collected and handled after all options),
 /// `--` ends the options, `-` alone is a non-option; with `POSIXLY_CORRECT`
 /// in the environment the first non-option ends the options.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one pass over argv, as glibc's getopt_long: splitting it would scatter its state"
+)]
 pub(crate) fn parse(
     args: &[String],
     table: &dyn OptionTable,

@@ -195,6 +195,10 @@ struct ActiveLogic {
     origin: Origin,
 }
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "independent parser switches of uWSGI's (strict, reload, in-block flags)"
+)]
 pub(crate) struct Engine<'a> {
     table: &'a dyn OptionTable,
     ctx: &'a Context,
@@ -456,6 +460,10 @@ impl<'a> Engine<'a> {
     }
 
     /// One line inside an active `if-*`/`for*` block.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one match arm per config-logic keyword of uWSGI's, side by side"
+    )]
     fn run_logic(
         &mut self,
         active: &ActiveLogic,
@@ -685,6 +693,10 @@ impl<'a> Engine<'a> {
 
     /// Reads one config file in `format` (`uwsgi_opt_load_ini` & co.) and
     /// adds its entries.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one match arm per loader (ini, xml, yaml, json, exec://, ...), side by side"
+    )]
     fn load(
         &mut self,
         format: Format,

@@ -51,6 +51,10 @@ impl Node {
 
 type Err = (Option<usize>, String);
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "a single walk over quick-xml's events, as uWSGI's reader walks libxml2's"
+)]
 fn build(sub: &Substituted) -> Result<Element, Err> {
     let text = std::str::from_utf8(&sub.text)
         .map_err(|_| (None, "[uWSGI] could not parse file (not UTF-8)".to_string()))?;

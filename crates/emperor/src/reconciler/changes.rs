@@ -68,6 +68,10 @@ impl Reconciler {
         });
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the decision table for one config change reads best in one place"
+    )]
     pub(super) fn upsert(
         &mut self,
         monitor: MonitorId,

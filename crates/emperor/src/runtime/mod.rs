@@ -85,6 +85,10 @@ impl Emperor {
 
     /// Runs until a [`Command::Shutdown`] has stopped every vassal (or the
     /// command channel closes, which also shuts down).
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the emperor's one select loop: every input and the order they are taken in"
+    )]
     pub async fn run(self, mut commands: mpsc::Receiver<Command>) {
         let urls: Vec<String> = self.monitors.iter().map(|m| m.describe()).collect();
         for u in &urls {

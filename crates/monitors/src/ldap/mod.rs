@@ -196,6 +196,10 @@ impl Runner {
 
     /// One connection: returns `Ok(())` when the emperor is gone, an error
     /// when the directory cannot be read any more.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one LDAP sync session: connect, search, refresh, persist"
+    )]
     async fn session(&mut self, ctx: &mut MonitorContext) -> Result<(), SourceError> {
         let opts = ctx.options.clone();
         let op_timeout = opts.freq.max(Duration::from_secs(10));

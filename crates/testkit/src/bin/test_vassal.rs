@@ -34,6 +34,10 @@ use std::time::{Duration, Instant};
 use emperor::protocol::decode_config_header;
 use emperor::spawn::take_inherited_fd;
 
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "each flag is one behaviour a test asks of the vassal"
+)]
 struct Behaviour {
     ready: bool,
     accepting: bool,
@@ -203,6 +207,10 @@ fn next_due(
     })
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the test vassal's whole life, start to exit, in order"
+)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let env0: Vec<(String, String)> = std::env::vars().collect();

@@ -1,4 +1,7 @@
-//! Starting a vassal process: the only module with `unsafe` code.
+//! Starting a vassal process, and every other piece of `unsafe` code: this
+//! module (with `fd.rs`: reactor registration, inherited fds, the
+//! open-file limit; and `process.rs`: daemonize, the command line) is the
+//! only one that may use `unsafe`.
 //!
 //! The child gets (reference §6.2, §6.5): fd 0 on /dev/null or the
 //! on-demand socket, fds 1 and 2 inherited, the vassal ends of the control
@@ -30,6 +33,13 @@ use std::sync::Arc;
 
 use crate::events::ExitStatus;
 use crate::spec::Owner;
+
+pub mod fd;
+mod process;
+
+use fd::VASSAL_NOFILE;
+pub use fd::{raise_nofile_limit, register_readable, take_inherited_fd};
+pub use process::{daemonize, set_cmdline};
 
 /// Everything needed to start one vassal process.
 #[derive(Debug)]
@@ -294,29 +304,6 @@ fn last_cap() -> libc::c_int {
         .unwrap_or(40)
 }
 
-/// The open-file limit the emperor started with, when
-/// [`raise_nofile_limit`] raised its own: vassals get this one back.
-static VASSAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
-
-/// Raises the emperor's soft open-file limit to its hard limit (at most
-/// 2^20), since every vassal holds two or three fds in the emperor.
-/// Vassals still start with the original limit (uWSGI loops over every fd
-/// up to it). Returns `(old, new)` soft limits when it changed anything.
-pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
-    let target = hard.min(1 << 20);
-    if soft >= target {
-        return Ok(None);
-    }
-    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
-    let _ = VASSAL_NOFILE.set(libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    });
-    Ok(Some((soft, target)))
-}
-
 /// What the child needs, prepared by the parent (no allocation happens in
 /// the child), and what the child reports back through the shared memory.
 struct ChildArgs {
@@ -413,6 +400,10 @@ fn cstring(s: &OsStr) -> Result<CString, SpawnError> {
 }
 
 /// Starts the vassal.
+#[allow(
+    clippy::too_many_lines,
+    reason = "everything the child touches must be built before the clone, in one frame that outlives it"
+)]
 pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
     if req.argv.is_empty() || req.programs.is_empty() {
         return Err(SpawnError::EmptyArgv);
@@ -529,10 +520,10 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         pid
     };
     drop(stack);
-    // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by
-    // nobody else, in `pidfd` (clone succeeded, so it is valid).
     let child = VassalProcess {
         pid: pid as u32,
+        // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by
+        // nobody else, in `pidfd` (clone succeeded, so it is valid).
         pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
     };
     drop(ctrl_child);
@@ -571,6 +562,10 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
 /// allocation, no locks, no glibc wrappers that keep process-wide state,
 /// which is why set*id are called through syscall(2)), records failures in
 /// the shared `ChildArgs`, and ends in execve or _exit.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the child between clone and exec: one straight sequence of system calls"
+)]
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` points to the ChildArgs of spawn_vassal, alive and not
     // moved while the parent is suspended by CLONE_VFORK; the child only
@@ -713,119 +708,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         libc::_exit(127)
     }
-}
-
-/// Registers `fd` with the tokio reactor for readability (the emperor
-/// watches on-demand sockets this way, never accepting on them, and the
-/// file monitors their rescan timerfd).
-pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: an `OwnedFd` owns its descriptor: it stays open and refers to
-    // the same file description until the `AsyncFd` (which owns the
-    // `OwnedFd`) is dropped, and its `as_raw_fd` always returns that same
-    // number, which is what `register_with_interest` requires.
-    unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-            .map_err(io::Error::from)
-    }
-}
-
-/// Detaches the calling process from its terminal as uWSGI's `daemonize`
-/// does: fork (the parent exits 0 at once), `setsid`, fork again (so the
-/// daemon can never reacquire a controlling terminal). Returns in the
-/// grandchild. Must be called while the process has a single thread (before
-/// any runtime starts), since only the calling thread survives a fork.
-pub fn daemonize() -> io::Result<()> {
-    for round in 0..2 {
-        // SAFETY: the caller guarantees a single-threaded process, so the
-        // child cannot inherit a lock held by another thread; the parent
-        // leaves with _exit at once (no destructor, no atexit handler, no
-        // flush of buffers the child also holds).
-        match unsafe { libc::fork() } {
-            -1 => return Err(io::Error::last_os_error()),
-            0 => {}
-            _ => unsafe { libc::_exit(0) },
-        }
-        if round == 0 {
-            nix::unistd::setsid().map_err(io::Error::from)?;
-        }
-    }
-    Ok(())
-}
-
-/// Rewrites the process's command line (what `ps -f`, `pgrep -f` and
-/// /proc/PID/cmdline show) to `title`, the way uWSGI's
-/// `uwsgi_set_processname` does: the original argv strings are overwritten
-/// in place, the rest of their area zeroed, and a title longer than that
-/// area is cut to fit. `comm` (`ps -o comm`) is set too (15 bytes).
-/// Call it once std has read argv (`std::env::args_os`) for good: later
-/// reads see the new title.
-pub fn set_cmdline(title: &str) -> io::Result<()> {
-    let c = CString::new(title).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    nix::sys::prctl::set_name(&c).map_err(io::Error::from)?;
-    // fields 48 and 49 of /proc/self/stat: where the argv strings lie
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    let after_comm = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    // after ") " the fields start at number 3
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let field = |n: usize| -> io::Result<usize> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
-    };
-    let (start, end) = (field(48)?, field(49)?);
-    if end <= start + 1 {
-        return Err(io::Error::from(io::ErrorKind::InvalidData));
-    }
-    let len = end - start;
-    let bytes = title.as_bytes();
-    let n = bytes.len().min(len - 1);
-    // SAFETY: [arg_start, arg_end) is this process's own argv string area,
-    // mapped read-write on the initial stack for the whole life of the
-    // process, which the kernel reports for exactly this purpose. Nothing
-    // in Rust holds a reference into it: std copies argv out when
-    // `args_os` is called, and the caller has done so. The writes stay
-    // inside the area and end with a NUL.
-    unsafe {
-        let p = start as *mut u8;
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, n);
-        std::ptr::write_bytes(p.add(n), 0, len - n);
-    }
-    Ok(())
-}
-
-/// The vassal side of the contract: takes ownership of the fd whose number
-/// is in environment variable `var` (`UWSGI_EMPEROR_FD` or
-/// `UWSGI_EMPEROR_FD_CONFIG`), as a vassal does. `Ok(None)` when the
-/// variable is not set. Used by the test vassal and by sub-emperors.
-pub fn take_inherited_fd(var: &str) -> io::Result<Option<OwnedFd>> {
-    use std::os::fd::FromRawFd;
-    let Some(v) = std::env::var_os(var) else {
-        return Ok(None);
-    };
-    let fd: i32 = v
-        .to_str()
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|fd| *fd > 2)
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{var} is not an fd number above 2"),
-            )
-        })?;
-    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Remove the variable so the fd cannot be taken twice in this process.
-    std::env::remove_var(var);
-    // SAFETY: the fd is open (checked above), was handed to this process by
-    // its emperor for this purpose, and the variable that names it was just
-    // removed, so no other owner can be created for it in this process.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,157 @@
+//! The observer sockets (stats server, metrics endpoint, control socket):
+//! binding a TCP, UNIX or abstract address, and the accept loop they share:
+//! at most [`MAX_CLIENTS`] connections at once, each served by its own task
+//! within a time limit, so a slow client never stalls the emperor.
+//!
+//! The callers keep their own log lines (through `on_accept_error` and
+//! `on_done`), so each line keeps its module as its target.
+
+use std::path::PathBuf;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::unix::UCred;
+use tokio::sync::Semaphore;
+use tokio::time::error::Elapsed;
+
+/// Accepts connections on `listener` for ever. A failed accept is passed to
+/// `on_accept_error` and retried after 100 ms. Each connection (with the
+/// peer's credentials on UNIX sockets) is turned into a future by `serve`,
+/// which runs in its own task for at most `timeout`; its outcome, or the
+/// elapsed time limit, goes to `on_done` in that task.
+pub(crate) async fn accept_loop<S, F>(
+    listener: Listener,
+    timeout: Duration,
+    on_accept_error: fn(&std::io::Error),
+    serve: S,
+    on_done: fn(Result<F::Output, Elapsed>),
+) where
+    S: Fn(Box<dyn Conn>, Option<UCred>) -> F,
+    F: Future + Send + 'static,
+    F::Output: Send,
+{
+    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (conn, cred) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                on_accept_error(&e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let fut = serve(conn, cred);
+        tokio::spawn(async move {
+            let _permit = permit;
+            on_done(tokio::time::timeout(timeout, fut).await);
+        });
+    }
+}
+
+/// Errors binding an observer socket.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A bound listener, TCP or UNIX.
+pub enum Listener {
+    Tcp(TcpListener),
+    /// A UNIX socket, and its file (`None` in the abstract namespace).
+    Unix(UnixListener, Option<PathBuf>),
+}
+
+/// A connection accepted by a [`Listener`].
+pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+impl Listener {
+    /// Binds `addr`: TCP when it contains a colon (`127.0.0.1:9191`,
+    /// `:9191` = every address), an abstract UNIX socket when it starts
+    /// with `@` (as in uWSGI), else a UNIX socket path (a stale socket file
+    /// is replaced) with `mode` applied.
+    pub async fn bind(addr: &str, mode: Option<u32>) -> Result<Listener, BindError> {
+        let err = |source| BindError {
+            addr: addr.to_string(),
+            source,
+        };
+        if addr.contains(':') {
+            let a = if addr.starts_with(':') {
+                format!("0.0.0.0{addr}")
+            } else {
+                addr.to_string()
+            };
+            return TcpListener::bind(a).await.map(Listener::Tcp).map_err(err);
+        }
+        if let Some(name) = addr.strip_prefix('@') {
+            // the abstract namespace: no file, no mode, gone with the socket
+            use std::os::linux::net::SocketAddrExt;
+            let sa = std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(err)?;
+            let l = std::os::unix::net::UnixListener::bind_addr(&sa).map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            return UnixListener::from_std(l)
+                .map(|l| Listener::Unix(l, None))
+                .map_err(err);
+        }
+        let path = PathBuf::from(addr);
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            use std::os::unix::fs::FileTypeExt;
+            if m.file_type().is_socket() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        let l = UnixListener::bind(&path).map_err(err)?;
+        if let Some(mode) = mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        }
+        Ok(Listener::Unix(l, Some(path)))
+    }
+
+    /// Accepts one connection, with the peer's credentials for UNIX sockets.
+    pub async fn accept(
+        &self,
+    ) -> std::io::Result<(Box<dyn Conn>, Option<tokio::net::unix::UCred>)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), None))
+            }
+            Listener::Unix(l, _) => {
+                let (s, _) = l.accept().await?;
+                let cred = s.peer_cred().ok();
+                Ok((Box::new(s), cred))
+            }
+        }
+    }
+
+    /// The TCP port (for tests binding port 0).
+    pub fn local_port(&self) -> Option<u16> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Listener::Unix(..) => None,
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, Some(p)) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// At most this many stats clients are served at once; more wait in the
+/// kernel's backlog.
+pub const MAX_CLIENTS: usize = 64;

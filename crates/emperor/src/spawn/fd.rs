@@ -1,0 +1,73 @@
+//! The fd helpers the rest of the emperor uses: registering a descriptor
+//! with the reactor, taking an inherited one over, the open-file limit.
+
+use std::io;
+use std::os::fd::OwnedFd;
+
+/// The open-file limit the emperor started with, when
+/// [`raise_nofile_limit`] raised its own: vassals get this one back.
+pub(super) static VASSAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Raises the emperor's soft open-file limit to its hard limit (at most
+/// 2^20), since every vassal holds two or three fds in the emperor.
+/// Vassals still start with the original limit (uWSGI loops over every fd
+/// up to it). Returns `(old, new)` soft limits when it changed anything.
+pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    let target = hard.min(1 << 20);
+    if soft >= target {
+        return Ok(None);
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    let _ = VASSAL_NOFILE.set(libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    });
+    Ok(Some((soft, target)))
+}
+
+/// Registers `fd` with the tokio reactor for readability (the emperor
+/// watches on-demand sockets this way, never accepting on them, and the
+/// file monitors their rescan timerfd).
+pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: an `OwnedFd` owns its descriptor: it stays open and refers to
+    // the same file description until the `AsyncFd` (which owns the
+    // `OwnedFd`) is dropped, and its `as_raw_fd` always returns that same
+    // number, which is what `register_with_interest` requires.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)
+    }
+}
+
+/// The vassal side of the contract: takes ownership of the fd whose number
+/// is in environment variable `var` (`UWSGI_EMPEROR_FD` or
+/// `UWSGI_EMPEROR_FD_CONFIG`), as a vassal does. `Ok(None)` when the
+/// variable is not set. Used by the test vassal and by sub-emperors.
+pub fn take_inherited_fd(var: &str) -> io::Result<Option<OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let Some(v) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    let fd: i32 = v
+        .to_str()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{var} is not an fd number above 2"),
+            )
+        })?;
+    // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Remove the variable so the fd cannot be taken twice in this process.
+    std::env::remove_var(var);
+    // SAFETY: the fd is open (checked above), was handed to this process by
+    // its emperor for this purpose, and the variable that names it was just
+    // removed, so no other owner can be created for it in this process.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

@@ -1,0 +1,280 @@
+//! The snapshot model: an owned copy of what an observer may see of the
+//! vassal table, taken inside the emperor's loop.
+
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::command::Command;
+use crate::events::{Counters, ExitStatus};
+use crate::reconciler::{Reconciler, VassalState};
+use crate::spec::{ConfigSource, MonitorHealth};
+
+/// One monitor in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorSnap {
+    /// Its index (order of the `--emperor` options).
+    pub id: usize,
+    /// The URL as shown (passwords removed).
+    pub url: String,
+    /// `unknown` (nothing reported yet), `connected`, `degraded`, `failed`.
+    pub health: &'static str,
+    /// The reason when degraded or failed.
+    pub reason: Option<String>,
+}
+
+/// One vassal in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "uWSGI's stats keys (loyal, ready, accepting, zerg, ...) are booleans"
+)]
+pub struct VassalSnap {
+    pub name: String,
+    pub state: VassalState,
+    pub pid: Option<u32>,
+    pub monitor: usize,
+    /// Where the config comes from: a path, `(inline)`, or a URL
+    /// (password removed).
+    pub config: String,
+    pub born: f64,
+    pub last_mod: i64,
+    pub last_heartbeat: f64,
+    pub loyal: bool,
+    pub ready: bool,
+    pub accepting: bool,
+    pub last_loyal: f64,
+    pub last_ready: f64,
+    pub last_accepting: f64,
+    pub last_run: f64,
+    /// When the emperor decided to stop it (0 when not stopping).
+    pub cursed: f64,
+    pub zerg: bool,
+    pub on_demand: Option<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub reloads: u64,
+    pub restarts: u64,
+    pub last_exit: Option<ExitStatus>,
+    /// Unix time of a scheduled (throttled) respawn.
+    pub next_respawn: Option<f64>,
+    pub paused: bool,
+    /// A config change arrived while paused and waits for `resume`.
+    pub change_held: bool,
+    pub refused: Option<String>,
+}
+
+/// One blacklist entry in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlacklistSnap {
+    pub name: String,
+    /// The refusal window in milliseconds.
+    pub level_ms: u64,
+    pub attempt: u32,
+    pub first_attempt: f64,
+    pub last_attempt: f64,
+}
+
+/// What observers see: an owned copy of the table, the blacklist, the
+/// monitors and the counters at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Unix time the snapshot was taken.
+    pub taken: f64,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: PathBuf,
+    pub tyrant: bool,
+    pub shutting_down: bool,
+    pub monitors: Vec<MonitorSnap>,
+    pub vassals: Vec<VassalSnap>,
+    pub blacklist: Vec<BlacklistSnap>,
+    pub counters: Counters,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Converts monotonic instants to wall-clock seconds.
+struct Clock {
+    now: Instant,
+    wall: SystemTime,
+}
+
+impl Clock {
+    fn unix(&self, t: Instant) -> f64 {
+        let w = if t <= self.now {
+            self.wall.checked_sub(self.now - t)
+        } else {
+            self.wall.checked_add(t - self.now)
+        };
+        w.map(unix).unwrap_or(0.0)
+    }
+}
+
+/// Replaces passwords in `s`: the password of `scheme://user:password@`
+/// URLs and the value of `password=` in key/value strings (PostgreSQL
+/// conninfo).
+pub fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.find(':') {
+                    Some(c) => {
+                        out.push_str(&userinfo[..c]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // key=value strings
+    let mut res = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+        res.push_str(&rest[..i + 9]);
+        let tail = &rest[i + 9..];
+        let end = if let Some(q) = tail.strip_prefix('\'') {
+            q.find('\'').map(|e| e + 2).unwrap_or(tail.len())
+        } else {
+            tail.find(|c: char| c.is_whitespace() || c == ';' || c == '&')
+                .unwrap_or(tail.len())
+        };
+        res.push_str("***");
+        rest = &tail[end..];
+    }
+    res.push_str(rest);
+    res
+}
+
+impl Snapshot {
+    /// Copies what observers may see out of the reconciler.
+    pub fn take(rec: &Reconciler) -> Snapshot {
+        let clock = Clock {
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        };
+        let monitors = rec
+            .monitors()
+            .iter()
+            .enumerate()
+            .map(|(id, m)| {
+                let (health, reason) = match &m.health {
+                    None => ("unknown", None),
+                    Some(MonitorHealth::Connected) => ("connected", None),
+                    Some(MonitorHealth::Degraded(r)) => ("degraded", Some(redact(r))),
+                    Some(MonitorHealth::Failed(r)) => ("failed", Some(redact(r))),
+                };
+                MonitorSnap {
+                    id,
+                    url: redact(&m.url),
+                    health,
+                    reason,
+                }
+            })
+            .collect();
+        let vassals = rec
+            .vassals()
+            .map(|v| {
+                let p = v.proc();
+                let spec = v.desired.as_ref();
+                VassalSnap {
+                    name: v.name.to_string(),
+                    state: v.phase.state(),
+                    pid: v.pid(),
+                    monitor: v.monitor,
+                    config: match spec.map(|s| &s.config) {
+                        Some(ConfigSource::File(p)) => p.display().to_string(),
+                        Some(ConfigSource::Inline(_)) => "(inline)".into(),
+                        Some(ConfigSource::Url(u)) => redact(u),
+                        None => String::new(),
+                    },
+                    born: unix(v.born),
+                    last_mod: v.applied_key.as_secs(),
+                    last_heartbeat: p
+                        .and_then(|p| p.last_heartbeat)
+                        .map_or(0.0, |t| clock.unix(t)),
+                    loyal: p.is_some_and(|p| p.loyal),
+                    ready: p.is_some_and(|p| p.ready),
+                    accepting: p.is_some_and(|p| p.accepting),
+                    last_loyal: v.last_loyal.map_or(0.0, unix),
+                    last_ready: v.last_ready.map_or(0.0, unix),
+                    last_accepting: v.last_accepting.map_or(0.0, unix),
+                    last_run: p.map_or(0.0, |p| unix(p.started_wall)),
+                    cursed: v.phase.stopping().map_or(0.0, |(_, t)| clock.unix(t)),
+                    zerg: v.name.as_str().contains(':'),
+                    on_demand: spec.and_then(|s| s.socket.clone()),
+                    uid: spec.and_then(|s| s.owner).map_or(0, |o| o.uid),
+                    gid: spec.and_then(|s| s.owner).map_or(0, |o| o.gid),
+                    reloads: v.reloads,
+                    restarts: v.restarts,
+                    last_exit: v.last_exit,
+                    next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
+                    paused: v.paused,
+                    change_held: v.held_change.is_some(),
+                    refused: v.phase.refused().map(str::to_string),
+                }
+            })
+            .collect();
+        let mut blacklist: Vec<BlacklistSnap> = rec
+            .blacklist()
+            .entries()
+            .map(|(n, e)| BlacklistSnap {
+                name: n.to_string(),
+                level_ms: e.level.as_millis() as u64,
+                attempt: e.attempt,
+                first_attempt: clock.unix(e.first_attempt),
+                last_attempt: clock.unix(e.last_attempt),
+            })
+            .collect();
+        blacklist.sort_by(|a, b| a.name.cmp(&b.name));
+        Snapshot {
+            taken: unix(clock.wall),
+            pid: std::process::id(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            cwd: std::env::current_dir().unwrap_or_default(),
+            tyrant: false,
+            shutting_down: rec.is_shutting_down(),
+            monitors,
+            vassals,
+            blacklist,
+            counters: rec.counters().clone(),
+        }
+    }
+
+    /// Asks the emperor for a snapshot through its command channel.
+    pub async fn request(commands: &mpsc::Sender<Command>) -> Option<Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        let f = Box::new(move |rec: &Reconciler| {
+            let _ = tx.send(Snapshot::take(rec));
+        });
+        commands.send(Command::Inspect(f)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The vassal called `name`.
+    pub fn vassal(&self, name: &str) -> Option<&VassalSnap> {
+        self.vassals.iter().find(|v| v.name == name)
+    }
+}
