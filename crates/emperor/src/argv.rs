@@ -1,5 +1,5 @@
 //! The vassal's argv and environment, built exactly as uWSGI builds them
-//! (reference §6.2, §6.4).
+//! (docs/protocol.md: argv and environment).
 
 use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};

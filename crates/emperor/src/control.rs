@@ -1,6 +1,6 @@
 //! Steering a running emperor: the control socket (`--emperor-control-socket`,
 //! spoken by `imperium ctl`) and uWSGI 2.1's datagram command socket
-//! (`--emperor-command-socket`, reference §14).
+//! (`--emperor-command-socket`, uWSGI 2.1's, see docs/operations.md).
 //!
 //! The control socket is a UNIX stream socket. Each connection sends one
 //! [`Request`] as a JSON line and gets one [`Reply`] as a JSON line. The

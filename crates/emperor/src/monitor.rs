@@ -78,7 +78,7 @@ impl std::fmt::Display for Secret {
     }
 }
 
-/// Where file monitors find on-demand sockets (reference §11); database and
+/// Where file monitors find on-demand sockets (docs/on-demand.md); database and
 /// message monitors carry the socket in their records instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum OnDemandSource {

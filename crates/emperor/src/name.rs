@@ -1,14 +1,14 @@
 //! Vassal names: validation and the config flag chosen by extension.
 //!
 //! uWSGI accepts a vassal when its name ends with a known config extension
-//! and is shorter than 255 bytes (reference §4.1). imperium keeps that rule
+//! and is shorter than 255 bytes (docs/monitors.md, "Rules every monitor keeps"). imperium keeps that rule
 //! and adds the checks a name from the network needs before it is used as a
 //! path or a command-line argument.
 
 use std::fmt;
 use std::sync::Arc;
 
-/// The config extensions every monitor accepts (reference §4.1).
+/// The config extensions every monitor accepts (docs/monitors.md, "Rules every monitor keeps").
 pub const BUILTIN_EXTENSIONS: &[&str] = &[".xml", ".ini", ".yml", ".yaml", ".js", ".json"];
 
 /// Names of this many bytes or more are refused, as in uWSGI.
@@ -68,7 +68,7 @@ impl Extensions {
             || self.extra.iter().any(|e| name.ends_with(e.as_str()))
     }
 
-    /// The config flag uWSGI uses for a file of this name (reference §6.2).
+    /// The config flag uWSGI uses for a file of this name (docs/protocol.md: argv).
     ///
     /// For a zerg name (`foo.ini:zerg`) only the part before the first `:` is
     /// examined (a URL such as `http://host/app.ini` is examined whole). Extra extensions win over built-in ones, and an unknown

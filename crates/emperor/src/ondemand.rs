@@ -1,4 +1,4 @@
-//! On-demand sockets (reference §11): the emperor binds the socket of an
+//! On-demand sockets (docs/on-demand.md): the emperor binds the socket of an
 //! on-demand vassal itself, keeps it open for the vassal's whole life in the
 //! table (so connections queued while no process runs are never lost), and
 //! watches it for a pending connection without ever accepting one.

@@ -1,5 +1,5 @@
 //! The emperor ⇄ vassal single-byte protocol and the config pipe format
-//! (reference §6.3, §7).
+//! (docs/protocol.md).
 
 /// Emperor → vassal: stop now.
 pub const MSG_STOP: u8 = 0;

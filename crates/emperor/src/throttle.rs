@@ -1,7 +1,7 @@
 //! Respawn throttling: uWSGI's blacklist for vassals that never became
 //! loyal, and exponential backoff for loyal vassals that crash in a loop.
 //!
-//! * Blacklist (reference §9.1): each unexpected death of a non-loyal vassal
+//! * Blacklist (docs/architecture.md, "Throttling"): each unexpected death of a non-loyal vassal
 //!   widens its refusal window by `--emperor-throttle` up to
 //!   `--emperor-max-throttle`: 0, 1 s, 2 s, 3 s, ... 180 s with the
 //!   defaults. uWSGI's first window is 1 µs·throttle because of a unit slip

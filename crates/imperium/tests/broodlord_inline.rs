@@ -2,7 +2,7 @@
 //! mongodb://, amqp:// and zmq:// pass it): the zerg gets the base text and
 //! is launched as `--ini emperor://NAME:zerg`, and a database-style removal
 //! pass (a snapshot listing only the base) never stops it. uWSGI manages
-//! zergs of file monitors only (reference §12).
+//! zergs of file monitors only (docs/broodlord.md).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

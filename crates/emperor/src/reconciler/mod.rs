@@ -3,7 +3,7 @@
 //! ticks, operator commands) with the current time; it returns the
 //! [`Action`]s to carry out. The runtime does the I/O.
 //!
-//! The per-vassal state machine follows uWSGI (reference §8), made
+//! The per-vassal state machine follows uWSGI (docs/architecture.md, "The vassal state machine"), made
 //! deterministic: each exit is seen once, by instance id; exit code 26 exiles
 //! the vassal until its config changes; any other unexpected exit respawns,
 //! throttled by the blacklist (non-loyal) or the loyal backoff; a refused
@@ -61,7 +61,7 @@ pub struct ReconcilerConfig {
     pub stop_hook: bool,
 }
 
-/// Tyrant mode settings (reference §10).
+/// Tyrant mode settings (docs/tyrant.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TyrantConfig {
     /// `--emperor-tyrant-min-uid` (1): owners with a smaller uid are refused.

@@ -3,7 +3,7 @@
 //! open-file limit; and `process.rs`: daemonize, the command line) is the
 //! only one that may use `unsafe`.
 //!
-//! The child gets (reference §6.2, §6.5): fd 0 on /dev/null or the
+//! The child gets (docs/protocol.md, as uWSGI's `uwsgi_emperor_spawn_vassal` sets it up): fd 0 on /dev/null or the
 //! on-demand socket, fds 1 and 2 inherited, the vassal ends of the control
 //! and config socketpairs at the numbers named in `UWSGI_EMPEROR_FD` and
 //! `UWSGI_EMPEROR_FD_CONFIG`, and nothing else (every other fd is marked

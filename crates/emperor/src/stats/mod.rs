@@ -6,7 +6,7 @@
 //! observer's own task: a slow or stuck client never stalls the emperor.
 //!
 //! [`Snapshot::to_uwsgi_json`] renders uWSGI's emperor stats document
-//! (reference §13): the same keys in the same order as uWSGI 2.0, always
+//! (uWSGI 2.0's `emperor_send_stats` in core/emperor.c; docs/operations.md lists the keys): the same keys in the same order as uWSGI 2.0, always
 //! valid JSON, followed by imperium's extra keys. Secrets (passwords in
 //! URLs and conninfo strings) are redacted; inline config text is never
 //! shown.
