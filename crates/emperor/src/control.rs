@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::reconciler::{Action, Reconciler};
+use crate::reconciler::{Action, OperatorError, Reconciler};
 use crate::runtime::Command;
 use crate::stats::{Listener, Snapshot};
 
@@ -98,9 +98,9 @@ impl Access {
 
 /// Runs `f` on the reconciler inside the emperor's loop; the actions it
 /// returns are carried out there.
-pub async fn apply<F>(commands: &mpsc::Sender<Command>, f: F) -> Result<(), String>
+pub async fn apply<F>(commands: &mpsc::Sender<Command>, f: F) -> Result<(), OperatorError>
 where
-    F: FnOnce(&mut Reconciler, Instant) -> Result<Vec<Action>, String> + Send + 'static,
+    F: FnOnce(&mut Reconciler, Instant) -> Result<Vec<Action>, OperatorError> + Send + 'static,
 {
     let (tx, rx) = oneshot::channel();
     let f = Box::new(
@@ -118,16 +118,15 @@ where
     commands
         .send(Command::Apply(f))
         .await
-        .map_err(|_| "the emperor is shutting down".to_string())?;
-    rx.await
-        .map_err(|_| "the emperor is shutting down".to_string())?
+        .map_err(|_| OperatorError::ShuttingDown)?;
+    rx.await.map_err(|_| OperatorError::ShuttingDown)?
 }
 
 /// Carries out one request.
 pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
-    let done = |r: Result<(), String>, what: String| match r {
+    let done = |r: Result<(), OperatorError>, what: String| match r {
         Ok(()) => Reply::ok(what),
-        Err(e) => Reply::err(e),
+        Err(e) => Reply::err(e.to_string()),
     };
     match req {
         Request::List | Request::Show { .. } => {

@@ -32,6 +32,7 @@ mod process;
 mod timers;
 mod vassal;
 
+pub use operator::OperatorError;
 pub use vassal::{Phase, Proc, Vassal, VassalState};
 
 /// The shortest wait before a vassal that could not be started is tried

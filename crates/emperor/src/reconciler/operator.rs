@@ -4,6 +4,41 @@
 
 use super::*;
 
+/// Why an operator command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    /// No vassal of that name is in the table.
+    #[error("no vassal named {0}")]
+    NoSuchVassal(String),
+    /// It has no process to act on.
+    #[error("vassal {0} is not running")]
+    NotRunning(String),
+    /// It is being stopped.
+    #[error("vassal {0} is stopping")]
+    Stopping(String),
+    /// `pause` twice.
+    #[error("reloads of vassal {0} are already paused")]
+    AlreadyPaused(String),
+    /// `resume` without `pause`.
+    #[error("reloads of vassal {0} are not paused")]
+    NotPaused(String),
+    /// `stop` twice.
+    #[error("vassal {0} is already stopped")]
+    AlreadyStopped(String),
+    /// `start` of a running vassal.
+    #[error("vassal {0} is already running")]
+    AlreadyRunning(String),
+    /// Its source no longer has it.
+    #[error("vassal {0} was removed from its source")]
+    Removed(String),
+    /// `clear-blacklist NAME` of a vassal that is not in the blacklist.
+    #[error("vassal {0} is not blacklisted")]
+    NotBlacklisted(String),
+    /// Ragnarok has begun.
+    #[error("the emperor is shutting down")]
+    ShuttingDown,
+}
+
 impl Reconciler {
     /// SIGHUP: gracefully reload every running vassal.
     pub fn reload_all(&mut self) -> Vec<Action> {
@@ -23,39 +58,39 @@ impl Reconciler {
     }
 
     /// Reloads one vassal (control socket).
-    pub fn reload_one(&mut self, name: &str) -> Result<Vec<Action>, String> {
+    pub fn reload_one(&mut self, name: &str) -> Result<Vec<Action>, OperatorError> {
         let mut out = Vec::new();
         let v = self
             .vassal(name)
-            .ok_or_else(|| format!("no vassal named {name}"))?;
+            .ok_or_else(|| OperatorError::NoSuchVassal(name.to_string()))?;
         let (instance, pid) = match &v.phase {
             Phase::Starting(p) => (p.instance, 0),
             Phase::Running { proc, pid } => (proc.instance, *pid),
-            Phase::Stopping { .. } => return Err(format!("vassal {name} is stopping")),
-            _ => return Err(format!("vassal {name} is not running")),
+            Phase::Stopping { .. } => return Err(OperatorError::Stopping(name.to_string())),
+            _ => return Err(OperatorError::NotRunning(name.to_string())),
         };
         let vn = v.name.clone();
         self.reload(&vn, instance, pid, &mut out);
         Ok(out)
     }
 
-    fn operator_target(&self, name: &str) -> Result<VassalName, String> {
+    fn operator_target(&self, name: &str) -> Result<VassalName, OperatorError> {
         if self.shutting_down {
-            return Err("the emperor is shutting down".into());
+            return Err(OperatorError::ShuttingDown);
         }
         self.vassal(name)
             .map(|v| v.name.clone())
-            .ok_or_else(|| format!("no vassal named {name}"))
+            .ok_or_else(|| OperatorError::NoSuchVassal(name.to_string()))
     }
 
     /// Pauses automatic reloads of one vassal: config changes are held
     /// (the newest one kept) until [`Reconciler::resume`]. Removal of the
     /// config still stops it; a crash respawns it with the config it runs.
-    pub fn pause(&mut self, name: &str) -> Result<(), String> {
+    pub fn pause(&mut self, name: &str) -> Result<(), OperatorError> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
         if v.paused {
-            return Err(format!("reloads of vassal {name} are already paused"));
+            return Err(OperatorError::AlreadyPaused(name.to_string()));
         }
         v.paused = true;
         self.emit(Event::Paused { name: &vn });
@@ -64,11 +99,11 @@ impl Reconciler {
 
     /// Resumes automatic reloads of one vassal and applies the change held
     /// meanwhile, if any (as if it arrived now).
-    pub fn resume(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+    pub fn resume(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, OperatorError> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
         if !v.paused {
-            return Err(format!("reloads of vassal {name} are not paused"));
+            return Err(OperatorError::NotPaused(name.to_string()));
         }
         v.paused = false;
         let held = v.held_change.take();
@@ -86,11 +121,11 @@ impl Reconciler {
 
     /// Stops one vassal on an operator's request; it stays down (whatever
     /// its source says) until [`Reconciler::start_one`].
-    pub fn stop_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+    pub fn stop_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, OperatorError> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
         if v.stopped_by_operator {
-            return Err(format!("vassal {name} is already stopped"));
+            return Err(OperatorError::AlreadyStopped(name.to_string()));
         }
         v.stopped_by_operator = true;
         let mut out = Vec::new();
@@ -113,14 +148,14 @@ impl Reconciler {
     /// Starts one vassal on an operator's request: one stopped by
     /// [`Reconciler::stop_one`], exiled, idle, or waiting for a throttled
     /// respawn (its blacklist entry is cleared).
-    pub fn start_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+    pub fn start_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, OperatorError> {
         let vn = self.operator_target(name)?;
         let v = self.vassals.get_mut(&vn).expect("present");
         if matches!(v.phase, Phase::Starting(_) | Phase::Running { .. }) {
-            return Err(format!("vassal {name} is already running"));
+            return Err(OperatorError::AlreadyRunning(name.to_string()));
         }
         if v.desired.is_none() {
-            return Err(format!("vassal {name} was removed from its source"));
+            return Err(OperatorError::Removed(name.to_string()));
         }
         v.stopped_by_operator = false;
         let mut out = Vec::new();
@@ -138,11 +173,15 @@ impl Reconciler {
 
     /// Clears the blacklist entry of one vassal; if it was waiting for a
     /// throttled respawn, it starts now.
-    pub fn clear_blacklist_one(&mut self, name: &str, now: Instant) -> Result<Vec<Action>, String> {
+    pub fn clear_blacklist_one(
+        &mut self,
+        name: &str,
+        now: Instant,
+    ) -> Result<Vec<Action>, OperatorError> {
         let vn = self.operator_target(name)?;
         let mut out = Vec::new();
         if !self.blacklist.remove(&vn) {
-            return Err(format!("vassal {name} is not blacklisted"));
+            return Err(OperatorError::NotBlacklisted(name.to_string()));
         }
         self.emit(Event::Unblacklisted { name: &vn });
         let v = self.vassals.get_mut(&vn).expect("present");

@@ -905,7 +905,11 @@ fn paused_vassal_holds_changes_until_resumed() {
     let t = Instant::now();
     let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     r.pause("a.ini").unwrap();
-    assert!(r.pause("a.ini").unwrap_err().contains("already paused"));
+    assert!(r
+        .pause("a.ini")
+        .unwrap_err()
+        .to_string()
+        .contains("already paused"));
     // two edits while paused: nothing is sent, the newest is kept
     for m in [2, 3, 3] {
         let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", m)]), t);
@@ -928,7 +932,11 @@ fn paused_vassal_holds_changes_until_resumed() {
     let v = r.vassal("a.ini").unwrap();
     assert!(!v.paused && v.held_change.is_none());
     assert_eq!(v.applied_key, file("a.ini", 3).key);
-    assert!(r.resume("a.ini", t).unwrap_err().contains("not paused"));
+    assert!(r
+        .resume("a.ini", t)
+        .unwrap_err()
+        .to_string()
+        .contains("not paused"));
     // after resuming, changes reload at once again
     let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 4)]), t);
     assert_eq!(sends(&acts), vec![(instance, MSG_RELOAD)]);
@@ -947,6 +955,7 @@ fn resume_without_held_change_does_nothing_and_removal_still_stops() {
     assert!(r
         .pause("nope.ini")
         .unwrap_err()
+        .to_string()
         .contains("no vassal named nope.ini"));
 }
 
@@ -960,6 +969,7 @@ fn operator_stop_keeps_a_vassal_down_until_started() {
     assert!(r
         .stop_one("a.ini", t)
         .unwrap_err()
+        .to_string()
         .contains("already stopped"));
     // its exit is expected and nothing respawns it: no timer, no rescan,
     // not even a config change
@@ -988,6 +998,7 @@ fn operator_stop_keeps_a_vassal_down_until_started() {
     assert!(r
         .start_one("a.ini", t)
         .unwrap_err()
+        .to_string()
         .contains("already running"));
 }
 
@@ -1050,6 +1061,7 @@ fn clear_blacklist_for_one_vassal_starts_it_now() {
     assert!(r
         .clear_blacklist_one("a.ini", t)
         .unwrap_err()
+        .to_string()
         .contains("not blacklisted"));
     // clearing everything starts the other one too
     let (n, acts) = r.clear_blacklist_all(t);
@@ -1085,6 +1097,7 @@ fn operator_commands_are_refused_during_shutdown() {
     assert!(r
         .start_one("a.ini", t)
         .unwrap_err()
+        .to_string()
         .contains("shutting down"));
 }
 
