@@ -333,15 +333,22 @@ impl Reconciler {
             return out;
         };
         match msg {
+            // said again while nothing changed: not logged again
             VassalMessage::Ready => {
+                let first = !p.ready;
                 p.ready = true;
                 v.last_ready = Some(SystemTime::now());
-                self.emit(Event::Ready { name: &name, pid });
+                if first {
+                    self.emit(Event::Ready { name: &name, pid });
+                }
             }
             VassalMessage::Accepting => {
+                let first = !p.accepting;
                 p.accepting = true;
                 v.last_accepting = Some(SystemTime::now());
-                self.emit(Event::Accepting { name: &name, pid });
+                if first {
+                    self.emit(Event::Accepting { name: &name, pid });
+                }
             }
             VassalMessage::Loyal => {
                 let first = !p.loyal;
@@ -412,6 +419,24 @@ impl Reconciler {
             max,
         });
         self.start(&zname, now, false, out);
+    }
+
+    /// `instance` misbehaves on its control socket (it floods it): it is
+    /// killed, and its death is handled as any other (respawned through
+    /// the blacklist or the loyal backoff).
+    pub fn flooded(&mut self, instance: InstanceId, why: &str) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(name) = self.name_of(instance) else {
+            return out;
+        };
+        let pid = self.vassals.get(&name).and_then(|v| v.pid()).unwrap_or(0);
+        out.push(Action::Kill { instance });
+        self.emit(Event::Killed {
+            name: &name,
+            pid,
+            why,
+        });
+        out
     }
 
     /// The control pipe of `instance` reached EOF (every process holding it

@@ -92,6 +92,14 @@ impl Executor {
                 rec.exited(i, st, now)
             }
             Report::Connection(name) => rec.on_demand_connection(&name, now),
+            Report::Flood(i, bytes) => rec.flooded(
+                i,
+                &format!(
+                    "flooded its emperor socket ({bytes} bytes within {} s, the limit is {} KiB)",
+                    super::vassal::FLOOD_WINDOW.as_secs(),
+                    super::vassal::FLOOD_LIMIT / 1024
+                ),
+            ),
             Report::StartHookDone(i, spec) => match rec.instance_stopping(i) {
                 // stopped while its hook ran: it ends before it began
                 Some(true) => rec.exited(i, ExitStatus::Code(0), now),

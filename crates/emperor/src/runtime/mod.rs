@@ -58,6 +58,8 @@ pub(super) enum Report {
     Connection(VassalName),
     /// The `--vassals-start-hook` of a vassal about to start has ended.
     StartHookDone(InstanceId, Box<VassalSpec>),
+    /// The vassal wrote this many bytes within the flood window.
+    Flood(InstanceId, usize),
 }
 
 /// The emperor: build it with its monitors, then [`Emperor::run`] it.

@@ -42,8 +42,23 @@ pub(super) struct VassalLink {
 }
 
 impl VassalLink {
+    /// Queues a command for the vassal. A vassal that does not read its
+    /// sockets never makes the queue grow: a config push replaces the one
+    /// still pending, and a byte equal to the last one queued is dropped
+    /// (a second pending reload or stop says nothing more).
     pub(super) fn send(&self, cmd: VassalCmd) {
-        self.queue().push_back(cmd);
+        {
+            let mut q = self.queue();
+            match &cmd {
+                VassalCmd::Config(_) => q.retain(|c| !matches!(c, VassalCmd::Config(_))),
+                VassalCmd::Byte(b) => {
+                    if matches!(q.back(), Some(VassalCmd::Byte(last)) if last == b) {
+                        return;
+                    }
+                }
+            }
+            q.push_back(cmd);
+        }
         self.waker.wake();
     }
 
@@ -61,6 +76,7 @@ impl VassalLink {
         reports: &mpsc::UnboundedSender<Report>,
         reading: bool,
         eof_timer: Option<&mut Pin<Box<tokio::time::Sleep>>>,
+        relay: &mut Relay,
     ) -> Poll<Wake> {
         loop {
             match self.child.poll_read_ready(cx) {
@@ -80,11 +96,17 @@ impl VassalLink {
                     Poll::Ready(Err(_)) => return Poll::Ready(Wake::Eof),
                     // on WouldBlock, try_read clears the readiness, so the
                     // next poll registers for more
-                    Poll::Ready(Ok(())) => {
-                        if !self.relay_bytes(instance, reports) {
-                            return Poll::Ready(Wake::Eof);
+                    Poll::Ready(Ok(())) => match relay.read(self, instance, reports) {
+                        Read::Drained => {}
+                        Read::Eof => return Poll::Ready(Wake::Eof),
+                        Read::Flood(n) => return Poll::Ready(Wake::Flood(n)),
+                        // one chunk per turn: let the rest of the emperor
+                        // run, and come back for more
+                        Read::More => {
+                            cx.waker().wake_by_ref();
+                            break;
                         }
-                    }
+                    },
                 }
             }
         }
@@ -98,26 +120,6 @@ impl VassalLink {
             return Poll::Ready(Wake::Commands);
         }
         Poll::Pending
-    }
-
-    /// Reads what the vassal wrote (without waiting) and reports each byte;
-    /// false once the socket is at end of file or failed.
-    fn relay_bytes(&self, instance: InstanceId, reports: &mpsc::UnboundedSender<Report>) -> bool {
-        let mut buf = [0u8; 16];
-        loop {
-            match self.ctrl.try_read(&mut buf) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    for b in &buf[..n] {
-                        let _ =
-                            reports.send(Report::Message(instance, VassalMessage::from_byte(*b)));
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
     }
 
     async fn carry_out(&self, cmd: VassalCmd) {
@@ -155,11 +157,117 @@ async fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// At most this many bytes are read from a vassal's control socket per
+/// turn of the loop.
+const READ_CHUNK: usize = 4096;
+
+/// A vassal that writes more than this many bytes on its control socket
+/// within [`FLOOD_WINDOW`] is flooding it: it is killed (and respawned
+/// through the usual throttling). A uWSGI vassal writes a few bytes a
+/// second (heartbeats, state changes).
+pub(super) const FLOOD_LIMIT: usize = 64 * 1024;
+
+/// See [`FLOOD_LIMIT`].
+pub(super) const FLOOD_WINDOW: Duration = Duration::from_secs(1);
+
+/// Unknown bytes are logged at most once per vassal in this long.
+const UNKNOWN_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What one read of the control socket found.
+enum Read {
+    /// Everything there was (the socket would block now).
+    Drained,
+    /// A full chunk: there may be more.
+    More,
+    /// End of file, or the socket failed.
+    Eof,
+    /// Over [`FLOOD_LIMIT`] bytes within [`FLOOD_WINDOW`].
+    Flood(usize),
+}
+
+/// The reading side of a vassal's task: bounded reads, identical messages
+/// folded into one report per chunk, unknown bytes counted and logged with
+/// a rate limit, and the flood meter.
+pub(super) struct Relay {
+    window_start: tokio::time::Instant,
+    window_bytes: usize,
+    unknown: u64,
+    unknown_logged: Option<tokio::time::Instant>,
+}
+
+impl Relay {
+    pub(super) fn new() -> Relay {
+        Relay {
+            window_start: tokio::time::Instant::now(),
+            window_bytes: 0,
+            unknown: 0,
+            unknown_logged: None,
+        }
+    }
+
+    /// Reads one chunk (without waiting) and reports what it held.
+    fn read(
+        &mut self,
+        link: &VassalLink,
+        instance: InstanceId,
+        reports: &mpsc::UnboundedSender<Report>,
+    ) -> Read {
+        let mut buf = [0u8; READ_CHUNK];
+        let n = loop {
+            match link.ctrl.try_read(&mut buf) {
+                Ok(0) => return Read::Eof,
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Read::Drained,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Read::Eof,
+            }
+        };
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window_start) > FLOOD_WINDOW {
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        self.window_bytes += n;
+        if self.window_bytes > FLOOD_LIMIT {
+            return Read::Flood(self.window_bytes);
+        }
+        // one report per kind of message in the chunk, in the order they
+        // first appear: a thousand heartbeats say what one says
+        let mut seen = [false; 256];
+        for &b in &buf[..n] {
+            match VassalMessage::from_byte(b) {
+                VassalMessage::Unknown(_) => self.unknown += 1,
+                m if !seen[usize::from(b)] => {
+                    seen[usize::from(b)] = true;
+                    let _ = reports.send(Report::Message(instance, m));
+                }
+                _ => {}
+            }
+        }
+        if self.unknown > 0
+            && self
+                .unknown_logged
+                .is_none_or(|t| now.duration_since(t) >= UNKNOWN_LOG_EVERY)
+        {
+            tracing::warn!(vassal = %link.name, bytes = self.unknown, "[emperor] vassal {} sent {} unknown byte(s) on its emperor socket; ignored", link.name, self.unknown);
+            self.unknown = 0;
+            self.unknown_logged = Some(now);
+        }
+        if n == READ_CHUNK {
+            Read::More
+        } else {
+            Read::Drained
+        }
+    }
+}
+
 /// What woke a vassal's task.
 enum Wake {
     Exited(std::io::Result<ExitStatus>),
     /// The control socket is at end of file or failed.
     Eof,
+    /// The vassal floods its control socket (bytes in the window).
+    Flood(usize),
     /// The grace period after end of file is over.
     EofTimeout,
     Commands,
@@ -179,13 +287,26 @@ pub(super) async fn vassal_task(
 ) {
     let mut reading = true;
     let mut eof_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut relay = Relay::new();
     let status = loop {
         let wake = std::future::poll_fn(|cx| {
-            link.poll_wake(cx, instance, &reports, reading, eof_timer.as_mut())
+            link.poll_wake(
+                cx,
+                instance,
+                &reports,
+                reading,
+                eof_timer.as_mut(),
+                &mut relay,
+            )
         })
         .await;
         match wake {
             Wake::Exited(st) => break st,
+            Wake::Flood(bytes) => {
+                // nothing more is read from it; the reconciler kills it
+                reading = false;
+                let _ = reports.send(Report::Flood(instance, bytes));
+            }
             Wake::Eof => {
                 // usually the process is exiting: give the exit a moment to
                 // be seen, so an ordinary death is not logged as a curse
@@ -207,9 +328,9 @@ pub(super) async fn vassal_task(
             }
         }
     };
-    // bytes the vassal wrote just before exiting
+    // bytes the vassal wrote just before exiting (one chunk at most)
     if reading {
-        link.relay_bytes(instance, &reports);
+        let _ = relay.read(&link, instance, &reports);
     }
     let status = match status {
         Ok(st) => st,

@@ -19,6 +19,8 @@
 //! | `on-reload` | reexec | `reexec` (keep the pid, like a uWSGI master) or `exit` |
 //! | `record` | - | append one line per event to this file |
 //! | `marker` | - | a value copied into the `start` record line |
+//! | `flood` | - | after start, write to the emperor socket as fast as it can: `random` bytes, or one byte value (`1`) |
+//! | `flood-bytes` | 0 | stop flooding after this many bytes (0: until killed) |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
 //! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `nofile N` (soft
@@ -52,6 +54,8 @@ struct Behaviour {
     reexec: bool,
     record: Option<String>,
     marker: String,
+    flood: Option<String>,
+    flood_bytes: u64,
 }
 
 fn parse(text: &str) -> Behaviour {
@@ -69,6 +73,8 @@ fn parse(text: &str) -> Behaviour {
         reexec: true,
         record: None,
         marker: String::new(),
+        flood: None,
+        flood_bytes: 0,
     };
     let mut in_vassal = false;
     for line in text.lines() {
@@ -100,6 +106,8 @@ fn parse(text: &str) -> Behaviour {
             "on-reload" => b.reexec = v != "exit",
             "record" => b.record = Some(v.to_string()),
             "marker" => b.marker = v.to_string(),
+            "flood" => b.flood = Some(v.to_string()),
+            "flood-bytes" => b.flood_bytes = num.unwrap_or(0),
             _ => {}
         }
     }
@@ -276,6 +284,9 @@ fn main() {
     if b.loyal {
         send(&mut ctrl, 17);
     }
+    if let Some(kind) = &b.flood {
+        flood(&ctrl, kind, b.flood_bytes);
+    }
     let start = Instant::now();
     let mut next_hb = b.heartbeat.map(|ms| start + Duration::from_millis(ms));
     let mut idle_sent = false;
@@ -365,4 +376,42 @@ fn main() {
             Err(e) => die(&format!("control socket error: {e}"), 1),
         }
     }
+}
+
+/// A hostile vassal: writes to its emperor socket from a thread of its own,
+/// as fast as the socket takes it (random bytes, or one value repeated),
+/// `limit` bytes or until it is killed.
+fn flood(ctrl: &UnixStream, kind: &str, limit: u64) {
+    let Ok(mut sock) = ctrl.try_clone() else {
+        return;
+    };
+    let byte: Option<u8> = kind.parse().ok();
+    std::thread::spawn(move || {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+        let mut buf = vec![0u8; 65536];
+        let mut sent: u64 = 0;
+        loop {
+            match byte {
+                Some(v) => buf.fill(v),
+                None => {
+                    for x in buf.iter_mut() {
+                        // xorshift64
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        *x = state as u8;
+                    }
+                }
+            }
+            let n = if limit > 0 {
+                (limit - sent).min(buf.len() as u64) as usize
+            } else {
+                buf.len()
+            };
+            if n == 0 || sock.write_all(&buf[..n]).is_err() {
+                return;
+            }
+            sent += n as u64;
+        }
+    });
 }
