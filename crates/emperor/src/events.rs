@@ -171,6 +171,12 @@ pub enum Event<'a> {
         delay: Duration,
         loyal: bool,
     },
+    /// The emperor itself was frozen for `paused`; `rearmed` deadlines got
+    /// a fresh start.
+    EmperorPaused {
+        paused: Duration,
+        rearmed: usize,
+    },
     Refused {
         name: &'a VassalName,
         reason: &'a str,
@@ -298,6 +304,14 @@ impl Event<'_> {
             }
             Event::Cursed { name, pid } => {
                 warn!(vassal = %name, pid, "[emperor] curse the uwsgi instance {name} (pid: {pid})")
+            }
+            Event::EmperorPaused { paused, rearmed } => {
+                warn!(
+                    paused_ms = paused.as_millis() as u64,
+                    rearmed,
+                    "[emperor] the emperor itself did not run for {:.1} s (SIGSTOP, a VM pause?): {rearmed} heartbeat and stop deadline(s) restarted before judging any vassal",
+                    paused.as_secs_f64()
+                );
             }
             Event::Killed { name, pid, why } => {
                 c.kills += 1;

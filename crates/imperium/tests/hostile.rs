@@ -146,3 +146,58 @@ fn unknown_bytes_are_counted_and_logged_once_per_burst() {
     assert_eq!(emp.count("flooded"), 0, "{}", emp.log());
     assert!(emp.stop().success());
 }
+
+#[test]
+fn the_emperors_own_pause_is_not_the_vassals_fault() {
+    let e = Env::new();
+    let names: Vec<String> = (0..50).map(|i| format!("h{i:02}.ini")).collect();
+    for n in &names {
+        e.write(n, "heartbeat = 300");
+    }
+    // this one really goes silent, 3 s after it starts
+    e.write(
+        "quiet.ini",
+        "heartbeat = 300\nheartbeat-stop-after-ms = 3000",
+    );
+    let mut emp = Imperium::start(
+        e.tmp.path(),
+        [
+            "--emperor".to_string(),
+            e.vassals.display().to_string(),
+            "--binary-path".into(),
+            test_vassal_bin().display().to_string(),
+            "--emperor-required-heartbeat".into(),
+            "2".into(),
+        ],
+    );
+    assert!(wait_until(T, || names
+        .iter()
+        .all(|n| !record_starts(&e.rec(n)).is_empty())));
+    std::thread::sleep(Duration::from_millis(800));
+    // the emperor frozen for 4 s, twice the required heartbeat
+    emp.signal(nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(4));
+    emp.signal(nix::sys::signal::Signal::SIGCONT);
+    emp.wait_log("the emperor itself did not run for", T);
+    // the silent one is still caught, one window after the pause
+    assert!(
+        wait_until(T, || {
+            emp.log()
+                .lines()
+                .any(|l| l.contains("quiet.ini") && l.contains("sent no heartbeat"))
+        }),
+        "{}",
+        emp.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let log = emp.log();
+    for n in &names {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(n.as_str()) && l.contains("sent no heartbeat")),
+            "{n} was killed for the emperor's own pause:\n{log}"
+        );
+        assert_eq!(record_starts(&e.rec(n)).len(), 1, "{n} was restarted");
+    }
+    assert!(emp.stop().success());
+}

@@ -1,6 +1,7 @@
 //! Timers: scheduled respawns, the curse tolerance, the heartbeat watchdog.
 
 use super::*;
+use std::time::Duration;
 
 impl Reconciler {
     /// The next instant at which [`Reconciler::tick`] has work.
@@ -23,6 +24,30 @@ impl Reconciler {
                 }
             })
             .min()
+    }
+
+    /// The emperor itself did not run for `paused` (it was frozen): the
+    /// heartbeats and stop confirmations that arrived meanwhile are still
+    /// unread, so no vassal is judged by a deadline that ran out while the
+    /// emperor could not read: the heartbeat watchdog restarts its window
+    /// at `now`, and every curse tolerance is extended by the pause. A
+    /// vassal that really went silent is still killed one window later.
+    pub fn emperor_was_paused(&mut self, paused: Duration, now: Instant) {
+        let mut rearmed = 0;
+        for v in self.vassals.values_mut() {
+            match &mut v.phase {
+                Phase::Running { proc, .. } if proc.last_heartbeat.is_some() => {
+                    proc.last_heartbeat = Some(now);
+                    rearmed += 1;
+                }
+                Phase::Stopping { kill_at, .. } => {
+                    *kill_at += paused;
+                    rearmed += 1;
+                }
+                _ => {}
+            }
+        }
+        self.emit(Event::EmperorPaused { paused, rearmed });
     }
 
     /// Runs the timers due at `now`: scheduled respawns, SIGKILL of cursed

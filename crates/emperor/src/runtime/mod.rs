@@ -24,6 +24,10 @@ use crate::spec::VassalSpec;
 
 pub use crate::command::{ApplyFn, Command};
 
+/// The loop waking up this much later than it meant to means the emperor
+/// itself was not running (frozen by SIGSTOP, a VM or host pause).
+const PAUSE_TOLERANCE: Duration = Duration::from_secs(1);
+
 mod executor;
 mod vassal;
 
@@ -134,6 +138,7 @@ impl Emperor {
                 deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
             }
             let mut reacting = None;
+            let mut timer_fired = false;
             let actions = tokio::select! {
                 biased;
                 Some(r) = exec.reports.1.recv() => {
@@ -184,10 +189,27 @@ impl Emperor {
                         give_up_at = Some(now + Duration::from_secs(10));
                         rec.kill_all()
                     } else {
-                        rec.tick(now.into_std())
+                        timer_fired = true;
+                        Vec::new()
                     }
                 }
             };
+            // woken much later than the deadline it slept until: the emperor
+            // itself was frozen (SIGSTOP, a VM pause). What the vassals sent
+            // meanwhile is still unread in their sockets: give every
+            // deadline that ran out during the pause a fresh start before
+            // anything is judged, whatever woke the loop first
+            let woke = Instant::now();
+            if let Some(d) = deadline {
+                let late = woke.saturating_duration_since(d.max(now));
+                if late > PAUSE_TOLERANCE {
+                    rec.emperor_was_paused(late, woke.into_std());
+                }
+            }
+            let mut actions = actions;
+            if timer_fired {
+                actions.extend(rec.tick(woke.into_std()));
+            }
             let _ = now;
             let n_actions = actions.len();
             exec.execute(&mut rec, actions);
