@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::reconciler::{Action, OperatorError, Reconciler};
@@ -196,6 +196,12 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
 /// reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest request line the control socket reads.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The time a client has to send its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Serves the control socket.
 pub async fn serve(listener: Listener, access: Access, commands: mpsc::Sender<Command>) {
     let access = Arc::new(access);
@@ -226,27 +232,41 @@ async fn session(
     let mut conn = BufReader::new(conn);
     let reply = match cred {
         Some(c) if access.allows(c.uid(), c.gid()) => {
+            // one request line, bounded in size and in time: a client that
+            // sends nothing (or too much) gives its slot back quickly
             let mut line = String::new();
-            match conn.read_line(&mut line).await {
-                Ok(0) => return,
-                Ok(_) => match serde_json::from_str::<Request>(&line) {
+            let mut limited = (&mut conn).take(MAX_REQUEST as u64 + 1);
+            let read = limited.read_line(&mut line);
+            match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
+                Err(_) => Reply::err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())),
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) if n > MAX_REQUEST => Reply::err(format!(
+                    "request too large (over {} KiB)",
+                    MAX_REQUEST / 1024
+                )),
+                Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
                     Ok(req) => {
                         tracing::info!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
                         handle(req, commands).await
                     }
                     Err(e) => Reply::err(format!("bad request: {e}")),
                 },
-                Err(e) => Reply::err(format!("cannot read the request: {e}")),
+                Ok(Err(e)) => Reply::err(format!("cannot read the request: {e}")),
             }
         }
         Some(c) => {
-            tracing::warn!(
-                uid = c.uid(),
-                gid = c.gid(),
-                pid = c.pid(),
-                "[emperor] control socket: refusing uid {} (not root, not the emperor's uid, not in --emperor-control-allow-uid/-gid)",
-                c.uid()
-            );
+            static REFUSED: crate::listener::LogLimit = crate::listener::LogLimit::new();
+            if let Some(held) = REFUSED.allow() {
+                tracing::warn!(
+                    uid = c.uid(),
+                    gid = c.gid(),
+                    pid = c.pid(),
+                    more = held,
+                    "[emperor] control socket: refusing uid {} (not root, not the emperor's uid, not in --emperor-control-allow-uid/-gid){}",
+                    c.uid(),
+                    if held > 0 { format!("; {held} more refused since the last such line") } else { String::new() }
+                );
+            }
             Reply::err(format!(
                 "permission denied: uid {} may not use this control socket",
                 c.uid()

@@ -108,6 +108,24 @@ impl Listener {
             use std::os::unix::fs::FileTypeExt;
             if m.file_type().is_socket() {
                 let _ = std::fs::remove_file(&path);
+            } else {
+                // never replace something that is not a stale socket
+                let what = if m.is_dir() {
+                    "a directory"
+                } else if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else if m.is_file() {
+                    "a regular file"
+                } else {
+                    "a file that is not a socket"
+                };
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} is {what}, not a socket: remove it or choose another path",
+                        path.display()
+                    ),
+                )));
             }
         }
         let l = UnixListener::bind(&path).map_err(err)?;
@@ -155,3 +173,38 @@ impl Drop for Listener {
 /// At most this many stats clients are served at once; more wait in the
 /// kernel's backlog.
 pub const MAX_CLIENTS: usize = 64;
+
+/// A log line that is written at most once per [`LogLimit::EVERY`]; the
+/// times it was held back are counted into the next one.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimit {
+    /// How often the line may be written.
+    pub const EVERY: Duration = Duration::from_secs(10);
+
+    /// A limiter that has written nothing yet.
+    pub const fn new() -> LogLimit {
+        LogLimit {
+            last: std::sync::Mutex::new(None),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)` when the line may be written now, `n` being how many were
+    /// held back since the last one; `None` when it must be held back.
+    pub fn allow(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| now.duration_since(t) < Self::EVERY) {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.held.swap(0, Ordering::Relaxed))
+    }
+}

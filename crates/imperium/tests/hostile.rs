@@ -201,3 +201,106 @@ fn the_emperors_own_pause_is_not_the_vassals_fault() {
     }
     assert!(emp.stop().success());
 }
+
+fn start_with_control(e: &Env, sock: &Path, extra: &[&str]) -> Imperium {
+    let mut args = vec![
+        "--emperor".to_string(),
+        e.vassals.display().to_string(),
+        "--binary-path".into(),
+        test_vassal_bin().display().to_string(),
+        "--emperor-control-socket".into(),
+        sock.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Imperium::start(e.tmp.path(), args)
+}
+
+fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(testkit::imperium_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_control_socket_bounds_requests_and_idle_clients() {
+    use std::io::{Read, Write};
+    let e = Env::new();
+    e.write("a.ini", "");
+    let sock = e.tmp.path().join("ctl.sock");
+    let mut emp = start_with_control(&e, &sock, &[]);
+    emp.wait_log("vassal a.ini has been spawned", T);
+    let idle_rss = rss_kb(emp.pid());
+    // a 16 MiB request line is cut at 64 KiB and refused; nothing is held
+    let mut c = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    let junk = vec![b'x'; 1 << 20];
+    for _ in 0..16 {
+        if c.write_all(&junk).is_err() {
+            break; // the emperor answered and closed: fine
+        }
+    }
+    let mut reply = String::new();
+    let _ = c.read_to_string(&mut reply);
+    assert!(reply.contains("request too large"), "{reply}");
+    assert!(
+        rss_kb(emp.pid()) < 2 * idle_rss,
+        "emperor RSS {} kB after a huge request (idle {idle_rss} kB)",
+        rss_kb(emp.pid())
+    );
+    // 64 clients that connect and say nothing give their slots back
+    let idle: Vec<_> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&sock).unwrap())
+        .collect();
+    let started = Instant::now();
+    let o = ctl(&sock, &["list"]);
+    assert!(
+        o.status.success(),
+        "ctl list failed after {:?} with 64 idle clients: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(idle);
+    assert!(emp.stop().success());
+}
+
+#[test]
+fn a_file_in_the_control_sockets_place_is_named_and_refused_peers_are_logged_once() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let e = Env::new();
+    e.write("a.ini", "");
+    let sock = e.tmp.path().join("ctl.sock");
+    std::fs::write(&sock, "not a socket").unwrap();
+    let mut emp = start_with_control(&e, &sock, &[]);
+    assert!(!emp.wait_exit(T).success());
+    assert!(
+        emp.log().contains("is a regular file, not a socket"),
+        "{}",
+        emp.log()
+    );
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "not a socket");
+    std::fs::remove_file(&sock).unwrap();
+    // 30 refused peers: one log line (the next one, 10 s later, would
+    // count the others)
+    std::fs::set_permissions(e.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = e.tmp.path().join("imperium-ctl");
+    std::fs::copy(testkit::imperium_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut emp = start_with_control(&e, &sock, &["--emperor-control-socket-mode", "666"]);
+    emp.wait_log("vassal a.ini has been spawned", T);
+    for _ in 0..30 {
+        let o = std::process::Command::new(&bin)
+            .args(["ctl", "--socket", &sock.display().to_string(), "list"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&o.stderr).contains("permission denied"));
+    }
+    assert_eq!(emp.count("refusing uid 65534"), 1, "{}", emp.log());
+    assert!(emp.stop().success());
+}
