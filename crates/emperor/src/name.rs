@@ -23,7 +23,7 @@ pub enum NameError {
     TooLong(usize),
     #[error("vassal name {0:?} does not end with a config extension (.ini .xml .yml .yaml .js .json or an --emperor-extra-extension)")]
     BadExtension(String),
-    #[error("vassal name {0:?} contains a control character")]
+    #[error("vassal name {0:?} contains a control character or a Unicode bidirectional control")]
     ControlChar(String),
     #[error("vassal name {0:?} contains a path separator '/'; names from this source must be plain file names")]
     PathSeparator(String),
@@ -168,6 +168,12 @@ impl VassalName {
     }
 }
 
+/// The Unicode bidirectional formatting characters (UAX #9): marks,
+/// embeddings, overrides and isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 fn check_common(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
@@ -175,7 +181,10 @@ fn check_common(name: &str) -> Result<(), NameError> {
     if name.len() >= MAX_NAME_LEN {
         return Err(NameError::TooLong(name.len()));
     }
-    if name.chars().any(|c| c.is_control()) {
+    // control characters, and the Unicode bidirectional controls that can
+    // make a log line or a terminal show another name than the real one
+    // (U+202E and friends)
+    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
         return Err(NameError::ControlChar(name.to_string()));
     }
     if name.starts_with('-') {
@@ -249,6 +258,14 @@ mod tests {
         ));
         assert!(matches!(plain("a/b.ini"), Err(NameError::PathSeparator(_))));
         assert!(matches!(plain("a\nb.ini"), Err(NameError::ControlChar(_))));
+        // a right-to-left override would show `app.ini` as something else
+        let e = plain("evil\u{202e}ini.txt.ini").unwrap_err();
+        assert!(matches!(e, NameError::ControlChar(_)));
+        assert!(e.to_string().contains("\\u{202e}"), "{e}");
+        assert!(matches!(
+            plain("a\u{2066}b.ini"),
+            Err(NameError::ControlChar(_))
+        ));
         assert!(matches!(
             plain("--help.ini"),
             Err(NameError::LeadingDash(_))
