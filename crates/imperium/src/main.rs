@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("imperium: {e:#}");
+            eprintln!("imperium: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
@@ -41,6 +41,22 @@ fn main() -> ExitCode {
     clippy::too_many_lines,
     reason = "start-up in uWSGI's order (env, log, daemonize, pidfiles, sockets, drop), one step after another"
 )]
+/// An error and its causes on one line, each cause once (many errors
+/// already quote their source in their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let t = cause.to_string();
+        if !msg.contains(&t) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&t);
+        }
+    }
+    msg
+}
+
 fn real_main() -> Result<()> {
     let original_args: Vec<OsString> = std::env::args_os().collect();
     let original_cwd = std::env::current_dir().context("cannot read the current directory")?;

@@ -13,7 +13,7 @@ pub enum Error {
     /// The command line is not valid for GNU `getopt_long`, the way uWSGI
     /// parses it. uWSGI prints glibc's message (the same text as
     /// [`CmdLineError`]'s `Display`) then `getopt_long() error` and exits 1.
-    #[error("{0}")]
+    #[error(transparent)]
     CmdLine(#[from] CmdLineError),
 
     /// A config file (or `@(file)`, `for-readline` excepted) cannot be read.
