@@ -244,6 +244,29 @@ impl MonitorContext {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Resolves once the emperor has stopped listening, so that a monitor
+    /// waiting for its source needs no timer to notice. Cancel-safe.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Waits for a rescan request (as [`MonitorContext::rescan_requested`])
+    /// or for the emperor to stop listening: true for a rescan, false once
+    /// the emperor is gone. Cancel-safe.
+    pub async fn rescan_or_closed(&mut self) -> bool {
+        let rescan = async {
+            if self.rescan.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = rescan => {}
+            _ = self.tx.closed() => return false,
+        }
+        self.sync().forced = true;
+        true
+    }
 }
 
 /// One configured source of vassals (one `--emperor` value).

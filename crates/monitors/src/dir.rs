@@ -123,6 +123,7 @@ impl FileSource for DirSource {
             }
         }
         self.sockets.retain(&specs);
+        self.refused.end_scan();
         Ok(specs)
     }
 

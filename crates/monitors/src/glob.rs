@@ -149,6 +149,7 @@ impl FileSource for GlobSource {
             }
         }
         self.sockets.retain(&specs);
+        self.refused.end_scan();
         Ok(specs)
     }
 

@@ -21,6 +21,7 @@
 //! a change of config; a reader needs one read and one event per change; and
 //! ZooKeeper and etcd get the same convention. See docs/monitors/zoo.md.
 
+use crate::session::{mask_userinfo, Userinfo};
 use emperor::{
     ChangeKey, MonitorError, MonitorOptions, NameError, NamePolicy, Owner, VassalName, VassalSpec,
 };
@@ -188,17 +189,7 @@ pub fn split_userinfo(rest: &str) -> (Option<(String, String)>, &str) {
 /// The URL with the password of its `user:password@` part replaced by `***`
 /// (for error messages and logs).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
+    mask_userinfo(url, Userinfo::KeepUser)
 }
 
 /// Adds `default_port` to each host of a comma-separated list that has none

@@ -34,6 +34,8 @@ mod bus;
 #[cfg(feature = "zmq")]
 pub mod zmq;
 
+mod session;
+
 /// The schemes this binary was built with, in registration order.
 pub fn schemes() -> Vec<&'static str> {
     // (scheme, built in?) in uWSGI's registration order, then imperium's own

@@ -348,13 +348,21 @@ async fn bad_rows_are_skipped_and_the_rest_counts() {
     // a running vassal whose config grows past 65535 bytes keeps its last
     // good config instead of being stopped or truncated
     let before = find(&specs, "good.ini").unwrap().clone();
+    // a witness row comes in the same transaction: the query the NOTIFY
+    // triggers sees the bad edit, and its snapshot differs from the last
+    // one (an unchanged snapshot is not sent again)
     sql(
         &pg,
-        "UPDATE vassals SET config = repeat('z', 70000), ts = now() + interval '1 hour' WHERE name = 'good.ini'",
+        "BEGIN;
+         UPDATE vassals SET config = repeat('z', 70000), ts = now() + interval '1 hour' WHERE name = 'good.ini';
+         INSERT INTO vassals VALUES ('witness.ini', 'W', now());
+         COMMIT;",
     )
     .await;
-    // the NOTIFY triggers a query; its snapshot still carries the old spec
-    let s = run.snapshot_where(Duration::from_secs(3), |_| true).await;
+    // that snapshot still carries the old spec
+    let s = run
+        .snapshot_where(Duration::from_secs(3), |s| find(s, "witness.ini").is_some())
+        .await;
     assert_eq!(find(&s, "good.ini"), Some(&before));
     // fixing the row is taken at once
     sql(

@@ -22,6 +22,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use emperor::{MonitorError, MonitorOptions, Secret};
+
+use crate::session::{mask_userinfo, Userinfo, MASK};
 use ldap3::Scope;
 
 /// The default filter: every entry of the shipped object class.
@@ -289,7 +291,7 @@ impl fmt::Display for LdapUrl {
             exts.push(format!("bindname={dn}"));
         }
         match &self.password {
-            Some(Password::Inline(_)) => exts.push("x-bindpw=***".to_string()),
+            Some(Password::Inline(_)) => exts.push(format!("x-bindpw={MASK}")),
             Some(Password::File(p)) => exts.push(format!("x-bindpw-file={}", p.display())),
             None => {}
         }
@@ -307,16 +309,7 @@ impl fmt::Display for LdapUrl {
 /// (for error messages about a URL that did not parse).
 pub fn redact(url: &str) -> String {
     // user info (not valid in ldap:// URLs, but someone will try it)
-    let url = &match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            match rest[..end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    };
+    let url = &mask_userinfo(url, Userinfo::HideAll);
     let Some(q) = url.find('?') else {
         return url.to_string();
     };
@@ -332,7 +325,7 @@ pub fn redact(url: &str) -> String {
                     let k = e.trim_start_matches('!');
                     match k.split_once('=') {
                         Some((kind, _)) if kind.eq_ignore_ascii_case("x-bindpw") => {
-                            format!("{}=***", &e[..e.len() - k.len() + kind.len()])
+                            format!("{}={MASK}", &e[..e.len() - k.len() + kind.len()])
                         }
                         _ => e.to_string(),
                     }

@@ -6,10 +6,12 @@
 //! are not keeps the vassal on the last spec this monitor accepted for that
 //! name, so a bad edit never stops a running vassal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use emperor::protocol::{check_config, ConfigPipeError};
 use emperor::{ChangeKey, Extensions, NameError, NamePolicy, Owner, VassalName, VassalSpec};
+
+use crate::session::WarnOnce;
 
 /// The fewest columns a result may have (name, config, ts).
 pub const MIN_COLUMNS: usize = 3;
@@ -176,7 +178,7 @@ pub fn row_to_spec(
 #[derive(Debug, Default)]
 pub struct RowReader {
     last_good: HashMap<VassalName, VassalSpec>,
-    warned: HashSet<String>,
+    warned: WarnOnce<String>,
 }
 
 impl RowReader {
@@ -226,14 +228,12 @@ impl RowReader {
             }
         }
         // report each bad row once while it stays bad
-        let mut seen = HashSet::with_capacity(warnings.len());
         for w in warnings {
-            if !self.warned.contains(&w) {
+            if self.warned.is_new(w.clone()) {
                 tracing::warn!(monitor = %source, "{w}");
             }
-            seen.insert(w);
         }
-        self.warned = seen;
+        self.warned.end_pass();
         self.last_good = specs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         specs.into_values().collect()
     }
