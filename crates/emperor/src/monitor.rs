@@ -17,7 +17,9 @@ use crate::spec::{Change, MonitorHealth, VassalSpec};
 /// Index of a monitor in the order of the `--emperor` options.
 pub type MonitorId = usize;
 
-/// Settings every monitor may read.
+/// Settings every monitor may read. Options of one monitor only (the pg
+/// channel, the LDAP bind) are not here: each monitor declares its own, and
+/// the command line hands them over through the monitors crate.
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
     /// `--emperor-freq`: the period of the safety rescan / poll.
@@ -31,14 +33,6 @@ pub struct MonitorOptions {
     /// The emperor's working directory at start-up (glob patterns and
     /// relative config paths resolve against it).
     pub cwd: PathBuf,
-    /// `--emperor-pg-channel`: the LISTEN channel of pg:// monitors.
-    pub pg_channel: String,
-    /// The DN ldap:// monitors bind as when their URL names none
-    /// (`bindname=` extension); `None` binds anonymously.
-    pub ldap_bind_dn: Option<String>,
-    /// The password for [`MonitorOptions::ldap_bind_dn`] when the URL gives
-    /// none (`x-bindpw=` / `x-bindpw-file=` extensions).
-    pub ldap_bind_password: Option<Secret>,
     /// Where file monitors (dir, glob) find the on-demand socket of a vassal.
     pub on_demand: OnDemandSource,
 }
@@ -104,9 +98,6 @@ impl Default for MonitorOptions {
             nofollow: false,
             tyrant_nofollow: false,
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            pg_channel: "imperium".to_string(),
-            ldap_bind_dn: None,
-            ldap_bind_password: None,
             on_demand: OnDemandSource::None,
         }
     }
@@ -295,6 +286,16 @@ pub enum MonitorError {
         url: String,
         #[source]
         source: std::io::Error,
+    },
+    /// A monitor-specific option (`--OPTION`) has a value its monitor refuses.
+    #[error("--{option}: {reason}")]
+    BadOption { option: String, reason: String },
+    /// The file a monitor-specific option names cannot be read.
+    #[error("--{option} {}: {error}", path.display())]
+    OptionFile {
+        option: String,
+        path: PathBuf,
+        error: std::io::Error,
     },
 }
 

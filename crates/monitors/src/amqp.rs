@@ -119,6 +119,11 @@ fn redact(url: &str) -> String {
     mask_userinfo(url, Userinfo::KeepUser)
 }
 
+/// Builds an amqp:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(AmqpMonitor::new(t.url, t.opts)?))
+}
+
 impl Monitor for AmqpMonitor {
     fn describe(&self) -> String {
         self.shown.clone()

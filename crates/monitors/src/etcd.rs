@@ -66,6 +66,11 @@ impl EtcdMonitor {
     }
 }
 
+/// Builds an etcd:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(EtcdMonitor::new(t.url, t.rest)?))
+}
+
 impl Monitor for EtcdMonitor {
     fn describe(&self) -> String {
         let hosts = self.endpoints.join(",");

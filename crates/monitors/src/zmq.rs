@@ -93,6 +93,11 @@ impl ZmqMonitor {
     }
 }
 
+/// Builds a zmq:// monitor (binds its socket now).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(ZmqMonitor::new(t.url, t.rest, t.opts)?))
+}
+
 impl Monitor for ZmqMonitor {
     fn describe(&self) -> String {
         format!("zmq://{}", self.endpoint)

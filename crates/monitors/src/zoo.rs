@@ -71,6 +71,11 @@ impl ZooMonitor {
     }
 }
 
+/// Builds a zoo:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(ZooMonitor::new(t.url, t.rest)?))
+}
+
 impl Monitor for ZooMonitor {
     fn describe(&self) -> String {
         match &self.auth {

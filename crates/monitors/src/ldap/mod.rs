@@ -49,11 +49,40 @@ pub struct LdapMonitor {
 
 impl LdapMonitor {
     /// Parses `url` (the whole `--emperor` value). Bind credentials the URL
-    /// does not give come from `opts` (`ldap_bind_dn`, `ldap_bind_password`).
-    pub fn new(url: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
+    /// does not give come from `opts`.
+    pub fn new(url: &str, opts: &LdapOptions) -> Result<Self, MonitorError> {
         Ok(LdapMonitor {
             url: Arc::new(LdapUrl::parse(url, opts)?),
         })
+    }
+}
+
+/// Builds an ldap:// monitor, with the bind of `--emperor-ldap-binddn` and
+/// `--emperor-ldap-bindpw-file` ([`crate::options`]) when the URL has none.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(LdapMonitor::new(
+        t.url,
+        &LdapOptions::from_args(t.args),
+    )?))
+}
+
+/// The bind an ldap:// monitor falls back to when its URL names none.
+#[derive(Debug, Clone, Default)]
+pub struct LdapOptions {
+    /// The DN to bind as (`bindname=` in the URL wins); `None` binds
+    /// anonymously.
+    pub bind_dn: Option<String>,
+    /// Its password (`x-bindpw=` / `x-bindpw-file=` in the URL win).
+    pub bind_password: Option<Secret>,
+}
+
+impl LdapOptions {
+    /// The options as the command line set them.
+    pub fn from_args(args: &crate::MonitorArgs) -> LdapOptions {
+        LdapOptions {
+            bind_dn: args.text(&crate::options::LDAP_BIND_DN).map(str::to_string),
+            bind_password: args.secret(&crate::options::LDAP_BIND_PASSWORD),
+        }
     }
 }
 

@@ -21,7 +21,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use emperor::{MonitorError, MonitorOptions, Secret};
+use emperor::{MonitorError, Secret};
+
+use super::LdapOptions;
 
 use crate::session::{mask_userinfo, Userinfo, MASK};
 use ldap3::Scope;
@@ -109,7 +111,7 @@ fn bad(url: &str, reason: impl Into<String>) -> MonitorError {
 impl LdapUrl {
     /// Parses `url` (the whole `--emperor` value); `opts` supplies bind
     /// credentials the URL does not name.
-    pub fn parse(url: &str, opts: &MonitorOptions) -> Result<LdapUrl, MonitorError> {
+    pub fn parse(url: &str, opts: &LdapOptions) -> Result<LdapUrl, MonitorError> {
         let rest = url
             .strip_prefix("ldap://")
             .ok_or_else(|| bad(url, "an ldap:// URL must start with ldap://"))?;
@@ -165,10 +167,10 @@ impl LdapUrl {
         };
         me.parse_extensions(url, part(4))?;
         if me.bind_dn.is_none() {
-            me.bind_dn = opts.ldap_bind_dn.clone().filter(|d| !d.is_empty());
+            me.bind_dn = opts.bind_dn.clone().filter(|d| !d.is_empty());
         }
         if me.password.is_none() {
-            me.password = opts.ldap_bind_password.clone().map(Password::Inline);
+            me.password = opts.bind_password.clone().map(Password::Inline);
         }
         if me.password.is_some() && me.bind_dn.is_none() {
             return Err(bad(
@@ -449,7 +451,7 @@ mod tests {
     use super::*;
 
     fn parse(u: &str) -> Result<LdapUrl, MonitorError> {
-        LdapUrl::parse(u, &MonitorOptions::default())
+        LdapUrl::parse(u, &LdapOptions::default())
     }
 
     #[test]
@@ -498,10 +500,9 @@ mod tests {
 
     #[test]
     fn credentials_from_options_and_url_wins() {
-        let opts = MonitorOptions {
-            ldap_bind_dn: Some("cn=opt,dc=x".into()),
-            ldap_bind_password: Some(Secret::new("optpw")),
-            ..MonitorOptions::default()
+        let opts = LdapOptions {
+            bind_dn: Some("cn=opt,dc=x".into()),
+            bind_password: Some(Secret::new("optpw")),
         };
         let u = LdapUrl::parse("ldap://h/dc=x", &opts).unwrap();
         assert_eq!(u.bind_dn.as_deref(), Some("cn=opt,dc=x"));

@@ -77,6 +77,11 @@ impl MongoMonitor {
     }
 }
 
+/// Builds a mongodb:// or mongodb2:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(MongoMonitor::new(t.url)?))
+}
+
 impl Monitor for MongoMonitor {
     fn describe(&self) -> String {
         self.url.shown.clone()

@@ -47,7 +47,8 @@ impl PgMonitor {
     /// `url` is the whole `--emperor` value, `rest` what follows `pg://`.
     /// A conninfo that cannot be parsed is a start-up error (its text is
     /// not repeated in the error, so no password leaks).
-    pub fn new(url: &str, rest: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
+    /// `channel` is the LISTEN channel (empty: no LISTEN).
+    pub fn new(url: &str, rest: &str, channel: &str) -> Result<Self, MonitorError> {
         let parsed = PgUrl::parse(rest).map_err(|e| MonitorError::BadUrl {
             url: PgUrl::parse(rest)
                 .map(|u| u.describe())
@@ -76,7 +77,7 @@ impl PgMonitor {
         Ok(PgMonitor {
             url: parsed,
             config,
-            channel: opts.pg_channel.clone(),
+            channel: channel.to_string(),
         })
     }
 }
@@ -172,6 +173,19 @@ fn redact_whole(url: &str) -> String {
         url::redact_conninfo(url.trim_start_matches("pg://"))
     )
 }
+
+/// Builds a pg:// monitor; `--emperor-pg-channel` is
+/// [`crate::options::PG_CHANNEL`] (default [`DEFAULT_CHANNEL`]).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    let channel = t
+        .args
+        .text(&crate::options::PG_CHANNEL)
+        .unwrap_or(DEFAULT_CHANNEL);
+    Ok(Box::new(PgMonitor::new(t.url, t.rest, channel)?))
+}
+
+/// The LISTEN channel when `--emperor-pg-channel` is not given.
+pub const DEFAULT_CHANNEL: &str = "imperium";
 
 impl Monitor for PgMonitor {
     fn describe(&self) -> String {
