@@ -58,6 +58,7 @@ pub(crate) fn stat_vassal(
     Ok(Some((file_key(&md), owner_of(&owner_md))))
 }
 
+#[cfg(feature = "dir")]
 /// [`stat_vassal`] for a directory entry: a regular file (as the directory
 /// listing says) is stat'ed relative to the open directory, the same
 /// result in every mode for a file that is not a symlink, without walking
@@ -281,10 +282,16 @@ impl DirWatcher {
     }
 
     fn absorb(&mut self, ev: inotify::Event<OsString>, batch: &mut Batch) {
+        if ev.mask.contains(EventMask::IGNORED) {
+            // the watch is gone (its directory was removed): forget it, so
+            // that the next set_dirs watches a directory of that name again
+            self.dirs.remove(&ev.wd);
+            batch.rescan = true;
+            return;
+        }
         if ev.mask.contains(EventMask::Q_OVERFLOW)
             || ev.mask.contains(EventMask::DELETE_SELF)
             || ev.mask.contains(EventMask::MOVE_SELF)
-            || ev.mask.contains(EventMask::IGNORED)
         {
             batch.rescan = true;
             return;
@@ -428,9 +435,11 @@ async fn off_runtime<S: FileSource, R: Send + 'static>(
 }
 
 /// Logs a refused file name once while it stays (not on every scan).
+#[cfg(feature = "dir")]
 #[derive(Default)]
 pub(crate) struct RefusedNames(WarnOnce<OsString>);
 
+#[cfg(feature = "dir")]
 impl RefusedNames {
     pub(crate) fn report(&mut self, name: &OsString, why: &dyn std::fmt::Display) {
         if self.0.is_new(name.clone()) {

@@ -22,7 +22,9 @@ pub use args::{MonitorArgs, MonitorOption, OptionKind};
 pub mod dir;
 #[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "dir")]
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(any(feature = "dir", feature = "file"))]
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
@@ -126,6 +128,7 @@ pub static SCHEMES: &[Scheme] = &[
         &[options::LDAP_BIND_DN, options::LDAP_BIND_PASSWORD]
     ),
     scheme!("etcd", "etcd", etcd::build),
+    scheme!("file", "file", file::build),
 ];
 
 /// The schemes this binary was built with, in registration order.
@@ -250,7 +253,7 @@ fn build_bare(
             return Err(MonitorError::BadUrl {
                 url: url.to_string(),
                 reason: if path.exists() {
-                    "not a directory and not a glob pattern (to watch a single file use glob://PATH)"
+                    "not a directory and not a glob pattern (to watch a single file use file://PATH)"
                         .to_string()
                 } else {
                     "no such directory (a bare --emperor value must be an existing directory or a glob pattern)".to_string()
