@@ -17,7 +17,7 @@
 //! Every message is acked. A bad one (invalid name, bad path, non-UTF-8
 //! config) is logged with the reason and changes nothing. A broker that goes
 //! away leaves the vassals running: the monitor reports
-//! [`MonitorHealth::Degraded`] and reconnects with capped backoff.
+//! [`emperor::MonitorHealth::Degraded`] and reconnects with capped backoff.
 //!
 //! See docs/monitors/amqp.md for the user-facing description.
 

@@ -3,7 +3,7 @@
 //!
 //! Each pass is one query for the whole set (`find(filter)` with the
 //! projection `{name, config, ts, uid, gid, socket}`), sent to the emperor as
-//! a [`Change::Snapshot`]: a document that no longer matches the filter, or
+//! a [`emperor::Change::Snapshot`]: a document that no longer matches the filter, or
 //! is deleted, stops its vassal; a larger `ts` reloads it.
 //!
 //! When the server offers change streams (a replica set, even of one node),

@@ -6,10 +6,10 @@
 //! connects, every `--emperor-freq`, on a rescan request, and at once when
 //! a notification arrives on the channel `--emperor-pg-channel` (default
 //! `imperium`; empty turns LISTEN off). Each successful query becomes one
-//! [`Change::Snapshot`]; rows are read by [`rows`].
+//! [`emperor::Change::Snapshot`]; rows are read by [`rows`].
 //!
 //! A database that is down, refuses the login or fails the query is a
-//! [`MonitorHealth::Degraded`] change: running vassals are left alone, the
+//! [`emperor::MonitorHealth::Degraded`] change: running vassals are left alone, the
 //! monitor reconnects with capped backoff and sends a fresh snapshot once
 //! the query works again. See docs/monitors/pg.md.
 

@@ -23,8 +23,10 @@ pub struct PgUrl {
 /// Why a `pg://` URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PgUrlError {
+    /// A `;` with nothing after it.
     #[error("the query after ';' is empty (leave out the ';' to use the default query: {DEFAULT_QUERY})")]
     EmptyQuery,
+    /// Nothing before the `;`.
     #[error("the conninfo before ';' is empty (give at least host=... or a postgresql:// URI)")]
     EmptyConninfo,
 }
