@@ -17,7 +17,9 @@ use crate::spec::{Change, MonitorHealth, VassalSpec};
 /// Index of a monitor in the order of the `--emperor` options.
 pub type MonitorId = usize;
 
-/// Settings every monitor may read.
+/// Settings every monitor may read. Options of one monitor only (the pg
+/// channel, the LDAP bind) are not here: each monitor declares its own, and
+/// the command line hands them over through the monitors crate.
 #[derive(Debug, Clone)]
 pub struct MonitorOptions {
     /// `--emperor-freq`: the period of the safety rescan / poll.
@@ -31,14 +33,6 @@ pub struct MonitorOptions {
     /// The emperor's working directory at start-up (glob patterns and
     /// relative config paths resolve against it).
     pub cwd: PathBuf,
-    /// `--emperor-pg-channel`: the LISTEN channel of pg:// monitors.
-    pub pg_channel: String,
-    /// The DN ldap:// monitors bind as when their URL names none
-    /// (`bindname=` extension); `None` binds anonymously.
-    pub ldap_bind_dn: Option<String>,
-    /// The password for [`MonitorOptions::ldap_bind_dn`] when the URL gives
-    /// none (`x-bindpw=` / `x-bindpw-file=` extensions).
-    pub ldap_bind_password: Option<Secret>,
     /// Where file monitors (dir, glob) find the on-demand socket of a vassal.
     pub on_demand: OnDemandSource,
 }
@@ -104,9 +98,6 @@ impl Default for MonitorOptions {
             nofollow: false,
             tyrant_nofollow: false,
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
-            pg_channel: "imperium".to_string(),
-            ldap_bind_dn: None,
-            ldap_bind_password: None,
             on_demand: OnDemandSource::None,
         }
     }
@@ -244,6 +235,29 @@ impl MonitorContext {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Resolves once the emperor has stopped listening, so that a monitor
+    /// waiting for its source needs no timer to notice. Cancel-safe.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    /// Waits for a rescan request (as [`MonitorContext::rescan_requested`])
+    /// or for the emperor to stop listening: true for a rescan, false once
+    /// the emperor is gone. Cancel-safe.
+    pub async fn rescan_or_closed(&mut self) -> bool {
+        let rescan = async {
+            if self.rescan.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = rescan => {}
+            _ = self.tx.closed() => return false,
+        }
+        self.sync().forced = true;
+        true
+    }
 }
 
 /// One configured source of vassals (one `--emperor` value).
@@ -272,6 +286,16 @@ pub enum MonitorError {
         url: String,
         #[source]
         source: std::io::Error,
+    },
+    /// A monitor-specific option (`--OPTION`) has a value its monitor refuses.
+    #[error("--{option}: {reason}")]
+    BadOption { option: String, reason: String },
+    /// The file a monitor-specific option names cannot be read.
+    #[error("--{option} {}: {error}", path.display())]
+    OptionFile {
+        option: String,
+        path: PathBuf,
+        error: std::io::Error,
     },
 }
 

@@ -37,10 +37,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "start-up in uWSGI's order (env, log, daemonize, pidfiles, sockets, drop), one step after another"
-)]
 /// An error and its causes on one line, each cause once (many errors
 /// already quote their source in their own message).
 fn error_chain(e: &anyhow::Error) -> String {
@@ -57,6 +53,10 @@ fn error_chain(e: &anyhow::Error) -> String {
     msg
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "start-up in uWSGI's order (env, log, daemonize, pidfiles, sockets, drop), one step after another"
+)]
 fn real_main() -> Result<()> {
     let original_args: Vec<OsString> = std::env::args_os().collect();
     let original_cwd = std::env::current_dir().context("cannot read the current directory")?;
@@ -130,16 +130,23 @@ fn real_main() -> Result<()> {
         tyrant_nofollow: cli.emperor_tyrant_nofollow,
         on_demand: on_demand_source(&cli)?,
         cwd: cwd.clone(),
-        pg_channel: cli.emperor_pg_channel.clone(),
-        ldap_bind_dn: cli.emperor_ldap_binddn.clone(),
-        ldap_bind_password: ldap_bind_password(&cli)?,
     };
+    // the options of one monitor each, passed through by name: the monitors
+    // crate knows which monitor reads them (and reads the password file now)
+    let mut monitor_args = monitors::MonitorArgs::default();
+    monitor_args.set("emperor-pg-channel", &cli.emperor_pg_channel)?;
+    if let Some(dn) = &cli.emperor_ldap_binddn {
+        monitor_args.set("emperor-ldap-binddn", dn)?;
+    }
+    if let Some(path) = &cli.emperor_ldap_bindpw_file {
+        monitor_args.set("emperor-ldap-bindpw-file", path)?;
+    }
     let mut mons = Vec::new();
     for (i, url) in cli.emperor.iter().enumerate() {
         // the monitor's error names the URL with any password masked; the
         // raw value must not be repeated here
         mons.push(
-            monitors::build(url, &monitor_opts)
+            monitors::build_with(url, &monitor_opts, &monitor_args)
                 .with_context(|| format!("--emperor value #{}", i + 1))?,
         );
     }
@@ -386,22 +393,6 @@ fn reopen_log_on_hup(path: PathBuf) -> Result<()> {
         }
     });
     Ok(())
-}
-
-/// The ldap:// bind password: `--emperor-ldap-bindpw-file`, else the
-/// environment variable `IMPERIUM_LDAP_BINDPW` (kept out of argv and logs).
-fn ldap_bind_password(cli: &Cli) -> Result<Option<emperor::Secret>> {
-    if let Some(p) = &cli.emperor_ldap_bindpw_file {
-        let text = std::fs::read_to_string(p)
-            .with_context(|| format!("--emperor-ldap-bindpw-file {}", p.display()))?;
-        return Ok(Some(emperor::Secret::new(
-            text.trim_end_matches(['\r', '\n']),
-        )));
-    }
-    Ok(std::env::var("IMPERIUM_LDAP_BINDPW")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(emperor::Secret::new))
 }
 
 /// Where file monitors find on-demand sockets: the first of

@@ -17,18 +17,17 @@
 //! Every message is acked. A bad one (invalid name, bad path, non-UTF-8
 //! config) is logged with the reason and changes nothing. A broker that goes
 //! away leaves the vassals running: the monitor reports
-//! [`MonitorHealth::Degraded`] and reconnects with capped backoff.
+//! [`emperor::MonitorHealth::Degraded`] and reconnects with capped backoff.
 //!
 //! See docs/monitors/amqp.md for the user-facing description.
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use emperor::backoff::Backoff;
 use emperor::protocol::check_config;
 use emperor::{
-    Change, ChangeKey, ConfigSource, Monitor, MonitorContext, MonitorError, MonitorHealth,
-    MonitorOptions, NamePolicy, VassalName, VassalSpec,
+    Change, ChangeKey, ConfigSource, Monitor, MonitorContext, MonitorError, MonitorOptions,
+    NamePolicy, VassalName, VassalSpec,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -41,6 +40,7 @@ use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
 use crate::bus::{describe_change, preview, resolve_config_path, StampClock};
+use crate::session::{self, mask_userinfo, End, Link, Source, Userinfo};
 
 /// The exchange uWSGI's emperors and publishers use.
 pub const EXCHANGE: &str = "uwsgi.emperor";
@@ -51,11 +51,6 @@ const DEFAULT_HEARTBEAT_SECS: u16 = 10;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// The whole handshake (connect, declare, bind, consume) must end within this.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(15);
-/// Reconnect delays: 250 ms doubling up to 30 s, with jitter.
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// How often an idle monitor checks that the emperor still listens.
-const CLOSED_CHECK: Duration = Duration::from_millis(500);
 /// Unacked messages the broker may push at once.
 const PREFETCH: u16 = 32;
 
@@ -121,18 +116,12 @@ impl AmqpMonitor {
 
 /// `url` with any password replaced by `***`, for error messages.
 fn redact(url: &str) -> String {
-    let Some(rest) = url.strip_prefix("amqp://") else {
-        return url.to_string();
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("amqp://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
+    mask_userinfo(url, Userinfo::KeepUser)
+}
+
+/// Builds an amqp:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(AmqpMonitor::new(t.url, t.opts)?))
 }
 
 impl Monitor for AmqpMonitor {
@@ -141,58 +130,27 @@ impl Monitor for AmqpMonitor {
     }
 
     fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
-        Box::pin(run(*self, ctx))
+        let shown = self.shown.clone();
+        let src = AmqpSource {
+            mon: *self,
+            clock: StampClock::default(),
+        };
+        Box::pin(session::run(src, ctx, shown, session::RETRY_AMQP))
     }
 }
 
-/// Why a session with the broker ended.
-enum SessionEnd {
-    /// The emperor stopped listening: the monitor is done.
-    EmperorGone,
-    /// The broker could not be reached or the connection broke.
-    Lost(String),
+struct AmqpSource {
+    mon: AmqpMonitor,
+    /// Change keys that grow across reconnects.
+    clock: StampClock,
 }
 
-async fn run(mon: AmqpMonitor, ctx: MonitorContext) {
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-    let mut clock = StampClock::default();
-    loop {
-        match session(&mon, &ctx, &mut clock, &mut backoff).await {
-            SessionEnd::EmperorGone => return,
-            SessionEnd::Lost(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    monitor = %mon.shown,
-                    retry_in_ms = delay.as_millis() as u64,
-                    attempt = backoff.attempts(),
-                    "[emperor-amqp] broker unavailable: {reason}; running vassals are kept"
-                );
-                if !ctx
-                    .health(MonitorHealth::Degraded(format!("amqp broker: {reason}")))
-                    .await
-                {
-                    return;
-                }
-                if !sleep_unless_closed(&ctx, delay).await {
-                    return;
-                }
-            }
+impl Source for AmqpSource {
+    async fn session(&mut self, link: &mut Link) -> End {
+        match session(&self.mon, link, &mut self.clock).await {
+            End::Lost(reason) => End::Lost(format!("amqp broker: {reason}")),
+            end => end,
         }
-    }
-}
-
-/// Sleeps `d`; false when the emperor went away meanwhile.
-async fn sleep_unless_closed(ctx: &MonitorContext, d: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + d;
-    loop {
-        if ctx.is_closed() {
-            return false;
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return true;
-        }
-        tokio::time::sleep((deadline - now).min(CLOSED_CHECK)).await;
     }
 }
 
@@ -202,12 +160,7 @@ async fn sleep_unless_closed(ctx: &MonitorContext, d: Duration) -> bool {
     clippy::too_many_lines,
     reason = "one AMQP session: connect, declare, bind, consume"
 )]
-async fn session(
-    mon: &AmqpMonitor,
-    ctx: &MonitorContext,
-    clock: &mut StampClock,
-    backoff: &mut Backoff,
-) -> SessionEnd {
+async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> End {
     let setup = async {
         let conn = Connection::connect_uri(
             mon.uri.clone(),
@@ -270,10 +223,8 @@ async fn session(
     let (conn, _channel, queue, mut consumer) =
         match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
             Ok(Ok(parts)) => parts,
-            Ok(Err(reason)) => return SessionEnd::Lost(reason),
-            Err(_) => {
-                return SessionEnd::Lost(format!("no answer within {} s", SETUP_TIMEOUT.as_secs()))
-            }
+            Ok(Err(reason)) => return End::Lost(reason),
+            Err(_) => return End::Lost(format!("no answer within {} s", SETUP_TIMEOUT.as_secs())),
         };
     tracing::info!(
         monitor = %mon.shown,
@@ -281,29 +232,22 @@ async fn session(
         heartbeat_s = conn.configuration().heartbeat(),
         "[emperor-amqp] connected, consuming exchange {EXCHANGE}"
     );
-    backoff.reset();
-    if !ctx.health(MonitorHealth::Connected).await {
+    if !link.connected().await {
         return close(conn).await;
     }
-    let mut tick = tokio::time::interval(CLOSED_CHECK);
     loop {
         let delivery = tokio::select! {
             d = consumer.next() => d,
-            _ = tick.tick() => {
-                if ctx.is_closed() {
-                    return close(conn).await;
-                }
-                continue;
-            }
+            _ = link.closed() => return close(conn).await,
         };
         let delivery = match delivery {
             Some(Ok(d)) => d,
-            Some(Err(e)) => return SessionEnd::Lost(format!("connection lost: {e}")),
-            None => return SessionEnd::Lost("the broker cancelled the consumer".into()),
+            Some(Err(e)) => return End::Lost(format!("connection lost: {e}")),
+            None => return End::Lost("the broker cancelled the consumer".into()),
         };
         let key = clock.next();
         let routing_key = delivery.routing_key.as_str();
-        match interpret(routing_key, &delivery.data, &ctx.options, key) {
+        match interpret(routing_key, &delivery.data, link.options(), key) {
             Ok(change) => {
                 tracing::info!(
                     monitor = %mon.shown,
@@ -311,7 +255,7 @@ async fn session(
                     "[emperor-amqp] {}",
                     describe_change(&change)
                 );
-                if !ctx.send(change).await {
+                if !link.send(change).await {
                     return close(conn).await;
                 }
             }
@@ -323,18 +267,18 @@ async fn session(
             ),
         }
         if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-            return SessionEnd::Lost(format!("cannot ack: {e}"));
+            return End::Lost(format!("cannot ack: {e}"));
         }
     }
 }
 
-async fn close(conn: Connection) -> SessionEnd {
+async fn close(conn: Connection) -> End {
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         conn.close(200, "emperor shutting down".into()),
     )
     .await;
-    SessionEnd::EmperorGone
+    End::EmperorGone
 }
 
 /// Turns one message into a change, or says why it is refused.

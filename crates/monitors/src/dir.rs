@@ -45,6 +45,11 @@ impl DirMonitor {
     }
 }
 
+/// Builds a dir:// monitor (also for a bare directory).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(DirMonitor::new(t.url, t.rest, t.opts)?))
+}
+
 impl Monitor for DirMonitor {
     fn describe(&self) -> String {
         self.dir.display().to_string()
@@ -123,6 +128,7 @@ impl FileSource for DirSource {
             }
         }
         self.sockets.retain(&specs);
+        self.refused.end_scan();
         Ok(specs)
     }
 

@@ -12,12 +12,12 @@
 
 use std::time::Duration;
 
-use emperor::backoff::Backoff;
-use emperor::{Change, Monitor, MonitorContext, MonitorError, MonitorHealth};
+use emperor::{Change, Monitor, MonitorContext, MonitorError, MonitorOptions};
 use etcd_client as etcd;
 use futures::future::BoxFuture;
 
 use crate::kv::{self, NameKind};
+use crate::session::{self, End, Link, Source, WarnOnce, MASK};
 
 /// etcd's client port.
 pub const DEFAULT_PORT: u16 = 2379;
@@ -66,50 +66,41 @@ impl EtcdMonitor {
     }
 }
 
+/// Builds an etcd:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(EtcdMonitor::new(t.url, t.rest)?))
+}
+
 impl Monitor for EtcdMonitor {
     fn describe(&self) -> String {
         let hosts = self.endpoints.join(",");
         let path = self.prefix.trim_end_matches('/');
         let path = if path.is_empty() { "/" } else { path };
         match &self.auth {
-            Some((user, _)) => format!("etcd://{user}:***@{hosts}{path}"),
+            Some((user, _)) => format!("etcd://{user}:{MASK}@{hosts}{path}"),
             None => format!("etcd://{hosts}{path}"),
         }
     }
 
     fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
-        Box::pin(run(*self, ctx))
+        let shown = self.describe();
+        let src = EtcdSource {
+            mon: *self,
+            seen: None,
+            refused: WarnOnce::default(),
+        };
+        Box::pin(session::run(src, ctx, shown, session::RETRY))
     }
 }
 
-/// Why a session ended.
-enum End {
-    /// The emperor is gone: stop.
-    EmperorGone,
-    /// Connect again after a backoff delay.
-    Lost(String),
-}
-
-async fn run(mon: EtcdMonitor, mut ctx: MonitorContext) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    // every change up to this revision has been sent; None = read everything
-    let mut seen: Option<i64> = None;
-    loop {
-        match session(&mon, &mut ctx, &mut backoff, &mut seen).await {
-            End::EmperorGone => return,
-            End::Lost(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(monitor = %mon.describe(), %reason, retry_in = ?delay, "etcd unavailable");
-                if !ctx.health(MonitorHealth::Degraded(reason)).await {
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                if ctx.is_closed() {
-                    return;
-                }
-            }
-        }
-    }
+struct EtcdSource {
+    mon: EtcdMonitor,
+    /// Every change up to this revision has been sent; `None`: read
+    /// everything (at the start, after a rescan request or a compaction).
+    seen: Option<i64>,
+    /// (key, reason) of the skipped keys, so each is logged once while it
+    /// stays bad.
+    refused: WarnOnce<(String, String)>,
 }
 
 async fn connect(mon: &EtcdMonitor) -> Result<etcd::Client, String> {
@@ -132,180 +123,192 @@ async fn connect(mon: &EtcdMonitor) -> Result<etcd::Client, String> {
     }
 }
 
-/// One connection: read (if needed), watch from the next revision, follow.
-async fn session(
-    mon: &EtcdMonitor,
-    ctx: &mut MonitorContext,
-    backoff: &mut Backoff,
-    seen: &mut Option<i64>,
-) -> End {
-    let mut client = match connect(mon).await {
-        Ok(c) => c,
-        Err(reason) => return End::Lost(reason),
-    };
-    'watch: loop {
-        let rev = match *seen {
-            Some(rev) => rev,
-            None => match snapshot(mon, &mut client, ctx).await {
-                Ok(Some(rev)) => rev,
-                Ok(None) => return End::EmperorGone,
-                Err(reason) => return End::Lost(reason),
-            },
+impl Source for EtcdSource {
+    /// One connection: read (if needed), watch from the next revision, follow.
+    async fn session(&mut self, link: &mut Link) -> End {
+        let mut client = match connect(&self.mon).await {
+            Ok(c) => c,
+            Err(reason) => return End::Lost(reason),
         };
-        *seen = Some(rev);
-        let opts = etcd::WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(rev + 1);
-        let watch = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            client.watch(mon.prefix.as_bytes(), Some(opts)),
-        );
-        let mut stream = match watch.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Lost(format!("watch {}: {e}", mon.prefix)),
-            Err(_) => return End::Lost(format!("watch {}: timed out", mon.prefix)),
-        };
-        let mut connected = false;
-        loop {
-            let msg = tokio::select! {
-                m = stream.message() => m,
-                _ = ctx.rescan_requested() => {
-                    // a full read, then a new watch from its revision
-                    *seen = None;
-                    continue 'watch;
-                }
+        'watch: loop {
+            let rev = match self.seen {
+                Some(rev) => rev,
+                None => match self.snapshot(&mut client, link).await {
+                    Ok(Some(rev)) => rev,
+                    Ok(None) => return End::EmperorGone,
+                    Err(reason) => return End::Lost(reason),
+                },
             };
-            let resp = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    return End::Lost("the watch stream was closed by the server".to_string())
-                }
-                Err(e) => return End::Lost(format!("watch {}: {e}", mon.prefix)),
+            self.seen = Some(rev);
+            let mon = &self.mon;
+            let opts = etcd::WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
+            let watch = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                client.watch(mon.prefix.as_bytes(), Some(opts)),
+            );
+            let mut stream = match watch.await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return End::Lost(format!("watch {}: {e}", mon.prefix)),
+                Err(_) => return End::Lost(format!("watch {}: timed out", mon.prefix)),
             };
-            if resp.canceled() {
-                if resp.compact_revision() > 0 {
-                    tracing::warn!(
-                        monitor = %mon.describe(),
-                        from = rev + 1,
-                        compacted_to = resp.compact_revision(),
-                        "etcd compacted the history since the last revision read; reading everything again"
-                    );
-                    *seen = None;
-                    continue 'watch;
-                }
-                return End::Lost(format!(
-                    "watch canceled by the server: {}",
-                    resp.cancel_reason()
-                ));
-            }
-            if !connected {
-                connected = true;
-                backoff.reset();
-                tracing::info!(monitor = %mon.describe(), from_revision = rev + 1, "etcd watch established");
-                if !ctx.health(MonitorHealth::Connected).await {
-                    return End::EmperorGone;
-                }
-            }
-            // etcd never splits one revision's events over two responses,
-            // so `seen` moves once per response
-            let floor = seen.unwrap_or(0);
-            let mut newest = floor;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let rev = kv.mod_revision();
-                if rev <= floor {
-                    continue; // already in the snapshot or already sent
-                }
-                newest = newest.max(rev);
-                let Some(change) = event_change(mon, ctx, ev.event_type(), kv) else {
-                    continue;
+            let mut connected = false;
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    rescan = link.rescan_requested() => {
+                        if !rescan {
+                            return End::EmperorGone;
+                        }
+                        // a full read, then a new watch from its revision
+                        self.seen = None;
+                        continue 'watch;
+                    }
                 };
-                if !ctx.send(change).await {
-                    return End::EmperorGone;
+                let prefix = &self.mon.prefix;
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        return End::Lost("the watch stream was closed by the server".to_string())
+                    }
+                    Err(e) => return End::Lost(format!("watch {prefix}: {e}")),
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        tracing::warn!(
+                            monitor = %link.shown(),
+                            from = rev + 1,
+                            compacted_to = resp.compact_revision(),
+                            "etcd compacted the history since the last revision read; reading everything again"
+                        );
+                        self.seen = None;
+                        continue 'watch;
+                    }
+                    return End::Lost(format!(
+                        "watch canceled by the server: {}",
+                        resp.cancel_reason()
+                    ));
                 }
+                if !connected {
+                    connected = true;
+                    tracing::info!(monitor = %link.shown(), from_revision = rev + 1, "etcd watch established");
+                    if !link.connected().await {
+                        return End::EmperorGone;
+                    }
+                }
+                // etcd never splits one revision's events over two responses,
+                // so `seen` moves once per response
+                let floor = self.seen.unwrap_or(0);
+                let mut newest = floor;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let rev = kv.mod_revision();
+                    if rev <= floor {
+                        continue; // already in the snapshot or already sent
+                    }
+                    newest = newest.max(rev);
+                    let Some(change) = self.event_change(link.options(), ev.event_type(), kv)
+                    else {
+                        continue;
+                    };
+                    if !link.send(change).await {
+                        return End::EmperorGone;
+                    }
+                }
+                // (the header's revision is not used: in the response that
+                // confirms the watch it is the store's revision, ahead of the
+                // events still to be replayed)
+                self.seen = Some(newest);
             }
-            // (the header's revision is not used: in the response that
-            // confirms the watch it is the store's revision, ahead of the
-            // events still to be replayed)
-            *seen = Some(newest);
         }
     }
 }
 
-/// The name of a key under the prefix, if it is a vassal.
-fn vassal_name(mon: &EtcdMonitor, ctx: &MonitorContext, key: &[u8]) -> Option<emperor::VassalName> {
-    let Ok(key) = std::str::from_utf8(key) else {
-        tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(key), reason = "the key is not valid UTF-8", "etcd key skipped");
-        return None;
-    };
-    let rest = key.strip_prefix(mon.prefix.as_str())?;
-    match kv::classify_name(rest, &ctx.options) {
-        NameKind::Vassal(n) => Some(n),
-        NameKind::Ignored => None,
-        NameKind::Refused(reason) => {
-            tracing::warn!(monitor = %mon.describe(), %key, %reason, "etcd key skipped");
-            None
+impl EtcdSource {
+    /// Logs a skipped key, once while it stays bad.
+    fn skipped(&mut self, key: &[u8], reason: String) {
+        let key = String::from_utf8_lossy(key).into_owned();
+        if self.refused.is_new((key.clone(), reason.clone())) {
+            tracing::warn!(monitor = %self.mon.describe(), %key, %reason, "etcd key skipped");
         }
     }
-}
 
-fn event_change(
-    mon: &EtcdMonitor,
-    ctx: &MonitorContext,
-    kind: etcd::EventType,
-    kv: &etcd::KeyValue,
-) -> Option<Change> {
-    let name = vassal_name(mon, ctx, kv.key())?;
-    Some(match kind {
-        etcd::EventType::Delete => Change::Remove(name),
-        etcd::EventType::Put => match kv::spec(name.clone(), kv.value(), kv.mod_revision()) {
-            Ok(spec) => Change::Upsert(spec),
-            Err(reason) => {
-                // what a full read would say: a bad record is not a vassal
-                tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(kv.key()), %reason, "etcd key skipped");
-                Change::Remove(name)
-            }
-        },
-    })
-}
-
-/// Reads every key under the prefix and sends a snapshot. Returns the
-/// revision of the read (`Ok(None)`: the emperor is gone).
-async fn snapshot(
-    mon: &EtcdMonitor,
-    client: &mut etcd::Client,
-    ctx: &MonitorContext,
-) -> Result<Option<i64>, String> {
-    let get = client.get(
-        mon.prefix.as_bytes(),
-        Some(etcd::GetOptions::new().with_prefix()),
-    );
-    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(format!("read {}: {e}", mon.prefix)),
-        Err(_) => return Err(format!("read {}: timed out", mon.prefix)),
-    };
-    let rev = resp
-        .header()
-        .map(|h| h.revision())
-        .ok_or_else(|| format!("read {}: the response has no header", mon.prefix))?;
-    let mut specs = Vec::new();
-    for kv in resp.kvs() {
-        let Some(name) = vassal_name(mon, ctx, kv.key()) else {
-            continue;
+    /// The name of a key under the prefix, if it is a vassal.
+    fn vassal_name(&mut self, opts: &MonitorOptions, key: &[u8]) -> Option<emperor::VassalName> {
+        let Ok(text) = std::str::from_utf8(key) else {
+            self.skipped(key, "the key is not valid UTF-8".to_string());
+            return None;
         };
-        match kv::spec(name, kv.value(), kv.mod_revision()) {
-            Ok(spec) => specs.push(spec),
-            Err(reason) => {
-                tracing::warn!(monitor = %mon.describe(), key = %String::from_utf8_lossy(kv.key()), %reason, "etcd key skipped")
+        let rest = text.strip_prefix(self.mon.prefix.as_str())?;
+        match kv::classify_name(rest, opts) {
+            NameKind::Vassal(n) => Some(n),
+            NameKind::Ignored => None,
+            NameKind::Refused(reason) => {
+                self.skipped(key, reason);
+                None
             }
         }
     }
-    tracing::debug!(monitor = %mon.describe(), vassals = specs.len(), revision = rev, "etcd snapshot");
-    if !ctx.send(Change::Snapshot(specs)).await {
-        return Ok(None);
+
+    fn event_change(
+        &mut self,
+        opts: &MonitorOptions,
+        kind: etcd::EventType,
+        kv: &etcd::KeyValue,
+    ) -> Option<Change> {
+        let name = self.vassal_name(opts, kv.key())?;
+        Some(match kind {
+            etcd::EventType::Delete => Change::Remove(name),
+            etcd::EventType::Put => match kv::spec(name.clone(), kv.value(), kv.mod_revision()) {
+                Ok(spec) => Change::Upsert(spec),
+                Err(reason) => {
+                    // what a full read would say: a bad record is not a vassal
+                    self.skipped(kv.key(), reason.to_string());
+                    Change::Remove(name)
+                }
+            },
+        })
     }
-    Ok(Some(rev))
+
+    /// Reads every key under the prefix and sends a snapshot. Returns the
+    /// revision of the read (`Ok(None)`: the emperor is gone).
+    async fn snapshot(
+        &mut self,
+        client: &mut etcd::Client,
+        link: &mut Link,
+    ) -> Result<Option<i64>, String> {
+        let prefix = self.mon.prefix.clone();
+        let get = client.get(
+            prefix.as_bytes(),
+            Some(etcd::GetOptions::new().with_prefix()),
+        );
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, get).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(format!("read {prefix}: {e}")),
+            Err(_) => return Err(format!("read {prefix}: timed out")),
+        };
+        let rev = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| format!("read {prefix}: the response has no header"))?;
+        let mut specs = Vec::new();
+        for kv in resp.kvs() {
+            let Some(name) = self.vassal_name(link.options(), kv.key()) else {
+                continue;
+            };
+            match kv::spec(name, kv.value(), kv.mod_revision()) {
+                Ok(spec) => specs.push(spec),
+                Err(reason) => self.skipped(kv.key(), reason.to_string()),
+            }
+        }
+        self.refused.end_pass();
+        tracing::debug!(monitor = %link.shown(), vassals = specs.len(), revision = rev, "etcd snapshot");
+        if !link.snapshot(specs).await {
+            return Ok(None);
+        }
+        Ok(Some(rev))
+    }
 }
 
 #[cfg(test)]

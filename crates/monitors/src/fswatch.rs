@@ -13,6 +13,8 @@ use emperor::{ChangeKey, ConfigSource, MonitorOptions, Owner, VassalName, Vassal
 use futures::StreamExt;
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
 
+use crate::session::{Health, Report, RescanClock, WarnOnce};
+
 /// How long a burst of events may keep arriving before the batch is handed
 /// out: events closer together than this are one change.
 const QUIET: Duration = Duration::from_millis(2);
@@ -56,6 +58,7 @@ pub(crate) fn stat_vassal(
     Ok(Some((file_key(&md), owner_of(&owner_md))))
 }
 
+#[cfg(feature = "dir")]
 /// [`stat_vassal`] for a directory entry: a regular file (as the directory
 /// listing says) is stat'ed relative to the open directory, the same
 /// result in every mode for a file that is not a symlink, without walking
@@ -279,10 +282,16 @@ impl DirWatcher {
     }
 
     fn absorb(&mut self, ev: inotify::Event<OsString>, batch: &mut Batch) {
+        if ev.mask.contains(EventMask::IGNORED) {
+            // the watch is gone (its directory was removed): forget it, so
+            // that the next set_dirs watches a directory of that name again
+            self.dirs.remove(&ev.wd);
+            batch.rescan = true;
+            return;
+        }
         if ev.mask.contains(EventMask::Q_OVERFLOW)
             || ev.mask.contains(EventMask::DELETE_SELF)
             || ev.mask.contains(EventMask::MOVE_SELF)
-            || ev.mask.contains(EventMask::IGNORED)
         {
             batch.rescan = true;
             return;
@@ -323,7 +332,6 @@ pub(crate) trait FileSource: Send + 'static {
 /// `--emperor-freq` tick (the safety net) and on request; targeted changes
 /// from inotify in between.
 pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor::MonitorContext) {
-    use emperor::MonitorHealth;
     let opts = ctx.options.clone();
     let mut watcher = match DirWatcher::new() {
         Ok(w) => Some(w),
@@ -332,7 +340,7 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
             None
         }
     };
-    let mut healthy: Option<bool> = None;
+    let mut health = Health::default();
     let mut ticker = RescanClock::new(opts.freq);
     let mut full = true;
     let blocking = matches!(opts.on_demand, emperor::OnDemandSource::Exec(_));
@@ -347,19 +355,13 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
             }
             let sent = match result {
                 Ok(specs) => {
-                    if healthy != Some(true) {
-                        healthy = Some(true);
-                        ctx.health(MonitorHealth::Connected).await;
-                    }
+                    health.connected(&ctx).await;
                     ctx.send_if_changed(specs).await
                 }
                 Err(e) => {
-                    if healthy != Some(false) {
-                        healthy = Some(false);
-                        ctx.health(MonitorHealth::Degraded(e.to_string())).await
-                    } else {
-                        true
-                    }
+                    health
+                        .degraded(&ctx, e.to_string(), Report::FirstOfOutage)
+                        .await
                 }
             };
             if !sent {
@@ -368,7 +370,12 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
         }
         tokio::select! {
             _ = ticker.tick() => full = true,
-            _ = ctx.rescan_requested() => full = true,
+            rescan = ctx.rescan_or_closed() => {
+                if !rescan {
+                    return;
+                }
+                full = true;
+            }
             batch = async {
                 match watcher.as_mut() {
                     Some(w) => w.next_batch().await,
@@ -427,82 +434,22 @@ async fn off_runtime<S: FileSource, R: Send + 'static>(
     }
 }
 
-/// The safety-rescan clock. A timerfd wakes the emperor exactly once per
-/// period; tokio's timer wheel woke it two or three times for a period of
-/// seconds (a cascade shortly before the deadline, then a self-wake when
-/// the interval re-armed), which made an idle emperor wake more often than
-/// uWSGI's. tokio's interval remains the fallback.
-enum RescanClock {
-    Fd(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
-    Tokio(tokio::time::Interval),
-}
-
-impl RescanClock {
-    fn new(period: Duration) -> RescanClock {
-        use nix::sys::time::TimeSpec;
-        use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-        let fd = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )
-        .and_then(|t| {
-            t.set(
-                Expiration::Interval(TimeSpec::from_duration(period)),
-                TimerSetTimeFlags::empty(),
-            )?;
-            Ok(t)
-        })
-        .map_err(io::Error::from)
-        .and_then(|t| emperor::spawn::register_readable(t.into()));
-        match fd {
-            Ok(fd) => RescanClock::Fd(fd),
-            Err(e) => {
-                tracing::debug!(error = %e, "no timerfd; rescans use tokio's timer");
-                let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-                i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                RescanClock::Tokio(i)
-            }
-        }
-    }
-
-    /// Waits for the next period (periods missed meanwhile count as one).
-    async fn tick(&mut self) {
-        match self {
-            RescanClock::Tokio(i) => {
-                i.tick().await;
-            }
-            RescanClock::Fd(fd) => loop {
-                let Ok(mut ready) = fd.readable().await else {
-                    // not expected for a timerfd: never tick again rather
-                    // than spin (inotify and requested rescans still work)
-                    return std::future::pending().await;
-                };
-                let mut expirations = [0u8; 8];
-                match ready.try_io(|f| {
-                    nix::unistd::read(f.get_ref(), &mut expirations).map_err(io::Error::from)
-                }) {
-                    Ok(Ok(_)) => return,
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot read the rescan timer");
-                        return std::future::pending().await;
-                    }
-                    Err(_would_block) => {}
-                }
-            },
-        }
-    }
-}
-
-/// Logs a refused file name once (not on every scan).
+/// Logs a refused file name once while it stays (not on every scan).
+#[cfg(feature = "dir")]
 #[derive(Default)]
-pub(crate) struct RefusedNames(std::collections::HashSet<OsString>);
+pub(crate) struct RefusedNames(WarnOnce<OsString>);
 
+#[cfg(feature = "dir")]
 impl RefusedNames {
     pub(crate) fn report(&mut self, name: &OsString, why: &dyn std::fmt::Display) {
-        if self.0.insert(name.clone()) {
+        if self.0.is_new(name.clone()) {
             tracing::warn!(file = ?name, "[emperor] invalid vassal name: {why}");
         }
+    }
+
+    /// A full scan ended: names it did not refuse again are forgotten.
+    pub(crate) fn end_scan(&mut self) {
+        self.0.end_pass();
     }
 }
 

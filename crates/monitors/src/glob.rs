@@ -46,6 +46,11 @@ impl GlobMonitor {
     }
 }
 
+/// Builds a glob:// monitor (also for a bare pattern).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(GlobMonitor::new(t.url, t.rest, t.opts)?))
+}
+
 impl Monitor for GlobMonitor {
     fn describe(&self) -> String {
         self.pattern.clone()
@@ -149,6 +154,7 @@ impl FileSource for GlobSource {
             }
         }
         self.sockets.retain(&specs);
+        self.refused.end_scan();
         Ok(specs)
     }
 

@@ -21,6 +21,7 @@
 //! a change of config; a reader needs one read and one event per change; and
 //! ZooKeeper and etcd get the same convention. See docs/monitors/zoo.md.
 
+use crate::session::{mask_userinfo, Userinfo};
 use emperor::{
     ChangeKey, MonitorError, MonitorOptions, NameError, NamePolicy, Owner, VassalName, VassalSpec,
 };
@@ -31,18 +32,30 @@ pub const HEADER_MARKER: &str = "#!imperium";
 /// Why a record was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    /// The value is not UTF-8.
     #[error("the value is not valid UTF-8 (config text must be UTF-8)")]
     NotUtf8,
+    /// Nothing but blanks after the header.
     #[error("the config is empty (after the header line, if any)")]
     EmptyConfig,
+    /// A header word without `=` (the word).
     #[error("header word {0:?} is not key=value")]
     NotKeyValue(String),
+    /// A header key other than uid, gid, socket (the key).
     #[error("header key {0:?} is unknown (known keys: uid, gid, socket)")]
     UnknownKey(String),
+    /// A header key given twice (the key).
     #[error("header key {0:?} is given twice")]
     Duplicate(String),
     #[error("header {key}={value:?} is not a decimal number from 0 to 4294967295")]
-    BadId { key: &'static str, value: String },
+    /// uid or gid is not a number from 0 to 2^32-1.
+    BadId {
+        /// `uid` or `gid`.
+        key: &'static str,
+        /// The text given.
+        value: String,
+    },
+    /// uid without gid or gid without uid (the one given, the one missing).
     #[error("header gives {0} without {1}: uid and gid go together")]
     HalfOwner(&'static str, &'static str),
 }
@@ -188,17 +201,7 @@ pub fn split_userinfo(rest: &str) -> (Option<(String, String)>, &str) {
 /// The URL with the password of its `user:password@` part replaced by `***`
 /// (for error messages and logs).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
+    mask_userinfo(url, Userinfo::KeepUser)
 }
 
 /// Adds `default_port` to each host of a comma-separated list that has none

@@ -1,18 +1,30 @@
 //! imperium's imperial monitors, one module per scheme, each behind a cargo
-//! feature of the same name.
+//! feature.
 //!
-//! [`build`] picks the monitor for one `--emperor` value the way uWSGI does
-//! (reference §3): a known `scheme://` prefix first; otherwise a bare path to
-//! an existing directory is `dir://`, and anything else with a wildcard is
-//! `glob://`.
+//! [`SCHEMES`] is the one list of schemes: [`schemes`], [`build`] and the
+//! errors for schemes left out of a build all read it. [`build`] picks the
+//! monitor for one `--emperor` value the way uWSGI does (reference §3): a
+//! known `scheme://` prefix first; otherwise a bare path to an existing
+//! directory is `dir://`, and anything else with a wildcard is `glob://`.
+//!
+//! Adding a monitor: a module with a session (see `session.rs`) or a file
+//! source (`fswatch.rs`), its `build` function, a row in [`SCHEMES`], a
+//! cargo feature (docs/architecture.md has the checklist).
 
 use emperor::{Monitor, MonitorError, MonitorOptions};
+
+mod args;
+mod session;
+
+pub use args::{MonitorArgs, MonitorOption, OptionKind};
 
 #[cfg(feature = "dir")]
 pub mod dir;
 #[cfg(feature = "etcd")]
 pub mod etcd;
-#[cfg(feature = "dir")]
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(any(feature = "dir", feature = "file"))]
 mod fswatch;
 #[cfg(feature = "dir")]
 pub mod glob;
@@ -34,96 +46,252 @@ mod bus;
 #[cfg(feature = "zmq")]
 pub mod zmq;
 
-/// The schemes this binary was built with, in registration order.
-pub fn schemes() -> Vec<&'static str> {
-    // (scheme, built in?) in uWSGI's registration order, then imperium's own
-    [
-        ("dir", cfg!(feature = "dir")),
-        ("glob", cfg!(feature = "dir")),
-        ("pg", cfg!(feature = "pg")),
-        ("mongodb", cfg!(feature = "mongodb")),
-        ("mongodb2", cfg!(feature = "mongodb")),
-        ("amqp", cfg!(feature = "amqp")),
-        ("zmq", cfg!(feature = "zmq")),
-        ("zoo", cfg!(feature = "zoo")),
-        ("ldap", cfg!(feature = "ldap")),
-        ("etcd", cfg!(feature = "etcd")),
-    ]
-    .into_iter()
-    .filter(|(_, built)| *built)
-    .map(|(s, _)| s)
-    .collect()
+/// What a monitor is built from: one `--emperor` value and the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The whole `--emperor` value.
+    pub url: &'a str,
+    /// What follows `scheme://` (the whole value for a bare path).
+    pub rest: &'a str,
+    /// The settings every monitor reads.
+    pub opts: &'a MonitorOptions,
+    /// The monitor-specific options.
+    pub args: &'a MonitorArgs,
 }
 
-/// Every scheme imperium knows, built in or not (for error messages).
-const KNOWN: &[&str] = &[
-    "dir", "glob", "pg", "mongodb", "mongodb2", "amqp", "zmq", "zoo", "ldap", "etcd",
+/// Builds a monitor; start-up errors (a bad URL, a directory that does not
+/// exist) are returned before anything runs.
+pub type BuildFn = fn(&Target<'_>) -> Result<Box<dyn Monitor>, MonitorError>;
+
+/// One `--emperor` URL scheme.
+#[derive(Debug)]
+pub struct Scheme {
+    /// The scheme, without `://`.
+    pub name: &'static str,
+    /// The cargo feature that builds it.
+    pub feature: &'static str,
+    /// The monitor-specific options it reads ([`options`]).
+    pub options: &'static [MonitorOption],
+    /// How to build it; `None` when the feature is off.
+    pub build: Option<BuildFn>,
+}
+
+impl Scheme {
+    /// True when this binary was built with the scheme.
+    pub fn is_built(&self) -> bool {
+        self.build.is_some()
+    }
+}
+
+/// `Some(item)` when the cargo feature is on, else `None`.
+macro_rules! when {
+    ($feature:literal, $item:expr) => {{
+        #[cfg(feature = $feature)]
+        let item = Some($item);
+        #[cfg(not(feature = $feature))]
+        let item = None;
+        item
+    }};
+}
+
+/// The scheme `name` from `feature`, built by `build` (a path in a module
+/// that only exists with the feature), reading `options`.
+macro_rules! scheme {
+    ($name:literal, $feature:literal, $build:path) => {
+        scheme!($name, $feature, $build, &[])
+    };
+    ($name:literal, $feature:literal, $build:path, $options:expr) => {
+        Scheme {
+            name: $name,
+            feature: $feature,
+            options: $options,
+            build: when!($feature, $build as BuildFn),
+        }
+    };
+}
+
+/// Every scheme imperium knows, built in or not: uWSGI's in its
+/// registration order, then imperium's own.
+pub static SCHEMES: &[Scheme] = &[
+    scheme!("dir", "dir", dir::build),
+    scheme!("glob", "dir", glob::build),
+    scheme!("pg", "pg", pg::build, &[options::PG_CHANNEL]),
+    scheme!("mongodb", "mongodb", mongo::build),
+    scheme!("mongodb2", "mongodb", mongo::build),
+    scheme!("amqp", "amqp", amqp::build),
+    scheme!("zmq", "zmq", zmq::build),
+    scheme!("zoo", "zoo", zoo::build),
+    scheme!(
+        "ldap",
+        "ldap",
+        ldap::build,
+        &[options::LDAP_BIND_DN, options::LDAP_BIND_PASSWORD]
+    ),
+    scheme!("etcd", "etcd", etcd::build),
+    scheme!("file", "file", file::build),
 ];
+
+/// The schemes this binary was built with, in registration order.
+pub fn schemes() -> Vec<&'static str> {
+    SCHEMES
+        .iter()
+        .filter(|s| s.is_built())
+        .map(|s| s.name)
+        .collect()
+}
+
+fn scheme(name: &str) -> Option<&'static Scheme> {
+    SCHEMES.iter().find(|s| s.name == name)
+}
+
+/// The monitor-specific options, listed by the rows that read them. They
+/// are declared here rather than in their modules so that a binary built
+/// without a monitor still accepts (and ignores) its options, as before.
+pub mod options {
+    use crate::{MonitorOption, OptionKind};
+
+    /// `--emperor-pg-channel NAME`: the channel pg:// monitors LISTEN on
+    /// (`imperium` when not given; empty turns LISTEN off).
+    pub const PG_CHANNEL: MonitorOption = MonitorOption {
+        name: "emperor-pg-channel",
+        kind: OptionKind::Text,
+    };
+
+    /// `--emperor-ldap-binddn DN`: the DN ldap:// monitors bind as when
+    /// their URL names none.
+    pub const LDAP_BIND_DN: MonitorOption = MonitorOption {
+        name: "emperor-ldap-binddn",
+        kind: OptionKind::Text,
+    };
+
+    /// `--emperor-ldap-bindpw-file PATH` (or `IMPERIUM_LDAP_BINDPW`): the
+    /// bind password of ldap:// monitors when their URL gives none.
+    pub const LDAP_BIND_PASSWORD: MonitorOption = MonitorOption {
+        name: "emperor-ldap-bindpw-file",
+        kind: OptionKind::SecretFile {
+            env: "IMPERIUM_LDAP_BINDPW",
+        },
+    };
+}
+
+/// An option a row declares, and whether that row is built.
+pub(crate) struct Declared {
+    pub option: &'static MonitorOption,
+    pub built: bool,
+}
+
+/// The option `name` and whether a monitor built in reads it.
+pub(crate) fn declared(name: &str) -> Option<Declared> {
+    SCHEMES.iter().find_map(|s| {
+        let option = s.options.iter().find(|o| o.name == name)?;
+        Some(Declared {
+            option,
+            built: s.is_built(),
+        })
+    })
+}
+
+/// Builds the monitor for one `--emperor` value with no monitor-specific
+/// options set (each monitor's defaults). See [`build_with`].
+pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
+    build_with(url, opts, &MonitorArgs::default())
+}
 
 /// Builds the monitor for one `--emperor` value. Start-up errors (a bad URL,
 /// a directory that does not exist) are returned here, before anything runs.
-pub fn build(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
-    if let Some((scheme, rest)) = url.split_once("://") {
-        // unused in builds without any monitor that takes the part after the scheme
-        let _ = rest;
-        match scheme {
-            #[cfg(feature = "dir")]
-            "dir" => return Ok(Box::new(dir::DirMonitor::new(url, rest, opts)?)),
-            #[cfg(feature = "dir")]
-            "glob" => return Ok(Box::new(glob::GlobMonitor::new(url, rest, opts)?)),
-            #[cfg(feature = "ldap")]
-            "ldap" => return Ok(Box::new(ldap::LdapMonitor::new(url, opts)?)),
-            #[cfg(feature = "zoo")]
-            "zoo" => return Ok(Box::new(zoo::ZooMonitor::new(url, rest)?)),
-            #[cfg(feature = "etcd")]
-            "etcd" => return Ok(Box::new(etcd::EtcdMonitor::new(url, rest)?)),
-            #[cfg(feature = "pg")]
-            "pg" => return Ok(Box::new(pg::PgMonitor::new(url, rest, opts)?)),
-            #[cfg(feature = "mongodb")]
-            "mongodb" | "mongodb2" => return Ok(Box::new(mongo::MongoMonitor::new(url)?)),
-            #[cfg(feature = "amqp")]
-            "amqp" => return Ok(Box::new(amqp::AmqpMonitor::new(url, opts)?)),
-            #[cfg(feature = "zmq")]
-            "zmq" => return Ok(Box::new(zmq::ZmqMonitor::new(url, rest, opts)?)),
-            s if KNOWN.contains(&s) => {
+pub fn build_with(
+    url: &str,
+    opts: &MonitorOptions,
+    args: &MonitorArgs,
+) -> Result<Box<dyn Monitor>, MonitorError> {
+    if let Some((name, rest)) = url.split_once("://") {
+        // an unknown scheme falls through to the path rules, as uWSGI does
+        if let Some(s) = scheme(name) {
+            let t = Target {
+                url,
+                rest,
+                opts,
+                args,
+            };
+            return match s.build {
+                Some(build) => build(&t),
                 // only the scheme: the rest may hold a password
-                return Err(MonitorError::NotBuilt {
-                    url: format!("{s}://..."),
-                    scheme: s.to_string(),
-                });
-            }
-            // an unknown scheme falls through to the path rules, as uWSGI does
-            _ => {}
+                None => Err(MonitorError::NotBuilt {
+                    url: format!("{name}://..."),
+                    scheme: s.feature.to_string(),
+                }),
+            };
         }
     }
-    build_bare(url, opts)
+    build_bare(url, opts, args)
 }
 
-#[cfg(feature = "dir")]
-fn build_bare(url: &str, opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
+/// A value without a known scheme: an existing directory is `dir://`, a
+/// pattern with a wildcard is `glob://`.
+fn build_bare(
+    url: &str,
+    opts: &MonitorOptions,
+    args: &MonitorArgs,
+) -> Result<Box<dyn Monitor>, MonitorError> {
+    let t = Target {
+        url,
+        rest: url,
+        opts,
+        args,
+    };
     let has_wildcard = url.contains(['*', '?', '[']);
-    let path = opts.cwd.join(url);
-    if !has_wildcard {
-        if path.is_dir() {
-            return Ok(Box::new(dir::DirMonitor::new(url, url, opts)?));
-        }
-        return Err(MonitorError::BadUrl {
+    let name = if has_wildcard { "glob" } else { "dir" };
+    let Some(build) = scheme(name).and_then(|s| s.build) else {
+        return Err(MonitorError::NotBuilt {
             url: url.to_string(),
-            reason: if path.exists() {
-                "not a directory and not a glob pattern (to watch a single file use glob://PATH)"
-                    .to_string()
-            } else {
-                "no such directory (a bare --emperor value must be an existing directory or a glob pattern)".to_string()
-            },
+            scheme: "dir".to_string(),
         });
+    };
+    if !has_wildcard {
+        let path = opts.cwd.join(url);
+        if !path.is_dir() {
+            return Err(MonitorError::BadUrl {
+                url: url.to_string(),
+                reason: if path.exists() {
+                    "not a directory and not a glob pattern (to watch a single file use file://PATH)"
+                        .to_string()
+                } else {
+                    "no such directory (a bare --emperor value must be an existing directory or a glob pattern)".to_string()
+                },
+            });
+        }
     }
-    Ok(Box::new(glob::GlobMonitor::new(url, url, opts)?))
+    build(&t)
 }
 
-#[cfg(not(feature = "dir"))]
-fn build_bare(url: &str, _opts: &MonitorOptions) -> Result<Box<dyn Monitor>, MonitorError> {
-    Err(MonitorError::NotBuilt {
-        url: url.to_string(),
-        scheme: "dir".to_string(),
-    })
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scheme_and_every_option_is_listed_once() {
+        let mut names: Vec<_> = SCHEMES.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SCHEMES.len());
+        let mut opts: Vec<_> = SCHEMES
+            .iter()
+            .flat_map(|s| s.options.iter().map(|o| o.name))
+            .collect();
+        let n = opts.len();
+        opts.sort();
+        opts.dedup();
+        assert_eq!(opts.len(), n);
+    }
+
+    #[test]
+    fn a_scheme_left_out_is_named_without_the_rest_of_the_url() {
+        for s in SCHEMES.iter().filter(|s| !s.is_built()) {
+            let err = build(&format!("{}://u:secret@h/", s.name), &Default::default())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
 }

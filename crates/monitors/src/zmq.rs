@@ -19,8 +19,6 @@
 //! Anyone who can reach the socket can start processes: bind to loopback or
 //! to an `ipc://` path in a private directory.
 
-use std::time::Duration;
-
 use emperor::protocol::check_config;
 use emperor::{
     Change, ChangeKey, ConfigSource, Monitor, MonitorContext, MonitorError, MonitorHealth,
@@ -95,6 +93,11 @@ impl ZmqMonitor {
     }
 }
 
+/// Builds a zmq:// monitor (binds its socket now).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(ZmqMonitor::new(t.url, t.rest, t.opts)?))
+}
+
 impl Monitor for ZmqMonitor {
     fn describe(&self) -> String {
         format!("zmq://{}", self.endpoint)
@@ -142,16 +145,10 @@ async fn consume(ctx: &MonitorContext, shown: &str, rx: &mut mpsc::Receiver<Vec<
         return;
     }
     let mut clock = StampClock::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(POLL_MS as u64 * 2));
     loop {
         let parts = tokio::select! {
             p = rx.recv() => p,
-            _ = tick.tick() => {
-                if ctx.is_closed() {
-                    return;
-                }
-                continue;
-            }
+            _ = ctx.closed() => return,
         };
         let Some(parts) = parts else {
             let reason = "the receiving thread stopped (see the log above)".to_string();

@@ -12,18 +12,16 @@
 //! reads everything (a fresh snapshot), since a watch can lose events while
 //! the connection is down (ZOOKEEPER-4698).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use emperor::backoff::Backoff;
 use emperor::{
-    Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, VassalName,
-    VassalSpec,
+    Change, Monitor, MonitorContext, MonitorError, MonitorOptions, VassalName, VassalSpec,
 };
 use futures::future::BoxFuture;
 use zookeeper_client as zk;
 
 use crate::kv::{self, NameKind};
+use crate::session::{self, End, Link, Source, WarnOnce, MASK};
 
 /// ZooKeeper's client port.
 pub const DEFAULT_PORT: u16 = 2181;
@@ -73,141 +71,130 @@ impl ZooMonitor {
     }
 }
 
+/// Builds a zoo:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(ZooMonitor::new(t.url, t.rest)?))
+}
+
 impl Monitor for ZooMonitor {
     fn describe(&self) -> String {
         match &self.auth {
-            Some((user, _)) => format!("zoo://{user}:***@{}{}", self.hosts, self.path),
+            Some((user, _)) => format!("zoo://{user}:{MASK}@{}{}", self.hosts, self.path),
             None => format!("zoo://{}{}", self.hosts, self.path),
         }
     }
 
     fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
-        Box::pin(run(*self, ctx))
-    }
-}
-
-/// Why a session ended.
-enum End {
-    /// The emperor is gone: stop.
-    EmperorGone,
-    /// Connect again after a backoff delay.
-    Lost(String),
-}
-
-async fn run(mon: ZooMonitor, mut ctx: MonitorContext) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-    loop {
-        match session(&mon, &mut ctx, &mut backoff).await {
-            End::EmperorGone => return,
-            End::Lost(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(monitor = %mon.describe(), %reason, retry_in = ?delay, "zookeeper unavailable");
-                if !ctx.health(MonitorHealth::Degraded(reason)).await {
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                if ctx.is_closed() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// One ZooKeeper session: connect, watch, read everything, follow events.
-async fn session(mon: &ZooMonitor, ctx: &mut MonitorContext, backoff: &mut Backoff) -> End {
-    let mut connector = zk::Client::connector()
-        .with_session_timeout(SESSION_TIMEOUT)
-        .with_connection_timeout(CONNECT_TIMEOUT)
-        .with_fail_eagerly();
-    if let Some((user, pass)) = &mon.auth {
-        connector = connector.with_auth("digest", format!("{user}:{pass}").as_bytes());
-    }
-    let client =
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connector.connect(&mon.hosts)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return End::Lost(format!("connect to {}: {e}", mon.hosts)),
-            Err(_) => return End::Lost(format!("connect to {}: timed out", mon.hosts)),
+        let shown = self.describe();
+        let src = ZooSource {
+            mon: *self,
+            refused: WarnOnce::default(),
         };
-    // the watch first, then the read: a change between the two is both in
-    // the read and in an event, never in neither
-    let mut watcher = match client
-        .watch(&mon.path, zk::AddWatchMode::PersistentRecursive)
-        .await
-    {
-        Ok(w) => w,
-        Err(e) => {
-            return End::Lost(format!(
-                "watch {}: {e} (zoo:// needs ZooKeeper 3.6 or later)",
-                mon.path
-            ))
-        }
-    };
-    tracing::info!(monitor = %mon.describe(), session = %client.session_id(), "zookeeper session established");
-    let mut state = State::default();
-    if let Some(end) = resync(mon, &client, ctx, backoff, &mut state).await {
-        return end;
+        Box::pin(session::run(src, ctx, shown, session::RETRY))
     }
-    loop {
-        let event = tokio::select! {
-            ev = watcher.changed() => ev,
-            _ = ctx.rescan_requested() => {
-                if let Some(end) = resync(mon, &client, ctx, backoff, &mut state).await {
-                    return end;
-                }
-                continue;
+}
+
+struct ZooSource {
+    mon: ZooMonitor,
+    /// (child, reason) of the refused names, so each is logged once while
+    /// it stays refused.
+    refused: WarnOnce<(String, String)>,
+}
+
+impl Source for ZooSource {
+    /// One ZooKeeper session: connect, watch, read everything, follow events.
+    async fn session(&mut self, link: &mut Link) -> End {
+        let mon = &self.mon;
+        let mut connector = zk::Client::connector()
+            .with_session_timeout(SESSION_TIMEOUT)
+            .with_connection_timeout(CONNECT_TIMEOUT)
+            .with_fail_eagerly();
+        if let Some((user, pass)) = &mon.auth {
+            connector = connector.with_auth("digest", format!("{user}:{pass}").as_bytes());
+        }
+        let client =
+            match tokio::time::timeout(CONNECT_TIMEOUT * 2, connector.connect(&mon.hosts)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return End::Lost(format!("connect to {}: {e}", mon.hosts)),
+                Err(_) => return End::Lost(format!("connect to {}: timed out", mon.hosts)),
+            };
+        // the watch first, then the read: a change between the two is both in
+        // the read and in an event, never in neither
+        let mut watcher = match client
+            .watch(&mon.path, zk::AddWatchMode::PersistentRecursive)
+            .await
+        {
+            Ok(w) => w,
+            Err(e) => {
+                return End::Lost(format!(
+                    "watch {}: {e} (zoo:// needs ZooKeeper 3.6 or later)",
+                    mon.path
+                ))
             }
         };
-        match event.event_type {
-            // a lost connection ends the session: a persistent watch is
-            // not reliably restored by the client's own reconnect (events
-            // are lost meanwhile, ZOOKEEPER-4698, and with ZooKeeper 3.8 not
-            // always delivered afterwards), so a new session watches again
-            // and reads everything
-            zk::EventType::Session => match event.session_state {
-                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
-                zk::SessionState::Disconnected => {
-                    return End::Lost(format!("connection to {} lost", mon.hosts))
-                }
-                other => return End::Lost(format!("zookeeper session ended: {other:?}")),
-            },
-            zk::EventType::NodeChildrenChanged => {}
-            zk::EventType::NodeCreated
-            | zk::EventType::NodeDataChanged
-            | zk::EventType::NodeDeleted => {
-                if event.path == mon.path {
-                    // the watched node itself was created or deleted
-                    if let Some(end) = resync(mon, &client, ctx, backoff, &mut state).await {
+        tracing::info!(monitor = %link.shown(), session = %client.session_id(), "zookeeper session established");
+        if let Some(end) = self.resync(&client, link).await {
+            return end;
+        }
+        loop {
+            let event = tokio::select! {
+                ev = watcher.changed() => ev,
+                rescan = link.rescan_requested() => {
+                    if !rescan {
+                        return End::EmperorGone;
+                    }
+                    if let Some(end) = self.resync(&client, link).await {
                         return end;
                     }
                     continue;
                 }
-                let Some(child) = child_of(&mon.path, &event.path) else {
-                    continue;
-                };
-                let NameKind::Vassal(name) = kv::classify_name(child, &ctx.options) else {
-                    // refused names were reported by the last full read;
-                    // report new ones here
-                    report_name(mon, child, &ctx.options, &mut state);
-                    continue;
-                };
-                let change = if event.event_type == zk::EventType::NodeDeleted {
-                    Some(Change::Remove(name))
-                } else {
-                    match read_one(mon, &client, name.clone()).await {
-                        Ok(Some(spec)) => Some(Change::Upsert(spec)),
-                        // bad record or gone already: what a full read would say
-                        Ok(None) => Some(Change::Remove(name)),
-                        Err(e) => {
-                            if let Some(end) = read_failed(mon, ctx, e).await {
-                                return end;
-                            }
-                            None
-                        }
+            };
+            let mon = &self.mon;
+            match event.event_type {
+                // a lost connection ends the session: a persistent watch is
+                // not reliably restored by the client's own reconnect (events
+                // are lost meanwhile, ZOOKEEPER-4698, and with ZooKeeper 3.8 not
+                // always delivered afterwards), so a new session watches again
+                // and reads everything
+                zk::EventType::Session => match event.session_state {
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
+                    zk::SessionState::Disconnected => {
+                        return End::Lost(format!("connection to {} lost", mon.hosts))
                     }
-                };
-                if let Some(change) = change {
-                    if !ctx.send(change).await {
+                    other => return End::Lost(format!("zookeeper session ended: {other:?}")),
+                },
+                zk::EventType::NodeChildrenChanged => {}
+                zk::EventType::NodeCreated
+                | zk::EventType::NodeDataChanged
+                | zk::EventType::NodeDeleted => {
+                    if event.path == mon.path {
+                        // the watched node itself was created or deleted
+                        if let Some(end) = self.resync(&client, link).await {
+                            return end;
+                        }
+                        continue;
+                    }
+                    let Some(child) = child_of(&mon.path, &event.path) else {
+                        continue;
+                    };
+                    let NameKind::Vassal(name) = kv::classify_name(child, link.options()) else {
+                        // refused names were reported by the last full read;
+                        // report new ones here
+                        let child = child.to_string();
+                        self.report_name(&child, link.options());
+                        continue;
+                    };
+                    let change = if event.event_type == zk::EventType::NodeDeleted {
+                        Change::Remove(name)
+                    } else {
+                        match read_one(mon, &client, name.clone()).await {
+                            Ok(Some(spec)) => Change::Upsert(spec),
+                            // bad record or gone already: what a full read would say
+                            Ok(None) => Change::Remove(name),
+                            Err(e) => return read_failed(mon, e),
+                        }
+                    };
+                    if !link.send(change).await {
                         return End::EmperorGone;
                     }
                 }
@@ -216,20 +203,55 @@ async fn session(mon: &ZooMonitor, ctx: &mut MonitorContext, backoff: &mut Backo
     }
 }
 
-/// What a session remembers between events.
-#[derive(Default)]
-struct State {
-    /// Refused names already reported (so a watch event does not repeat the
-    /// warning of the last full read).
-    refused: BTreeMap<String, String>,
-}
-
-fn report_name(mon: &ZooMonitor, child: &str, opts: &MonitorOptions, state: &mut State) {
-    if let NameKind::Refused(reason) = kv::classify_name(child, opts) {
-        if state.refused.get(child) != Some(&reason) {
-            tracing::warn!(monitor = %mon.describe(), znode = %format!("{}/{child}", mon.path.trim_end_matches('/')), %reason, "znode skipped");
-            state.refused.insert(child.to_string(), reason);
+impl ZooSource {
+    fn report_name(&mut self, child: &str, opts: &MonitorOptions) {
+        if let NameKind::Refused(reason) = kv::classify_name(child, opts) {
+            if self.refused.is_new((child.to_string(), reason.clone())) {
+                let znode = format!("{}/{child}", self.mon.path.trim_end_matches('/'));
+                tracing::warn!(monitor = %self.mon.describe(), %znode, %reason, "znode skipped");
+            }
         }
+    }
+
+    /// Reads every child and sends a snapshot. `Some(end)` ends the session.
+    async fn resync(&mut self, client: &zk::Client, link: &mut Link) -> Option<End> {
+        let mon = &self.mon;
+        let children = match client.list_children(&mon.path).await {
+            Ok(c) => c,
+            Err(zk::Error::NoNode) => {
+                // a missing path must not stop the fleet: wait for its creation
+                let reason = format!("znode {} does not exist; waiting for it", mon.path);
+                tracing::warn!(monitor = %mon.describe(), "{reason}");
+                return (!link.degraded(reason).await).then_some(End::EmperorGone);
+            }
+            Err(e) => return Some(read_failed(mon, e)),
+        };
+        let mut names = Vec::new();
+        for child in &children {
+            match kv::classify_name(child, link.options()) {
+                NameKind::Vassal(n) => names.push(n),
+                NameKind::Ignored => {}
+                NameKind::Refused(_) => self.report_name(child, link.options()),
+            }
+        }
+        self.refused.end_pass();
+        let mon = &self.mon;
+        // every request is sent before any reply is awaited (one round trip)
+        let reads =
+            futures::future::join_all(names.into_iter().map(|n| read_one(mon, client, n))).await;
+        let mut specs = Vec::with_capacity(reads.len());
+        for r in reads {
+            match r {
+                Ok(Some(spec)) => specs.push(spec),
+                Ok(None) => {}
+                Err(e) => return Some(read_failed(mon, e)),
+            }
+        }
+        tracing::debug!(monitor = %mon.describe(), vassals = specs.len(), "zookeeper snapshot");
+        if !link.snapshot(specs).await || !link.connected().await {
+            return Some(End::EmperorGone);
+        }
+        None
     }
 }
 
@@ -271,56 +293,9 @@ async fn read_one(
     }
 }
 
-/// Reads every child and sends a snapshot. `Some(end)` ends the session.
-async fn resync(
-    mon: &ZooMonitor,
-    client: &zk::Client,
-    ctx: &mut MonitorContext,
-    backoff: &mut Backoff,
-    state: &mut State,
-) -> Option<End> {
-    let children = match client.list_children(&mon.path).await {
-        Ok(c) => c,
-        Err(zk::Error::NoNode) => {
-            // a missing path must not stop the fleet: wait for its creation
-            let reason = format!("znode {} does not exist; waiting for it", mon.path);
-            tracing::warn!(monitor = %mon.describe(), "{reason}");
-            return (!ctx.health(MonitorHealth::Degraded(reason)).await)
-                .then_some(End::EmperorGone);
-        }
-        Err(e) => return read_failed(mon, ctx, e).await,
-    };
-    state.refused.clear();
-    let mut names = Vec::new();
-    for child in &children {
-        match kv::classify_name(child, &ctx.options) {
-            NameKind::Vassal(n) => names.push(n),
-            NameKind::Ignored => {}
-            NameKind::Refused(_) => report_name(mon, child, &ctx.options, state),
-        }
-    }
-    // every request is sent before any reply is awaited (one round trip)
-    let reads =
-        futures::future::join_all(names.into_iter().map(|n| read_one(mon, client, n))).await;
-    let mut specs = Vec::with_capacity(reads.len());
-    for r in reads {
-        match r {
-            Ok(Some(spec)) => specs.push(spec),
-            Ok(None) => {}
-            Err(e) => return read_failed(mon, ctx, e).await,
-        }
-    }
-    tracing::debug!(monitor = %mon.describe(), vassals = specs.len(), "zookeeper snapshot");
-    if !ctx.send(Change::Snapshot(specs)).await || !ctx.health(MonitorHealth::Connected).await {
-        return Some(End::EmperorGone);
-    }
-    backoff.reset();
-    None
-}
-
 /// A read failed: the session is given up and a new one reads everything.
-async fn read_failed(mon: &ZooMonitor, _ctx: &MonitorContext, e: zk::Error) -> Option<End> {
-    Some(End::Lost(format!("reading {}: {e}", mon.path)))
+fn read_failed(mon: &ZooMonitor, e: zk::Error) -> End {
+    End::Lost(format!("reading {}: {e}", mon.path))
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use emperor::{
     Change, ChangeKey, ConfigSource, MonitorContext, MonitorHealth, MonitorOptions, Owner, Secret,
     VassalSpec,
 };
+use monitors::MonitorArgs;
 use testkit::servers::slapd::{vassal_schema_ldif, Slapd, SlapdOptions};
 use tokio::sync::{mpsc, watch};
 
@@ -69,8 +70,12 @@ fn url(s: &Slapd, rest: &str) -> String {
 }
 
 fn run(url: &str, opts: MonitorOptions) -> Running {
+    run_with(url, opts, &MonitorArgs::default())
+}
+
+fn run_with(url: &str, opts: MonitorOptions, args: &MonitorArgs) -> Running {
     logs();
-    let monitor = monitors::build(url, &opts).expect("build ldap monitor");
+    let monitor = monitors::build_with(url, &opts, args).expect("build ldap monitor");
     let (tx, rx) = mpsc::channel(64);
     let (rescan, rescan_rx) = watch::channel(0);
     let ctx = MonitorContext::new(0, Arc::new(opts), tx, rescan_rx);
@@ -80,6 +85,14 @@ fn run(url: &str, opts: MonitorOptions) -> Running {
         _rescan: rescan,
         task,
     }
+}
+
+/// `--emperor-ldap-binddn DN` and the password `--emperor-ldap-bindpw-file` holds.
+fn bind_args(dn: &str, password: &str) -> MonitorArgs {
+    let mut args = MonitorArgs::default();
+    assert!(args.set("emperor-ldap-binddn", dn).unwrap());
+    assert!(args.set_secret("emperor-ldap-bindpw-file", Secret::new(password)));
+    args
 }
 
 fn freq(secs: u64) -> MonitorOptions {
@@ -486,19 +499,16 @@ async fn url_parts_and_bind_credentials() {
     drop(m);
 
     // credentials from the options; a wrong password degrades, never shown
-    let opts = MonitorOptions {
-        ldap_bind_dn: Some(Slapd::ADMIN_DN.to_string()),
-        ldap_bind_password: Some(Secret::new("wrong-horse-battery")),
-        ..freq(1)
-    };
+    let opts = freq(1);
+    let args = bind_args(Slapd::ADMIN_DN, "wrong-horse-battery");
     let u = url(&s, "");
-    let monitor = monitors::build(&u, &opts).unwrap();
+    let monitor = monitors::build_with(&u, &opts, &args).unwrap();
     assert!(
         !monitor.describe().contains("wrong-horse"),
         "{}",
         monitor.describe()
     );
-    let mut m = run(&u, opts);
+    let mut m = run_with(&u, opts, &args);
     match m.next(Duration::from_secs(10)).await {
         Change::Health(MonitorHealth::Degraded(why)) => {
             assert!(why.contains("bind as cn=admin"), "{why}");
@@ -513,12 +523,12 @@ async fn url_parts_and_bind_credentials() {
         !log.contains("wrong-horse"),
         "the password was logged:\n{log}"
     );
-    let opts = MonitorOptions {
-        ldap_bind_dn: Some(Slapd::ADMIN_DN.to_string()),
-        ldap_bind_password: Some(Secret::new(Slapd::PASSWORD)),
-        ..freq(60)
-    };
-    let mut m = run(&url(&s, "????x-bindpw=ignored-by-nothing%2C"), opts);
+    let args = bind_args(Slapd::ADMIN_DN, Slapd::PASSWORD);
+    let mut m = run_with(
+        &url(&s, "????x-bindpw=ignored-by-nothing%2C"),
+        freq(60),
+        &args,
+    );
     // the URL's x-bindpw (wrong) wins over the options and has no bindname
     // of its own: it binds as the options' DN with the URL's password
     match m.next(Duration::from_secs(10)).await {

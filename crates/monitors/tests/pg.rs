@@ -13,6 +13,7 @@ use emperor::{
     Change, ChangeKey, ConfigSource, MonitorContext, MonitorHealth, MonitorOptions, Owner,
     VassalSpec,
 };
+use monitors::MonitorArgs;
 use testkit::servers::pg::PgServer;
 use tokio::sync::{mpsc, watch};
 
@@ -34,16 +35,23 @@ impl Drop for Run {
     }
 }
 
-fn opts(freq: Duration, channel: &str) -> MonitorOptions {
-    MonitorOptions {
-        freq,
-        pg_channel: channel.to_string(),
-        ..MonitorOptions::default()
-    }
+/// The settings and the `--emperor-pg-channel` of a monitor under test.
+struct Opts(MonitorOptions, MonitorArgs);
+
+fn opts(freq: Duration, channel: &str) -> Opts {
+    let mut args = MonitorArgs::default();
+    assert!(args.set("emperor-pg-channel", channel).unwrap());
+    Opts(
+        MonitorOptions {
+            freq,
+            ..MonitorOptions::default()
+        },
+        args,
+    )
 }
 
-fn start(url: &str, opts: MonitorOptions) -> Run {
-    let monitor = monitors::build(url, &opts).expect("build pg monitor");
+fn start(url: &str, Opts(opts, args): Opts) -> Run {
+    let monitor = monitors::build_with(url, &opts, &args).expect("build pg monitor");
     let (tx, rx) = mpsc::channel(64);
     let (rescan, rescan_rx) = watch::channel(0);
     let ctx = MonitorContext::new(0, Arc::new(opts), tx, rescan_rx);
@@ -348,13 +356,21 @@ async fn bad_rows_are_skipped_and_the_rest_counts() {
     // a running vassal whose config grows past 65535 bytes keeps its last
     // good config instead of being stopped or truncated
     let before = find(&specs, "good.ini").unwrap().clone();
+    // a witness row comes in the same transaction: the query the NOTIFY
+    // triggers sees the bad edit, and its snapshot differs from the last
+    // one (an unchanged snapshot is not sent again)
     sql(
         &pg,
-        "UPDATE vassals SET config = repeat('z', 70000), ts = now() + interval '1 hour' WHERE name = 'good.ini'",
+        "BEGIN;
+         UPDATE vassals SET config = repeat('z', 70000), ts = now() + interval '1 hour' WHERE name = 'good.ini';
+         INSERT INTO vassals VALUES ('witness.ini', 'W', now());
+         COMMIT;",
     )
     .await;
-    // the NOTIFY triggers a query; its snapshot still carries the old spec
-    let s = run.snapshot_where(Duration::from_secs(3), |_| true).await;
+    // that snapshot still carries the old spec
+    let s = run
+        .snapshot_where(Duration::from_secs(3), |s| find(s, "witness.ini").is_some())
+        .await;
     assert_eq!(find(&s, "good.ini"), Some(&before));
     // fixing the row is taken at once
     sql(
@@ -545,7 +561,7 @@ async fn a_refused_login_is_degraded_and_the_password_never_shows() {
         ),
     ] {
         let o = opts(Duration::from_millis(200), "imperium");
-        let described = monitors::build(&url, &o).unwrap().describe();
+        let described = monitors::build_with(&url, &o.0, &o.1).unwrap().describe();
         assert!(!described.contains(secret), "{described}");
         assert!(described.contains("***"), "{described}");
         let mut run = start(&url, o);

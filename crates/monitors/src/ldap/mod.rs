@@ -19,20 +19,18 @@
 mod entry;
 mod url;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emperor::backoff::Backoff;
-use emperor::{
-    Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, Secret, VassalSpec,
-};
+use emperor::{Monitor, MonitorContext, MonitorError, MonitorOptions, Secret, VassalSpec};
 use futures::future::BoxFuture;
 use ldap3::controls::{RefreshMode, SyncRequest};
 use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, ResultEntry, Scope, SearchEntry};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+
+use crate::session::{self, AbortOnDrop, End, Link, RescanClock, Source, WarnOnce};
 
 pub use self::entry::{parse_csn, parse_generalized_time, parse_stamp};
 pub use self::url::{AttrMap, LdapUrl, Password, DEFAULT_ATTRS, DEFAULT_FILTER, DEFAULT_PORT};
@@ -51,11 +49,40 @@ pub struct LdapMonitor {
 
 impl LdapMonitor {
     /// Parses `url` (the whole `--emperor` value). Bind credentials the URL
-    /// does not give come from `opts` (`ldap_bind_dn`, `ldap_bind_password`).
-    pub fn new(url: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
+    /// does not give come from `opts`.
+    pub fn new(url: &str, opts: &LdapOptions) -> Result<Self, MonitorError> {
         Ok(LdapMonitor {
             url: Arc::new(LdapUrl::parse(url, opts)?),
         })
+    }
+}
+
+/// Builds an ldap:// monitor, with the bind of `--emperor-ldap-binddn` and
+/// `--emperor-ldap-bindpw-file` ([`crate::options`]) when the URL has none.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(LdapMonitor::new(
+        t.url,
+        &LdapOptions::from_args(t.args),
+    )?))
+}
+
+/// The bind an ldap:// monitor falls back to when its URL names none.
+#[derive(Debug, Clone, Default)]
+pub struct LdapOptions {
+    /// The DN to bind as (`bindname=` in the URL wins); `None` binds
+    /// anonymously.
+    pub bind_dn: Option<String>,
+    /// Its password (`x-bindpw=` / `x-bindpw-file=` in the URL win).
+    pub bind_password: Option<Secret>,
+}
+
+impl LdapOptions {
+    /// The options as the command line set them.
+    pub fn from_args(args: &crate::MonitorArgs) -> LdapOptions {
+        LdapOptions {
+            bind_dn: args.text(&crate::options::LDAP_BIND_DN).map(str::to_string),
+            bind_password: args.secret(&crate::options::LDAP_BIND_PASSWORD),
+        }
     }
 }
 
@@ -65,15 +92,13 @@ impl Monitor for LdapMonitor {
     }
 
     fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
-        let cap = ctx.options.freq.max(Duration::from_secs(1));
-        let runner = Runner {
-            shown: self.url.to_string(),
+        let shown = self.url.to_string();
+        let src = LdapSource {
+            shown: shown.clone(),
             url: self.url,
-            warned: BTreeSet::new(),
-            last_health: None,
-            backoff: Backoff::new(Duration::from_millis(100), cap),
+            warned: WarnOnce::default(),
         };
-        Box::pin(runner.run(ctx))
+        Box::pin(session::run(src, ctx, shown, session::RETRY))
     }
 }
 
@@ -114,15 +139,6 @@ enum SourceError {
     Closed { server: String, detail: String },
 }
 
-/// A task that is aborted when this handle is dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// What the content-sync watcher reports.
 enum Push {
     /// An entry or an intermediate (Sync Info) message arrived.
@@ -133,54 +149,24 @@ enum Push {
     Failed(LdapError),
 }
 
-struct Runner {
+struct LdapSource {
     url: Arc<LdapUrl>,
     shown: String,
-    /// (DN, reason) of the entries skipped in the last search, so each is
-    /// logged once while it stays bad.
-    warned: BTreeSet<(String, String)>,
-    last_health: Option<MonitorHealth>,
-    backoff: Backoff,
+    /// (DN, reason) of the entries skipped, so each is logged once while it
+    /// stays bad.
+    warned: WarnOnce<(String, String)>,
 }
 
-impl Runner {
-    async fn run(mut self, mut ctx: MonitorContext) {
-        loop {
-            let err = match self.session(&mut ctx).await {
-                Ok(()) => return,
-                Err(e) => e,
-            };
-            let reason = err.to_string();
-            // one warning per distinct reason; the retries of one outage at debug level
-            if self.last_health != Some(MonitorHealth::Degraded(reason.clone())) {
-                tracing::warn!(monitor = %self.shown, "[emperor] ldap monitor: {reason}; vassals are kept, retrying");
-            } else {
-                tracing::debug!(monitor = %self.shown, "[emperor] ldap monitor: still failing: {reason}");
-            }
-            if !self.set_health(&ctx, MonitorHealth::Degraded(reason)).await {
-                return;
-            }
-            let delay = self.backoff.next_delay();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = ctx.rescan_requested() => {}
-            }
-            if ctx.is_closed() {
-                return;
-            }
+impl Source for LdapSource {
+    async fn session(&mut self, link: &mut Link) -> End {
+        match self.connected_session(link).await {
+            Ok(()) => End::EmperorGone,
+            Err(e) => End::Lost(e.to_string()),
         }
     }
+}
 
-    /// Sends a health change unless it is the one sent last. False once the
-    /// emperor is gone.
-    async fn set_health(&mut self, ctx: &MonitorContext, h: MonitorHealth) -> bool {
-        if self.last_health.as_ref() == Some(&h) {
-            return !ctx.is_closed();
-        }
-        self.last_health = Some(h.clone());
-        ctx.health(h).await
-    }
-
+impl LdapSource {
     fn password(&self) -> Result<Option<Secret>, SourceError> {
         match &self.url.password {
             None => Ok(None),
@@ -198,10 +184,10 @@ impl Runner {
     /// when the directory cannot be read any more.
     #[allow(
         clippy::too_many_lines,
-        reason = "one LDAP sync session: connect, search, refresh, persist"
+        reason = "one LDAP sync session: connect, bind, search, refresh, persist"
     )]
-    async fn session(&mut self, ctx: &mut MonitorContext) -> Result<(), SourceError> {
-        let opts = ctx.options.clone();
+    async fn connected_session(&mut self, link: &mut Link) -> Result<(), SourceError> {
+        let opts = link.options().clone();
         let op_timeout = opts.freq.max(Duration::from_secs(10));
         let server = self.url.server();
         let settings = LdapConnSettings::new().set_conn_timeout(CONNECT_TIMEOUT);
@@ -211,7 +197,7 @@ impl Runner {
                 server: server.clone(),
                 source: Box::new(source),
             })?;
-        let mut driver = AbortOnDrop(tokio::spawn(conn.drive()));
+        let mut driver = AbortOnDrop::spawn(conn.drive());
 
         if let Some(dn) = &self.url.bind_dn {
             let pw = self.password()?;
@@ -229,11 +215,11 @@ impl Runner {
         let (push_tx, mut push_rx) = mpsc::channel(64);
         let mut watcher = None;
         if self.sync_supported(&mut ldap, op_timeout).await {
-            watcher = Some(AbortOnDrop(tokio::spawn(watch(
+            watcher = Some(AbortOnDrop::spawn(watch(
                 ldap.clone(),
                 self.url.clone(),
                 push_tx,
-            ))));
+            )));
             // The first snapshot is read once the refresh phase is over, so
             // every later change arrives as a pushed message.
             let refreshed = tokio::time::timeout(op_timeout, async {
@@ -271,7 +257,7 @@ impl Runner {
             );
         }
 
-        if !self.poll(&mut ldap, ctx, op_timeout).await? {
+        if !self.poll(&mut ldap, link, op_timeout).await? {
             return Ok(());
         }
         tracing::info!(
@@ -279,18 +265,18 @@ impl Runner {
             push = watcher.is_some(),
             "[emperor] ldap monitor connected"
         );
-        if !self.set_health(ctx, MonitorHealth::Connected).await {
+        if !link.connected().await {
             return Ok(());
         }
-        self.backoff.reset();
 
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + opts.freq, opts.freq);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = RescanClock::new(opts.freq);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = ctx.rescan_requested() => {}
-                r = &mut driver.0 => {
+                rescan = link.rescan_requested() => if !rescan {
+                    return Ok(());
+                },
+                r = &mut driver => {
                     let detail = match r {
                         Ok(Ok(())) => String::new(),
                         Ok(Err(e)) => format!(": {e}"),
@@ -327,7 +313,7 @@ impl Runner {
                     }
                 }
             }
-            if !self.poll(&mut ldap, ctx, op_timeout).await? {
+            if !self.poll(&mut ldap, link, op_timeout).await? {
                 return Ok(());
             }
         }
@@ -370,7 +356,7 @@ impl Runner {
     async fn poll(
         &mut self,
         ldap: &mut Ldap,
-        ctx: &MonitorContext,
+        link: &mut Link,
         op_timeout: Duration,
     ) -> Result<bool, SourceError> {
         let url = self.url.clone();
@@ -383,8 +369,8 @@ impl Runner {
                 base: url.base.clone(),
                 source: Box::new(source),
             })?;
-        let specs = self.specs(entries, &ctx.options);
-        Ok(ctx.send_if_changed(specs).await)
+        let specs = self.specs(entries, link.options());
+        Ok(link.snapshot(specs).await)
     }
 
     /// The vassals of one search result; bad entries are logged (once while
@@ -396,12 +382,12 @@ impl Runner {
             .collect();
         entries.sort_by(|a, b| a.dn.cmp(&b.dn));
         let mut by_name: BTreeMap<String, (String, VassalSpec)> = BTreeMap::new();
-        let mut refused = BTreeSet::new();
+        let mut refused = Vec::new();
         for e in entries {
             match e.spec(&self.url.attrs, self.url.key_attr.as_deref(), opts) {
                 Ok(spec) => match by_name.get(spec.name.as_str()) {
                     Some((first, _)) => {
-                        refused.insert((
+                        refused.push((
                             e.dn,
                             format!(
                                 "vassal name {} is already used by {first}",
@@ -414,14 +400,16 @@ impl Runner {
                     }
                 },
                 Err(why) => {
-                    refused.insert((e.dn, why));
+                    refused.push((e.dn, why));
                 }
             }
         }
-        for (dn, why) in refused.difference(&self.warned) {
-            tracing::warn!(monitor = %self.shown, dn = %dn, "[emperor] ldap monitor: skipping entry {dn}: {why}");
+        for (dn, why) in refused {
+            if self.warned.is_new((dn.clone(), why.clone())) {
+                tracing::warn!(monitor = %self.shown, dn = %dn, "[emperor] ldap monitor: skipping entry {dn}: {why}");
+            }
         }
-        self.warned = refused;
+        self.warned.end_pass();
         by_name.into_values().map(|(_, spec)| spec).collect()
     }
 }

@@ -21,7 +21,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use emperor::{MonitorError, MonitorOptions, Secret};
+use emperor::{MonitorError, Secret};
+
+use super::LdapOptions;
+
+use crate::session::{mask_userinfo, Userinfo, MASK};
 use ldap3::Scope;
 
 /// The default filter: every entry of the shipped object class.
@@ -107,7 +111,7 @@ fn bad(url: &str, reason: impl Into<String>) -> MonitorError {
 impl LdapUrl {
     /// Parses `url` (the whole `--emperor` value); `opts` supplies bind
     /// credentials the URL does not name.
-    pub fn parse(url: &str, opts: &MonitorOptions) -> Result<LdapUrl, MonitorError> {
+    pub fn parse(url: &str, opts: &LdapOptions) -> Result<LdapUrl, MonitorError> {
         let rest = url
             .strip_prefix("ldap://")
             .ok_or_else(|| bad(url, "an ldap:// URL must start with ldap://"))?;
@@ -163,10 +167,10 @@ impl LdapUrl {
         };
         me.parse_extensions(url, part(4))?;
         if me.bind_dn.is_none() {
-            me.bind_dn = opts.ldap_bind_dn.clone().filter(|d| !d.is_empty());
+            me.bind_dn = opts.bind_dn.clone().filter(|d| !d.is_empty());
         }
         if me.password.is_none() {
-            me.password = opts.ldap_bind_password.clone().map(Password::Inline);
+            me.password = opts.bind_password.clone().map(Password::Inline);
         }
         if me.password.is_some() && me.bind_dn.is_none() {
             return Err(bad(
@@ -289,7 +293,7 @@ impl fmt::Display for LdapUrl {
             exts.push(format!("bindname={dn}"));
         }
         match &self.password {
-            Some(Password::Inline(_)) => exts.push("x-bindpw=***".to_string()),
+            Some(Password::Inline(_)) => exts.push(format!("x-bindpw={MASK}")),
             Some(Password::File(p)) => exts.push(format!("x-bindpw-file={}", p.display())),
             None => {}
         }
@@ -307,16 +311,7 @@ impl fmt::Display for LdapUrl {
 /// (for error messages about a URL that did not parse).
 pub fn redact(url: &str) -> String {
     // user info (not valid in ldap:// URLs, but someone will try it)
-    let url = &match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let end = rest.find('/').unwrap_or(rest.len());
-            match rest[..end].rfind('@') {
-                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                None => url.to_string(),
-            }
-        }
-        None => url.to_string(),
-    };
+    let url = &mask_userinfo(url, Userinfo::HideAll);
     let Some(q) = url.find('?') else {
         return url.to_string();
     };
@@ -332,7 +327,7 @@ pub fn redact(url: &str) -> String {
                     let k = e.trim_start_matches('!');
                     match k.split_once('=') {
                         Some((kind, _)) if kind.eq_ignore_ascii_case("x-bindpw") => {
-                            format!("{}=***", &e[..e.len() - k.len() + kind.len()])
+                            format!("{}={MASK}", &e[..e.len() - k.len() + kind.len()])
                         }
                         _ => e.to_string(),
                     }
@@ -456,7 +451,7 @@ mod tests {
     use super::*;
 
     fn parse(u: &str) -> Result<LdapUrl, MonitorError> {
-        LdapUrl::parse(u, &MonitorOptions::default())
+        LdapUrl::parse(u, &LdapOptions::default())
     }
 
     #[test]
@@ -505,10 +500,9 @@ mod tests {
 
     #[test]
     fn credentials_from_options_and_url_wins() {
-        let opts = MonitorOptions {
-            ldap_bind_dn: Some("cn=opt,dc=x".into()),
-            ldap_bind_password: Some(Secret::new("optpw")),
-            ..MonitorOptions::default()
+        let opts = LdapOptions {
+            bind_dn: Some("cn=opt,dc=x".into()),
+            bind_password: Some(Secret::new("optpw")),
         };
         let u = LdapUrl::parse("ldap://h/dc=x", &opts).unwrap();
         assert_eq!(u.bind_dn.as_deref(), Some("cn=opt,dc=x"));

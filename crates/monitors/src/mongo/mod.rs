@@ -3,7 +3,7 @@
 //!
 //! Each pass is one query for the whole set (`find(filter)` with the
 //! projection `{name, config, ts, uid, gid, socket}`), sent to the emperor as
-//! a [`Change::Snapshot`]: a document that no longer matches the filter, or
+//! a [`emperor::Change::Snapshot`]: a document that no longer matches the filter, or
 //! is deleted, stops its vassal; a larger `ts` reloads it.
 //!
 //! When the server offers change streams (a replica set, even of one node),
@@ -30,10 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bson::{doc, Document, RawDocumentBuf};
-use emperor::backoff::Backoff;
 use emperor::{
-    Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, VassalName,
-    VassalSpec,
+    Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, VassalName, VassalSpec,
 };
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
@@ -45,14 +43,12 @@ use tokio::sync::mpsc;
 
 pub use url::{MongoUrl, UrlForm};
 
+use crate::session::{self, AbortOnDrop, End, Link, RescanClock, Source, WarnOnce};
+
 /// How long to wait for a reachable server before an operation fails (the
 /// driver's default is 30 s; uWSGI uses its 4 s socket timeout). A
 /// connection string's own `serverSelectionTimeoutMS` / `connectTimeoutMS` win.
 pub const SERVER_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// First and largest delay between reconnection attempts.
-const BACKOFF_BASE: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 
 /// Server error codes that mean "this server has no change streams":
 /// 40573 ($changeStream only on replica sets), 40324 (unknown pipeline
@@ -81,6 +77,11 @@ impl MongoMonitor {
     }
 }
 
+/// Builds a mongodb:// or mongodb2:// monitor.
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    Ok(Box::new(MongoMonitor::new(t.url)?))
+}
+
 impl Monitor for MongoMonitor {
     fn describe(&self) -> String {
         self.url.shown.clone()
@@ -98,26 +99,14 @@ enum Mode {
     Polling,
 }
 
-/// Why a session ended.
-enum End {
-    /// The emperor is gone: stop.
-    EmperorGone,
-    /// The change stream closed cleanly (collection dropped or renamed): open it again.
-    StreamClosed,
-    /// Reading the source failed: degrade, back off, reconnect.
-    Failed(String),
-}
-
 /// What survives from one session to the next.
 struct State {
     url: MongoUrl,
     coll: Collection<RawDocumentBuf>,
-    /// None = not yet known, Some(true) = connected, Some(false) = degraded.
-    healthy: Option<bool>,
     mode: Option<Mode>,
     token: Arc<Mutex<Option<ResumeToken>>>,
-    /// The skipped documents warned about in the last pass (warned once).
-    warned: HashSet<String>,
+    /// The skipped documents warned about (once while they stay bad).
+    warned: WarnOnce<String>,
 }
 
 async fn client(url: &MongoUrl) -> Result<Client, DriverError> {
@@ -132,7 +121,7 @@ async fn client(url: &MongoUrl) -> Result<Client, DriverError> {
     Client::with_options(o)
 }
 
-async fn run(url: MongoUrl, mut ctx: MonitorContext) {
+async fn run(url: MongoUrl, ctx: MonitorContext) {
     let client = match client(&url).await {
         Ok(c) => c,
         Err(e) => {
@@ -145,109 +134,97 @@ async fn run(url: MongoUrl, mut ctx: MonitorContext) {
     let coll = client
         .database(&url.database)
         .collection::<RawDocumentBuf>(&url.collection);
-    let mut state = State {
+    let shown = url.shown.clone();
+    let state = State {
         url,
         coll,
-        healthy: None,
         mode: None,
         token: Arc::new(Mutex::new(None)),
-        warned: HashSet::new(),
+        warned: WarnOnce::default(),
     };
-    let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
-    loop {
-        match session(&mut state, &mut ctx, &mut backoff).await {
-            End::EmperorGone => return,
-            End::StreamClosed => {
-                tracing::info!(monitor = %state.url.shown, "[emperor-mongodb] change stream closed (collection dropped or renamed?); reopening");
-                state.token.lock().unwrap_or_else(|p| p.into_inner()).take();
-                tokio::time::sleep(BACKOFF_BASE).await;
-            }
-            End::Failed(reason) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(
-                    monitor = %state.url.shown,
-                    attempt = backoff.attempts(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "[emperor-mongodb] ERROR({}.{}): {reason}; running vassals are kept",
-                    state.url.database,
-                    state.url.collection,
-                );
-                if state.healthy != Some(false) {
-                    state.healthy = Some(false);
-                    if !ctx.health(MonitorHealth::Degraded(reason)).await {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.rescan_requested() => {}
-                }
-                if ctx.is_closed() {
-                    return;
+    session::run(state, ctx, shown, session::RETRY).await
+}
+
+/// Why a change-stream stretch ended.
+enum Stretch {
+    /// The session ends.
+    End(End),
+    /// The change stream closed cleanly (collection dropped or renamed): open it again.
+    StreamClosed,
+}
+
+impl Source for State {
+    async fn session(&mut self, link: &mut Link) -> End {
+        loop {
+            match self.stretch(link).await {
+                Stretch::End(end) => return end,
+                Stretch::StreamClosed => {
+                    tracing::info!(monitor = %self.url.shown, "[emperor-mongodb] change stream closed (collection dropped or renamed?); reopening");
+                    self.token.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    tokio::time::sleep(session::RETRY.first).await;
                 }
             }
         }
     }
 }
 
-/// One connected stretch: find out the mode, sync, then follow changes
-/// until something fails.
-async fn session(state: &mut State, ctx: &mut MonitorContext, backoff: &mut Backoff) -> End {
-    let opts = ctx.options.clone();
-    let mut watcher = match open_stream(state).await {
-        Ok(w) => w,
-        Err(e) => return End::Failed(e),
-    };
-    let mode = if watcher.is_some() {
-        Mode::ChangeStream
-    } else {
-        Mode::Polling
-    };
-    if state.mode != Some(mode) {
-        state.mode = Some(mode);
-        match mode {
-            Mode::ChangeStream => tracing::info!(
-                monitor = %state.url.shown,
-                "[emperor-mongodb] watching {}.{} with a change stream (changes act at once; full pass every {:?})",
-                state.url.database, state.url.collection, opts.freq
-            ),
-            Mode::Polling => tracing::info!(
-                monitor = %state.url.shown,
-                "[emperor-mongodb] the server offers no change streams (not a replica set): polling {}.{} every {:?}",
-                state.url.database, state.url.collection, opts.freq
-            ),
-        }
-    }
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + opts.freq, opts.freq);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let specs = match pass(state, &opts).await {
-            Ok(specs) => specs,
-            Err(e) => return End::Failed(e),
+impl State {
+    /// One connected stretch: find out the mode, sync, then follow changes
+    /// until something fails.
+    async fn stretch(&mut self, link: &mut Link) -> Stretch {
+        let lost = |reason| Stretch::End(End::Lost(reason));
+        let freq = link.options().freq;
+        let mut watcher = match open_stream(self).await {
+            Ok(w) => w,
+            Err(e) => return lost(e),
         };
-        if state.healthy != Some(true) {
-            state.healthy = Some(true);
-            backoff.reset();
-            tracing::info!(monitor = %state.url.shown, vassals = specs.len(), "[emperor-mongodb] connected");
-            if !ctx.health(MonitorHealth::Connected).await {
-                return End::EmperorGone;
+        let mode = if watcher.is_some() {
+            Mode::ChangeStream
+        } else {
+            Mode::Polling
+        };
+        if self.mode != Some(mode) {
+            self.mode = Some(mode);
+            match mode {
+                Mode::ChangeStream => tracing::info!(
+                    monitor = %self.url.shown,
+                    "[emperor-mongodb] watching {}.{} with a change stream (changes act at once; full pass every {:?})",
+                    self.url.database, self.url.collection, freq
+                ),
+                Mode::Polling => tracing::info!(
+                    monitor = %self.url.shown,
+                    "[emperor-mongodb] the server offers no change streams (not a replica set): polling {}.{} every {:?}",
+                    self.url.database, self.url.collection, freq
+                ),
             }
         }
-        if !ctx.send(Change::Snapshot(specs)).await {
-            return End::EmperorGone;
-        }
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = ctx.rescan_requested() => {}
-            signal = async {
-                match watcher.as_mut() {
-                    Some(w) => w.next().await,
-                    None => std::future::pending().await,
+        let mut ticker = RescanClock::new(freq);
+        loop {
+            let specs = match pass(self, link.options()).await {
+                Ok(specs) => specs,
+                Err(e) => return lost(e),
+            };
+            if !link.is_connected() {
+                tracing::info!(monitor = %self.url.shown, vassals = specs.len(), "[emperor-mongodb] connected");
+            }
+            if !link.connected().await || !link.snapshot(specs).await {
+                return Stretch::End(End::EmperorGone);
+            }
+            tokio::select! {
+                _ = ticker.tick() => {}
+                rescan = link.rescan_requested() => if !rescan {
+                    return Stretch::End(End::EmperorGone);
+                },
+                signal = async {
+                    match watcher.as_mut() {
+                        Some(w) => w.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match signal {
+                    Signal::Changed => {}
+                    Signal::Closed => return Stretch::StreamClosed,
+                    Signal::Failed(e) => return lost(format!("change stream: {e}")),
                 }
-            } => match signal {
-                Signal::Changed => {}
-                Signal::Closed => return End::StreamClosed,
-                Signal::Failed(e) => return End::Failed(format!("change stream: {e}")),
             }
         }
     }
@@ -308,7 +285,7 @@ enum Signal {
 /// pending signal (a burst of writes is one pass).
 struct Watcher {
     rx: mpsc::Receiver<Signal>,
-    task: tokio::task::JoinHandle<()>,
+    _task: AbortOnDrop<()>,
 }
 
 impl Watcher {
@@ -319,7 +296,7 @@ impl Watcher {
         token: Arc<Mutex<Option<ResumeToken>>>,
     ) -> Watcher {
         let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(async move {
+        let task = AbortOnDrop::spawn(async move {
             let save = |stream: &mongodb::change_stream::ChangeStream<_>| {
                 if let Some(t) = stream.resume_token() {
                     *token.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
@@ -348,7 +325,7 @@ impl Watcher {
                 return;
             }
         });
-        Watcher { rx, task }
+        Watcher { rx, _task: task }
     }
 
     async fn next(&mut self) -> Signal {
@@ -356,12 +333,6 @@ impl Watcher {
             .recv()
             .await
             .unwrap_or_else(|| Signal::Failed("change stream reader stopped".to_string()))
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -380,7 +351,7 @@ async fn pass(state: &mut State, opts: &MonitorOptions) -> Result<Vec<VassalSpec
         .map_err(|e| format!("query failed: {}", e.kind))?;
     let mut specs = Vec::new();
     let mut names: HashSet<VassalName> = HashSet::new();
-    let mut skipped: HashSet<String> = HashSet::new();
+    let mut skipped: Vec<String> = Vec::new();
     while let Some(raw) = cursor
         .try_next()
         .await
@@ -395,26 +366,28 @@ async fn pass(state: &mut State, opts: &MonitorOptions) -> Result<Vec<VassalSpec
                     .flatten()
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_else(|| "?".to_string());
-                skipped.insert(format!("document _id {id}: unreadable BSON: {e}"));
+                skipped.push(format!("document _id {id}: unreadable BSON: {e}"));
                 continue;
             }
         };
         match document::spec_from_document(&doc, opts) {
             Ok(spec) if !names.insert(spec.name.clone()) => {
-                skipped.insert(format!(
+                skipped.push(format!(
                     "document {}: another document with this name came first",
                     document::label(&doc)
                 ));
             }
             Ok(spec) => specs.push(spec),
             Err(reason) => {
-                skipped.insert(format!("document {}: {reason}", document::label(&doc)));
+                skipped.push(format!("document {}: {reason}", document::label(&doc)));
             }
         }
     }
-    for s in skipped.difference(&state.warned) {
-        tracing::warn!(monitor = %state.url.shown, "[emperor-mongodb] skipping {s}");
+    for s in skipped {
+        if state.warned.is_new(s.clone()) {
+            tracing::warn!(monitor = %state.url.shown, "[emperor-mongodb] skipping {s}");
+        }
     }
-    state.warned = skipped;
+    state.warned.end_pass();
     Ok(specs)
 }

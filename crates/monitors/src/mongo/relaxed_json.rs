@@ -11,16 +11,26 @@ use bson::{Bson, Document};
 /// Why a filter could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
+    /// A string that never ends (where it starts).
     #[error("unterminated string starting at byte {0}")]
     UnterminatedString(usize),
     #[error(
         "unexpected word {word:?} at byte {at} (only keys may be unquoted; values need quotes)"
     )]
-    BareWord { word: String, at: usize },
+    /// An unquoted word where a value belongs.
+    BareWord {
+        /// The word.
+        word: String,
+        /// Its byte offset.
+        at: usize,
+    },
+    /// Not JSON once keys are quoted (the parser's message).
     #[error("not valid JSON: {0}")]
     Json(String),
+    /// JSON, but not Extended JSON the driver accepts (its message).
     #[error("not valid MongoDB Extended JSON: {0}")]
     ExtJson(String),
+    /// Not a JSON object.
     #[error("the filter must be a JSON object, like {{enabled: 1}}")]
     NotAnObject,
 }

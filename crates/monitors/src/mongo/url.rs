@@ -19,6 +19,7 @@ use bson::Document;
 use mongodb::options::{ConnectionString, Credential};
 
 use super::relaxed_json::parse_filter;
+use crate::session::{mask_userinfo, Userinfo, MASK};
 
 /// uWSGI's default address.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:27017";
@@ -228,7 +229,7 @@ fn parse_keyvalue(rest: &str) -> Result<MongoUrl, String> {
         shown.push_str(&format!(",database={db}"));
     }
     if let Some(u) = &username {
-        shown.push_str(&format!(",username={u},password=***"));
+        shown.push_str(&format!(",username={u},password={MASK}"));
     }
     Ok(MongoUrl {
         form: UrlForm::UwsgiKeyValue,
@@ -278,25 +279,7 @@ fn parse_connection_string(rest: &str) -> Result<MongoUrl, String> {
 
 /// `mongodb://user:secret@host/` -> `mongodb://user:***@host/`.
 pub fn mask_password(conn: &str) -> String {
-    let Some((scheme, rest)) = conn.split_once("://") else {
-        return conn.to_string();
-    };
-    // userinfo ends at the last '@' before the path
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                user.to_string()
-            };
-            format!("{scheme}://{masked}{}", &rest[at..])
-        }
-        None => conn.to_string(),
-    }
+    mask_userinfo(conn, Userinfo::KeepUser)
 }
 
 #[cfg(test)]

@@ -6,10 +6,10 @@
 //! connects, every `--emperor-freq`, on a rescan request, and at once when
 //! a notification arrives on the channel `--emperor-pg-channel` (default
 //! `imperium`; empty turns LISTEN off). Each successful query becomes one
-//! [`Change::Snapshot`]; rows are read by [`rows`].
+//! [`emperor::Change::Snapshot`]; rows are read by [`rows`].
 //!
 //! A database that is down, refuses the login or fails the query is a
-//! [`MonitorHealth::Degraded`] change: running vassals are left alone, the
+//! [`emperor::MonitorHealth::Degraded`] change: running vassals are left alone, the
 //! monitor reconnects with capped backoff and sends a fresh snapshot once
 //! the query works again. See docs/monitors/pg.md.
 
@@ -19,8 +19,7 @@ pub mod url;
 use std::str::FromStr;
 use std::time::Duration;
 
-use emperor::backoff::Backoff;
-use emperor::{Change, Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions};
+use emperor::{Monitor, MonitorContext, MonitorError, MonitorOptions, VassalSpec};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -28,6 +27,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
 use self::rows::{check_columns, RowReader};
 use self::url::{quote_ident, PgUrl};
+use crate::session::{self, AbortOnDrop, End, Link, RescanClock, Source};
 
 /// The per-attempt TCP connect timeout, unless the conninfo sets one.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,22 +35,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest the query may take before the connection is given up.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The first reconnect delay.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// The longest reconnect delay.
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// The pg:// monitor.
 pub struct PgMonitor {
     url: PgUrl,
     config: tokio_postgres::Config,
+    channel: String,
 }
 
 impl PgMonitor {
     /// `url` is the whole `--emperor` value, `rest` what follows `pg://`.
     /// A conninfo that cannot be parsed is a start-up error (its text is
     /// not repeated in the error, so no password leaks).
-    pub fn new(url: &str, rest: &str, _opts: &MonitorOptions) -> Result<Self, MonitorError> {
+    /// `channel` is the LISTEN channel (empty: no LISTEN).
+    pub fn new(url: &str, rest: &str, channel: &str) -> Result<Self, MonitorError> {
         let parsed = PgUrl::parse(rest).map_err(|e| MonitorError::BadUrl {
             url: PgUrl::parse(rest)
                 .map(|u| u.describe())
@@ -79,6 +77,7 @@ impl PgMonitor {
         Ok(PgMonitor {
             url: parsed,
             config,
+            channel: channel.to_string(),
         })
     }
 }
@@ -175,6 +174,19 @@ fn redact_whole(url: &str) -> String {
     )
 }
 
+/// Builds a pg:// monitor; `--emperor-pg-channel` is
+/// [`crate::options::PG_CHANNEL`] (default [`DEFAULT_CHANNEL`]).
+pub(crate) fn build(t: &crate::Target<'_>) -> Result<Box<dyn Monitor>, MonitorError> {
+    let channel = t
+        .args
+        .text(&crate::options::PG_CHANNEL)
+        .unwrap_or(DEFAULT_CHANNEL);
+    Ok(Box::new(PgMonitor::new(t.url, t.rest, channel)?))
+}
+
+/// The LISTEN channel when `--emperor-pg-channel` is not given.
+pub const DEFAULT_CHANNEL: &str = "imperium";
+
 impl Monitor for PgMonitor {
     fn describe(&self) -> String {
         self.url.describe()
@@ -182,28 +194,15 @@ impl Monitor for PgMonitor {
 
     fn run(self: Box<Self>, ctx: MonitorContext) -> BoxFuture<'static, ()> {
         let this = *self;
-        Box::pin(async move {
-            let described = this.url.describe();
-            let mut runner = Runner {
-                config: this.config,
-                query: this.url.query,
-                described,
-                reader: RowReader::default(),
-                health: None,
-                backoff: Backoff::new(BACKOFF_BASE, BACKOFF_CAP),
-                ctx,
-            };
-            runner.run().await
-        })
+        let shown = this.url.describe();
+        let src = PgSource {
+            config: this.config,
+            query: this.url.query,
+            channel: this.channel,
+            reader: RowReader::default(),
+        };
+        Box::pin(session::run(src, ctx, shown, session::RETRY))
     }
-}
-
-/// Why a session (one connection) ended.
-enum SessionEnd {
-    /// The emperor stopped listening: the monitor returns.
-    EmperorGone,
-    /// The connection could not be made or was lost.
-    Lost(String),
 }
 
 /// What the connection task tells the session.
@@ -214,145 +213,93 @@ enum ConnEvent {
     Closed(String),
 }
 
-/// Aborts a task when dropped (the connection task of a session).
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Runner {
+struct PgSource {
     config: tokio_postgres::Config,
     query: String,
-    described: String,
+    /// The LISTEN channel (`--emperor-pg-channel`); empty: no LISTEN.
+    channel: String,
     reader: RowReader,
-    /// The health last reported (`None` before the first report).
-    health: Option<MonitorHealth>,
-    backoff: Backoff,
-    ctx: MonitorContext,
 }
 
-impl Runner {
-    async fn run(&mut self) {
-        loop {
-            let reason = match self.session().await {
-                SessionEnd::EmperorGone => return,
-                SessionEnd::Lost(reason) => reason,
-            };
-            if !self.degraded(reason).await {
-                return;
-            }
-            let delay = self.backoff.next_delay();
-            tracing::debug!(monitor = %self.described, ?delay, "reconnecting after a delay");
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.ctx.rescan_requested() => {}
-            }
-            if self.ctx.is_closed() {
-                return;
-            }
-        }
-    }
-
-    /// Reports `Degraded(reason)` once per outage. False when the emperor is gone.
-    async fn degraded(&mut self, reason: String) -> bool {
-        if matches!(self.health, Some(MonitorHealth::Degraded(_))) {
-            tracing::debug!(monitor = %self.described, %reason, "still degraded");
-            return true;
-        }
-        tracing::debug!(monitor = %self.described, %reason, "degraded: running vassals are kept");
-        let h = MonitorHealth::Degraded(reason);
-        self.health = Some(h.clone());
-        self.ctx.health(h).await
-    }
-
-    async fn connected(&mut self) -> bool {
-        if self.health == Some(MonitorHealth::Connected) {
-            return true;
-        }
-        self.health = Some(MonitorHealth::Connected);
-        self.ctx.health(MonitorHealth::Connected).await
-    }
-
+impl Source for PgSource {
     /// Connects, LISTENs, and queries until the connection is lost.
-    async fn session(&mut self) -> SessionEnd {
-        let setup = tokio::time::timeout(SESSION_SETUP_TIMEOUT, self.connect()).await;
+    async fn session(&mut self, link: &mut Link) -> End {
+        let setup = tokio::time::timeout(SESSION_SETUP_TIMEOUT, self.connect(link.shown())).await;
         let (client, mut events, _conn_task) = match setup {
             Ok(Ok(c)) => c,
-            Ok(Err(reason)) => return SessionEnd::Lost(reason),
+            Ok(Err(reason)) => return End::Lost(reason),
             Err(_) => {
-                return SessionEnd::Lost(format!(
+                return End::Lost(format!(
                     "connecting took longer than {} s",
                     SESSION_SETUP_TIMEOUT.as_secs()
                 ))
             }
         };
-        let freq = self.ctx.options.freq;
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + freq, freq);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = RescanClock::new(link.options().freq);
         loop {
             // notifications that arrived up to now are covered by this query
             loop {
                 match events.try_recv() {
                     Ok(ConnEvent::Notified) => {}
-                    Ok(ConnEvent::Closed(reason)) => return SessionEnd::Lost(reason),
+                    Ok(ConnEvent::Closed(reason)) => return End::Lost(reason),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
-                        return SessionEnd::Lost("the connection ended".to_string())
+                        return End::Lost("the connection ended".to_string())
                     }
                 }
             }
-            match tokio::time::timeout(QUERY_TIMEOUT, self.query(&client)).await {
+            let query = self.query(&client, link.options(), link.shown());
+            match tokio::time::timeout(QUERY_TIMEOUT, query).await {
                 Err(_) => {
-                    return SessionEnd::Lost(format!(
+                    return End::Lost(format!(
                         "the query took longer than {} s",
                         QUERY_TIMEOUT.as_secs()
                     ))
                 }
-                Ok(Err(QueryError::Connection(reason))) => return SessionEnd::Lost(reason),
+                Ok(Err(QueryError::Connection(reason))) => return End::Lost(reason),
                 Ok(Err(QueryError::Result(reason))) => {
                     // the connection works but the query or its result does
                     // not: keep the connection and retry on the next trigger
-                    if !self.degraded(reason).await {
-                        return SessionEnd::EmperorGone;
+                    tracing::debug!(monitor = %link.shown(), %reason, "degraded: running vassals are kept");
+                    if !link.degraded(reason).await {
+                        return End::EmperorGone;
                     }
                 }
-                Ok(Ok(snapshot)) => {
-                    self.backoff.reset();
-                    if !self.connected().await || !self.ctx.send(snapshot).await {
-                        return SessionEnd::EmperorGone;
+                Ok(Ok(specs)) => {
+                    if !link.connected().await || !link.snapshot(specs).await {
+                        return End::EmperorGone;
                     }
                 }
             }
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = self.ctx.rescan_requested() => {}
+                rescan = link.rescan_requested() => if !rescan {
+                    return End::EmperorGone;
+                },
                 ev = events.recv() => match ev {
                     Some(ConnEvent::Notified) => {}
-                    Some(ConnEvent::Closed(reason)) => return SessionEnd::Lost(reason),
-                    None => return SessionEnd::Lost("the connection ended".to_string()),
+                    Some(ConnEvent::Closed(reason)) => return End::Lost(reason),
+                    None => return End::Lost("the connection ended".to_string()),
                 },
-            }
-            if self.ctx.is_closed() {
-                return SessionEnd::EmperorGone;
             }
         }
     }
+}
 
+impl PgSource {
     /// Opens the connection, starts its task and LISTENs on the channel.
     async fn connect(
         &self,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<ConnEvent>, AbortOnDrop), String> {
+        shown: &str,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<ConnEvent>, AbortOnDrop<()>), String> {
         let (client, mut connection) = self
             .config
             .connect(NoTls)
             .await
             .map_err(|e| format!("cannot connect: {}", error_text(&e)))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let described = self.described.clone();
-        let task = tokio::spawn(async move {
+        let described = shown.to_string();
+        let guard = AbortOnDrop::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
             let reason = loop {
                 match messages.next().await {
@@ -372,20 +319,24 @@ impl Runner {
             };
             let _ = tx.send(ConnEvent::Closed(reason));
         });
-        let guard = AbortOnDrop(task.abort_handle());
-        let channel = &self.ctx.options.pg_channel;
+        let channel = &self.channel;
         if !channel.is_empty() {
             client
                 .batch_execute(&format!("LISTEN {}", quote_ident(channel)))
                 .await
                 .map_err(|e| format!("LISTEN {channel} failed: {}", error_text(&e)))?;
         }
-        tracing::debug!(monitor = %self.described, channel = %channel, "connected");
+        tracing::debug!(monitor = %shown, channel = %channel, "connected");
         Ok((client, rx, guard))
     }
 
     /// Runs the query and turns its last result into a snapshot.
-    async fn query(&mut self, client: &Client) -> Result<Change, QueryError> {
+    async fn query(
+        &mut self,
+        client: &Client,
+        opts: &MonitorOptions,
+        shown: &str,
+    ) -> Result<Vec<VassalSpec>, QueryError> {
         let messages = client.simple_query(&self.query).await.map_err(|e| {
             let text = format!("query failed: {}", error_text(&e));
             if client.is_closed() || e.code().is_none() {
@@ -420,10 +371,7 @@ impl Runner {
             .iter()
             .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
             .collect();
-        let specs = self
-            .reader
-            .snapshot(&cells, &self.ctx.options.extensions, &self.described);
-        Ok(Change::Snapshot(specs))
+        Ok(self.reader.snapshot(&cells, &opts.extensions, shown))
     }
 }
 

@@ -6,10 +6,12 @@
 //! are not keeps the vassal on the last spec this monitor accepted for that
 //! name, so a bad edit never stops a running vassal.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use emperor::protocol::{check_config, ConfigPipeError};
 use emperor::{ChangeKey, Extensions, NameError, NamePolicy, Owner, VassalName, VassalSpec};
+
+use crate::session::WarnOnce;
 
 /// The fewest columns a result may have (name, config, ts).
 pub const MIN_COLUMNS: usize = 3;
@@ -20,8 +22,10 @@ pub const MAX_COLUMNS: usize = 6;
 /// the vassals, so the monitor reports itself degraded instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResultError {
+    /// Fewer than 3 or more than 6 columns (the count).
     #[error("the query returns {0} columns; pg:// needs 3 to 6 (name, config, ts[, uid, gid[, socket]])")]
     ColumnCount(usize),
+    /// 4 columns: a uid without its gid.
     #[error("the query returns 4 columns: a uid column needs a gid column beside it (name, config, ts, uid, gid[, socket])")]
     UidWithoutGid,
 }
@@ -29,18 +33,25 @@ pub enum ResultError {
 /// Why one row was skipped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowError {
+    /// The name is NULL.
     #[error("the name column is NULL")]
     NullName,
+    /// The name is not a valid vassal name.
     #[error(transparent)]
     Name(#[from] NameError),
+    /// The config is NULL.
     #[error("the config column is NULL")]
     NullConfig,
+    /// The config cannot go over the config pipe (too large, a NUL byte).
     #[error(transparent)]
     Config(#[from] ConfigPipeError),
+    /// The ts is NULL.
     #[error("the ts column is NULL")]
     NullTs,
+    /// The ts is neither seconds since the epoch nor a date (the text).
     #[error("the ts column {0:?} is not a number of seconds since the epoch, nor an ISO date or timestamp (select EXTRACT(epoch FROM ts))")]
     BadTs(String),
+    /// uid and gid are not both NULL or both numbers (their texts).
     #[error("the uid/gid columns {0:?}/{1:?} are not both NULL or both numbers")]
     BadOwner(Option<String>, Option<String>),
 }
@@ -176,7 +187,7 @@ pub fn row_to_spec(
 #[derive(Debug, Default)]
 pub struct RowReader {
     last_good: HashMap<VassalName, VassalSpec>,
-    warned: HashSet<String>,
+    warned: WarnOnce<String>,
 }
 
 impl RowReader {
@@ -226,14 +237,12 @@ impl RowReader {
             }
         }
         // report each bad row once while it stays bad
-        let mut seen = HashSet::with_capacity(warnings.len());
         for w in warnings {
-            if !self.warned.contains(&w) {
+            if self.warned.is_new(w.clone()) {
                 tracing::warn!(monitor = %source, "{w}");
             }
-            seen.insert(w);
         }
-        self.warned = seen;
+        self.warned.end_pass();
         self.last_good = specs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         specs.into_values().collect()
     }

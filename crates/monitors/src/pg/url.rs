@@ -4,8 +4,10 @@
 /// The query uWSGI's emperor_pg runs when the URL has no `;`.
 pub const DEFAULT_QUERY: &str = "SELECT name,config,EXTRACT(epoch FROM ts) FROM vassals";
 
+use crate::session::{mask_userinfo, Userinfo};
+
 /// What replaces a password in [`redact_conninfo`]'s output.
-pub const REDACTED: &str = "***";
+pub const REDACTED: &str = crate::session::MASK;
 
 /// A `pg://` URL split into its parts (the scheme already removed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,8 +23,10 @@ pub struct PgUrl {
 /// Why a `pg://` URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PgUrlError {
+    /// A `;` with nothing after it.
     #[error("the query after ';' is empty (leave out the ';' to use the default query: {DEFAULT_QUERY})")]
     EmptyQuery,
+    /// Nothing before the `;`.
     #[error("the conninfo before ';' is empty (give at least host=... or a postgresql:// URI)")]
     EmptyConninfo,
 }
@@ -84,33 +88,18 @@ pub fn redact_conninfo(conninfo: &str) -> String {
 }
 
 fn redact_uri(uri: &str) -> String {
-    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
-    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(auth_end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, hosts) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:{REDACTED}{hosts}"),
-                None => authority.to_string(),
-            }
-        }
-        None => authority.to_string(),
+    let uri = mask_userinfo(uri, Userinfo::KeepUser);
+    let Some((head, params)) = uri.split_once('?') else {
+        return uri;
     };
-    let tail = match tail.split_once('?') {
-        Some((path, params)) => {
-            let params: Vec<String> = params
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k == "password" => format!("{k}={REDACTED}"),
-                    _ => kv.to_string(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_string(),
-    };
-    format!("{scheme}://{authority}{tail}")
+    let params: Vec<String> = params
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some((k, _)) if k == "password" => format!("{k}={REDACTED}"),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{head}?{}", params.join("&"))
 }
 
 /// Redacts the keyword form: `key = value` pairs separated by spaces, a
