@@ -1,5 +1,5 @@
 //! `amqp://[user:password@]host[:port][/vhost]`: vassals announced on the
-//! `uwsgi.emperor` fanout exchange of an AMQP 0-9-1 broker (reference §4.7).
+//! `uwsgi.emperor` fanout exchange of an AMQP 0-9-1 broker (docs/monitors/amqp.md).
 //!
 //! The monitor declares the fanout exchange `uwsgi.emperor`, binds a private
 //! auto-delete queue to it and consumes with acks. Every emperor bound to the

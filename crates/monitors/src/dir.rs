@@ -1,5 +1,5 @@
 //! `dir://PATH` (and a bare directory): every file in one directory with a
-//! config extension is a vassal (reference §4.2).
+//! config extension is a vassal (docs/monitors/dir.md).
 //!
 //! The vassal id is the file's basename; the vassal is started in the
 //! directory as `uwsgi --ini NAME`, so relative names resolve where they

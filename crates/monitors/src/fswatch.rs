@@ -30,7 +30,7 @@ pub(crate) fn file_key(md: &Metadata) -> ChangeKey {
     }
 }
 
-/// Stats `path` under the dir/glob rules (reference §4.2): by default the
+/// Stats `path` under the dir/glob rules (docs/monitors/dir.md): by default the
 /// target must be a regular file (symlinks followed); with nofollow the
 /// link itself counts, and a symlink or a regular file is accepted.
 ///

@@ -1,5 +1,5 @@
 //! `glob://PATTERN` (and a bare pattern): every file matching a shell
-//! pattern with a config extension is a vassal (reference §4.3).
+//! pattern with a config extension is a vassal (docs/monitors/dir.md).
 //!
 //! The vassal id is the matched path exactly as the pattern produces it
 //! (absolute for an absolute pattern), so equal basenames in different

@@ -3,7 +3,7 @@
 //!
 //! [`SCHEMES`] is the one list of schemes: [`schemes`], [`build`] and the
 //! errors for schemes left out of a build all read it. [`build`] picks the
-//! monitor for one `--emperor` value the way uWSGI does (reference §3): a
+//! monitor for one `--emperor` value the way uWSGI does (docs/monitors.md): a
 //! known `scheme://` prefix first; otherwise a bare path to an existing
 //! directory is `dir://`, and anything else with a wildcard is `glob://`.
 //!

@@ -1,5 +1,5 @@
 //! `zmq://ENDPOINT`: vassals announced on a ZeroMQ PULL socket
-//! (reference §4.8), for example `zmq://tcp://127.0.0.1:5252`.
+//! (docs/monitors/zmq.md), for example `zmq://tcp://127.0.0.1:5252`.
 //!
 //! The monitor binds a PULL socket to the endpoint (any endpoint libzmq
 //! binds: `tcp://`, `ipc://`, ...) and reads multipart messages of 2 to 6

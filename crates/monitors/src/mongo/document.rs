@@ -1,4 +1,4 @@
-//! One vassal document -> one [`VassalSpec`] (reference §4.6).
+//! One vassal document -> one [`VassalSpec`] (docs/monitors/mongodb.md).
 //!
 //! | field    | type                                  | meaning |
 //! |----------|---------------------------------------|---------|

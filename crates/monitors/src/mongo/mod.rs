@@ -1,5 +1,5 @@
 //! `mongodb://` and `mongodb2://`: vassals from a MongoDB collection
-//! (reference §4.6), with the official `mongodb` driver.
+//! (docs/monitors/mongodb.md), with the official `mongodb` driver.
 //!
 //! Each pass is one query for the whole set (`find(filter)` with the
 //! projection `{name, config, ts, uid, gid, socket}`), sent to the emperor as

@@ -1,6 +1,6 @@
 //! The three ways to name a MongoDB source on the command line.
 //!
-//! * uWSGI's `mongodb://<addr>,<namespace>,<filter>` (reference §4.6): every
+//! * uWSGI's `mongodb://<addr>,<namespace>,<filter>` (docs/monitors/mongodb.md): every
 //!   field optional, defaults `127.0.0.1:27017`, `uwsgi.emperor.vassals`
 //!   and the empty filter (every document). The filter is everything after
 //!   the second comma, so it may contain commas.

@@ -1,5 +1,5 @@
 //! `pg://<libpq conninfo>[;<SQL query>]`: vassals from a PostgreSQL query
-//! (reference §4.5), pushed by LISTEN/NOTIFY.
+//! (docs/monitors/pg.md), pushed by LISTEN/NOTIFY.
 //!
 //! Unlike uWSGI's emperor_pg, which opens a new connection for every scan,
 //! this monitor keeps one connection open. It runs the query when it

@@ -1,4 +1,4 @@
-//! Turning query rows into vassal specs (reference §4.4, §4.5).
+//! Turning query rows into vassal specs (docs/monitors/pg.md).
 //!
 //! A row is `name, config, ts[, uid, gid[, socket]]`, every column read as
 //! text. A bad row is skipped with a warning naming it; the rest of the
