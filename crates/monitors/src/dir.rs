@@ -30,11 +30,20 @@ impl DirMonitor {
     /// `url` is the whole `--emperor` value, `path` the directory. The
     /// directory must exist (a start-up error otherwise).
     pub fn new(url: &str, path: &str, opts: &MonitorOptions) -> Result<Self, MonitorError> {
-        let dir = opts.cwd.join(path);
-        let dir = std::fs::canonicalize(&dir).map_err(|e| MonitorError::Io {
+        // absolute, but symlinks kept: a `current -> releases/N` link is
+        // followed anew at every scan and watch, as uWSGI opens the path
+        // at every scan, so a deploy that swaps the link is seen
+        let dir = std::path::absolute(opts.cwd.join(path)).map_err(|e| MonitorError::Io {
             url: url.to_string(),
             source: e,
         })?;
+        let dir = lexically_normal(&dir);
+        if let Err(e) = std::fs::metadata(&dir) {
+            return Err(MonitorError::Io {
+                url: url.to_string(),
+                source: e,
+            });
+        }
         if !dir.is_dir() {
             return Err(MonitorError::BadUrl {
                 url: url.to_string(),
@@ -43,6 +52,14 @@ impl DirMonitor {
         }
         Ok(DirMonitor { dir })
     }
+}
+
+/// `dir` without `.` components and trailing slashes (`..` is kept: with
+/// symlinks, only the kernel knows what it leads to).
+fn lexically_normal(dir: &std::path::Path) -> PathBuf {
+    dir.components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 /// Builds a dir:// monitor (also for a bare directory).

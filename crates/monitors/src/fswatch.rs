@@ -198,10 +198,28 @@ pub(crate) struct Batch {
     pub rescan: bool,
 }
 
-/// An inotify instance watching a set of directories (not recursively).
+/// An inotify instance watching a set of directories (not recursively),
+/// and the parent of each of them for that directory's name: a watched
+/// directory that is removed and created again, moved back, or replaced by
+/// a symlink to another directory (a deploy's `current -> releases/N`
+/// swap) is watched again at once, not at the next safety rescan.
 pub(crate) struct DirWatcher {
     stream: EventStream<Vec<u8>>,
     dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Parent watches: the parent directory, and the names in it that are
+    /// watched directories.
+    parents: HashMap<WatchDescriptor, (PathBuf, BTreeSet<OsString>)>,
+}
+
+/// What a parent is watched for: its watched children appearing, going or
+/// being renamed (a symlink swapped in is a CREATE or MOVED_TO of a link).
+fn parent_mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_TO
+        | WatchMask::MOVED_FROM
+        | WatchMask::ONLYDIR
+        | WatchMask::MASK_ADD
 }
 
 fn mask() -> WatchMask {
@@ -231,6 +249,7 @@ impl DirWatcher {
         Ok(DirWatcher {
             stream,
             dirs: HashMap::new(),
+            parents: HashMap::new(),
         })
     }
 
@@ -254,6 +273,61 @@ impl DirWatcher {
                     self.dirs.insert(wd, d.clone());
                 }
                 Err(e) => tracing::debug!(dir = %d.display(), error = %e, "cannot watch directory"),
+            }
+        }
+        // the parents, for the names of the watched directories (even one
+        // that does not exist yet: its creation is what re-arms it). A
+        // parent that is a watched directory too shares its watch
+        // (MASK_ADD keeps the full mask).
+        let mut wanted: HashMap<PathBuf, BTreeSet<OsString>> = HashMap::new();
+        for d in dirs {
+            if let (Some(p), Some(n)) = (d.parent(), d.file_name()) {
+                if !p.as_os_str().is_empty() {
+                    wanted
+                        .entry(p.to_path_buf())
+                        .or_default()
+                        .insert(n.to_os_string());
+                }
+            }
+        }
+        self.parents.retain(|wd, (p, _)| {
+            if wanted.contains_key(p) {
+                true
+            } else {
+                // shared with a watched directory: keep the watch itself
+                if !self.dirs.contains_key(wd) {
+                    let _ = watches.remove(wd.clone());
+                }
+                false
+            }
+        });
+        for (p, names) in wanted {
+            match watches.add(&p, parent_mask()) {
+                Ok(wd) => {
+                    self.parents.insert(wd, (p, names));
+                }
+                Err(e) => {
+                    tracing::debug!(dir = %p.display(), error = %e, "cannot watch the parent directory")
+                }
+            }
+        }
+    }
+
+    /// A watched directory's name changed in its parent (created, removed,
+    /// renamed, a symlink swapped): drop the old watch, which may follow
+    /// the old inode, so that the rescan watches the new one.
+    fn child_replaced(&mut self, dir: &Path) {
+        let old: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, d)| d.as_path() == dir)
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        let mut watches = self.stream.watches();
+        for wd in old {
+            self.dirs.remove(&wd);
+            if !self.parents.contains_key(&wd) {
+                let _ = watches.remove(wd);
             }
         }
     }
@@ -282,10 +356,24 @@ impl DirWatcher {
     }
 
     fn absorb(&mut self, ev: inotify::Event<OsString>, batch: &mut Batch) {
+        // a watched directory's entry in its parent changed
+        if let (Some((parent, names)), Some(name)) = (self.parents.get(&ev.wd), ev.name.as_ref()) {
+            if names.contains(name) {
+                let dir = parent.join(name);
+                tracing::debug!(dir = %dir.display(), "watched directory replaced: watching it again");
+                self.child_replaced(&dir);
+                batch.rescan = true;
+                return;
+            }
+            if !self.dirs.contains_key(&ev.wd) {
+                return; // another entry of a parent that is only a parent
+            }
+        }
         if ev.mask.contains(EventMask::IGNORED) {
             // the watch is gone (its directory was removed): forget it, so
             // that the next set_dirs watches a directory of that name again
             self.dirs.remove(&ev.wd);
+            self.parents.remove(&ev.wd);
             batch.rescan = true;
             return;
         }
