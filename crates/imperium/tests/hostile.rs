@@ -304,3 +304,47 @@ fn a_file_in_the_control_sockets_place_is_named_and_refused_peers_are_logged_onc
     assert_eq!(emp.count("refusing uid 65534"), 1, "{}", emp.log());
     assert!(emp.stop().success());
 }
+
+#[test]
+fn files_named_like_configs_that_are_not_files_get_one_warning_each() {
+    let e = Env::new();
+    e.write("a.ini", "");
+    nix::unistd::mkfifo(
+        &e.vassals.join("fifo.ini"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    std::fs::create_dir(e.vassals.join("dir.ini")).unwrap();
+    std::os::unix::fs::symlink("loop.ini", e.vassals.join("loop.ini")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", e.vassals.join("dev.ini")).unwrap();
+    let mut emp = Imperium::start(
+        e.tmp.path(),
+        [
+            "--emperor".to_string(),
+            e.vassals.display().to_string(),
+            "--binary-path".into(),
+            test_vassal_bin().display().to_string(),
+            "--emperor-freq".into(),
+            "1".into(),
+        ],
+    );
+    assert!(wait_until(T, || !record_starts(&e.rec("a.ini")).is_empty()));
+    // a few safety rescans: still one warning each
+    std::thread::sleep(Duration::from_millis(2500));
+    for (name, what) in [
+        ("fifo.ini", "a FIFO"),
+        ("dir.ini", "a directory"),
+        ("loop.ini", "a symbolic link loop"),
+        ("dev.ini", "a device node"),
+    ] {
+        let lines: Vec<String> = emp
+            .log()
+            .lines()
+            .filter(|l| l.contains(name) && l.contains("not a regular file"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(lines.len(), 1, "{name}: {lines:?}\n{}", emp.log());
+        assert!(lines[0].contains(what), "{}", lines[0]);
+    }
+    assert!(emp.stop().success());
+}

@@ -17,8 +17,8 @@ use emperor::{
 use futures::future::BoxFuture;
 
 use crate::fswatch::{
-    file_spec, run_file_monitor, stat_entry, stat_vassal, Batch, FileSource, RefusedNames,
-    SocketResolver,
+    file_spec, not_a_vassal, run_file_monitor, stat_entry, stat_vassal, Batch, FileSource,
+    RefusedNames, SocketResolver,
 };
 
 /// The dir:// monitor.
@@ -139,9 +139,17 @@ impl FileSource for DirSource {
             let Some(name) = self.name_of(&entry.file_name(), opts) else {
                 continue;
             };
-            // a file that vanished between readdir and stat is simply absent
-            if let Ok(Some(found)) = stat_entry(&entry, opts) {
-                specs.push(self.spec_of(name, found, opts));
+            match stat_entry(&entry, opts) {
+                Ok(Some(found)) => specs.push(self.spec_of(name, found, opts)),
+                // a file that vanished between readdir and stat is simply
+                // absent; anything else named like a config is said once
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        && entry.path().symlink_metadata().is_err() => {}
+                _ => {
+                    let why = not_a_vassal(&entry.path(), opts);
+                    self.refused.not_a_file(&entry.file_name(), &why);
+                }
             }
         }
         self.sockets.retain(&specs);

@@ -58,6 +58,41 @@ pub(crate) fn stat_vassal(
     Ok(Some((file_key(&md), owner_of(&owner_md))))
 }
 
+/// Why `path`, named like a config, is not a vassal: what it is instead
+/// (a directory, a FIFO, a device node, a socket, a symlink loop, a
+/// dangling symlink), for the one warning it gets.
+pub(crate) fn not_a_vassal(path: &Path, opts: &MonitorOptions) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let md = if opts.nofollow {
+        std::fs::symlink_metadata(path)
+    } else {
+        std::fs::metadata(path)
+    };
+    let what = match md {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => "a symbolic link loop",
+        Err(e) if e.kind() == io::ErrorKind::NotFound => "a symbolic link to nothing",
+        Err(_) => "a file that cannot be stat'ed",
+        Ok(m) => {
+            let ft = m.file_type();
+            if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if ft.is_char_device() || ft.is_block_device() {
+                "a device node"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        }
+    };
+    format!(
+        "{} is {what}, not a regular file: not a vassal, ignored",
+        path.display()
+    )
+}
+
 #[cfg(feature = "dir")]
 /// [`stat_vassal`] for a directory entry: a regular file (as the directory
 /// listing says) is stat'ed relative to the open directory, the same
@@ -532,6 +567,14 @@ impl RefusedNames {
     pub(crate) fn report(&mut self, name: &OsString, why: &dyn std::fmt::Display) {
         if self.0.is_new(name.clone()) {
             tracing::warn!(file = ?name, "[emperor] invalid vassal name: {why}");
+        }
+    }
+
+    /// A file named like a config that is not a regular file (a FIFO, a
+    /// device, a directory, a symlink loop): one warning while it stays.
+    pub(crate) fn not_a_file(&mut self, name: &OsString, why: &str) {
+        if self.0.is_new(name.clone()) {
+            tracing::warn!(file = ?name, "[emperor] {why}");
         }
     }
 

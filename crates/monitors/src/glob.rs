@@ -19,7 +19,8 @@ use emperor::{
 use futures::future::BoxFuture;
 
 use crate::fswatch::{
-    file_spec, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames, SocketResolver,
+    file_spec, not_a_vassal, run_file_monitor, stat_vassal, Batch, FileSource, RefusedNames,
+    SocketResolver,
 };
 
 /// The glob:// monitor.
@@ -146,11 +147,19 @@ impl FileSource for GlobSource {
                     continue;
                 }
             };
-            if let Ok(Some((key, owner))) = stat_vassal(&p, opts) {
-                let socket = self.sockets.resolve(&name, &self.cwd, opts);
-                let mut spec = file_spec(name, shown, key, owner, None);
-                spec.socket = socket;
-                specs.push(spec);
+            match stat_vassal(&p, opts) {
+                Ok(Some((key, owner))) => {
+                    let socket = self.sockets.resolve(&name, &self.cwd, opts);
+                    let mut spec = file_spec(name, shown, key, owner, None);
+                    spec.socket = socket;
+                    specs.push(spec);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && p.symlink_metadata().is_err() => {}
+                _ => {
+                    let why = not_a_vassal(&p, opts);
+                    self.refused
+                        .not_a_file(&shown.clone().into_os_string(), &why);
+                }
             }
         }
         self.sockets.retain(&specs);
