@@ -21,6 +21,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// A backoff starting at `base`, doubling up to `cap`.
     pub fn new(base: Duration, cap: Duration) -> Self {
         Backoff {
             base,

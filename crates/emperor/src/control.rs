@@ -28,24 +28,46 @@ pub enum Request {
     /// Every vassal.
     List,
     /// One vassal.
-    Show { vassal: String },
+    Show {
+        /// The vassal.
+        vassal: String,
+    },
     /// Graceful reload.
-    Reload { vassal: String },
+    Reload {
+        /// The vassal.
+        vassal: String,
+    },
     /// Stop; it stays down until `start`.
-    Stop { vassal: String },
+    Stop {
+        /// The vassal.
+        vassal: String,
+    },
     /// Start a stopped, exiled, idle or throttled vassal.
-    Start { vassal: String },
+    Start {
+        /// The vassal.
+        vassal: String,
+    },
     /// Pause automatic reloads on config changes.
-    Pause { vassal: String },
+    Pause {
+        /// The vassal.
+        vassal: String,
+    },
     /// Resume automatic reloads, applying a held change.
-    Resume { vassal: String },
+    Resume {
+        /// The vassal.
+        vassal: String,
+    },
     /// Clear the blacklist entry of one vassal, or of all when `None`.
-    ClearBlacklist { vassal: Option<String> },
+    ClearBlacklist {
+        /// The vassal.
+        vassal: Option<String>,
+    },
 }
 
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Reply {
+    /// Whether the command was carried out.
     pub ok: bool,
     /// What went wrong, when not ok.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,7 +372,9 @@ pub async fn command_packet(pkt: &[u8], commands: &mpsc::Sender<Command>) {
 
 /// A bound datagram command socket.
 pub enum CommandSocket {
+    /// A UDP socket.
     Udp(tokio::net::UdpSocket),
+    /// A UNIX datagram socket, and its file.
     Unix(tokio::net::UnixDatagram, std::path::PathBuf),
 }
 

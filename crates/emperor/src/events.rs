@@ -33,15 +33,25 @@ impl std::fmt::Display for ExitStatus {
 /// endpoint read them, so logs, stats and metrics cannot disagree.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Counters {
+    /// Processes started.
     pub spawns: u64,
+    /// Processes that could not be started.
     pub spawn_failures: u64,
+    /// Reloads sent.
     pub reloads: u64,
+    /// Stops sent.
     pub stops: u64,
+    /// Deaths nobody asked for.
     pub deaths_unexpected: u64,
+    /// Exits with code 26.
     pub deaths_exiled: u64,
+    /// SIGKILLs sent.
     pub kills: u64,
+    /// Respawns that waited for a timer.
     pub throttled_respawns: u64,
+    /// Vassals refused (config too large, tyrant owner, socket).
     pub refused: u64,
+    /// Degraded or failed monitor reports.
     pub monitor_errors: u64,
     /// Broodlord zergs added (on SOS).
     pub zergs_added: u64,
@@ -115,148 +125,231 @@ impl LatencyHistogram {
 /// One notable thing.
 #[derive(Debug)]
 pub enum Event<'a> {
+    /// Its process was created.
     Spawned {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
+        /// The program that was executed.
         program: &'a str,
     },
+    /// Its process could not be created.
     SpawnFailed {
+        /// The vassal.
         name: &'a VassalName,
+        /// Why, as logged.
         error: &'a str,
     },
+    /// It said it is ready (byte 1).
     Ready {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
     },
+    /// It said it accepts requests (byte 5).
     Accepting {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
     },
+    /// It said it is loyal (byte 17), the first time.
     Loyal {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
     },
+    /// The emperor told it to reload (byte 1).
     Reload {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
     },
+    /// The emperor told it to stop.
     Stop {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
+        /// Why, as logged.
         why: &'a str,
     },
+    /// Its control pipe closed: it is expected to die.
     Cursed {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
     },
+    /// The emperor SIGKILLed it.
     Killed {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
+        /// Why, as logged.
         why: &'a str,
     },
+    /// Its process was reaped.
     Exited {
+        /// The vassal.
         name: &'a VassalName,
+        /// Its process id (0 while the spawn is not reported).
         pid: u32,
+        /// How it ended.
         status: ExitStatus,
+        /// Whether the emperor had asked it to stop.
         expected: bool,
     },
+    /// It exited with code 26: not respawned until its config changes.
     Exiled {
+        /// The vassal.
         name: &'a VassalName,
     },
+    /// It left the table.
     Removed {
+        /// The vassal.
         name: &'a VassalName,
     },
+    /// Its respawn waits for a timer (the blacklist or the loyal backoff).
     RespawnScheduled {
+        /// The vassal.
         name: &'a VassalName,
+        /// How long until the respawn.
         delay: Duration,
+        /// Whether the loyal backoff (not the blacklist) set the delay.
         loyal: bool,
     },
     /// The emperor itself was frozen for `paused`; `rearmed` deadlines got
     /// a fresh start.
     EmperorPaused {
+        /// How long the emperor did not run.
         paused: Duration,
+        /// How many deadlines got a fresh start.
         rearmed: usize,
     },
+    /// It cannot be started as its source describes it.
     Refused {
+        /// The vassal.
         name: &'a VassalName,
+        /// Why, as logged.
         reason: &'a str,
     },
+    /// Another monitor already provides a vassal of that name.
     Conflict {
+        /// The vassal.
         name: &'a VassalName,
+        /// The monitor that has it.
         owner: MonitorId,
+        /// The monitor that also wanted it.
         other: MonitorId,
     },
+    /// A monitor's health changed.
     MonitorHealth {
+        /// The monitor's index.
         monitor: MonitorId,
+        /// The monitor's URL, as shown (passwords masked).
         url: &'a str,
+        /// Its new state, as logged.
         state: &'a str,
+        /// Vassals of that monitor (or: whether it was running).
         running: usize,
     },
     /// Tyrant mode: the owner is root or below the allowed minimum.
     TyrantRefused {
+        /// The vassal.
         name: &'a VassalName,
+        /// Why, as logged.
         reason: &'a str,
     },
     /// Tyrant mode: the owner of a known vassal changed.
     OwnerChanged {
+        /// The vassal.
         name: &'a VassalName,
+        /// The owner before.
         from: Option<Owner>,
+        /// The owner now.
         to: Option<Owner>,
+        /// Vassals of that monitor (or: whether it was running).
         running: bool,
     },
     /// An on-demand vassal waits for a connection on its socket.
     OnDemandWaiting {
+        /// The vassal.
         name: &'a VassalName,
+        /// The socket address.
         socket: &'a str,
     },
     /// A connection arrived on an on-demand socket.
     OnDemandActivated {
+        /// The vassal.
         name: &'a VassalName,
     },
     /// An on-demand vassal stopped on idle and waits again.
     BackToOnDemand {
+        /// The vassal.
         name: &'a VassalName,
     },
     /// A vassal's SOS added a zerg.
     ZergAdded {
+        /// The vassal.
         name: &'a VassalName,
+        /// The new zerg.
         zerg: &'a VassalName,
+        /// Zergs alive now.
         zergs: usize,
+        /// The `--emperor-broodlord` limit.
         max: usize,
     },
     /// A vassal's SOS found every broodlord slot taken.
     BroodlordFull {
+        /// The vassal.
         name: &'a VassalName,
+        /// Zergs alive now.
         zergs: usize,
+        /// The `--emperor-broodlord` limit.
         max: usize,
     },
     /// A monitor change was acted on: `latency` from the monitor sending
     /// it to the commands being sent.
     Reacted {
+        /// The monitor's index.
         monitor: MonitorId,
+        /// From the change seen to the actions sent.
         latency: Duration,
+        /// How many actions it caused.
         actions: usize,
     },
     /// An operator paused automatic reloads of a vassal.
     Paused {
+        /// The vassal.
         name: &'a VassalName,
     },
     /// An operator resumed automatic reloads; `pending` when a change
     /// arrived meanwhile and is applied now.
     Resumed {
+        /// The vassal.
         name: &'a VassalName,
+        /// Whether a held change was applied.
         pending: bool,
     },
     /// A config change arrived for a paused vassal and is held.
     ChangeHeld {
+        /// The vassal.
         name: &'a VassalName,
     },
     /// An operator stopped a vassal; it stays down until started again.
     Held {
+        /// The vassal.
         name: &'a VassalName,
     },
     /// An operator cleared the blacklist entry of one vassal.
     Unblacklisted {
+        /// The vassal.
         name: &'a VassalName,
     },
 }

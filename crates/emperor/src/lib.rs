@@ -19,6 +19,8 @@
 //!   [`control`] (the control and command sockets), [`lifecycle`]
 //!   (systemd notify), over the shared [`listener`].
 
+#![warn(missing_docs)]
+
 // the monitor-facing contract
 pub mod monitor;
 pub mod name;

@@ -59,13 +59,16 @@ pub(crate) async fn accept_loop<S, F>(
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
 pub struct BindError {
+    /// The address.
     pub addr: String,
     #[source]
+    /// The error.
     pub source: std::io::Error,
 }
 
 /// A bound listener, TCP or UNIX.
 pub enum Listener {
+    /// A TCP listener.
     Tcp(TcpListener),
     /// A UNIX socket, and its file (`None` in the abstract namespace).
     Unix(UnixListener, Option<PathBuf>),

@@ -106,7 +106,9 @@ impl Default for MonitorOptions {
 /// A change tagged with the monitor that sent it.
 #[derive(Debug)]
 pub struct MonitorMessage {
+    /// The monitor that sent it.
     pub monitor: MonitorId,
+    /// The change.
     pub change: Change,
     /// When the monitor sent it (the start of the reaction latency).
     pub seen: std::time::Instant,
@@ -278,23 +280,46 @@ pub trait Monitor: Send + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
     #[error("{url}: {reason}")]
-    BadUrl { url: String, reason: String },
+    /// The `--emperor` value cannot be used.
+    BadUrl {
+        /// The URL, as shown (passwords masked).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     #[error("{url}: scheme {scheme}:// is not built into this binary (enable the cargo feature \"{scheme}\")")]
-    NotBuilt { url: String, scheme: String },
+    /// The scheme's cargo feature was off when this binary was built.
+    NotBuilt {
+        /// The URL, as shown (passwords masked).
+        url: String,
+        /// The scheme.
+        scheme: String,
+    },
     #[error("{url}: {source}")]
+    /// The source cannot be read at start-up.
     Io {
+        /// The URL, as shown (passwords masked).
         url: String,
         #[source]
+        /// The error.
         source: std::io::Error,
     },
     /// A monitor-specific option (`--OPTION`) has a value its monitor refuses.
     #[error("--{option}: {reason}")]
-    BadOption { option: String, reason: String },
+    BadOption {
+        /// The option, without its dashes.
+        option: String,
+        /// Why.
+        reason: String,
+    },
     /// The file a monitor-specific option names cannot be read.
     #[error("--{option} {}: {error}", path.display())]
     OptionFile {
+        /// The option, without its dashes.
         option: String,
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         error: std::io::Error,
     },
 }

@@ -18,18 +18,25 @@ pub const MAX_NAME_LEN: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("empty vassal name")]
+    /// The name is empty.
     Empty,
     #[error("vassal name is {0} bytes long; it must be shorter than 255 bytes")]
+    /// The name is 255 bytes or longer (its length).
     TooLong(usize),
     #[error("vassal name {0:?} does not end with a config extension (.ini .xml .yml .yaml .js .json or an --emperor-extra-extension)")]
+    /// The name has no config extension.
     BadExtension(String),
     #[error("vassal name {0:?} contains a control character or a Unicode bidirectional control")]
+    /// The name has a control or bidirectional character.
     ControlChar(String),
     #[error("vassal name {0:?} contains a path separator '/'; names from this source must be plain file names")]
+    /// The name has a `/` where a plain file name is required.
     PathSeparator(String),
     #[error("vassal name {0:?} contains a '..' path component")]
+    /// The name has a `..` component.
     DotDot(String),
     #[error("vassal name {0:?} must not start with '-' (it would be read as an option)")]
+    /// The name starts with `-`.
     LeadingDash(String),
 }
 

@@ -51,15 +51,24 @@ pub enum OnDemandAddr {
 #[derive(Debug, thiserror::Error)]
 pub enum OnDemandError {
     #[error("{0:?} is not a valid TCP address: use HOST:PORT with an IPv4 address (127.0.0.1:8080, :8080 for every address) or [IPv6]:PORT")]
+    /// Not a valid `HOST:PORT`.
     BadTcp(String),
     #[error("UNIX socket path {0} is longer than 107 bytes")]
+    /// A UNIX path too long for `sockaddr_un`.
     PathTooLong(String),
     #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket { path: String },
+    /// Something that is not a socket is at the path.
+    NotASocket {
+        /// The path.
+        path: String,
+    },
     #[error("{what}: {source}")]
+    /// A system call failed.
     Io {
+        /// What was being done.
         what: String,
         #[source]
+        /// The error.
         source: io::Error,
     },
 }

@@ -68,8 +68,10 @@ pub const MAX_CONFIG_LEN: usize = u16::MAX as usize;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigPipeError {
     #[error("config is {0} bytes; the config pipe header carries at most 65535 bytes (uWSGI would silently truncate it)")]
+    /// The config is over 65535 bytes (its size).
     TooLarge(usize),
     #[error("config is empty; a uWSGI vassal exits with \"invalid config\" on an empty config")]
+    /// The config is empty.
     Empty,
 }
 

@@ -39,7 +39,14 @@ impl fmt::Debug for ConfigSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChangeKey {
     /// A file's identity and contents marker.
-    File { mtime_ns: i128, ino: u64, size: u64 },
+    File {
+        /// Modification time, in nanoseconds since the epoch.
+        mtime_ns: i128,
+        /// Inode number.
+        ino: u64,
+        /// Size in bytes.
+        size: u64,
+    },
     /// A timestamp in nanoseconds since the epoch, a revision or a counter.
     Stamp(i128),
 }
@@ -70,7 +77,9 @@ impl ChangeKey {
 /// The owner a vassal runs as in tyrant mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Owner {
+    /// The user id.
     pub uid: u32,
+    /// The group id.
     pub gid: u32,
 }
 

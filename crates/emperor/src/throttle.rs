@@ -52,7 +52,9 @@ impl Default for ThrottleConfig {
 /// One blacklisted vassal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlacklistEntry {
+    /// When the vassal first died while blacklisted.
     pub first_attempt: Instant,
+    /// Its latest death.
     pub last_attempt: Instant,
     /// The current refusal window.
     pub level: Duration,

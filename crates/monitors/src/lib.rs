@@ -10,6 +10,7 @@
 //! Adding a monitor: a module with a session (see `session.rs`) or a file
 //! source (`fswatch.rs`), its `build` function, a row in [`SCHEMES`], a
 //! cargo feature (docs/architecture.md has the checklist).
+#![warn(missing_docs)]
 
 use emperor::{Monitor, MonitorError, MonitorOptions};
 

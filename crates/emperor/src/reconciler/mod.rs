@@ -45,6 +45,7 @@ pub type InstanceId = u64;
 /// Settings of the reconciler.
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
+    /// The blacklist and loyal backoff settings.
     pub throttle: ThrottleConfig,
     /// `--emperor-graceful-shutdown`: stop with byte 2 instead of 0.
     pub graceful_shutdown: bool,
@@ -106,18 +107,30 @@ pub enum Action {
     /// (see [`Action::Listen`]) goes on fd 0. A zerg (`NAME:zerg:N`, see
     /// [`VassalName::zerg_parts`]) is launched as `NAME:zerg`.
     Spawn {
+        /// The instance.
         instance: InstanceId,
+        /// What to run.
         spec: VassalSpec,
     },
     /// Write one protocol byte to the instance's control socket.
-    Send { instance: InstanceId, byte: u8 },
+    Send {
+        /// The instance.
+        instance: InstanceId,
+        /// The byte.
+        byte: u8,
+    },
     /// Write a config packet to the instance's config socket.
     PushConfig {
+        /// The instance.
         instance: InstanceId,
+        /// The config text.
         config: Arc<str>,
     },
     /// SIGKILL the instance (never a pid ≤ 0: the runtime kills by handle).
-    Kill { instance: InstanceId },
+    Kill {
+        /// The instance.
+        instance: InstanceId,
+    },
     /// Make sure the on-demand socket of `name` is bound at `address` (keep
     /// it when it already is, so queued connections survive) and watch it
     /// for one pending connection, then report
@@ -126,15 +139,24 @@ pub enum Action {
     /// A relative UNIX path resolves against `workdir` (the emperor's
     /// directory when `None`), like the vassal's own relative paths.
     Listen {
+        /// The vassal.
         name: VassalName,
+        /// The socket address.
         address: String,
+        /// The directory a relative UNIX path resolves against.
         workdir: Option<std::path::PathBuf>,
     },
     /// Close the on-demand socket of `name` (removed, or no longer on demand).
-    Unlisten { name: VassalName },
+    Unlisten {
+        /// The vassal.
+        name: VassalName,
+    },
     /// `--vassals-stop-hook`: `name` has left the table (removed, or at
     /// shutdown); run the hook for it.
-    StopHook { name: VassalName },
+    StopHook {
+        /// The vassal.
+        name: VassalName,
+    },
 }
 
 /// Why a running instance is being stopped.
@@ -157,7 +179,9 @@ pub enum StopReason {
 /// Health of one monitor as the emperor knows it.
 #[derive(Debug, Clone)]
 pub struct MonitorState {
+    /// The monitor's URL, as shown.
     pub url: String,
+    /// Its last reported health (`None`: nothing reported yet).
     pub health: Option<MonitorHealth>,
 }
 

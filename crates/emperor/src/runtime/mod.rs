@@ -36,8 +36,11 @@ use executor::{Executor, REPORT_BATCH};
 /// Everything the emperor needs besides its monitors.
 #[derive(Debug, Clone)]
 pub struct EmperorConfig {
+    /// The reconciler's settings.
     pub reconciler: ReconcilerConfig,
+    /// How vassals are launched.
     pub launch: LaunchOptions,
+    /// What every monitor is given.
     pub monitor: MonitorOptions,
     /// `--reload-mercy` (30 s when unset): how long Ragnarok waits before
     /// SIGKILL.
@@ -74,6 +77,7 @@ pub struct Emperor {
 }
 
 impl Emperor {
+    /// An emperor for these monitors.
     pub fn new(cfg: EmperorConfig, monitors: Vec<Box<dyn Monitor>>) -> Self {
         Emperor {
             cfg,

@@ -246,19 +246,27 @@ pub struct Spawned {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot create the emperor socketpair: {0}")]
+    /// The socketpair could not be created.
     Socketpair(#[source] io::Error),
     #[error("exec failed for every program tried ({}); is the uwsgi binary in your system PATH ?", describe(.0))]
+    /// Every program failed to exec (each with its error).
     Exec(Vec<(OsString, io::Error)>),
     #[error("the vassal has an empty argv")]
+    /// No program or no argv.
     EmptyArgv,
     #[error("an argument, a variable or a path contains a NUL byte")]
+    /// A string has a NUL byte.
     Nul,
     #[error("cannot create the vassal process: {0}")]
+    /// clone() failed.
     Clone(#[source] io::Error),
     #[error("cannot prepare the vassal process before exec ({step}): {source}")]
+    /// A step between clone and exec failed.
     Setup {
+        /// The step.
         step: &'static str,
         #[source]
+        /// The error.
         source: io::Error,
     },
 }

@@ -32,48 +32,75 @@ pub struct MonitorSnap {
     reason = "uWSGI's stats keys (loyal, ready, accepting, zerg, ...) are booleans"
 )]
 pub struct VassalSnap {
+    /// The name.
     pub name: String,
+    /// Its phase.
     pub state: VassalState,
+    /// Its pid.
     pub pid: Option<u32>,
+    /// The index of its monitor.
     pub monitor: usize,
     /// Where the config comes from: a path, `(inline)`, or a URL
     /// (password removed).
     pub config: String,
+    /// When it entered the table (Unix time).
     pub born: f64,
+    /// Its change key, in seconds (uWSGI's `last_mod`).
     pub last_mod: i64,
+    /// Its last heartbeat (Unix time, 0: none).
     pub last_heartbeat: f64,
+    /// It said it is loyal.
     pub loyal: bool,
+    /// It said it is ready.
     pub ready: bool,
+    /// It said it accepts requests.
     pub accepting: bool,
+    /// When it last said so (Unix time, 0: never).
     pub last_loyal: f64,
+    /// When it last said it was ready.
     pub last_ready: f64,
+    /// When it last said it accepted requests.
     pub last_accepting: f64,
+    /// When its process started (Unix time).
     pub last_run: f64,
     /// When the emperor decided to stop it (0 when not stopping).
     pub cursed: f64,
+    /// It is a broodlord zerg.
     pub zerg: bool,
+    /// Its on-demand socket.
     pub on_demand: Option<String>,
+    /// Its uid (tyrant mode; 0 otherwise).
     pub uid: u32,
+    /// Its gid (tyrant mode; 0 otherwise).
     pub gid: u32,
+    /// Emperor-initiated reloads.
     pub reloads: u64,
+    /// Respawns after a death.
     pub restarts: u64,
+    /// How its last process ended.
     pub last_exit: Option<ExitStatus>,
     /// Unix time of a scheduled (throttled) respawn.
     pub next_respawn: Option<f64>,
+    /// Its reloads are paused.
     pub paused: bool,
     /// A config change arrived while paused and waits for `resume`.
     pub change_held: bool,
+    /// Why it is refused.
     pub refused: Option<String>,
 }
 
 /// One blacklist entry in a snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlacklistSnap {
+    /// The vassal.
     pub name: String,
     /// The refusal window in milliseconds.
     pub level_ms: u64,
+    /// Deaths counted so far.
     pub attempt: u32,
+    /// The first (Unix time).
     pub first_attempt: f64,
+    /// The latest (Unix time).
     pub last_attempt: f64,
 }
 
@@ -83,15 +110,25 @@ pub struct BlacklistSnap {
 pub struct Snapshot {
     /// Unix time the snapshot was taken.
     pub taken: f64,
+    /// The emperor's pid.
     pub pid: u32,
+    /// The emperor's uid.
     pub uid: u32,
+    /// The emperor's gid.
     pub gid: u32,
+    /// The emperor's directory.
     pub cwd: PathBuf,
+    /// Tyrant mode is on.
     pub tyrant: bool,
+    /// Ragnarok has begun.
     pub shutting_down: bool,
+    /// The monitors.
     pub monitors: Vec<MonitorSnap>,
+    /// The vassals.
     pub vassals: Vec<VassalSnap>,
+    /// The blacklist.
     pub blacklist: Vec<BlacklistSnap>,
+    /// The event counters.
     pub counters: Counters,
 }
 
