@@ -93,9 +93,10 @@ impl Reconciler {
         let name = spec.name.clone();
         let tyrant = self.cfg.tyrant.is_some();
         let Some(v) = self.vassals.get_mut(&name) else {
+            let born = wall_at(self.wall_anchor, now);
             self.vassals.insert(
                 name.clone(),
-                Box::new(Vassal::new(name.clone(), monitor, spec)),
+                Box::new(Vassal::new(name.clone(), monitor, spec, born)),
             );
             self.start(&name, now, false, out);
             return;

@@ -201,6 +201,17 @@ pub struct Reconciler {
     /// A name another monitor also wanted became free: that monitor must
     /// say again what it has (monitors do not resend unchanged sources).
     rescan_wanted: bool,
+    /// Wall-clock time is derived from the `now` every input carries: this
+    /// instant was this wall time (see [`Reconciler::set_wall_anchor`]).
+    wall_anchor: (Instant, std::time::SystemTime),
+}
+
+/// The wall-clock time of `now`, from an anchor pair.
+fn wall_at(anchor: (Instant, std::time::SystemTime), now: Instant) -> std::time::SystemTime {
+    match now.checked_duration_since(anchor.0) {
+        Some(d) => anchor.1 + d,
+        None => anchor.1 - anchor.0.duration_since(now),
+    }
 }
 
 impl Reconciler {
@@ -220,7 +231,18 @@ impl Reconciler {
             counters: Counters::default(),
             conflicts_reported: HashSet::new(),
             rescan_wanted: false,
+            wall_anchor: (Instant::now(), std::time::SystemTime::now()),
         }
+    }
+
+    /// Sets which wall-clock time the instant `at` is. The reconciler never
+    /// reads the wall clock itself: every time it records for the stats
+    /// (when a vassal was born, started, last said it was ready) is the
+    /// `now` of the input, placed on the wall clock through this anchor,
+    /// which [`Reconciler::new`] takes from the system once. Tests set it to
+    /// get exact stats times.
+    pub fn set_wall_anchor(&mut self, at: Instant, wall: std::time::SystemTime) {
+        self.wall_anchor = (at, wall);
     }
 
     /// The vassal table.

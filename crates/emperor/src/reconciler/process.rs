@@ -2,8 +2,6 @@
 //! about processes: spawned, could not spawn, a message byte, pipe EOF,
 //! exited, a connection on an on-demand socket.
 
-use std::time::SystemTime;
-
 use super::*;
 use crate::events::ExitStatus;
 use crate::protocol::{self, VassalMessage, MSG_GRACEFUL_STOP, MSG_RELOAD, MSG_STOP};
@@ -101,10 +99,14 @@ impl Reconciler {
         }
         let instance = self.next_instance;
         self.next_instance += 1;
+        let started_wall = wall_at(self.wall_anchor, now);
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
         v.phase = Phase::Starting(Proc {
             instance,
             started: now,
-            started_wall: SystemTime::now(),
+            started_wall,
             ready: false,
             accepting: false,
             loyal: false,
@@ -329,6 +331,7 @@ impl Reconciler {
             return out;
         };
         let pid = v.pid().unwrap_or(0);
+        let wall = wall_at(self.wall_anchor, now);
         let Some(p) = v.phase.proc_mut() else {
             return out;
         };
@@ -337,7 +340,7 @@ impl Reconciler {
             VassalMessage::Ready => {
                 let first = !p.ready;
                 p.ready = true;
-                v.last_ready = Some(SystemTime::now());
+                v.last_ready = Some(wall);
                 if first {
                     self.emit(Event::Ready { name: &name, pid });
                 }
@@ -345,7 +348,7 @@ impl Reconciler {
             VassalMessage::Accepting => {
                 let first = !p.accepting;
                 p.accepting = true;
-                v.last_accepting = Some(SystemTime::now());
+                v.last_accepting = Some(wall);
                 if first {
                     self.emit(Event::Accepting { name: &name, pid });
                 }
@@ -353,7 +356,7 @@ impl Reconciler {
             VassalMessage::Loyal => {
                 let first = !p.loyal;
                 p.loyal = true;
-                v.last_loyal = Some(SystemTime::now());
+                v.last_loyal = Some(wall);
                 self.blacklist.remove(&name);
                 if first {
                     self.emit(Event::Loyal { name: &name, pid });
@@ -409,7 +412,12 @@ impl Reconciler {
         base.zergs_started += 1;
         let zname = name.zerg(base.zergs_started);
         let monitor = base.monitor;
-        let mut z = Vassal::new(zname.clone(), monitor, zerg_spec(&base_spec, zname.clone()));
+        let mut z = Vassal::new(
+            zname.clone(),
+            monitor,
+            zerg_spec(&base_spec, zname.clone()),
+            wall_at(self.wall_anchor, now),
+        );
         z.zerg_of = Some(name.clone());
         self.vassals.insert(zname.clone(), Box::new(z));
         self.emit(Event::ZergAdded {

@@ -1122,3 +1122,24 @@ fn a_name_freed_by_its_owner_asks_the_other_claimant_to_rescan() {
     assert_eq!(ids.len(), 1);
     assert_eq!(r.vassal("a.ini").unwrap().monitor, 1);
 }
+
+#[test]
+fn wall_clock_times_come_from_the_inputs() {
+    use std::time::UNIX_EPOCH;
+    let mut r = rec();
+    let t = Instant::now();
+    let epoch = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+    r.set_wall_anchor(t, epoch(1_000));
+    let (_, ids) = apply(
+        &mut r,
+        0,
+        Change::Upsert(file("a.ini", 1)),
+        t + Duration::from_secs(5),
+    );
+    r.vassal_message(ids[0], M::Ready, t + Duration::from_secs(7));
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.born, epoch(1_005));
+    assert_eq!(v.proc().unwrap().started_wall, epoch(1_005));
+    assert_eq!(v.last_ready, Some(epoch(1_007)));
+    assert_eq!(v.last_loyal, None);
+}

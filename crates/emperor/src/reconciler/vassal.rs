@@ -218,7 +218,12 @@ pub struct Vassal {
 }
 
 impl Vassal {
-    pub(super) fn new(name: VassalName, monitor: MonitorId, spec: VassalSpec) -> Vassal {
+    pub(super) fn new(
+        name: VassalName,
+        monitor: MonitorId,
+        spec: VassalSpec,
+        born: SystemTime,
+    ) -> Vassal {
         Vassal {
             name,
             monitor,
@@ -229,7 +234,7 @@ impl Vassal {
             crash_streak: 0,
             reloads: 0,
             restarts: 0,
-            born: SystemTime::now(),
+            born,
             last_exit: None,
             last_loyal: None,
             last_ready: None,
