@@ -387,24 +387,16 @@ impl CommandSocket {
             source,
         };
         if addr.contains(':') {
-            let a = if addr.starts_with(':') {
-                format!("0.0.0.0{addr}")
-            } else {
-                addr.to_string()
-            };
-            let s = tokio::net::UdpSocket::bind(a).await.map_err(err)?;
+            let s = tokio::net::UdpSocket::bind(crate::listener::inet_addr(addr))
+                .await
+                .map_err(err)?;
             if s.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
                 tracing::warn!("--emperor-command-socket {addr}: UDP commands are not authenticated; anybody who can reach it can stop vassals");
             }
             return Ok(CommandSocket::Udp(s));
         }
         let path = std::path::PathBuf::from(addr);
-        if let Ok(m) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::FileTypeExt;
-            if m.file_type().is_socket() {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
+        crate::listener::clear_socket_path(&path).map_err(err)?;
         let s = tokio::net::UnixDatagram::bind(&path).map_err(err)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;

@@ -89,12 +89,10 @@ impl Listener {
             source,
         };
         if addr.contains(':') {
-            let a = if addr.starts_with(':') {
-                format!("0.0.0.0{addr}")
-            } else {
-                addr.to_string()
-            };
-            return TcpListener::bind(a).await.map(Listener::Tcp).map_err(err);
+            return TcpListener::bind(inet_addr(addr))
+                .await
+                .map(Listener::Tcp)
+                .map_err(err);
         }
         if let Some(name) = addr.strip_prefix('@') {
             // the abstract namespace: no file, no mode, gone with the socket
@@ -107,30 +105,7 @@ impl Listener {
                 .map_err(err);
         }
         let path = PathBuf::from(addr);
-        if let Ok(m) = std::fs::symlink_metadata(&path) {
-            use std::os::unix::fs::FileTypeExt;
-            if m.file_type().is_socket() {
-                let _ = std::fs::remove_file(&path);
-            } else {
-                // never replace something that is not a stale socket
-                let what = if m.is_dir() {
-                    "a directory"
-                } else if m.file_type().is_symlink() {
-                    "a symbolic link"
-                } else if m.is_file() {
-                    "a regular file"
-                } else {
-                    "a file that is not a socket"
-                };
-                return Err(err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} is {what}, not a socket: remove it or choose another path",
-                        path.display()
-                    ),
-                )));
-            }
-        }
+        clear_socket_path(&path).map_err(err)?;
         let l = UnixListener::bind(&path).map_err(err)?;
         if let Some(mode) = mode {
             use std::os::unix::fs::PermissionsExt;
@@ -176,6 +151,45 @@ impl Drop for Listener {
 /// At most this many stats clients are served at once; more wait in the
 /// kernel's backlog.
 pub const MAX_CLIENTS: usize = 64;
+
+/// An internet address as uWSGI writes it: `:PORT` is every address.
+pub fn inet_addr(addr: &str) -> String {
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Makes way for a UNIX socket at `path`: a stale socket file is removed;
+/// anything else there (a regular file, a directory, a symlink) is an error
+/// that says what it is, and is never replaced.
+pub fn clear_socket_path(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if m.file_type().is_socket() {
+        let _ = std::fs::remove_file(path);
+        return Ok(());
+    }
+    let what = if m.is_dir() {
+        "a directory"
+    } else if m.file_type().is_symlink() {
+        "a symbolic link"
+    } else if m.is_file() {
+        "a regular file"
+    } else {
+        "a file that is not a socket"
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{} is {what}, not a socket: remove it or choose another path",
+            path.display()
+        ),
+    ))
+}
 
 /// A log line that is written at most once per [`LogLimit::EVERY`]; the
 /// times it was held back are counted into the next one.

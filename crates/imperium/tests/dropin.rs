@@ -5,47 +5,32 @@
 //! real uWSGI vassals.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use testkit::procs::wait_all_dead;
 use testkit::servers::wait_until;
-use testkit::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};
+use testkit::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium, VassalDir};
 
 const T: Duration = Duration::from_secs(15);
 
-struct Env {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
+/// The vassal directory, readable by the other users tyrant tests run as.
+struct Env(VassalDir);
+
+impl std::ops::Deref for Env {
+    type Target = VassalDir;
+    fn deref(&self) -> &VassalDir {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let vassals = tmp.path().join("vassals");
-        std::fs::create_dir(&vassals).unwrap();
+        let d = VassalDir::new();
         // tyrant tests run vassals as other users: let them reach the files
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Env { tmp, vassals }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    fn rec(&self, name: &str) -> PathBuf {
-        self.path(&format!("{name}.rec"))
-    }
-
-    fn write(&self, file: &str, extra: &str) -> PathBuf {
-        let p = self.vassals.join(file);
-        std::fs::write(
-            &p,
-            format!("[vassal]\nrecord = {}\n{extra}\n", self.rec(file).display()),
-        )
-        .unwrap();
-        p
+        std::fs::set_permissions(d.tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Env(d)
     }
 
     /// imperium with an emperor ini holding `ini` (after `emperor` and

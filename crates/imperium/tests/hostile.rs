@@ -3,11 +3,11 @@
 //! clear reason, a neighbour's reload still seen. Bounds are asserted on
 //! memory and log size, never on time (bench/ measures reaction times).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testkit::servers::wait_until;
-use testkit::{record_lines, record_starts, test_vassal_bin, Imperium};
+use testkit::{record_lines, record_starts, test_vassal_bin, Imperium, VassalDir};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -20,30 +20,18 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Env {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
-}
+type Env = VassalDir;
 
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let vassals = tmp.path().join("vassals");
-        std::fs::create_dir(&vassals).unwrap();
-        Env { tmp, vassals }
-    }
-    fn rec(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(format!("{name}.rec"))
-    }
-    fn write(&self, file: &str, extra: &str) -> PathBuf {
-        let p = self.vassals.join(file);
-        std::fs::write(
-            &p,
-            format!("[vassal]\nrecord = {}\n{extra}\n", self.rec(file).display()),
-        )
-        .unwrap();
-        p
-    }
+/// imperium on the vassal directory, with the test vassal and `extra`.
+fn start(e: &Env, extra: &[&str]) -> Imperium {
+    let mut args = vec![
+        "--emperor".to_string(),
+        e.vassals.display().to_string(),
+        "--binary-path".into(),
+        test_vassal_bin().display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Imperium::start(e.tmp.path(), args)
 }
 
 fn touch(p: &Path) {
@@ -59,15 +47,7 @@ fn a_flooding_vassal_is_killed_and_costs_its_neighbours_nothing() {
     for n in &names {
         e.write(n, "heartbeat = 500");
     }
-    let mut emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor".to_string(),
-            e.vassals.display().to_string(),
-            "--binary-path".into(),
-            test_vassal_bin().display().to_string(),
-        ],
-    );
+    let mut emp = start(&e, &[]);
     assert!(wait_until(T, || names
         .iter()
         .all(|n| !record_starts(&e.rec(n)).is_empty())));
@@ -130,15 +110,7 @@ fn unknown_bytes_are_counted_and_logged_once_per_burst() {
     let e = Env::new();
     // 10 KiB of byte 200 (no meaning): under the flood limit
     e.write("odd.ini", "flood = 200\nflood-bytes = 10240");
-    let mut emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor".to_string(),
-            e.vassals.display().to_string(),
-            "--binary-path".into(),
-            test_vassal_bin().display().to_string(),
-        ],
-    );
+    let mut emp = start(&e, &[]);
     emp.wait_log("unknown byte(s) on its emperor socket", T);
     std::thread::sleep(Duration::from_millis(500));
     let lines = emp.count("unknown byte(s) on its emperor socket");
@@ -159,17 +131,7 @@ fn the_emperors_own_pause_is_not_the_vassals_fault() {
         "quiet.ini",
         "heartbeat = 300\nheartbeat-stop-after-ms = 3000",
     );
-    let mut emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor".to_string(),
-            e.vassals.display().to_string(),
-            "--binary-path".into(),
-            test_vassal_bin().display().to_string(),
-            "--emperor-required-heartbeat".into(),
-            "2".into(),
-        ],
-    );
+    let mut emp = start(&e, &["--emperor-required-heartbeat", "2"]);
     assert!(wait_until(T, || names
         .iter()
         .all(|n| !record_starts(&e.rec(n)).is_empty())));
@@ -203,16 +165,10 @@ fn the_emperors_own_pause_is_not_the_vassals_fault() {
 }
 
 fn start_with_control(e: &Env, sock: &Path, extra: &[&str]) -> Imperium {
-    let mut args = vec![
-        "--emperor".to_string(),
-        e.vassals.display().to_string(),
-        "--binary-path".into(),
-        test_vassal_bin().display().to_string(),
-        "--emperor-control-socket".into(),
-        sock.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Imperium::start(e.tmp.path(), args)
+    let sock = sock.display().to_string();
+    let mut args = vec!["--emperor-control-socket", sock.as_str()];
+    args.extend_from_slice(extra);
+    start(e, &args)
 }
 
 fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
@@ -317,17 +273,7 @@ fn files_named_like_configs_that_are_not_files_get_one_warning_each() {
     std::fs::create_dir(e.vassals.join("dir.ini")).unwrap();
     std::os::unix::fs::symlink("loop.ini", e.vassals.join("loop.ini")).unwrap();
     std::os::unix::fs::symlink("/dev/null", e.vassals.join("dev.ini")).unwrap();
-    let mut emp = Imperium::start(
-        e.tmp.path(),
-        [
-            "--emperor".to_string(),
-            e.vassals.display().to_string(),
-            "--binary-path".into(),
-            test_vassal_bin().display().to_string(),
-            "--emperor-freq".into(),
-            "1".into(),
-        ],
-    );
+    let mut emp = start(&e, &["--emperor-freq", "1"]);
     assert!(wait_until(T, || !record_starts(&e.rec("a.ini")).is_empty()));
     // a few safety rescans: still one warning each
     std::thread::sleep(Duration::from_millis(2500));

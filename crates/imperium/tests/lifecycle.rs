@@ -2,42 +2,28 @@
 //! change detection, throttling, exile, watchdogs, signals, the launch
 //! contract (argv, environment, fds).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
 use testkit::procs::{alive, wait_all_dead};
-use testkit::{record_lines, record_starts, test_vassal_bin, Imperium};
+use testkit::{record_lines, record_starts, test_vassal_bin, Imperium, VassalDir};
 
 const T: Duration = Duration::from_secs(15);
 
-struct Env {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
+/// The vassal directory, with the ways these tests start imperium on it.
+struct Env(VassalDir);
+
+impl std::ops::Deref for Env {
+    type Target = VassalDir;
+    fn deref(&self) -> &VassalDir {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let vassals = tmp.path().join("vassals");
-        std::fs::create_dir(&vassals).unwrap();
-        Env { tmp, vassals }
-    }
-
-    fn rec(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(format!("{name}.rec"))
-    }
-
-    /// Writes vassal `file` with the [vassal] keys `extra`, recording to
-    /// `<file>.rec`.
-    fn write(&self, file: &str, extra: &str) -> PathBuf {
-        let p = self.vassals.join(file);
-        std::fs::write(
-            &p,
-            format!("[vassal]\nrecord = {}\n{extra}\n", self.rec(file).display()),
-        )
-        .unwrap();
-        p
+        Env(VassalDir::new())
     }
 
     fn start(&self, extra: &[&str]) -> Imperium {

@@ -141,11 +141,10 @@ impl FileSource for DirSource {
             };
             match stat_entry(&entry, opts) {
                 Ok(Some(found)) => specs.push(self.spec_of(name, found, opts)),
-                // a file that vanished between readdir and stat is simply
-                // absent; anything else named like a config is said once
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        && entry.path().symlink_metadata().is_err() => {}
+                // a file that vanished between readdir and stat, or a
+                // symlink whose target is not there (yet), is simply absent;
+                // anything else named like a config is said once
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 _ => {
                     let why = not_a_vassal(&entry.path(), opts);
                     self.refused.not_a_file(&entry.file_name(), &why);

@@ -59,8 +59,9 @@ pub(crate) fn stat_vassal(
 }
 
 /// Why `path`, named like a config, is not a vassal: what it is instead
-/// (a directory, a FIFO, a device node, a socket, a symlink loop, a
-/// dangling symlink), for the one warning it gets.
+/// (a directory, a FIFO, a device node, a socket, a symlink loop), for the
+/// one warning it gets. (A symlink to nothing is simply absent: a deploy
+/// may create the link before its target.)
 pub(crate) fn not_a_vassal(path: &Path, opts: &MonitorOptions) -> String {
     use std::os::unix::fs::FileTypeExt;
     let md = if opts.nofollow {

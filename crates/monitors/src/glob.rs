@@ -154,7 +154,7 @@ impl FileSource for GlobSource {
                     spec.socket = socket;
                     specs.push(spec);
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && p.symlink_metadata().is_err() => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 _ => {
                     let why = not_a_vassal(&p, opts);
                     self.refused

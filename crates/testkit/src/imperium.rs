@@ -209,3 +209,51 @@ pub fn record_starts(path: &Path) -> Vec<u32> {
         .filter_map(|r| r.split_whitespace().next()?.parse().ok())
         .collect()
 }
+
+/// A directory of test-vassal configs for an emperor to watch: `vassals/`
+/// inside a temporary directory, each vassal recording its events to
+/// `<name>.rec` beside it.
+pub struct VassalDir {
+    /// The temporary directory (the emperor's working directory in tests).
+    pub tmp: tempfile::TempDir,
+    /// The directory the emperor watches.
+    pub vassals: PathBuf,
+}
+
+impl VassalDir {
+    /// A new, empty one.
+    pub fn new() -> VassalDir {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let vassals = tmp.path().join("vassals");
+        std::fs::create_dir(&vassals).expect("create the vassal directory");
+        VassalDir { tmp, vassals }
+    }
+
+    /// `name` inside the temporary directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Where vassal `name` records its events.
+    pub fn rec(&self, name: &str) -> PathBuf {
+        self.path(&format!("{name}.rec"))
+    }
+
+    /// Writes vassal `file` with the `[vassal]` keys `extra`, recording to
+    /// `<file>.rec`.
+    pub fn write(&self, file: &str, extra: &str) -> PathBuf {
+        let p = self.vassals.join(file);
+        std::fs::write(
+            &p,
+            format!("[vassal]\nrecord = {}\n{extra}\n", self.rec(file).display()),
+        )
+        .expect("write the vassal config");
+        p
+    }
+}
+
+impl Default for VassalDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}

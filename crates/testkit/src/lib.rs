@@ -14,4 +14,6 @@ pub mod users;
 pub mod uwsgi;
 pub mod zmq_push;
 
-pub use imperium::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};
+pub use imperium::{
+    imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium, VassalDir,
+};
