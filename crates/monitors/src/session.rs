@@ -10,6 +10,20 @@
 //! monitor's [`Retry`] row and starts a new session, which resyncs. File
 //! monitors (dir, glob, file) have the same shape without a connection:
 //! see `fswatch::run_file_monitor`.
+// the session skeleton serves the server monitors; a build with the file
+// monitors alone uses only part of this module
+#![cfg_attr(
+    not(any(
+        feature = "ldap",
+        feature = "zoo",
+        feature = "etcd",
+        feature = "pg",
+        feature = "mongodb",
+        feature = "amqp",
+        feature = "zmq"
+    )),
+    allow(dead_code)
+)]
 
 use std::collections::BTreeSet;
 use std::future::Future;
