@@ -338,6 +338,11 @@ impl DirWatcher {
             }
         });
         for (p, names) in wanted {
+            // already watched for these names: no system call per rescan
+            if let Some((_, have)) = self.parents.values_mut().find(|(pp, _)| *pp == p) {
+                *have = names;
+                continue;
+            }
             match watches.add(&p, parent_mask()) {
                 Ok(wd) => {
                     self.parents.insert(wd, (p, names));
