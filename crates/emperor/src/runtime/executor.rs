@@ -417,6 +417,7 @@ impl Executor {
             config,
             queue: std::sync::Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
+            overflowed: Default::default(),
         });
         if let Some(text) = inline {
             link.send(VassalCmd::Config(text));

@@ -39,23 +39,27 @@ pub(super) struct VassalLink {
     /// Commands in order; the task drains it when woken.
     pub(super) queue: std::sync::Mutex<VecDeque<VassalCmd>>,
     pub(super) waker: AtomicWaker,
+    /// [`MAX_PENDING`] was reached (logged once).
+    pub(super) overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl VassalLink {
-    /// Queues a command for the vassal. A vassal that does not read its
-    /// sockets never makes the queue grow: a config push replaces the one
-    /// still pending, and a byte equal to the last one queued is dropped
-    /// (a second pending reload or stop says nothing more).
+    /// Queues a command for the vassal. Every command counts (two reloads
+    /// are two reloads; each config request gets its push), but a vassal
+    /// that reads nothing cannot make the queue grow without bound: past
+    /// [`MAX_PENDING`] commands (config pushes share their text, so that is
+    /// a few kilobytes) more are dropped, with one log line.
     pub(super) fn send(&self, cmd: VassalCmd) {
         {
             let mut q = self.queue();
-            match &cmd {
-                VassalCmd::Config(_) => q.retain(|c| !matches!(c, VassalCmd::Config(_))),
-                VassalCmd::Byte(b) => {
-                    if matches!(q.back(), Some(VassalCmd::Byte(last)) if last == b) {
-                        return;
-                    }
+            if q.len() >= MAX_PENDING {
+                if !self
+                    .overflowed
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(vassal = %self.name, "[emperor] vassal {} reads nothing from its emperor socket: {MAX_PENDING} commands are pending, further ones are dropped", self.name);
                 }
+                return;
             }
             q.push_back(cmd);
         }
@@ -156,6 +160,9 @@ async fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// The most commands queued for one vassal (see [`VassalLink::send`]).
+pub(super) const MAX_PENDING: usize = 1024;
 
 /// At most this many bytes are read from a vassal's control socket per
 /// turn of the loop.
