@@ -320,7 +320,9 @@ pub fn redact(url: &str) -> String {
     let mut out = head.to_string();
     for (i, p) in parts.iter().enumerate() {
         out.push('?');
-        if i == 3 {
+        // the extensions, and any part after them: a URL with a '?' too
+        // many is refused, and the error shows it
+        if i >= 3 {
             let exts: Vec<String> = p
                 .split(',')
                 .map(|e| {
@@ -554,6 +556,21 @@ mod tests {
             "ldap://h/dc=x????bindname=cn=a,!x-bindpw=***,x-key=k"
         );
         assert_eq!(redact("ldap://h/dc=x"), "ldap://h/dc=x");
+        // found by a property test: an extension after a '?' too
+        // many was shown as written in the "too many '?' parts" error
+        let url = "ldap://h/dc=x?cn???a?bindname=cn=a,x-bindpw=Secret1";
+        assert_eq!(
+            redact(url),
+            "ldap://h/dc=x?cn???a?bindname=cn=a,x-bindpw=***"
+        );
+        let err = LdapUrl::parse(url, &LdapOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("too many") && !err.contains("Secret1"),
+            "{err}"
+        );
         assert_eq!(redact("ldap://u:pw@h/dc=x"), "ldap://***@h/dc=x");
     }
 
@@ -561,4 +578,5 @@ mod tests {
     fn unknown_noncritical_extension_is_ignored() {
         assert!(parse("ldap://h/dc=x????x-frob=1").is_ok());
     }
+
 }
