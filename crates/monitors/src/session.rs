@@ -400,7 +400,7 @@ pub const MASK: &str = "***";
 
 /// How much of a URL's `user:password@` [`mask_userinfo`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Userinfo {
+pub enum Userinfo {
     /// `user:***@` (`user@` when there is no password): the user is no secret.
     KeepUser,
     /// `***@`, for schemes whose URLs have no user info to speak of.
@@ -411,7 +411,7 @@ pub(crate) enum Userinfo {
 /// replaced by [`MASK`]. The user info ends at the last `@` before the
 /// first `/`: a password may hold `@`, `?` or `#` and is still masked (an
 /// `@` in a query without a path may make the shown URL odd, never leak).
-pub(crate) fn mask_userinfo(url: &str, keep: Userinfo) -> String {
+pub fn mask_userinfo(url: &str, keep: Userinfo) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -492,4 +492,5 @@ mod tests {
             ]
         );
     }
+
 }
