@@ -493,4 +493,31 @@ mod tests {
         );
     }
 
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// A password (any text without `/`, which would end the
+            /// authority) never survives masking, whatever it holds (`@`,
+            /// `:`, `?`, `#`); the user is kept with `KeepUser` only.
+            #[test]
+            fn mask_userinfo_never_leaves_the_password(
+                scheme in "[a-z][a-z0-9+]{0,8}",
+                user in "[a-z0-9._-]{0,8}",
+                pass in "[A-Z][A-Z!#?@:;=&%$ ]{3,15}",
+                host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(,[a-z0-9.]{1,8})?",
+                path in "(/[a-z0-9/?=&.]{0,20})?",
+            ) {
+                let url = format!("{scheme}://{user}:{pass}@{host}{path}");
+                let kept = mask_userinfo(&url, Userinfo::KeepUser);
+                prop_assert!(!kept.contains(&pass), "{} -> {}", url, kept);
+                prop_assert_eq!(&kept, &format!("{scheme}://{user}:{MASK}@{host}{path}"));
+                let hidden = mask_userinfo(&url, Userinfo::HideAll);
+                prop_assert_eq!(hidden, format!("{scheme}://{MASK}@{host}{path}"));
+            }
+        }
+    }
 }

@@ -424,3 +424,52 @@ fn files_only_refuses_commands_descriptors_and_special_files() {
         Some("1")
     );
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A key uWSGI's ini reader keeps as written and the crate does not
+    /// consume itself.
+    fn key() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9_-]{0,12}".prop_filter("config language", |k| !is_config_language(k))
+    }
+
+    /// A value with no blank at either end (the reader strips them) and no
+    /// `%`, `$`, `@` (placeholders and magic variables).
+    fn value() -> impl Strategy<Value = String> {
+        "([a-zA-Z0-9./:_,=;#\"'-]([a-zA-Z0-9 ./:_,=;#\"'-]{0,20}[a-zA-Z0-9./:_,=;#\"'-])?)?"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// An ini file of `key = value` lines reads back as the same
+        /// entries, in order, each with its line.
+        #[test]
+        fn ini_lines_round_trip(lines in proptest::collection::vec((key(), value()), 0..24)) {
+            let d = Dir::new();
+            let mut text = String::from("[uwsgi]\n");
+            for (k, v) in &lines {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            d.write("p.ini", &text);
+            let c = run(&d, &["--ini", "p.ini"]).unwrap();
+            let got: Vec<(String, String, Option<usize>)> = c
+                .options()
+                .map(|e| match &e.origin {
+                    Origin::File { path, line } if path == "p.ini" => {
+                        (e.key.clone(), e.value.clone().unwrap(), *line)
+                    }
+                    o => panic!("{e:?} from {o}"),
+                })
+                .collect();
+            let want: Vec<(String, String, Option<usize>)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (k.clone(), v.clone(), Some(i + 2)))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
