@@ -492,4 +492,34 @@ mod tests {
             assert!(!a.allows(65534, 65534));
         }
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any list of non-empty keys and values, encoded as uWSGI does,
+            /// parses back to itself whatever the 4 header bytes are.
+            #[test]
+            fn command_packets_round_trip(
+                header in any::<[u8; 4]>(),
+                kv in proptest::collection::vec((".{1,40}", ".{0,80}"), 0..8),
+            ) {
+                let mut pkt = header.to_vec();
+                for (k, v) in &kv {
+                    for s in [k, v] {
+                        pkt.extend_from_slice(&(s.len() as u16).to_le_bytes());
+                        pkt.extend_from_slice(s.as_bytes());
+                    }
+                }
+                prop_assert_eq!(parse_command_packet(&pkt).unwrap(), kv.clone());
+                // one byte short is an error, never a panic
+                if !kv.is_empty() {
+                    prop_assert!(parse_command_packet(&pkt[..pkt.len() - 1]).is_err());
+                }
+            }
+        }
+    }
 }

@@ -305,4 +305,61 @@ mod tests {
         assert_eq!(e.config_flag("foo.ini:zerg"), "--ini");
         assert_eq!(e.config_flag("foo.xml:zerg:3"), "--xml");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// The rules as docs/monitors.md states them, written out again.
+        fn documented(name: &str, extra: &[String], policy: NamePolicy) -> bool {
+            let exts = BUILTIN_EXTENSIONS
+                .iter()
+                .copied()
+                .chain(extra.iter().map(String::as_str).filter(|e| !e.is_empty()));
+            !name.is_empty()
+                && name.len() < 255
+                && !name.chars().any(|c| {
+                    c.is_control()
+                        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+                })
+                && !name.starts_with('-')
+                && match policy {
+                    NamePolicy::Plain => !name.contains('/') && name != "..",
+                    NamePolicy::Path => !name.split('/').any(|c| c == ".."),
+                }
+                && exts.into_iter().any(|e| name.ends_with(e))
+        }
+
+        /// Names made of the characters the rules are about.
+        fn name() -> impl Strategy<Value = String> {
+            let piece = prop::sample::select(vec![
+                "a", "Z", "0", "_", " ", ".", "..", "/", "-", "é", "ini", "xml", "yml", "yaml",
+                "js", "json", "foo", ".ini", ".json", ".foo", "\n", "\t", "\u{7f}", "\u{85}",
+                "\u{202e}", "\u{2066}", "\u{200f}", "\u{061c}", "\u{200b}", "~", ":",
+            ]);
+            prop_oneof![
+                4 => proptest::collection::vec(piece, 0..10).prop_map(|p| p.concat()),
+                1 => (240usize..260, prop::sample::select(vec![".ini", ".yaml", ".txt"]))
+                    .prop_map(|(n, e)| format!("{}{e}", "a".repeat(n))),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// `parse` accepts exactly the names the documented rules allow.
+            #[test]
+            fn parse_accepts_exactly_the_documented_names(
+                name in name(),
+                extra in proptest::collection::vec(prop::sample::select(vec!["", ".foo", ".", "a.ini~"]), 0..2),
+                path in any::<bool>(),
+            ) {
+                let extra: Vec<String> = extra.into_iter().map(String::from).collect();
+                let policy = if path { NamePolicy::Path } else { NamePolicy::Plain };
+                let exts = Extensions::new(extra.clone());
+                let got = VassalName::parse(&name, &exts, policy);
+                prop_assert_eq!(got.is_ok(), documented(&name, &extra, policy), "{:?} -> {:?}", name, got);
+            }
+        }
+    }
 }

@@ -148,4 +148,39 @@ mod tests {
         );
         assert_eq!(encode_config(b""), Err(ConfigPipeError::Empty));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Any body of 1 to 65535 bytes: the header carries its length
+            /// (what a vassal reads), the body follows unchanged.
+            #[test]
+            fn config_packet_round_trips(
+                body in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 1..512),
+                    // near the limit (one repeated byte: generating 64 KiB
+                    // of random bytes per case is slow in a debug build)
+                    (MAX_CONFIG_LEN - 8..=MAX_CONFIG_LEN, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
+                ]
+            ) {
+                let pkt = encode_config(&body).unwrap();
+                prop_assert!(check_config(&body).is_ok());
+                prop_assert_eq!(pkt[0], CONFIG_MODIFIER1);
+                prop_assert_eq!(decode_config_header([pkt[0], pkt[1], pkt[2], pkt[3]]), body.len());
+                prop_assert_eq!(&pkt[4..], &body[..]);
+            }
+
+            /// Bodies over the limit are refused with their size, by both checks.
+            #[test]
+            fn oversized_configs_are_refused(extra in 1usize..4096) {
+                let body = vec![b'x'; MAX_CONFIG_LEN + extra];
+                prop_assert_eq!(encode_config(&body), Err(ConfigPipeError::TooLarge(body.len())));
+                prop_assert_eq!(check_config(&body), Err(ConfigPipeError::TooLarge(body.len())));
+            }
+        }
+    }
 }

@@ -285,7 +285,8 @@ async fn close(conn: Connection) -> End {
 ///
 /// `routing_key` empty: `body` is a config path or an http(s) URL. Otherwise
 /// the key is the vassal name and `body` its config text (empty = stop).
-pub(crate) fn interpret(
+/// Public for the fuzz targets ([`crate::fuzzing`]).
+pub fn interpret(
     routing_key: &str,
     body: &[u8],
     opts: &MonitorOptions,

@@ -47,6 +47,20 @@ mod bus;
 #[cfg(feature = "zmq")]
 pub mod zmq;
 
+/// The parsers of outside input that are not public otherwise, for the fuzz
+/// targets in `fuzz/` (docs/fuzzing.md). Not a stable API: nothing else
+/// should use it.
+#[doc(hidden)]
+pub mod fuzzing {
+    #[cfg(feature = "amqp")]
+    pub use crate::amqp::interpret as amqp_interpret;
+    #[cfg(feature = "ldap")]
+    pub use crate::ldap::{redact as ldap_redact, Entry as LdapEntry};
+    pub use crate::session::{mask_userinfo, Userinfo};
+    #[cfg(feature = "zmq")]
+    pub use crate::zmq::interpret as zmq_interpret;
+}
+
 /// What a monitor is built from: one `--emperor` value and the settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {

@@ -414,7 +414,7 @@ pub const MASK: &str = "***";
 
 /// How much of a URL's `user:password@` [`mask_userinfo`] keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Userinfo {
+pub enum Userinfo {
     /// `user:***@` (`user@` when there is no password): the user is no secret.
     KeepUser,
     /// `***@`, for schemes whose URLs have no user info to speak of.
@@ -425,7 +425,7 @@ pub(crate) enum Userinfo {
 /// replaced by [`MASK`]. The user info ends at the last `@` before the
 /// first `/`: a password may hold `@`, `?` or `#` and is still masked (an
 /// `@` in a query without a path may make the shown URL odd, never leak).
-pub(crate) fn mask_userinfo(url: &str, keep: Userinfo) -> String {
+pub fn mask_userinfo(url: &str, keep: Userinfo) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -505,5 +505,33 @@ mod tests {
                 d("c")
             ]
         );
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// A password (any text without `/`, which would end the
+            /// authority) never survives masking, whatever it holds (`@`,
+            /// `:`, `?`, `#`); the user is kept with `KeepUser` only.
+            #[test]
+            fn mask_userinfo_never_leaves_the_password(
+                scheme in "[a-z][a-z0-9+]{0,8}",
+                user in "[a-z0-9._-]{0,8}",
+                pass in "[A-Z][A-Z!#?@:;=&%$ ]{3,15}",
+                host in "[a-z0-9.-]{1,12}(:[0-9]{1,5})?(,[a-z0-9.]{1,8})?",
+                path in "(/[a-z0-9/?=&.]{0,20})?",
+            ) {
+                let url = format!("{scheme}://{user}:{pass}@{host}{path}");
+                let kept = mask_userinfo(&url, Userinfo::KeepUser);
+                prop_assert!(!kept.contains(&pass), "{} -> {}", url, kept);
+                prop_assert_eq!(&kept, &format!("{scheme}://{user}:{MASK}@{host}{path}"));
+                let hidden = mask_userinfo(&url, Userinfo::HideAll);
+                prop_assert_eq!(hidden, format!("{scheme}://{MASK}@{host}{path}"));
+            }
+        }
     }
 }

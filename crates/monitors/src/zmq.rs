@@ -232,8 +232,9 @@ fn number(p: Option<&[u8]>, what: &str) -> Result<Option<u32>, String> {
 /// Turns one multipart message into a change, or says why it is dropped.
 ///
 /// Parts: `[command, name, config, uid, gid, socket]`, 2 to 6 of them; an
-/// empty or missing part is absent.
-pub(crate) fn interpret(
+/// empty or missing part is absent. Public for the fuzz targets
+/// ([`crate::fuzzing`]).
+pub fn interpret(
     parts: &[Vec<u8>],
     opts: &MonitorOptions,
     key: ChangeKey,

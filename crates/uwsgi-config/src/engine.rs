@@ -496,8 +496,19 @@ impl<'a> Engine<'a> {
                     self.add(key.clone(), subst(&p), origin.clone(), false)?;
                 }
             }
-            Logic::ForReadline => match std::fs::read(path(&data)) {
-                Ok(bytes) => {
+            // at most max_file_size bytes: `for-readline = /dev/zero` is an
+            // error, not a process that eats all memory
+            Logic::ForReadline => match source::open_file(&path(&data), &self.limits)
+                .and_then(|f| source::read_limited(f, self.limits.max_file_size))
+            {
+                Ok(None) => {
+                    return Err(Error::TooLarge {
+                        what: format!("for-readline file {data}"),
+                        origin: origin.clone(),
+                        limit: self.limits.max_file_size,
+                    })
+                }
+                Ok(Some(bytes)) => {
                     for line in fgets_lines(&bytes) {
                         self.add(key.clone(), subst(&line), origin.clone(), false)?;
                     }
@@ -758,14 +769,15 @@ impl<'a> Engine<'a> {
         }
 
         // read (with inject-before/after), then the magic variables
-        let limit = self.limits.max_file_size;
+        let limits = &self.limits;
+        let limit = limits.max_file_size;
         let mut content = Vec::new();
         for inj in self.inject_before.clone() {
-            content.extend(source::read(&inj, &self.ctx.cwd, origin, limit)?);
+            content.extend(source::read(&inj, &self.ctx.cwd, origin, limits)?);
         }
-        content.extend(source::read(&path, &self.ctx.cwd, origin, limit)?);
+        content.extend(source::read(&path, &self.ctx.cwd, origin, limits)?);
         for inj in self.inject_after.clone() {
-            content.extend(source::read(&inj, &self.ctx.cwd, origin, limit)?);
+            content.extend(source::read(&inj, &self.ctx.cwd, origin, limits)?);
         }
         // while reading, uWSGI has cut the name at its ':' (so %o, and %O
         // when this is the first file, have no section)
@@ -887,8 +899,7 @@ impl<'a> Engine<'a> {
             b'$' => Ok(self.getenv(key).map(str::to_string)),
             b'@' => {
                 let origin = self.items[i].entry.origin.clone();
-                let mut data =
-                    source::read(key, &self.ctx.cwd, &origin, self.limits.max_file_size)?;
+                let mut data = source::read(key, &self.ctx.cwd, &origin, &self.limits)?;
                 if matches!(data.last(), Some(b'\n' | b'\r')) {
                     data.pop();
                 }

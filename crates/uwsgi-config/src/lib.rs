@@ -352,6 +352,12 @@ pub struct Limits {
     pub max_substitutions: usize,
     /// How large a config file (or `exec://` output) may be.
     pub max_file_size: usize,
+    /// Read config sources from regular files only: `exec://` (a shell
+    /// command) and `fd://` (an inherited descriptor) are refused as
+    /// unsupported sources, and a path that is not a regular file (a FIFO,
+    /// a device, `/dev/stdin`) is a read error. Off by default, as in uWSGI;
+    /// on for input nobody vetted (the fuzz targets turn it on).
+    pub files_only: bool,
 }
 
 impl Default for Limits {
@@ -362,6 +368,7 @@ impl Default for Limits {
             max_value_len: 1 << 20,
             max_substitutions: 10_000,
             max_file_size: 16 << 20,
+            files_only: false,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::{Error, Origin};
+use crate::{Error, Limits, Origin};
 
 /// The schemes uWSGI 2.0.21 registers (`uwsgi_setup_schemes`).
 const SCHEMES: &[&str] = &[
@@ -47,7 +47,20 @@ pub(crate) fn resolve(cwd: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn read_limited(mut r: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+/// Opens the file at `path`; with `limits.files_only`, only a regular file
+/// (checked before opening, so a FIFO is never opened and waited on).
+pub(crate) fn open_file(path: &Path, limits: &Limits) -> std::io::Result<std::fs::File> {
+    if limits.files_only && !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (only files are read here)",
+        ));
+    }
+    std::fs::File::open(path)
+}
+
+/// Reads at most `limit` bytes: `None` when there is more.
+pub(crate) fn read_limited(mut r: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     r.by_ref().take(limit as u64 + 1).read_to_end(&mut buf)?;
     if buf.len() > limit {
@@ -56,8 +69,16 @@ fn read_limited(mut r: impl Read, limit: usize) -> std::io::Result<Option<Vec<u8
     Ok(Some(buf))
 }
 
-/// Reads `url` (a path or `scheme://...`), as uWSGI's `uwsgi_open_and_read`.
-pub(crate) fn read(url: &str, cwd: &Path, origin: &Origin, limit: usize) -> Result<Vec<u8>, Error> {
+/// Reads `url` (a path or `scheme://...`), as uWSGI's `uwsgi_open_and_read`,
+/// at most `limits.max_file_size` bytes; with `limits.files_only`, only
+/// files.
+pub(crate) fn read(
+    url: &str,
+    cwd: &Path,
+    origin: &Origin,
+    limits: &Limits,
+) -> Result<Vec<u8>, Error> {
+    let limit = limits.max_file_size;
     let too_large = || Error::TooLarge {
         what: format!("config source {url}"),
         origin: origin.clone(),
@@ -73,7 +94,13 @@ pub(crate) fn read(url: &str, cwd: &Path, origin: &Origin, limit: usize) -> Resu
             "reading the config from standard input is not supported",
         ));
     }
-    match scheme_of(url) {
+    let scheme = scheme_of(url);
+    if limits.files_only && matches!(scheme, Some("exec" | "fd")) {
+        return Err(unsupported(
+            "only files are read here (exec:// and fd:// are turned off)",
+        ));
+    }
+    match scheme {
         Some("exec") => {
             let cmd = &url["exec://".len()..];
             let exec_err = |source| Error::Exec {
@@ -121,7 +148,7 @@ pub(crate) fn read(url: &str, cwd: &Path, origin: &Origin, limit: usize) -> Resu
             "this scheme reads from the uWSGI binary (data://, sym://, section://, call://, callint://)",
         )),
         None => {
-            let f = std::fs::File::open(resolve(cwd, url)).map_err(|source| Error::Read {
+            let f = open_file(&resolve(cwd, url), limits).map_err(|source| Error::Read {
                 path: url.to_string(),
                 origin: origin.clone(),
                 source,

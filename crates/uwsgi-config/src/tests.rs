@@ -348,3 +348,128 @@ fn strict_rejects_unknown_keys() {
         Error::Strict { .. }
     ));
 }
+
+#[test]
+fn for_readline_reads_at_most_the_file_size_limit() {
+    // `std::fs::read` had no cap: `for-readline = /dev/zero` ate memory
+    // until the process died
+    let d = Dir::new();
+    d.write("lines", &"x\n".repeat(100));
+    d.write("r.ini", "[uwsgi]\nfor-readline = lines\na = %(_)\nendfor\n");
+    let limits = Limits {
+        max_file_size: 100,
+        ..Limits::default()
+    };
+    let e = parse_with_limits(&args(&["--ini", "r.ini"]), &table(), &d.ctx(), limits).unwrap_err();
+    assert!(
+        matches!(&e, Error::TooLarge { what, limit: 100, .. } if what.contains("lines")),
+        "{e}"
+    );
+    d.write(
+        "z.ini",
+        "[uwsgi]\nfor-readline = /dev/zero\na = %(_)\nendfor\n",
+    );
+    let e = parse_with_limits(&args(&["--ini", "z.ini"]), &table(), &d.ctx(), limits).unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    // under the limit, as before
+    d.write("few", "a\nb\n");
+    d.write("f.ini", "[uwsgi]\nfor-readline = few\nx = %(_)\nendfor\n");
+    let c = parse_with_limits(&args(&["--ini", "f.ini"]), &table(), &d.ctx(), limits).unwrap();
+    let xs: Vec<_> = c.entries.iter().filter(|e| e.key == "x").collect();
+    assert_eq!(xs.len(), 2);
+}
+
+#[test]
+fn files_only_refuses_commands_descriptors_and_special_files() {
+    let d = Dir::new();
+    let limits = Limits {
+        files_only: true,
+        ..Limits::default()
+    };
+    let go = |a: &[&str]| parse_with_limits(&args(a), &table(), &d.ctx(), limits);
+    d.write("ok.ini", "[uwsgi]\nmaster = 1\n");
+    d.write("e.ini", "[uwsgi]\nini = exec://cat ok.ini\n");
+    let e = go(&["--ini", "e.ini"]);
+    assert!(matches!(e, Err(Error::UnsupportedSource { .. })), "{e:?}");
+    assert!(matches!(
+        go(&["--ini", "fd://0"]),
+        Err(Error::UnsupportedSource { .. })
+    ));
+    assert!(matches!(
+        go(&["--ini", "/dev/null"]),
+        Err(Error::Read { .. })
+    ));
+    d.write("m.ini", "[uwsgi]\na = @(exec://echo hi)\n");
+    assert!(matches!(
+        go(&["--ini", "m.ini"]),
+        Err(Error::UnsupportedSource { .. })
+    ));
+    d.write(
+        "r.ini",
+        "[uwsgi]\nfor-readline = /dev/null\nx = %(_)\nendfor\n",
+    );
+    let c = go(&["--ini", "r.ini"]).unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.message.contains("regular file")),
+        "{:?}",
+        c.warnings
+    );
+    // files are read as always
+    assert_eq!(go(&["--ini", "ok.ini"]).unwrap().get("master"), Some("1"));
+    // and without files_only, exec:// runs as in uWSGI
+    assert_eq!(
+        run(&d, &["--ini", "e.ini"]).unwrap().get("master"),
+        Some("1")
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A key uWSGI's ini reader keeps as written and the crate does not
+    /// consume itself.
+    fn key() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9_-]{0,12}".prop_filter("config language", |k| !is_config_language(k))
+    }
+
+    /// A value with no blank at either end (the reader strips them) and no
+    /// `%`, `$`, `@` (placeholders and magic variables).
+    fn value() -> impl Strategy<Value = String> {
+        "([a-zA-Z0-9./:_,=;#\"'-]([a-zA-Z0-9 ./:_,=;#\"'-]{0,20}[a-zA-Z0-9./:_,=;#\"'-])?)?"
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// An ini file of `key = value` lines reads back as the same
+        /// entries, in order, each with its line.
+        #[test]
+        fn ini_lines_round_trip(lines in proptest::collection::vec((key(), value()), 0..24)) {
+            let d = Dir::new();
+            let mut text = String::from("[uwsgi]\n");
+            for (k, v) in &lines {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            d.write("p.ini", &text);
+            let c = run(&d, &["--ini", "p.ini"]).unwrap();
+            let got: Vec<(String, String, Option<usize>)> = c
+                .options()
+                .map(|e| match &e.origin {
+                    Origin::File { path, line } if path == "p.ini" => {
+                        (e.key.clone(), e.value.clone().unwrap(), *line)
+                    }
+                    o => panic!("{e:?} from {o}"),
+                })
+                .collect();
+            let want: Vec<(String, String, Option<usize>)> = lines
+                .iter()
+                .enumerate()
+                .map(|(i, (k, v))| (k.clone(), v.clone(), Some(i + 2)))
+                .collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}

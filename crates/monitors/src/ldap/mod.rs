@@ -35,6 +35,10 @@ use crate::session::{self, AbortOnDrop, End, Link, RescanClock, Source, WarnOnce
 pub use self::entry::{parse_csn, parse_generalized_time, parse_stamp};
 pub use self::url::{AttrMap, LdapUrl, Password, DEFAULT_ATTRS, DEFAULT_FILTER, DEFAULT_PORT};
 
+/// For the fuzz targets ([`crate::fuzzing`]): not an API.
+#[doc(hidden)]
+pub use self::{entry::Entry, url::redact};
+
 /// The OID of the RFC 4533 Sync Request control.
 const SYNC_REQUEST_OID: &str = "1.3.6.1.4.1.4203.1.9.1.1";
 /// How long a TCP connect may take.

@@ -450,4 +450,31 @@ mod tests {
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].config, ConfigSource::Inline("new".into()));
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// `EXTRACT(epoch FROM ts)` prints seconds and up to 9 digits of
+            /// fraction: read exactly, to the nanosecond, whatever the
+            /// number of fraction digits and the blanks around it.
+            #[test]
+            fn parse_ts_reads_any_decimal_exactly(
+                secs in any::<u64>(),
+                nanos in 0u32..1_000_000_000,
+                digits in 0usize..=9,
+                pad in "[ \t]{0,2}",
+            ) {
+                let frac = format!("{nanos:09}");
+                let frac = &frac[..digits];
+                let text = if digits == 0 { format!("{pad}{secs}{pad}") } else { format!("{pad}{secs}.{frac}{pad}") };
+                let ns_part: i128 = if digits == 0 { 0 } else { frac.parse::<i128>().unwrap() * 10i128.pow(9 - digits as u32) };
+                let want = i128::from(secs) * 1_000_000_000 + ns_part;
+                prop_assert_eq!(parse_ts(&text), Ok(ChangeKey::Stamp(want)));
+            }
+        }
+    }
 }

@@ -258,4 +258,36 @@ mod tests {
         assert_eq!(quote_ident("imperium"), "\"imperium\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// The password of the keyword form (bare or quoted, with
+            /// escapes) and of a URI (user info or `password=` parameter)
+            /// never survives `redact_conninfo`.
+            #[test]
+            fn redact_conninfo_never_leaves_the_password(
+                pass in "[A-Z][A-Z!#?@:;=&%$]{3,15}",
+                quoted in "[A-Z][A-Z!#?@:;=&%$ ]{3,15}",
+                before in "(host=[a-z]{1,8} )?",
+                after in "( user=[a-z]{1,8})?",
+                uri_user in "[a-z]{1,8}",
+            ) {
+                let kw = format!("{before}password={pass}{after}");
+                prop_assert!(!redact_conninfo(&kw).contains(&pass), "{}", kw);
+                let escaped = quoted.replace('\\', "\\\\").replace('\'', "\\'");
+                let kw = format!("{before}password = '{escaped}'{after}");
+                let shown = redact_conninfo(&kw);
+                prop_assert!(!shown.contains(&quoted), "{} -> {}", kw, shown);
+                let pass = pass.replace(['/', '?'], "!");
+                let uri = format!("postgresql://{uri_user}:{pass}@db/x?sslmode=off&password={pass}");
+                let shown = redact_conninfo(&uri);
+                prop_assert!(!shown.contains(&pass), "{} -> {}", uri, shown);
+            }
+        }
+    }
 }
