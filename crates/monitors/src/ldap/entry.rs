@@ -145,8 +145,13 @@ pub fn parse_csn(v: &str) -> Result<ChangeKey, String> {
     let count = parts
         .next()
         .ok_or_else(|| format!("{v:?} is not a CSN (TIME#COUNT#SID#MOD)"))?;
-    let count = i128::from_str_radix(count, 16)
-        .map_err(|_| format!("{v:?}: change count {count:?} is not hexadecimal"))?;
+    // hex digits only: from_str_radix also takes a sign, and a count of
+    // -2^127 overflowed the sum below (a panic in a debug build, a wrapped
+    // key in a release build)
+    let count = Some(count)
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|c| i128::from_str_radix(c, 16).ok())
+        .ok_or_else(|| format!("{v:?}: change count {count:?} is not hexadecimal"))?;
     let ns = parse_generalized_time(time)?;
     Ok(ChangeKey::Stamp(ns + count.min(999)))
 }
@@ -236,6 +241,25 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csn_count_is_hex_digits_only() {
+        // found by review while writing the ldap fuzz target: a signed count
+        // was accepted, and i128::MIN overflowed the sum for a time before 1970
+        for v in [
+            "19000101000000Z#-80000000000000000000000000000000#000#000000",
+            "20240101000000Z#-1#000#000000",
+            "20240101000000Z#+1#000#000000",
+            "20240101000000Z##000#000000",
+        ] {
+            assert!(parse_csn(v).is_err(), "{v}");
+        }
+        let t = parse_generalized_time("19000101000000Z").unwrap();
+        assert_eq!(
+            parse_csn("19000101000000Z#00000a#000#000000"),
+            Ok(ChangeKey::Stamp(t + 10))
+        );
+    }
 
     fn entry(pairs: &[(&str, &str)]) -> Entry {
         let mut e = Entry {
