@@ -230,6 +230,7 @@ pub async fn serve(listener: Listener, access: Access, commands: mpsc::Sender<Co
     crate::listener::accept_loop(
         listener,
         CLIENT_TIMEOUT,
+        "control socket",
         |e| tracing::warn!(error = %e, "control socket: accept failed"),
         move |conn, cred| {
             let access = access.clone();

@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use tokio::net::{TcpListener, UnixListener};
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::unix::UCred;
-use tokio::sync::Semaphore;
 use tokio::time::error::Elapsed;
 
 /// Accepts connections on `listener` for ever. A failed accept is passed to
@@ -23,9 +21,17 @@ use tokio::time::error::Elapsed;
 /// peer's credentials on UNIX sockets) is turned into a future by `serve`,
 /// which runs in its own task for at most `timeout`; its outcome, or the
 /// elapsed time limit, goes to `on_done` in that task.
+///
+/// At most [`MAX_CLIENTS`] connections are served at once. A new connection
+/// is always accepted: when every slot is taken, the oldest connection still
+/// being served is closed to make room (counted, and logged at most once per
+/// [`LogLimit::EVERY`] by `what`). Clients that connect and then say nothing
+/// can therefore never keep a real one waiting in the kernel's backlog for
+/// the length of their time limit.
 pub(crate) async fn accept_loop<S, F>(
     listener: Listener,
     timeout: Duration,
+    what: &'static str,
     on_accept_error: fn(&std::io::Error),
     serve: S,
     on_done: fn(Result<F::Output, Elapsed>),
@@ -34,11 +40,10 @@ pub(crate) async fn accept_loop<S, F>(
     F: Future + Send + 'static,
     F::Output: Send,
 {
-    let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let mut live: std::collections::VecDeque<tokio::task::AbortHandle> =
+        std::collections::VecDeque::with_capacity(MAX_CLIENTS);
+    let evicted = LogLimit::new();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let (conn, cred) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -47,11 +52,25 @@ pub(crate) async fn accept_loop<S, F>(
                 continue;
             }
         };
+        live.retain(|h| !h.is_finished());
+        if live.len() >= MAX_CLIENTS {
+            if let Some(oldest) = live.pop_front() {
+                oldest.abort();
+                if let Some(held) = evicted.allow() {
+                    tracing::warn!(
+                        target: "emperor::listener",
+                        clients = MAX_CLIENTS,
+                        held_back = held,
+                        "{what}: {MAX_CLIENTS} clients at once; the oldest connection was closed to make room"
+                    );
+                }
+            }
+        }
         let fut = serve(conn, cred);
-        tokio::spawn(async move {
-            let _permit = permit;
+        let task = tokio::spawn(async move {
             on_done(tokio::time::timeout(timeout, fut).await);
         });
+        live.push_back(task.abort_handle());
     }
 }
 
@@ -148,8 +167,8 @@ impl Drop for Listener {
     }
 }
 
-/// At most this many stats clients are served at once; more wait in the
-/// kernel's backlog.
+/// At most this many clients of one observer socket are served at once;
+/// a new one closes the oldest (see `accept_loop`).
 pub const MAX_CLIENTS: usize = 64;
 
 /// An internet address as uWSGI writes it: `:PORT` is every address.

@@ -220,6 +220,7 @@ pub async fn serve(listener: Listener, timeout: Duration, commands: mpsc::Sender
     crate::listener::accept_loop(
         listener,
         timeout,
+        "metrics server",
         |e| tracing::warn!(error = %e, "metrics server: accept failed"),
         move |conn, _| {
             let commands = commands.clone();

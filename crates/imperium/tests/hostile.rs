@@ -294,3 +294,44 @@ fn files_named_like_configs_that_are_not_files_get_one_warning_each() {
     }
     assert!(emp.stop().success());
 }
+
+#[test]
+fn idle_stats_clients_beyond_the_slots_never_keep_a_real_one_waiting() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let e = Env::new();
+    e.write("a.ini", "");
+    let sock = e.tmp.path().join("stats.sock");
+    // a long time limit: an idle client that held its slot until then
+    // would keep the real one below waiting for 30 s per 64 of them
+    let mut emp = start(
+        &e,
+        &[
+            "--emperor-stats",
+            sock.to_str().unwrap(),
+            "--stats-http",
+            "--socket-timeout",
+            "30",
+        ],
+    );
+    emp.wait_log("vassal a.ini has been spawned", T);
+    let idle: Vec<_> = (0..200)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    let mut c = UnixStream::connect(&sock).unwrap();
+    // far below the idle clients' 30 s: the answer comes while every one of
+    // them is still connected
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text)
+        .unwrap_or_else(|err| panic!("no stats answer with 200 idle clients: {err}"));
+    assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+    assert!(text.contains("\"a.ini\""), "{text}");
+    // the closed connections are one warning, not one per client
+    let what = "64 clients at once; the oldest connection was closed";
+    emp.wait_log(what, T);
+    assert_eq!(emp.count(what), 1, "{}", emp.log());
+    drop(idle);
+    assert!(emp.stop().success());
+}

@@ -472,7 +472,26 @@ impl<'a> Engine<'a> {
         origin: Origin,
     ) -> Result<(), Error> {
         let data = active.arg.clone().unwrap_or_default();
-        let subst = |with: &str| value.as_ref().map(|v| v.replace("%(_)", with));
+        // `%(_)` replaced by the loop's token: the size of the result is
+        // checked before it is built, so a value full of `%(_)` times a long
+        // token is an error, not gigabytes of memory
+        let limit = self.limits.max_value_len;
+        let (what, at) = (format!("value of {key}"), origin.clone());
+        let subst = |with: &str| -> Result<Option<String>, Error> {
+            let Some(v) = value.as_ref() else {
+                return Ok(None);
+            };
+            let n = v.matches("%(_)").count();
+            let len = (v.len() - 4 * n).saturating_add(n.saturating_mul(with.len()));
+            if len > limit {
+                return Err(Error::TooLarge {
+                    what: what.clone(),
+                    origin: at.clone(),
+                    limit,
+                });
+            }
+            Ok(Some(v.replace("%(_)", with)))
+        };
         // `name=value` form of if-opt/if-env: (name, expected)
         let split = |d: &str| match d.split_once('=') {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
@@ -482,18 +501,18 @@ impl<'a> Engine<'a> {
         match active.logic {
             Logic::For => {
                 for tok in data.split(' ').filter(|t| !t.is_empty()) {
-                    self.add(key.clone(), subst(tok), origin.clone(), false)?;
+                    self.add(key.clone(), subst(tok)?, origin.clone(), false)?;
                 }
             }
             Logic::ForTimes => {
                 let n = atoi(&data).clamp(i32::MIN as i64, i32::MAX as i64);
                 for i in 1..=n {
-                    self.add(key.clone(), subst(&i.to_string()), origin.clone(), false)?;
+                    self.add(key.clone(), subst(&i.to_string())?, origin.clone(), false)?;
                 }
             }
             Logic::ForGlob => {
                 for p in glob_mark_nocheck(&self.ctx.cwd, &data) {
-                    self.add(key.clone(), subst(&p), origin.clone(), false)?;
+                    self.add(key.clone(), subst(&p)?, origin.clone(), false)?;
                 }
             }
             // at most max_file_size bytes: `for-readline = /dev/zero` is an
@@ -510,7 +529,7 @@ impl<'a> Engine<'a> {
                 }
                 Ok(Some(bytes)) => {
                     for line in fgets_lines(&bytes) {
-                        self.add(key.clone(), subst(&line), origin.clone(), false)?;
+                        self.add(key.clone(), subst(&line)?, origin.clone(), false)?;
                     }
                 }
                 Err(e) => self.warnings.push(Warning {
@@ -531,7 +550,7 @@ impl<'a> Engine<'a> {
                 };
                 if pass {
                     let v = match &found {
-                        Some(f) => subst(f),
+                        Some(f) => subst(f)?,
                         None => value.clone(),
                     };
                     self.add(key, v, origin, false)?;
@@ -544,7 +563,7 @@ impl<'a> Engine<'a> {
             }
             Logic::IfHostname(want) => {
                 if (self.ctx.hostname == data) == want {
-                    self.add(key, subst(&data), origin, false)?;
+                    self.add(key, subst(&data)?, origin, false)?;
                 }
             }
             Logic::IfHostnameMatch(want) => {
@@ -560,13 +579,13 @@ impl<'a> Engine<'a> {
                     }
                 };
                 if matched == want {
-                    self.add(key, subst(&data), origin, false)?;
+                    self.add(key, subst(&data)?, origin, false)?;
                 }
             }
             Logic::IfExists(want) => {
                 let ok = nix::unistd::access(&path(&data), nix::unistd::AccessFlags::R_OK).is_ok();
                 if ok == want {
-                    self.add(key, subst(&data), origin, false)?;
+                    self.add(key, subst(&data)?, origin, false)?;
                 }
             }
             Logic::IfFile(want) | Logic::IfDir(want) => {
@@ -576,12 +595,12 @@ impl<'a> Engine<'a> {
                     _ => md.is_some_and(|m| m.is_dir()),
                 };
                 if ok == want {
-                    self.add(key, subst(&data), origin, false)?;
+                    self.add(key, subst(&data)?, origin, false)?;
                 }
             }
             Logic::IfPlugin(want) => {
                 if self.ctx.plugins.contains(&data) == want {
-                    self.add(key, subst(&data), origin, false)?;
+                    self.add(key, subst(&data)?, origin, false)?;
                 }
             }
         }

@@ -220,6 +220,37 @@ fn entry_and_value_limits() {
     let e = parse_with_limits(&args(&["--ini", "l3.ini"]), &table(), &d.ctx(), limits).unwrap_err();
     assert!(matches!(e, Error::PlaceholderLoop { limit: 50, .. }), "{e}");
 
+    // `%(_)` a thousand times, times a long loop token: the result is
+    // measured before it is built
+    let tok = "y".repeat(1000);
+    d.write(
+        "f.ini",
+        &format!(
+            "[uwsgi]\nfor = {tok}\nx = {}\nendfor\n",
+            "%(_)".repeat(1000)
+        ),
+    );
+    let limits = Limits {
+        max_value_len: 100_000,
+        ..Limits::default()
+    };
+    let e = parse_with_limits(&args(&["--ini", "f.ini"]), &table(), &d.ctx(), limits).unwrap_err();
+    assert!(
+        matches!(&e, Error::TooLarge { what, limit: 100_000, .. } if what == "value of x"),
+        "{e}"
+    );
+    // under the limit the loop still substitutes every `%(_)`
+    d.write("g.ini", "[uwsgi]\nfor = a b\nx = %(_)-%(_)\nendfor\n");
+    let got = run(&d, &["--ini", "g.ini"]).unwrap();
+    let xs: Vec<_> = pairs(&got).into_iter().filter(|(k, _)| k == "x").collect();
+    assert_eq!(
+        xs,
+        vec![
+            ("x".to_string(), Some("a-a".to_string())),
+            ("x".to_string(), Some("b-b".to_string()))
+        ]
+    );
+
     d.write("big.ini", &"a = 1\n".repeat(100));
     let limits = Limits {
         max_file_size: 100,

@@ -56,6 +56,7 @@ pub async fn serve(listener: Listener, opts: StatsOptions, commands: mpsc::Sende
     crate::listener::accept_loop(
         listener,
         timeout,
+        "stats server",
         |e| tracing::warn!(error = %e, "stats server: accept failed"),
         move |conn, _| {
             let opts = opts.clone();

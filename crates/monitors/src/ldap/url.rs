@@ -433,8 +433,11 @@ pub fn pct_decode(s: &str) -> Result<String, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
+            // two hex digits exactly: `from_str_radix` alone would take a
+            // sign, so `%+F` would decode to 0x0F
             let hex = b
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("bad percent escape at byte {i}"))?;
@@ -454,6 +457,14 @@ mod tests {
 
     fn parse(u: &str) -> Result<LdapUrl, MonitorError> {
         LdapUrl::parse(u, &LdapOptions::default())
+    }
+
+    #[test]
+    fn percent_escapes_are_two_hex_digits() {
+        assert_eq!(pct_decode("a%2Cb%3d").unwrap(), "a,b=");
+        for bad in ["%+F", "%-1", "%4", "%", "%zz", "% 1"] {
+            assert!(pct_decode(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]
