@@ -152,11 +152,13 @@ fn main() -> Result<()> {
     let end = start + Duration::from_secs(args.minutes * 60);
     let mut next_pg = start + Duration::from_secs(args.pg_restart_secs);
     let mut settled = false;
-    let mut second = 0u64;
     let mut last_flood_pid = None;
+    let mut tick = start;
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_secs(1));
-        second += 1;
+        // one check a second of wall time, however long the last one took
+        tick += Duration::from_secs(1);
+        std::thread::sleep(tick.saturating_duration_since(Instant::now()));
+        let second = start.elapsed().as_secs();
         if let Ok(Some(st)) = child.try_wait() {
             t.violations
                 .push(format!("{second} s: imperium exited: {st}"));
@@ -265,7 +267,12 @@ fn setup(args: &Args, dir: &Path) -> Result<(Vec<String>, Option<PgServer>, Vec<
     let mut emperors = vec![dir.display().to_string()];
     if let Some(pg) = &pg {
         let rows: Vec<String> = (0..args.pg_vassals)
-            .map(|i| format!("('p{i:03}', '{}', now())", VASSAL_INI.replace('\'', "''")))
+            .map(|i| {
+                format!(
+                    "('p{i:03}.ini', '{}', now())",
+                    VASSAL_INI.replace('\'', "''")
+                )
+            })
             .collect();
         pg.psql(&format!(
             "CREATE TABLE vassals (name text PRIMARY KEY, config text, ts timestamptz NOT NULL DEFAULT now());\n{}\nINSERT INTO vassals VALUES {};",
@@ -273,7 +280,7 @@ fn setup(args: &Args, dir: &Path) -> Result<(Vec<String>, Option<PgServer>, Vec<
             rows.join(",")
         ));
         emperors.push(format!("pg://{}", pg.conninfo()));
-        names.extend((0..args.pg_vassals).map(|i| format!("p{i:03}")));
+        names.extend((0..args.pg_vassals).map(|i| format!("p{i:03}.ini")));
     }
     Ok((names, pg, emperors))
 }
@@ -299,7 +306,7 @@ fn chaos(
                 t.kills += 1;
             }
         }
-    } else if name.ends_with(".ini") {
+    } else if name.starts_with('s') {
         let f = std::fs::File::options().append(true).open(dir.join(name))?;
         f.set_modified(SystemTime::now())?;
         t.touches += 1;
