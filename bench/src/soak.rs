@@ -3,8 +3,9 @@
 //!
 //! One imperium watches a directory of `--vassals` test vassals and a
 //! PostgreSQL table of `--pg-vassals` more, plus one hostile vassal that
-//! floods its emperor socket with random bytes from its start. Every second
-//! the harness does one of: SIGKILL a random vassal, touch a random config;
+//! floods its emperor socket with a meaningless byte from its start. Every
+//! second the harness does one of: SIGKILL a random vassal, touch a random
+//! config;
 //! every `--pg-restart-secs` it stops PostgreSQL for two seconds. Every
 //! second it reads the emperor's stats and /proc and checks:
 //!
@@ -260,8 +261,11 @@ fn setup(args: &Args, dir: &Path) -> Result<(Vec<String>, Option<PgServer>, Vec<
     for n in &names {
         std::fs::write(dir.join(n), VASSAL_INI)?;
     }
-    // the hostile one: floods from its start, is cursed, comes back throttled
-    std::fs::write(dir.join("flood.ini"), "[uwsgi]\n[vassal]\nflood = random\n")?;
+    // the hostile one: floods from its start, is killed, comes back
+    // throttled and floods again. Byte 200 means nothing in the protocol:
+    // random bytes would soon include 22, a vassal's request to be stopped
+    // and left idle, and the flood would end with the first burst
+    std::fs::write(dir.join("flood.ini"), "[uwsgi]\n[vassal]\nflood = 200\n")?;
 
     let pg = (args.pg_vassals > 0).then(PgServer::start);
     let mut emperors = vec![dir.display().to_string()];
