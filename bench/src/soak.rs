@@ -398,18 +398,8 @@ fn orphans(vassal: &Path, emperor: u32) -> Vec<u32> {
     leftovers(vassal)
         .into_iter()
         .filter(|p| !kids.contains(p) && procfs::alive(*p))
-        .filter(|p| parent(*p).is_some_and(|pp| pp != emperor))
+        .filter(|p| testkit::procs::ppid(*p).is_some_and(|pp| pp != emperor))
         .collect()
-}
-
-fn parent(pid: u32) -> Option<u32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(") ")?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// Every live process running `vassal`.
