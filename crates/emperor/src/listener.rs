@@ -4,7 +4,9 @@
 //! within a time limit, so a slow client never stalls the emperor.
 //!
 //! The callers keep their own log lines (through `on_accept_error` and
-//! `on_done`), so each line keeps its module as its target.
+//! `on_done`), so each line keeps its module as its target; the one line
+//! of the loop itself (a connection closed to make room) names its caller
+//! by `what`.
 
 use std::path::PathBuf;
 
@@ -58,7 +60,6 @@ pub(crate) async fn accept_loop<S, F>(
                 oldest.abort();
                 if let Some(held) = evicted.allow() {
                     tracing::warn!(
-                        target: "emperor::listener",
                         clients = MAX_CLIENTS,
                         held_back = held,
                         "{what}: {MAX_CLIENTS} clients at once; the oldest connection was closed to make room"
