@@ -59,3 +59,49 @@ fn mtime_only_touch_reloads_at_once() {
     emp.wait_log_n("reload the uwsgi instance a.ini", 2, QUICK);
     emp.stop();
 }
+
+/// A config written in two steps 0.3 s apart, by a writer that keeps it
+/// open in between, starts its vassal once, with the whole file: the
+/// change waits for the writer's close, not for a fixed quiet time.
+#[test]
+fn a_config_written_in_steps_starts_once_and_whole() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let vassals = tmp.path().join("vassals");
+    std::fs::create_dir(&vassals).unwrap();
+    // a vassal already there: once it runs, the directory is watched
+    std::fs::write(vassals.join("b.ini"), "[vassal]\nloyal = 1\n").unwrap();
+    let mut emp = emperor(tmp.path(), &vassals);
+    emp.wait_log(
+        "vassal b.ini is ready to accept requests",
+        Duration::from_secs(20),
+    );
+
+    let rec = tmp.path().join("a.rec");
+    let mut f = std::fs::File::create(vassals.join("a.ini")).unwrap();
+    write!(f, "[vassal]\nloyal = 1\nrecord = {}\n", rec.display()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(b"marker = whole\n").unwrap();
+    drop(f);
+
+    emp.wait_log("vassal a.ini is ready to accept requests", QUICK);
+    // time for a second start or a reload, were one coming
+    std::thread::sleep(Duration::from_millis(700));
+    let starts: Vec<String> = testkit::record_lines(&rec)
+        .into_iter()
+        .filter(|l| l.starts_with("start "))
+        .collect();
+    assert_eq!(starts.len(), 1, "one start: {starts:?}\n{}", emp.log());
+    assert!(
+        starts[0].contains("marker=whole"),
+        "started with the whole config: {starts:?}"
+    );
+    assert_eq!(
+        emp.count("reload the uwsgi instance a.ini"),
+        0,
+        "{}",
+        emp.log()
+    );
+    emp.stop();
+}

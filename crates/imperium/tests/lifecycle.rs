@@ -120,8 +120,9 @@ fn a_burst_of_writes_is_one_reload() {
     assert!(wait_lines(&e.rec("a.ini"), "reload", 1), "{}", emp.log());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(count(&e.rec("a.ini"), "reload"), 1, "{}", emp.log());
-    // 20 whole rewrites in a row are coalesced too (events closer than
-    // 2 ms are one change; a loaded machine may split the burst a little)
+    // 20 whole rewrites in a row are coalesced too (the first goes at
+    // once, the rest wait for the end of a 10 ms window per name; a loaded
+    // machine may split the burst a little)
     for i in 0..20 {
         std::fs::write(&f, format!("{body}; {i}\n")).unwrap();
     }

@@ -1,5 +1,6 @@
 //! What dir:// and glob:// share: turning a stat into a spec, and an
-//! inotify watcher that hands out debounced batches of changed names.
+//! inotify watcher that hands out batches of changed names as soon as the
+//! write that changed them has ended.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
@@ -15,11 +16,23 @@ use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
 
 use crate::session::{Health, Report, RescanClock, WarnOnce};
 
-/// How long a burst of events may keep arriving before the batch is handed
-/// out: events closer together than this are one change.
-const QUIET: Duration = Duration::from_millis(2);
-/// The longest a batch waits for quiet before it is handed out anyway.
-const MAX_BATCH_WAIT: Duration = Duration::from_millis(20);
+/// How long a regular file that was just created may take to be opened by
+/// its writer (the kernel reports IN_OPEN right after IN_CREATE for an
+/// `open(O_CREAT)`); a file that nobody opens (a hard link, `mknod`) is
+/// handed out after this.
+const CREATE_WAIT: Duration = Duration::from_millis(2);
+/// The longest a change waits for the writers that hold the file open to
+/// close it: a config written in steps is started once, whole, and a file
+/// that someone keeps open is still seen within this.
+pub(crate) const MAX_WRITE_WAIT: Duration = Duration::from_secs(2);
+/// A name handed out is handed out again at most once per this window: the
+/// first change of a name goes at once, and a storm of complete rewrites
+/// of one file (a script writing it in a loop) is one more change at the
+/// end of the window, with the file as it is then.
+const REPEAT_WINDOW: Duration = Duration::from_millis(10);
+/// The most events taken from the kernel's queue for one batch once a
+/// name is ready: a storm of events cannot hold a batch back for ever.
+const MAX_DRAIN: usize = 4096;
 
 /// The change key of a file: its mtime in nanoseconds, inode and size.
 pub(crate) fn file_key(md: &Metadata) -> ChangeKey {
@@ -245,6 +258,19 @@ pub(crate) struct DirWatcher {
     /// Parent watches: the parent directory, and the names in it that are
     /// watched directories.
     parents: HashMap<WatchDescriptor, (PathBuf, BTreeSet<OsString>)>,
+    /// Open handles per name, as IN_OPEN and IN_CLOSE_* count them (only
+    /// names with at least one; handles opened before the watch are not
+    /// seen, and a count that went wrong ends at the next close of the
+    /// last handle or at [`MAX_WRITE_WAIT`]).
+    open: HashMap<(PathBuf, OsString), u32>,
+    /// Changed names waiting for their writers to close them: since when,
+    /// and how long they may wait from then.
+    waiting: HashMap<(PathBuf, OsString), (tokio::time::Instant, Duration)>,
+    /// What the next batch holds so far.
+    batch: Batch,
+    /// When each name was last handed out, for [`REPEAT_WINDOW`] (only
+    /// names handed out within the window are kept).
+    handed_out: HashMap<(PathBuf, OsString), tokio::time::Instant>,
 }
 
 /// What a parent is watched for: its watched children appearing, going or
@@ -264,9 +290,12 @@ fn mask() -> WatchMask {
     // MODIFY is needed for `touch -m` and every other utimensat() that sets
     // the mtime alone: the kernel reports that as IN_MODIFY, not IN_ATTRIB
     // (ATTRIB needs both times). A write() reports it too; the writes of one
-    // config and its CLOSE_WRITE arrive within the QUIET debounce and make
-    // one change, as a polling emperor would see it.
+    // config wait for its last CLOSE_WRITE and make one change.
+    // OPEN and CLOSE_NOWRITE count the handles open on a name, so that a
+    // change waits for its writer to close the file, and only then.
     WatchMask::CLOSE_WRITE
+        | WatchMask::CLOSE_NOWRITE
+        | WatchMask::OPEN
         | WatchMask::MODIFY
         | WatchMask::MOVED_TO
         | WatchMask::MOVED_FROM
@@ -286,6 +315,10 @@ impl DirWatcher {
             stream,
             dirs: HashMap::new(),
             parents: HashMap::new(),
+            open: HashMap::new(),
+            waiting: HashMap::new(),
+            batch: Batch::default(),
+            handed_out: HashMap::new(),
         })
     }
 
@@ -373,37 +406,98 @@ impl DirWatcher {
         }
     }
 
-    /// Waits for the next batch of events, debounced.
+    /// Waits for the next batch of changed names. A name is handed out as
+    /// soon as the change has ended: at once for a rename, a deletion, a
+    /// symlink, or a write or `touch` of a file that nobody holds open; at
+    /// the close of the last handle for a file still open (a config
+    /// written in steps), within [`MAX_WRITE_WAIT`]. Events already queued
+    /// in the kernel join the batch (up to [`MAX_DRAIN`]).
     pub(crate) async fn next_batch(&mut self) -> io::Result<Batch> {
-        let mut batch = Batch::default();
-        let first = match self.stream.next().await {
-            Some(ev) => ev?,
-            None => return Err(io::Error::other("inotify stream ended")),
-        };
-        self.absorb(first, &mut batch);
-        let deadline = tokio::time::Instant::now() + MAX_BATCH_WAIT;
+        use futures::FutureExt;
         loop {
-            let quiet_until = (tokio::time::Instant::now() + QUIET).min(deadline);
-            match tokio::time::timeout_at(quiet_until, self.stream.next()).await {
-                Ok(Some(ev)) => self.absorb(ev?, &mut batch),
-                Ok(None) => return Err(io::Error::other("inotify stream ended")),
-                Err(_) => break,
+            if self.batch.rescan || !self.batch.names.is_empty() {
+                for _ in 0..MAX_DRAIN {
+                    match self.stream.next().now_or_never() {
+                        Some(Some(ev)) => self.absorb(ev?),
+                        Some(None) => return Err(io::Error::other("inotify stream ended")),
+                        None => break,
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                self.handed_out
+                    .retain(|_, t| now.duration_since(*t) < REPEAT_WINDOW);
+                for k in &self.batch.names {
+                    self.handed_out.insert(k.clone(), now);
+                }
+                return Ok(std::mem::take(&mut self.batch));
             }
-            if tokio::time::Instant::now() >= deadline {
-                break;
+            let first_deadline = self.waiting.values().map(|(t, w)| *t + *w).min();
+            let ev = match first_deadline {
+                None => self.stream.next().await,
+                Some(at) => match tokio::time::timeout_at(at, self.stream.next()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        self.expire(tokio::time::Instant::now());
+                        continue;
+                    }
+                },
+            };
+            match ev {
+                Some(ev) => self.absorb(ev?),
+                None => return Err(io::Error::other("inotify stream ended")),
             }
         }
-        Ok(batch)
     }
 
-    fn absorb(&mut self, ev: inotify::Event<OsString>, batch: &mut Batch) {
+    /// Names that waited long enough for their writers join the batch.
+    fn expire(&mut self, now: tokio::time::Instant) {
+        let due: Vec<_> = self
+            .waiting
+            .iter()
+            .filter(|(_, (since, wait))| *since + *wait <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.waiting.remove(&k);
+            self.batch.names.insert(k);
+        }
+    }
+
+    /// `key` changed and its change has ended: it joins the batch, or
+    /// waits for the end of its [`REPEAT_WINDOW`].
+    fn ready(&mut self, key: (PathBuf, OsString)) {
+        self.waiting.remove(&key);
+        if let Some(t) = self.handed_out.get(&key) {
+            let end = *t + REPEAT_WINDOW;
+            if end > tokio::time::Instant::now() {
+                self.waiting.insert(key, (*t, REPEAT_WINDOW));
+                return;
+            }
+        }
+        self.batch.names.insert(key);
+    }
+
+    /// `key` changed while someone may still be writing it: it waits for
+    /// the close of its last handle, at most `wait` from its first change.
+    fn wait_for_writers(&mut self, key: (PathBuf, OsString), wait: Duration) {
+        if self.batch.names.contains(&key) {
+            return;
+        }
+        let (_, w) = self
+            .waiting
+            .entry(key)
+            .or_insert((tokio::time::Instant::now(), wait));
+        *w = (*w).max(wait);
+    }
+
+    fn absorb(&mut self, ev: inotify::Event<OsString>) {
         // a watched directory's entry in its parent changed
         if let (Some((parent, names)), Some(name)) = (self.parents.get(&ev.wd), ev.name.as_ref()) {
             if names.contains(name) {
                 let dir = parent.join(name);
                 tracing::debug!(dir = %dir.display(), "watched directory replaced: watching it again");
                 self.child_replaced(&dir);
-                batch.rescan = true;
+                self.batch.rescan = true;
                 return;
             }
             if !self.dirs.contains_key(&ev.wd) {
@@ -413,37 +507,92 @@ impl DirWatcher {
         if ev.mask.contains(EventMask::IGNORED) {
             // the watch is gone (its directory was removed): forget it, so
             // that the next set_dirs watches a directory of that name again
-            self.dirs.remove(&ev.wd);
+            if let Some(dir) = self.dirs.remove(&ev.wd) {
+                self.open.retain(|(d, _), _| *d != dir);
+            }
             self.parents.remove(&ev.wd);
-            batch.rescan = true;
+            self.batch.rescan = true;
             return;
         }
-        if ev.mask.contains(EventMask::Q_OVERFLOW)
-            || ev.mask.contains(EventMask::DELETE_SELF)
-            || ev.mask.contains(EventMask::MOVE_SELF)
-        {
-            batch.rescan = true;
+        if ev.mask.contains(EventMask::Q_OVERFLOW) {
+            // events were lost: the open counts mean nothing any more
+            self.open.clear();
+            self.batch.rescan = true;
+            return;
+        }
+        if ev.mask.contains(EventMask::DELETE_SELF) || ev.mask.contains(EventMask::MOVE_SELF) {
+            self.batch.rescan = true;
             return;
         }
         let (Some(dir), Some(name)) = (self.dirs.get(&ev.wd), ev.name) else {
             return;
         };
-        if ev.mask.contains(EventMask::CREATE) && !ev.mask.contains(EventMask::ISDIR) {
-            // a regular file that is being created is picked up by its
-            // CLOSE_WRITE; only a symlink has nothing else coming
-            let is_link = std::fs::symlink_metadata(dir.join(&name))
-                .map(|m| m.file_type().is_symlink())
-                .unwrap_or(false);
-            if !is_link {
-                return;
-            }
-        }
         if ev.mask.contains(EventMask::ISDIR) {
-            // a directory appeared or went: glob patterns may now match more
-            batch.rescan = true;
+            if ev.mask.intersects(
+                EventMask::CREATE | EventMask::DELETE | EventMask::MOVED_TO | EventMask::MOVED_FROM,
+            ) {
+                // a directory appeared or went: glob patterns may now match more
+                self.batch.rescan = true;
+            }
             return;
         }
-        batch.names.insert((dir.clone(), name));
+        let key = (dir.clone(), name);
+        let mask = ev.mask;
+        if mask.contains(EventMask::OPEN) {
+            let n = self.open.entry(key.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            if let Some((_, wait)) = self.waiting.get_mut(&key) {
+                // a file just created is being written: wait for its close
+                *wait = MAX_WRITE_WAIT;
+            }
+            return;
+        }
+        if mask.intersects(EventMask::CLOSE_WRITE | EventMask::CLOSE_NOWRITE) {
+            let still_open = match self.open.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    true
+                }
+                _ => {
+                    self.open.remove(&key);
+                    false
+                }
+            };
+            if mask.contains(EventMask::CLOSE_WRITE) {
+                if still_open {
+                    self.wait_for_writers(key, MAX_WRITE_WAIT);
+                } else {
+                    self.ready(key);
+                }
+            } else if !still_open && self.waiting.contains_key(&key) {
+                self.ready(key);
+            }
+            return;
+        }
+        if mask.intersects(EventMask::MODIFY | EventMask::ATTRIB) {
+            if self.open.contains_key(&key) {
+                self.wait_for_writers(key, MAX_WRITE_WAIT);
+            } else {
+                self.ready(key);
+            }
+            return;
+        }
+        if mask.contains(EventMask::CREATE) {
+            // a symlink is complete when it appears; a regular file being
+            // created is opened right away by its writer (IN_OPEN follows)
+            let is_link = std::fs::symlink_metadata(key.0.join(&key.1))
+                .map(|m| m.file_type().is_symlink())
+                .unwrap_or(false);
+            if is_link {
+                self.ready(key);
+            } else {
+                self.wait_for_writers(key, CREATE_WAIT);
+            }
+            return;
+        }
+        // renamed in or out, deleted: the name now means something else
+        self.open.remove(&key);
+        self.ready(key);
     }
 }
 
