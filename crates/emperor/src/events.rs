@@ -37,6 +37,9 @@ pub struct Counters {
     pub spawns: u64,
     /// Processes that could not be started.
     pub spawn_failures: u64,
+    /// Spawns deferred because a resource ran out (EMFILE, ENFILE, EAGAIN,
+    /// ENOMEM), each tried again after a backoff.
+    pub spawns_deferred: u64,
     /// Reloads sent.
     pub reloads: u64,
     /// Stops sent.
@@ -140,6 +143,24 @@ pub enum Event<'a> {
         name: &'a VassalName,
         /// Why, as logged.
         error: &'a str,
+    },
+    /// Its process could not be created now because a resource ran out:
+    /// it is tried again after `retry_in`.
+    SpawnDeferred {
+        /// The vassal.
+        name: &'a VassalName,
+        /// Why, as logged.
+        error: &'a str,
+        /// When it is tried again.
+        retry_in: Duration,
+        /// The first deferral since the last spawn that succeeded (the
+        /// one that is logged as a warning).
+        first: bool,
+    },
+    /// A spawn succeeded after `deferred` deferrals.
+    SpawnsResumed {
+        /// Deferrals in the burst that ended.
+        deferred: u64,
     },
     /// It said it is ready (byte 1).
     Ready {
@@ -377,6 +398,22 @@ impl Event<'_> {
             Event::SpawnFailed { name, error } => {
                 c.spawn_failures += 1;
                 error!(vassal = %name, "[emperor] cannot start vassal {name}: {error}");
+            }
+            Event::SpawnDeferred {
+                name,
+                error,
+                retry_in,
+                first,
+            } => {
+                c.spawns_deferred += 1;
+                if first {
+                    warn!(vassal = %name, "[emperor] cannot start vassal {name} now: {error}; a resource ran out, so it is tried again in {retry_in:?} (with backoff, up to 5 s); further deferrals are counted, not logged, until a vassal starts");
+                } else {
+                    tracing::debug!(vassal = %name, "[emperor] vassal {name} deferred again: {error}; retrying in {retry_in:?}");
+                }
+            }
+            Event::SpawnsResumed { deferred } => {
+                info!("[emperor] vassals start again: {deferred} starts were deferred because a resource ran out")
             }
             Event::Ready { name, pid } => {
                 info!(vassal = %name, pid, "[emperor] vassal {name} has been spawned")

@@ -117,6 +117,12 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             &mut e,
+            "imperium_spawns_deferred",
+            "Vassal starts deferred because a resource ran out (EMFILE, ENFILE, EAGAIN, ENOMEM), each tried again after a backoff.",
+            c.spawns_deferred,
+        )?;
+        counter(
+            &mut e,
             "imperium_reloads",
             "Graceful reloads sent.",
             c.reloads,

@@ -39,6 +39,33 @@ pub use vassal::{Phase, Proc, Vassal, VassalState};
 /// again (uWSGI tries again at its next scan, every `--emperor-freq`).
 pub const SPAWN_RETRY_MIN: Duration = Duration::from_secs(1);
 
+/// The first wait before a spawn deferred by a resource that ran out
+/// (EMFILE, ENFILE, EAGAIN, ENOMEM) is tried again; each deferral in a row
+/// doubles it, up to [`SPAWN_DEFER_MAX`], and a spawn that succeeds resets
+/// it.
+pub const SPAWN_DEFER_MIN: Duration = Duration::from_millis(100);
+/// The longest wait before a deferred spawn is tried again.
+pub const SPAWN_DEFER_MAX: Duration = Duration::from_secs(5);
+
+/// Spawns deferred by resource errors since the last spawn that
+/// succeeded: one warning per burst, and the backoff they share.
+#[derive(Debug)]
+struct DeferBurst {
+    /// Deferrals in this burst (0: no burst).
+    count: u64,
+    /// The wait the next deferral gets.
+    backoff: Duration,
+}
+
+impl Default for DeferBurst {
+    fn default() -> Self {
+        DeferBurst {
+            count: 0,
+            backoff: SPAWN_DEFER_MIN,
+        }
+    }
+}
+
 /// Identifies one process of a vassal; never reused.
 pub type InstanceId = u64;
 
@@ -99,7 +126,8 @@ impl Default for ReconcilerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Start a process for `spec` as instance `instance`; then report
-    /// [`Reconciler::spawned`] or [`Reconciler::spawn_failed`]. For inline
+    /// [`Reconciler::spawned`], [`Reconciler::spawn_failed`] or
+    /// [`Reconciler::spawn_deferred`]. For inline
     /// configs the runtime pushes the config right after the spawn.
     ///
     /// `spec.owner` is set only in tyrant mode: the process runs as that
@@ -204,6 +232,7 @@ pub struct Reconciler {
     /// Wall-clock time is derived from the `now` every input carries: this
     /// instant was this wall time (see [`Reconciler::set_wall_anchor`]).
     wall_anchor: (Instant, std::time::SystemTime),
+    deferred: DeferBurst,
 }
 
 /// The wall-clock time of `now`, from an anchor pair.
@@ -232,6 +261,7 @@ impl Reconciler {
             conflicts_reported: HashSet::new(),
             rescan_wanted: false,
             wall_anchor: (Instant::now(), std::time::SystemTime::now()),
+            deferred: DeferBurst::default(),
         }
     }
 

@@ -221,6 +221,10 @@ impl Reconciler {
                 other => v.phase = other,
             }
         }
+        if self.deferred.count > 0 {
+            let deferred = std::mem::take(&mut self.deferred).count;
+            self.emit(Event::SpawnsResumed { deferred });
+        }
         self.emit(Event::Spawned {
             name: &name,
             pid,
@@ -266,6 +270,54 @@ impl Reconciler {
             name: &name,
             delay,
             loyal: false,
+        });
+        out
+    }
+
+    /// The process for `instance` could not be started because a resource
+    /// ran out for a while (the emperor's open files, the system's
+    /// processes or memory: [`crate::spawn::SpawnError::is_transient`]).
+    /// This is not the vassal's fault: no blacklist, no restart counted; it
+    /// is tried again after a backoff shared by every deferred vassal
+    /// ([`SPAWN_DEFER_MIN`] doubling to [`SPAWN_DEFER_MAX`]), and the first
+    /// deferral of a burst is logged, the rest counted.
+    pub fn spawn_deferred(
+        &mut self,
+        instance: InstanceId,
+        error: &str,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(name) = self.by_instance.remove(&instance) else {
+            return out;
+        };
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.phase = Phase::Stopped;
+        }
+        if self.shutting_down
+            || self
+                .vassals
+                .get(&name)
+                .is_some_and(|v| v.desired.is_none() || v.is_zerg())
+        {
+            self.delete(&name, &mut out);
+            return out;
+        }
+        let delay = self.deferred.backoff;
+        self.deferred.backoff = (delay * 2).min(SPAWN_DEFER_MAX);
+        self.deferred.count += 1;
+        let first = self.deferred.count == 1;
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.phase = Phase::Throttled {
+                respawn_at: now + delay,
+                activated: false,
+            };
+        }
+        self.emit(Event::SpawnDeferred {
+            name: &name,
+            error,
+            retry_in: delay,
+            first,
         });
         out
     }

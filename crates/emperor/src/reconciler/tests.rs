@@ -1143,3 +1143,63 @@ fn wall_clock_times_come_from_the_inputs() {
     assert_eq!(v.last_ready, Some(epoch(1_007)));
     assert_eq!(v.last_loyal, None);
 }
+
+#[test]
+fn a_spawn_deferred_by_a_resource_error_backs_off_without_the_blacklist() {
+    let mut r = rec();
+    let t = Instant::now();
+    let mut instances = Vec::new();
+    for n in ["a.ini", "b.ini", "c.ini"] {
+        let acts = r.monitor_change(0, Change::Upsert(file(n, 1)), t);
+        let Action::Spawn { instance, .. } = acts[0] else {
+            panic!("{acts:?}")
+        };
+        instances.push(instance);
+    }
+    // three deferrals in a row: the shared backoff doubles
+    for i in &instances {
+        assert!(r.spawn_deferred(*i, "Too many open files", t).is_empty());
+    }
+    let at = |r: &Reconciler, n: &str| match r.vassal(n).unwrap().phase {
+        Phase::Throttled { respawn_at, .. } => respawn_at - t,
+        ref p => panic!("{n}: {p:?}"),
+    };
+    assert_eq!(at(&r, "a.ini"), SPAWN_DEFER_MIN);
+    assert_eq!(at(&r, "b.ini"), SPAWN_DEFER_MIN * 2);
+    assert_eq!(at(&r, "c.ini"), SPAWN_DEFER_MIN * 4);
+    let c = r.counters();
+    assert_eq!((c.spawns_deferred, c.spawn_failures), (3, 0));
+    assert_eq!(
+        r.vassal("a.ini").unwrap().restarts,
+        0,
+        "not the vassal's fault"
+    );
+    // the retry starts it; a success ends the burst and resets the backoff
+    let acts = r.tick(t + SPAWN_DEFER_MIN);
+    let Action::Spawn { instance, .. } = acts[0] else {
+        panic!("{acts:?}")
+    };
+    r.spawned(instance, 42, "uwsgi");
+    let acts = r.tick(t + SPAWN_DEFER_MIN * 2);
+    let Action::Spawn { instance, .. } = acts[0] else {
+        panic!("{acts:?}")
+    };
+    let t2 = t + SPAWN_DEFER_MIN * 2;
+    r.spawn_deferred(instance, "Too many open files", t2);
+    match r.vassal("b.ini").unwrap().phase {
+        Phase::Throttled { respawn_at, .. } => assert_eq!(respawn_at - t2, SPAWN_DEFER_MIN),
+        ref p => panic!("{p:?}"),
+    }
+    // never longer than the maximum, however long the burst
+    let mut t3 = t2;
+    for _ in 0..10 {
+        t3 = r.next_deadline().unwrap();
+        let acts = r.tick(t3);
+        for a in acts {
+            if let Action::Spawn { instance, .. } = a {
+                r.spawn_deferred(instance, "Too many open files", t3);
+            }
+        }
+    }
+    assert!(r.next_deadline().unwrap() - t3 <= SPAWN_DEFER_MAX);
+}

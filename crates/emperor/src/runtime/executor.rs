@@ -355,11 +355,13 @@ impl Executor {
             match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
                 Some(Ok(fd)) => Some(fd),
                 Some(Err(e)) => {
-                    return rec.spawn_failed(
-                        instance,
-                        &format!("cannot pass the on-demand socket: {e}"),
-                        std::time::Instant::now(),
-                    )
+                    let what = format!("cannot pass the on-demand socket: {e}");
+                    let now = std::time::Instant::now();
+                    return if crate::spawn::is_transient_errno(&e) {
+                        rec.spawn_deferred(instance, &what, now)
+                    } else {
+                        rec.spawn_failed(instance, &what, now)
+                    };
                 }
                 None => {
                     return rec.spawn_failed(
@@ -390,6 +392,9 @@ impl Executor {
         };
         let sp = match spawn_vassal(req) {
             Ok(sp) => sp,
+            Err(e) if e.is_transient() => {
+                return rec.spawn_deferred(instance, &e.to_string(), std::time::Instant::now())
+            }
             Err(e) => return rec.spawn_failed(instance, &e.to_string(), std::time::Instant::now()),
         };
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());

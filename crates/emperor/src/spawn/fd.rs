@@ -12,14 +12,31 @@ pub(super) static VASSAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::
 /// 2^20), since every vassal holds two or three fds in the emperor.
 /// Vassals still start with the original limit (uWSGI loops over every fd
 /// up to it). Returns `(old, new)` soft limits when it changed anything.
+///
+/// With CAP_SYS_RESOURCE the hard limit is raised first, up to
+/// `fs.nr_open` (at most 2^20); without it (EPERM) the hard limit stays.
 pub fn raise_nofile_limit() -> io::Result<Option<(u64, u64)>> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
-    let target = hard.min(1 << 20);
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard);
+    let ceiling = nr_open.min(1 << 20);
+    // with CAP_SYS_RESOURCE: soft and hard both to the ceiling
+    let raised_hard =
+        ceiling > hard && setrlimit(Resource::RLIMIT_NOFILE, ceiling, ceiling).is_ok();
+    let target = if raised_hard {
+        ceiling
+    } else {
+        hard.min(1 << 20)
+    };
     if soft >= target {
         return Ok(None);
     }
-    setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    if !raised_hard {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).map_err(io::Error::from)?;
+    }
     let _ = VASSAL_NOFILE.set(libc::rlimit {
         rlim_cur: soft,
         rlim_max: hard,

@@ -271,6 +271,31 @@ pub enum SpawnError {
     },
 }
 
+impl SpawnError {
+    /// Whether the error is a resource that ran out for a while (open
+    /// files, processes, memory): the spawn is retried with a short
+    /// backoff, not throttled as the vassal's own fault.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SpawnError::Socketpair(e) | SpawnError::Clone(e) => is_transient_errno(e),
+            SpawnError::Setup { source, .. } => is_transient_errno(source),
+            SpawnError::Exec(tried) => {
+                !tried.is_empty() && tried.iter().all(|(_, e)| is_transient_errno(e))
+            }
+            SpawnError::EmptyArgv | SpawnError::Nul => false,
+        }
+    }
+}
+
+/// EMFILE, ENFILE, EAGAIN, ENOMEM, ENOBUFS: a resource of the process or
+/// of the system ran out, and may be back soon.
+pub fn is_transient_errno(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN | libc::ENOMEM | libc::ENOBUFS)
+    )
+}
+
 fn describe(tried: &[(OsString, io::Error)]) -> String {
     tried
         .iter()
@@ -894,5 +919,36 @@ mod tests {
             0,
             "SIGPIPE is not ignored: {out}"
         );
+    }
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use super::*;
+
+    #[test]
+    fn resource_errors_are_transient_and_others_are_not() {
+        let os = io::Error::from_raw_os_error;
+        assert!(SpawnError::Socketpair(os(libc::EMFILE)).is_transient());
+        assert!(SpawnError::Clone(os(libc::EAGAIN)).is_transient());
+        assert!(SpawnError::Setup {
+            step: "set up fds",
+            source: os(libc::ENFILE)
+        }
+        .is_transient());
+        assert!(SpawnError::Exec(vec![("uwsgi".into(), os(libc::ENOMEM))]).is_transient());
+        // a missing binary is the vassal's problem, even next to a resource error
+        assert!(!SpawnError::Exec(vec![
+            ("uwsgi".into(), os(libc::ENOENT)),
+            ("uwsgi-core".into(), os(libc::EMFILE)),
+        ])
+        .is_transient());
+        assert!(!SpawnError::Exec(vec![]).is_transient());
+        assert!(!SpawnError::Setup {
+            step: "setuid",
+            source: os(libc::EPERM)
+        }
+        .is_transient());
+        assert!(!SpawnError::Nul.is_transient());
     }
 }
