@@ -78,6 +78,7 @@ struct Bench {
 const COLD_TEST: &str = "cold start, N test vassals (ms)";
 const COLD_UWSGI: &str = "cold start, N uWSGI vassals (ms)";
 const TOUCH: &str = "touch -> reload sent (ms)";
+const TOUCH_FLOOD: &str = "touch -> reload sent, a vassal flooding beside (ms)";
 const ADD: &str = "new config -> accepting (ms)";
 const REMOVE: &str = "deleted config -> reaped (ms)";
 const IDLE_CPU: &str = "idle CPU (ms per minute)";
@@ -89,11 +90,12 @@ const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
 
-const ROWS: [&str; 12] = [
+const ROWS: [&str; 13] = [
     COLD_TEST,
     COLD_UWSGI,
     PG_COLD,
     TOUCH,
+    TOUCH_FLOOD,
     PG_UPDATE,
     ADD,
     REMOVE,
@@ -316,25 +318,19 @@ impl Bench {
             // one-second mtime resolution sees every change
             let lat = self.latency_timeout(who);
             let base = SystemTime::now() + Duration::from_secs(10);
-            for i in 0..self.args.samples {
-                std::thread::sleep(self.jitter());
-                let name = &names[(i * 7919 + round * 31) % names.len()];
-                let when = base + Duration::from_secs(i as u64 + 1);
-                let f = std::fs::File::open(dir.join(name))?;
-                let t = Instant::now();
-                // like touch(1): both times, so the kernel reports IN_ATTRIB
-                f.set_times(
-                    std::fs::FileTimes::new()
-                        .set_accessed(when)
-                        .set_modified(when),
-                )?;
-                drop(f);
-                let got = em
-                    .log
-                    .wait_for(Kind::Reload, name, t, lat)
-                    .with_context(|| format!("no reload of {name} within {lat:?}"))?;
-                self.record(TOUCH, who, ms(got - t));
-            }
+            self.touch_samples(&mut em, who, &dir, &names, round, base, TOUCH)?;
+            // the same while a vassal floods its emperor socket with a
+            // meaningless byte from its start (imperium kills it and
+            // respawns it through the blacklist, so it floods again;
+            // uWSGI reads on): a neighbour's reload must not wait for it
+            std::fs::write(dir.join("flood.ini"), FLOOD_VASSAL_INI)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let base = base + Duration::from_secs(self.args.samples as u64 + 1);
+            self.touch_samples(&mut em, who, &dir, &names, round, base, TOUCH_FLOOD)?;
+            std::fs::remove_file(dir.join("flood.ini"))?;
+            em.log
+                .wait_for(Kind::Removed, "flood.ini", Instant::now(), lat)
+                .context("the flooding vassal was not removed")?;
 
             // new config -> accepting; deleted config -> reaped
             for i in 0..self.args.samples {
@@ -401,6 +397,42 @@ impl Bench {
         let stopped = em.stop(Duration::from_secs(40));
         result?;
         stopped
+    }
+
+    /// `--samples` touches of vassals from `names` (mtimes from `base` on,
+    /// whole seconds apart), each timed to its reload, into `row`.
+    #[allow(clippy::too_many_arguments, reason = "the suite's own state")]
+    fn touch_samples(
+        &mut self,
+        em: &mut emperor::Running,
+        who: Contender,
+        dir: &Path,
+        names: &[String],
+        round: usize,
+        base: SystemTime,
+        row: &'static str,
+    ) -> Result<()> {
+        let lat = self.latency_timeout(who);
+        for i in 0..self.args.samples {
+            std::thread::sleep(self.jitter());
+            let name = &names[(i * 7919 + round * 31 + row.len()) % names.len()];
+            let when = base + Duration::from_secs(i as u64 + 1);
+            let f = std::fs::File::open(dir.join(name))?;
+            let t = Instant::now();
+            // like touch(1): both times, so the kernel reports IN_ATTRIB
+            f.set_times(
+                std::fs::FileTimes::new()
+                    .set_accessed(when)
+                    .set_modified(when),
+            )?;
+            drop(f);
+            let got = em
+                .log
+                .wait_for(Kind::Reload, name, t, lat)
+                .with_context(|| format!("no reload of {name} within {lat:?}"))?;
+            self.record(row, who, ms(got - t));
+        }
+        Ok(())
     }
 
     fn pg_suite(&mut self, who: Contender) -> Result<()> {
@@ -513,6 +545,9 @@ impl Bench {
 }
 
 const TEST_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nloyal = 1\n";
+/// A test vassal that writes byte 200 (meaningless in the protocol) to its
+/// emperor socket as fast as it can, from its start until it is killed.
+const FLOOD_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nflood = 200\n";
 
 const APP: &str = "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n";
 
