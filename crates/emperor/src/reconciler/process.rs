@@ -243,19 +243,12 @@ impl Reconciler {
         let Some(name) = self.by_instance.remove(&instance) else {
             return out;
         };
-        let shutting_down = self.shutting_down;
         if let Some(v) = self.vassals.get_mut(&name) {
             v.phase = Phase::Stopped;
             v.last_exit = Some(ExitStatus::Code(26));
         }
         self.emit(Event::SpawnFailed { name: &name, error });
-        if shutting_down
-            || self
-                .vassals
-                .get(&name)
-                .is_some_and(|v| v.desired.is_none() || v.is_zerg())
-        {
-            self.delete(&name, &mut out);
+        if self.delete_if_unwanted(&name, &mut out) {
             return out;
         }
         let delay = self.blacklist.record_death(&name, now, &self.cfg.throttle) + SPAWN_RETRY_MIN;
@@ -294,13 +287,7 @@ impl Reconciler {
         if let Some(v) = self.vassals.get_mut(&name) {
             v.phase = Phase::Stopped;
         }
-        if self.shutting_down
-            || self
-                .vassals
-                .get(&name)
-                .is_some_and(|v| v.desired.is_none() || v.is_zerg())
-        {
-            self.delete(&name, &mut out);
+        if self.delete_if_unwanted(&name, &mut out) {
             return out;
         }
         let delay = self.deferred.backoff;
@@ -320,6 +307,21 @@ impl Reconciler {
             first,
         });
         out
+    }
+
+    /// After a spawn that did not happen: a vassal nobody wants started
+    /// again (the emperor is shutting down, its config is gone, it is a
+    /// zerg) leaves the table. Returns whether it did.
+    fn delete_if_unwanted(&mut self, name: &VassalName, out: &mut Vec<Action>) -> bool {
+        let unwanted = self.shutting_down
+            || self
+                .vassals
+                .get(name)
+                .is_some_and(|v| v.desired.is_none() || v.is_zerg());
+        if unwanted {
+            self.delete(name, out);
+        }
+        unwanted
     }
 
     /// Whether `instance` is being stopped (`None`: not in the table any
