@@ -53,6 +53,9 @@ struct Args {
     /// Skip the cold start with real uWSGI vassals.
     #[arg(long)]
     no_uwsgi_vassals: bool,
+    /// Skip the rows with 20 vassals flooding their stderr.
+    #[arg(long)]
+    no_log_flood: bool,
     /// Run only these contenders (floor, imperium, uwsgi, uwsgi-1), comma
     /// separated.
     #[arg(long, value_delimiter = ',')]
@@ -79,6 +82,14 @@ const COLD_TEST: &str = "cold start, N test vassals (ms)";
 const COLD_UWSGI: &str = "cold start, N uWSGI vassals (ms)";
 const TOUCH: &str = "touch -> reload sent (ms)";
 const TOUCH_FLOOD: &str = "touch -> reload sent, a vassal flooding beside (ms)";
+const LOG_FLOOD: &str = "touch -> reload sent, 20 vassals flooding stderr (ms)";
+const LOG_FLOOD_DIR: &str =
+    "touch -> reload sent, 20 vassals flooding, imperium --vassal-logs dir: (ms)";
+const LOG_FLOOD_CPU: &str = "emperor CPU, 20 vassals flooding stderr (ms per s)";
+const LOG_FLOOD_CPU_DIR: &str =
+    "emperor CPU, 20 vassals flooding, imperium --vassal-logs dir: (ms per s)";
+const LOG_FLOOD_RSS_DIR: &str =
+    "emperor RSS, 20 vassals flooding, imperium --vassal-logs dir: (MiB)";
 const ADD: &str = "new config -> accepting (ms)";
 const REMOVE: &str = "deleted config -> reaped (ms)";
 const IDLE_CPU: &str = "idle CPU (ms per minute)";
@@ -90,12 +101,17 @@ const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
 
-const ROWS: [&str; 13] = [
+const ROWS: [&str; 18] = [
     COLD_TEST,
     COLD_UWSGI,
     PG_COLD,
     TOUCH,
     TOUCH_FLOOD,
+    LOG_FLOOD,
+    LOG_FLOOD_DIR,
+    LOG_FLOOD_CPU,
+    LOG_FLOOD_CPU_DIR,
+    LOG_FLOOD_RSS_DIR,
     PG_UPDATE,
     ADD,
     REMOVE,
@@ -210,6 +226,28 @@ fn main() -> Result<()> {
                 );
                 b.pg_suite(*who)
                     .with_context(|| format!("{} (pg://)", who.label()))?;
+            }
+        }
+        if !b.args.no_log_flood {
+            for who in order.iter().filter(|w| **w != Contender::Floor) {
+                let modes: &[bool] = if *who == Contender::Imperium {
+                    &[false, true]
+                } else {
+                    &[false]
+                };
+                for dir_mode in modes {
+                    eprintln!(
+                        "[{:>4}s] round {}/{}: {} with {} test vassals and 20 flooding their stderr{}",
+                        started.elapsed().as_secs(),
+                        round + 1,
+                        b.args.rounds,
+                        who.label(),
+                        b.args.vassals,
+                        if *dir_mode { " (--vassal-logs dir:)" } else { "" }
+                    );
+                    b.log_flood_suite(*who, round, *dir_mode)
+                        .with_context(|| format!("{} (log flood)", who.label()))?;
+                }
             }
         }
         if !b.args.no_uwsgi_vassals {
@@ -435,6 +473,97 @@ impl Bench {
         Ok(())
     }
 
+    /// N quiet test vassals and 20 that write lines to stderr as fast as
+    /// they can: touch -> reload of a quiet one, and the emperor's CPU and
+    /// RSS meanwhile. With `dir_mode` (imperium only) the output goes to
+    /// one file per vassal; otherwise it is inherited, so it reaches the
+    /// emperor's stderr pipe, which this harness reads (as a log collector
+    /// would) along with the emperor's own lines.
+    fn log_flood_suite(&mut self, who: Contender, round: usize, dir_mode: bool) -> Result<()> {
+        let tmp = tempfile::Builder::new()
+            .prefix("imperium-bench")
+            .tempdir()?;
+        let dir = tmp.path().join("vassals");
+        std::fs::create_dir(&dir)?;
+        let names = names(self.args.vassals);
+        for n in &names {
+            std::fs::write(dir.join(n), TEST_VASSAL_INI)?;
+        }
+        let logs = format!("dir:{}", tmp.path().join("logs").display());
+        let extra: Vec<&str> = if dir_mode {
+            vec![
+                "--vassal-logs",
+                &logs,
+                "--vassal-logs-max-size",
+                "16M",
+                "--vassal-logs-keep",
+                "1",
+            ]
+        } else {
+            Vec::new()
+        };
+        let echo = self.echo(who, if dir_mode { "logflood-dir" } else { "logflood" });
+        let t0 = Instant::now();
+        let mut em = emperor::start(
+            who,
+            &self.progs,
+            dir.as_os_str(),
+            &dir,
+            &self.test_vassal,
+            &extra,
+            echo,
+        )?;
+        let none = HashSet::new();
+        let result = (|| -> Result<()> {
+            em.log
+                .wait_distinct(Kind::Accepting, names.len(), t0, &none, self.cold_timeout())
+                .map_err(|k| {
+                    anyhow::anyhow!("cold start: only {k}/{} vassals accepting", names.len())
+                })?;
+            let flooders: Vec<String> = (0..20).map(|i| format!("flood-{i:02}.ini")).collect();
+            for f in &flooders {
+                std::fs::write(dir.join(f), LOG_FLOOD_VASSAL_INI)?;
+            }
+            let lat = self.latency_timeout(who);
+            em.log
+                .wait_distinct(
+                    Kind::Accepting,
+                    names.len() + flooders.len(),
+                    t0,
+                    &none,
+                    lat,
+                )
+                .map_err(|k| anyhow::anyhow!("only {k} vassals accepting with the flooders"))?;
+            std::thread::sleep(Duration::from_millis(500));
+            let c0 = procfs::cpu_ns(em.pid);
+            let w0 = Instant::now();
+            let base = SystemTime::now() + Duration::from_secs(10);
+            let (row, cpu_row) = if dir_mode {
+                (LOG_FLOOD_DIR, LOG_FLOOD_CPU_DIR)
+            } else {
+                (LOG_FLOOD, LOG_FLOOD_CPU)
+            };
+            self.touch_samples(&mut em, who, &dir, &names, round, base, row)?;
+            let c1 = procfs::cpu_ns(em.pid);
+            let secs = w0.elapsed().as_secs_f64();
+            self.record(cpu_row, who, (c1 - c0) as f64 / 1e6 / secs);
+            if dir_mode {
+                self.record(
+                    LOG_FLOOD_RSS_DIR,
+                    who,
+                    procfs::rss_kib(em.pid) as f64 / 1024.0,
+                );
+            }
+            for f in &flooders {
+                std::fs::remove_file(dir.join(f))?;
+            }
+            Ok(())
+        })();
+        let stopped = em.stop(Duration::from_secs(40));
+        result?;
+        stopped
+    }
+
     fn pg_suite(&mut self, who: Contender) -> Result<()> {
         let names: Vec<String> = (0..self.args.vassals)
             .map(|i| format!("p{i:04}.ini"))
@@ -548,6 +677,10 @@ const TEST_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nloyal = 1\n";
 /// A test vassal that writes byte 200 (meaningless in the protocol) to its
 /// emperor socket as fast as it can, from its start until it is killed.
 const FLOOD_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nflood = 200\n";
+
+/// A loyal test vassal that writes numbered lines to its stderr as fast as
+/// it can, from its start until it is killed.
+const LOG_FLOOD_VASSAL_INI: &str = "[uwsgi]\n[vassal]\nloyal = 1\nprint-flood = 1\n";
 
 const APP: &str = "def application(environ, start_response):\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'ok']\n";
 

@@ -22,6 +22,16 @@ pub enum Command {
     /// method with the current time and returns its actions, which the
     /// runtime carries out.
     Apply(ApplyFn),
+    /// Find the captured output of a vassal (`imperium ctl logs`).
+    Logs {
+        /// The vassal.
+        vassal: String,
+        /// Where the answer goes.
+        reply: tokio::sync::oneshot::Sender<crate::logs::LogLookup>,
+    },
+    /// Close and open again every vassal log file (`imperium ctl logs
+    /// --reopen`, after an external logrotate).
+    ReopenLogs,
 }
 
 /// The closure of [`Command::Apply`].

@@ -62,7 +62,31 @@ pub enum Request {
         /// The vassal.
         vassal: Option<String>,
     },
+    /// The last lines of a vassal's captured output (`--vassal-logs`
+    /// prefix or dir). With `follow`, the reply is followed by one JSON
+    /// line `{"lines": [...], "missed": N}` per batch of new lines, until
+    /// the client closes the connection.
+    Logs {
+        /// The vassal.
+        vassal: String,
+        /// How many of the last lines.
+        #[serde(default = "default_lines")]
+        lines: usize,
+        /// Keep sending new lines.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Close and open again every vassal log file (after an external
+    /// logrotate moved them).
+    ReopenLogs,
 }
+
+fn default_lines() -> usize {
+    20
+}
+
+/// The most `imperium ctl logs -f` clients served at once.
+pub const MAX_FOLLOWERS: usize = 32;
 
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -200,6 +224,16 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
             let r = apply(commands, move |rec, now| rec.clear_blacklist_one(&v, now)).await;
             done(r, format!("blacklist entry of {vassal} cleared"))
         }
+        Request::Logs { vassal, lines, .. } => match logs_of(&vassal, commands).await {
+            Ok(log) => logs_reply(&log, lines).0,
+            Err(e) => Reply::err(e),
+        },
+        Request::ReopenLogs => {
+            if commands.send(Command::ReopenLogs).await.is_err() {
+                return Reply::err("the emperor is shutting down");
+            }
+            Reply::ok("vassal log files reopened")
+        }
         Request::ClearBlacklist { vassal: None } => {
             let (tx, rx) = oneshot::channel();
             let r = apply(commands, move |rec, now| {
@@ -210,6 +244,86 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
             .await;
             let n = rx.await.unwrap_or(0);
             done(r, format!("blacklist cleared ({n} entries)"))
+        }
+    }
+}
+
+/// The captured output of `vassal`, or why there is none.
+async fn logs_of(
+    vassal: &str,
+    commands: &mpsc::Sender<Command>,
+) -> Result<Arc<crate::logs::VassalLog>, String> {
+    use crate::logs::LogLookup;
+    let (tx, rx) = oneshot::channel();
+    let cmd = Command::Logs {
+        vassal: vassal.to_string(),
+        reply: tx,
+    };
+    if commands.send(cmd).await.is_err() {
+        return Err("the emperor is shutting down".into());
+    }
+    match rx.await {
+        Ok(LogLookup::Captured(l)) => Ok(l),
+        Ok(LogLookup::NoSuchVassal) => Err(format!("no vassal named {vassal}")),
+        Ok(LogLookup::NotStarted) => Err(format!(
+            "{vassal} has not been started since the emperor started: nothing captured yet"
+        )),
+        Ok(LogLookup::NotCaptured(why)) => Err(why),
+        Err(_) => Err("the emperor is shutting down".into()),
+    }
+}
+
+/// The reply to `logs`: the last `lines` lines, where to follow on, and
+/// the vassal's counters.
+fn logs_reply(log: &crate::logs::VassalLog, lines: usize) -> (Reply, u64) {
+    let t = log.last(lines);
+    let r = Reply {
+        ok: true,
+        data: Some(serde_json::json!({
+            "lines": t.lines.iter().map(|l| crate::logs::escape(l)).collect::<Vec<_>>(),
+            "next": t.next,
+            "counts": log.counts(),
+        })),
+        ..Reply::default()
+    };
+    (r, t.next)
+}
+
+/// `imperium ctl logs -f`: sends every new line of `log` (from sequence
+/// number `next` on) until the client goes away. A client too slow to
+/// take the lines is told how many it missed.
+async fn follow(
+    mut conn: Box<dyn crate::stats::Conn>,
+    log: Arc<crate::logs::VassalLog>,
+    mut next: u64,
+) {
+    let mut probe = [0u8; 64];
+    loop {
+        let changed = log.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let t = log.since(next);
+        if !t.lines.is_empty() || t.missed > 0 {
+            next = t.next;
+            let msg = serde_json::json!({
+                "lines": t.lines.iter().map(|l| crate::logs::escape(l)).collect::<Vec<_>>(),
+                "missed": t.missed,
+            });
+            let mut text = msg.to_string();
+            text.push('\n');
+            match tokio::time::timeout(CLIENT_TIMEOUT, conn.write_all(text.as_bytes())).await {
+                Ok(Ok(())) => continue,
+                _ => return,
+            }
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            r = conn.read(&mut probe) => {
+                // the client closed (or sent something it should not)
+                if matches!(r, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
         }
     }
 }
@@ -268,6 +382,19 @@ async fn session(
                     MAX_REQUEST / 1024
                 )),
                 Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                    Ok(Request::Logs {
+                        vassal,
+                        lines,
+                        follow: true,
+                    }) => {
+                        tracing::info!(
+                            uid = c.uid(),
+                            pid = c.pid(),
+                            vassal,
+                            "[emperor] control request: follow the logs of {vassal}"
+                        );
+                        return start_follow(conn.into_inner(), &vassal, lines, commands).await;
+                    }
                     Ok(req) => {
                         tracing::info!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
                         handle(req, commands).await
@@ -301,6 +428,54 @@ async fn session(
     text.push('\n');
     let _ = conn.get_mut().write_all(text.as_bytes()).await;
     let _ = conn.get_mut().shutdown().await;
+}
+
+/// Answers a `logs` request with `follow`, then hands the connection to a
+/// task of its own (outside the per-client time limit).
+async fn start_follow(
+    mut conn: Box<dyn crate::stats::Conn>,
+    vassal: &str,
+    lines: usize,
+    commands: &mpsc::Sender<Command>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static FOLLOWERS: AtomicUsize = AtomicUsize::new(0);
+    struct Slot;
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            FOLLOWERS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let found = logs_of(vassal, commands).await;
+    let (reply, log) = match found {
+        Err(e) => (Reply::err(e), None),
+        Ok(_) if FOLLOWERS.fetch_add(1, Ordering::SeqCst) >= MAX_FOLLOWERS => {
+            FOLLOWERS.fetch_sub(1, Ordering::SeqCst);
+            (
+                Reply::err(format!(
+                    "{MAX_FOLLOWERS} clients already follow logs; try again later"
+                )),
+                None,
+            )
+        }
+        Ok(log) => {
+            let (r, next) = logs_reply(&log, lines);
+            (r, Some((log, next, Slot)))
+        }
+    };
+    let mut text = serde_json::to_string(&reply).expect("reply serialises");
+    text.push('\n');
+    if conn.write_all(text.as_bytes()).await.is_err() {
+        return;
+    }
+    if let Some((log, next, slot)) = log {
+        tokio::spawn(async move {
+            let _slot = slot;
+            follow(conn, log, next).await;
+        });
+    } else {
+        let _ = conn.shutdown().await;
+    }
 }
 
 // ----- uWSGI's datagram command socket ---------------------------------------------

@@ -225,6 +225,8 @@ pub enum Event<'a> {
         status: ExitStatus,
         /// Whether the emperor had asked it to stop.
         expected: bool,
+        /// The last lines it wrote (`--vassal-logs` prefix or dir).
+        output: &'a [String],
     },
     /// It exited with code 26: not respawned until its config changes.
     Exiled {
@@ -375,6 +377,19 @@ pub enum Event<'a> {
     },
 }
 
+/// The tail of a death line: the vassal's last lines, one per line.
+fn last_output(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("; its last output:");
+    for l in lines {
+        s.push_str("\n    | ");
+        s.push_str(l);
+    }
+    s
+}
+
 fn owner_str(o: Option<Owner>) -> String {
     match o {
         Some(o) => format!("{}:{}", o.uid, o.gid),
@@ -452,7 +467,9 @@ impl Event<'_> {
                 pid,
                 status,
                 expected,
+                output,
             } => {
+                let said = last_output(output);
                 let cause = match status {
                     _ if expected => "requested",
                     ExitStatus::Code(26) => "exile",
@@ -461,10 +478,10 @@ impl Event<'_> {
                 };
                 *c.deaths.entry(cause).or_default() += 1;
                 if expected {
-                    info!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) exited with {status}");
+                    info!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) exited with {status}{said}");
                 } else {
                     c.deaths_unexpected += 1;
-                    warn!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) died unexpectedly with {status}");
+                    warn!(vassal = %name, pid, %status, "[emperor] vassal {name} (pid: {pid}) died unexpectedly with {status}{said}");
                 }
             }
             Event::Exiled { name } => {

@@ -159,6 +159,32 @@ impl Collector for SnapshotCollector {
                 labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)?;
             }
         }
+        for (family, help, pick) in [
+            (
+                "imperium_vassal_log_lines",
+                "Lines of captured vassal output (--vassal-logs prefix or dir), written or dropped (the writer could not keep up or failed).",
+                (|c: &crate::logs::LogCounts| (c.lines_written, c.lines_dropped)) as fn(&crate::logs::LogCounts) -> (u64, u64),
+            ),
+            (
+                "imperium_vassal_log_bytes",
+                "Bytes of captured vassal output, written or dropped.",
+                |c: &crate::logs::LogCounts| (c.bytes_written, c.bytes_dropped),
+            ),
+        ] {
+            let mut m = e.encode_descriptor(family, help, None, MetricType::Counter)?;
+            // zergs share their base vassal's output: counted once
+            for v in s.vassals.iter().filter(|v| !v.zerg) {
+                let Some(c) = &v.log else { continue };
+                let (written, dropped) = pick(c);
+                for (outcome, n) in [("written", written), ("dropped", dropped)] {
+                    let l = vec![
+                        ("vassal".to_string(), v.name.clone()),
+                        ("outcome".to_string(), outcome.to_string()),
+                    ];
+                    labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&n, NoExemplar::None)?;
+                }
+            }
+        }
         {
             let mut m = e.encode_descriptor(
                 "imperium_monitor_up",

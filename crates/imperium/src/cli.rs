@@ -212,6 +212,24 @@ pub struct Cli {
     #[arg(long, value_name = "FORMAT", default_value = "human", value_parser = ["human", "json"])]
     pub log_format: String,
 
+    /// Where each vassal's stdout and stderr go: `inherit` (the emperor's
+    /// own fds, as uWSGI), `prefix` (each line into the emperor's log,
+    /// tagged with the vassal's name), `dir:DIR` (one file per vassal,
+    /// DIR/<name>.log, rotated), `journal` (a journald stream per vassal,
+    /// identifier = its name). See docs/logs.md.
+    #[arg(long, value_name = "MODE", default_value = "inherit", value_parser = parse_vassal_logs)]
+    pub vassal_logs: emperor::logs::LogMode,
+
+    /// `--vassal-logs dir:`: rotate a vassal's file when it would grow past
+    /// this size (bytes, or with a K, M or G suffix).
+    #[arg(long, value_name = "SIZE", default_value = "10M", value_parser = parse_log_size)]
+    pub vassal_logs_max_size: u64,
+
+    /// `--vassal-logs dir:`: how many rotated files to keep per vassal
+    /// (<name>.log.1 ... <name>.log.N; 0 keeps none).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub vassal_logs_keep: u32,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]
@@ -418,6 +436,17 @@ pub struct Cli {
 pub enum Sub {
     /// Steer a running emperor through its control socket.
     Ctl(crate::ctl::CtlArgs),
+}
+
+fn parse_vassal_logs(v: &str) -> Result<emperor::logs::LogMode, String> {
+    v.parse()
+}
+
+fn parse_log_size(v: &str) -> Result<u64, String> {
+    match emperor::logs::parse_size(v)? {
+        0 => Err("the size must be above 0".into()),
+        n => Ok(n),
+    }
 }
 
 fn parse_mode(v: &str) -> Result<u32, String> {

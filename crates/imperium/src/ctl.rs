@@ -47,6 +47,22 @@ pub enum Action {
         /// The vassal (all when absent).
         vassal: Option<String>,
     },
+    /// Show the last lines a vassal wrote (--vassal-logs prefix or dir), or
+    /// reopen every vassal log file (--reopen, after logrotate moved them).
+    Logs {
+        /// The vassal.
+        #[arg(required_unless_present = "reopen", conflicts_with = "reopen")]
+        vassal: Option<String>,
+        /// How many of the last lines.
+        #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
+        lines: usize,
+        /// Keep printing new lines until interrupted.
+        #[arg(short, long)]
+        follow: bool,
+        /// Close and open again every vassal log file of `--vassal-logs dir:`.
+        #[arg(long, conflicts_with_all = ["follow"])]
+        reopen: bool,
+    },
 }
 
 impl From<Action> for Request {
@@ -60,12 +76,29 @@ impl From<Action> for Request {
             Action::Pause { vassal } => Request::Pause { vassal },
             Action::Resume { vassal } => Request::Resume { vassal },
             Action::ClearBlacklist { vassal } => Request::ClearBlacklist { vassal },
+            Action::Logs { reopen: true, .. } => Request::ReopenLogs,
+            Action::Logs {
+                vassal,
+                lines,
+                follow,
+                ..
+            } => Request::Logs {
+                vassal: vassal.unwrap_or_default(),
+                lines,
+                follow,
+            },
         }
     }
 }
 
 /// Sends one request and reads the reply.
 pub fn call(socket: &PathBuf, req: &Request) -> Result<Reply> {
+    call_keep(socket, req).map(|(r, _)| r)
+}
+
+/// Sends one request, reads the reply, and returns the connection for
+/// what follows it (`logs -f`).
+fn call_keep(socket: &PathBuf, req: &Request) -> Result<(Reply, BufReader<UnixStream>)> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to the control socket {}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(15)))?;
@@ -75,18 +108,75 @@ pub fn call(socket: &PathBuf, req: &Request) -> Result<Reply> {
     // even when the write fails
     let sent = s.write_all(line.as_bytes());
     let mut reply = String::new();
-    let read = BufReader::new(s).read_line(&mut reply);
+    let mut conn = BufReader::new(s);
+    let read = conn.read_line(&mut reply);
     if reply.is_empty() {
         sent.context("cannot send the request")?;
         read.context("cannot read the reply")?;
         bail!("the emperor closed the connection without a reply");
     }
-    serde_json::from_str(&reply).with_context(|| format!("bad reply {reply:?}"))
+    let reply = serde_json::from_str(&reply).with_context(|| format!("bad reply {reply:?}"))?;
+    Ok((reply, conn))
+}
+
+/// Prints the `lines` of a `logs` reply or follow-up, one per line.
+fn print_lines(data: &Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Some(n) = data["missed"].as_u64().filter(|n| *n > 0) {
+        writeln!(
+            out,
+            "imperium ctl: {n} lines were missed (they left the ring before they could be sent)"
+        )?;
+    }
+    for l in data["lines"].as_array().into_iter().flatten() {
+        writeln!(out, "{}", l.as_str().unwrap_or_default())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `imperium ctl logs NAME [-n N] [-f]`.
+fn logs(args: &CtlArgs, req: &Request) -> Result<()> {
+    let (reply, mut conn) = call_keep(&args.socket, req)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&reply)?);
+    }
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "failed".into()));
+    }
+    if !args.json {
+        print_lines(&reply.data.unwrap_or_default())?;
+    }
+    if !matches!(req, Request::Logs { follow: true, .. }) {
+        return Ok(());
+    }
+    // until interrupted, or until the emperor goes away
+    conn.get_ref().set_read_timeout(None)?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if conn
+            .read_line(&mut line)
+            .context("reading the followed lines")?
+            == 0
+        {
+            bail!("the emperor closed the connection");
+        }
+        if args.json {
+            print!("{line}");
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("bad line {line:?}"))?;
+        print_lines(&v)?;
+    }
 }
 
 /// Runs `imperium ctl`.
-pub fn run(args: CtlArgs) -> Result<()> {
-    let req: Request = args.action.into();
+pub fn run(mut args: CtlArgs) -> Result<()> {
+    let req: Request = std::mem::replace(&mut args.action, Action::List).into();
+    if matches!(req, Request::Logs { .. }) {
+        return logs(&args, &req);
+    }
     let reply = call(&args.socket, &req)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -100,8 +190,13 @@ pub fn run(args: CtlArgs) -> Result<()> {
     match (&req, reply.data) {
         (Request::List, Some(Value::Array(vs))) => print!("{}", table(&vs)),
         (Request::Show { .. }, Some(Value::Object(o))) => {
-            for (k, v) in o {
+            for (k, mut v) in o {
+                // the last lines a vassal wrote before it died: one per line
+                let output = v.as_object_mut().and_then(|o| o.remove("output"));
                 println!("{k:>16}: {}", plain(&v));
+                for l in output.iter().filter_map(Value::as_array).flatten() {
+                    println!("{:>16}  | {}", "", l.as_str().unwrap_or_default());
+                }
             }
         }
         _ => println!("{}", reply.message.unwrap_or_default()),

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use emperor::argv::LaunchOptions;
 use emperor::lifecycle::SdNotify;
+use emperor::logs::{LogMode, LogOptions};
 use emperor::monitor::OnDemandSource;
 use emperor::ondemand::OnDemandOptions;
 use emperor::reconciler::{ReconcilerConfig, TyrantConfig};
@@ -197,7 +198,19 @@ fn real_main() -> Result<()> {
             backlog: cli.listen,
             unix_mode: cli.emperor_on_demand_socket_mode,
         },
+        logs: LogOptions {
+            mode: cli.vassal_logs.clone(),
+            max_size: cli.vassal_logs_max_size,
+            keep: cli.vassal_logs_keep,
+            json: cli.log_format == "json",
+        },
     };
+    // the log directory is opened (and journald checked) before any drop
+    // of privileges, and a bad one stops the emperor here
+    if let LogMode::Journal(socket) = &cfg.logs.mode {
+        emperor::logs::journal::check(socket)?;
+    }
+    let capture = emperor::logs::Capture::start(&cfg.logs).context("--vassal-logs")?;
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
     }
@@ -265,7 +278,7 @@ fn real_main() -> Result<()> {
                 pid = std::process::id(),
                 "*** starting imperium, the uWSGI-compatible Emperor ***"
             );
-            let mut emperor = Emperor::new(cfg, mons);
+            let mut emperor = Emperor::new(cfg, mons).with_capture(capture);
             if let Some(n) = SdNotify::from_env() {
                 emperor = emperor.with_lifecycle(Box::new(n));
             }

@@ -195,6 +195,38 @@ impl Reconciler {
         self.by_instance.get(&instance).cloned()
     }
 
+    /// The vassal of `instance` writes into `log` (the runtime keeps one
+    /// per vassal name; zergs get their base vassal's).
+    pub fn attach_log(
+        &mut self,
+        instance: InstanceId,
+        log: std::sync::Arc<crate::logs::LogHandle>,
+    ) {
+        let Some(name) = self.name_of(instance) else {
+            return;
+        };
+        if let Some(v) = self.vassals.get_mut(&name) {
+            if !v
+                .log
+                .as_ref()
+                .is_some_and(|l| std::sync::Arc::ptr_eq(l, &log))
+            {
+                v.log = Some(log);
+            }
+        }
+    }
+
+    /// What the process of `instance` wrote last, told just before its
+    /// exit is (part of the death event, `last_exit` in the stats).
+    pub fn last_words(&mut self, instance: InstanceId, lines: Vec<String>) {
+        let Some(name) = self.name_of(instance) else {
+            return;
+        };
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.last_output = lines;
+        }
+    }
+
     /// The process of `instance` was started with `pid`.
     pub fn spawned(&mut self, instance: InstanceId, pid: u32, program: &str) {
         let Some(name) = self.name_of(instance) else {
@@ -548,11 +580,13 @@ impl Reconciler {
                     | StopReason::Operator
             )
         );
+        let output = v.last_output.clone();
         self.emit(Event::Exited {
             name: &name,
             pid,
             status,
             expected,
+            output: &output,
         });
         let Some(v) = self.vassals.get_mut(&name) else {
             return out;

@@ -194,6 +194,12 @@ pub struct Vassal {
     pub born: SystemTime,
     /// How its last process ended.
     pub last_exit: Option<ExitStatus>,
+    /// The last lines its last process wrote before it ended
+    /// (`--vassal-logs` prefix or dir; empty otherwise).
+    pub last_output: Vec<String>,
+    /// Its captured output (`--vassal-logs` prefix or dir), shared with its
+    /// zergs; kept while the vassal is in the table.
+    pub log: Option<std::sync::Arc<crate::logs::LogHandle>>,
     /// When it last said it was loyal (byte 17).
     pub last_loyal: Option<SystemTime>,
     /// When it last said it was ready (byte 1).
@@ -236,6 +242,8 @@ impl Vassal {
             restarts: 0,
             born,
             last_exit: None,
+            last_output: Vec::new(),
+            log: None,
             last_loyal: None,
             last_ready: None,
             last_accepting: None,

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
@@ -14,6 +14,7 @@ use super::vassal::{to_tokio, vassal_task, VassalLink};
 use super::{Report, VassalCmd};
 use crate::argv::{build_argv, LaunchOptions};
 use crate::events::ExitStatus;
+use crate::logs::{Capture, LogHandle, LogLookup, LogMode, LogOptions};
 use crate::name::VassalName;
 use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
 use crate::reconciler::{Action, InstanceId, Reconciler};
@@ -41,6 +42,23 @@ fn log_hook(
     }
 }
 
+/// A spawn that could not be prepared: deferred with a backoff when a
+/// resource ran out (EMFILE, ENFILE, EAGAIN, ENOMEM), failed otherwise.
+fn setup_failed(
+    rec: &mut Reconciler,
+    instance: InstanceId,
+    what: &str,
+    e: &std::io::Error,
+) -> Vec<Action> {
+    let what = format!("{what}: {e}");
+    let now = std::time::Instant::now();
+    if crate::spawn::is_transient_errno(e) {
+        rec.spawn_deferred(instance, &what, now)
+    } else {
+        rec.spawn_failed(instance, &what, now)
+    }
+}
+
 pub(super) struct Executor {
     pub(super) launch: LaunchOptions,
     /// The emperor's environment, shared by every spawn request.
@@ -58,6 +76,13 @@ pub(super) struct Executor {
     pub(super) broodlord_num: u64,
     /// `--vassals-stop-hook` commands still running.
     pub(super) stop_hooks: Vec<tokio::task::JoinHandle<()>>,
+    /// `--vassal-logs`.
+    pub(super) log_opts: LogOptions,
+    /// The output pipes and their writer (`prefix`, `dir:`).
+    pub(super) capture: Option<Capture>,
+    /// The output pipe of each vassal name, while its table entry (which
+    /// owns it) exists.
+    pub(super) logs: HashMap<VassalName, Weak<LogHandle>>,
 }
 
 /// One on-demand socket and its watch.
@@ -88,7 +113,9 @@ impl Executor {
             Report::Message(i, m) => rec.vassal_message(i, m, now),
             Report::PipeClosed(i) => rec.pipe_closed(i, now),
             Report::Exited(i, st) => {
-                self.handles.remove(&i);
+                if let Some((log, since)) = self.handles.remove(&i).and_then(|l| l.log.clone()) {
+                    rec.last_words(i, log.final_words(since));
+                }
                 rec.exited(i, st, now)
             }
             Report::Connection(name) => rec.on_demand_connection(&name, now),
@@ -204,6 +231,66 @@ impl Executor {
             }
         }));
         Vec::new()
+    }
+
+    /// Where `imperium ctl logs NAME` reads from.
+    pub(super) fn log_lookup(&self, rec: &Reconciler, name: &str) -> LogLookup {
+        if let Some(why) = self.log_opts.not_captured() {
+            return LogLookup::NotCaptured(why);
+        }
+        match rec.vassal(name) {
+            None => LogLookup::NoSuchVassal,
+            Some(v) => match &v.log {
+                Some(l) => LogLookup::Captured(l.0.clone()),
+                None => LogLookup::NotStarted,
+            },
+        }
+    }
+
+    /// `imperium ctl logs --reopen`.
+    pub(super) fn reopen_logs(&self) {
+        match &self.capture {
+            Some(c) => c.reopen(),
+            None => tracing::info!(
+                "[emperor] vassal logs: nothing to reopen (--vassal-logs captures nothing)"
+            ),
+        }
+    }
+
+    /// What goes on the fds 1 and 2 of a new process of `spec`: its
+    /// output pipe (made on its first start; a zerg writes into its base
+    /// vassal's) or a journald stream; `None` inherits the emperor's.
+    fn output_for(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: &VassalSpec,
+        zerg_base: Option<&str>,
+    ) -> std::io::Result<Option<(std::os::fd::OwnedFd, Option<Arc<crate::logs::VassalLog>>)>> {
+        if let LogMode::Journal(socket) = &self.log_opts.mode {
+            let id = zerg_base.unwrap_or(spec.name.as_str());
+            return crate::logs::journal::stream(socket, id).map(|fd| Some((fd, None)));
+        }
+        let Some(capture) = &self.capture else {
+            return Ok(None);
+        };
+        let key = match zerg_base {
+            Some(b) => VassalName::derived(b.to_string()),
+            None => spec.name.clone(),
+        };
+        let handle = match self.logs.get(&key).and_then(Weak::upgrade) {
+            Some(h) => h,
+            None => {
+                let h = capture.open(&key)?;
+                self.logs.retain(|_, w| w.strong_count() > 0);
+                self.logs.insert(key, Arc::downgrade(&h));
+                h
+            }
+        };
+        let fd = handle.0.writer(spec.owner)?;
+        let log = handle.0.clone();
+        rec.attach_log(instance, handle);
+        Ok(Some((fd, Some(log))))
     }
 
     fn send(&self, instance: InstanceId, cmd: VassalCmd) {
@@ -329,6 +416,33 @@ impl Executor {
         Vec::new()
     }
 
+    /// A duplicate of the on-demand socket of `spec`, for its fd 0 (`None`
+    /// when it has none); the actions of a failed spawn otherwise.
+    fn on_demand_fd(
+        &self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: &VassalSpec,
+    ) -> Result<Option<std::os::fd::OwnedFd>, Vec<Action>> {
+        if spec.socket.is_none() {
+            return Ok(None);
+        }
+        match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
+            Some(Ok(fd)) => Ok(Some(fd)),
+            Some(Err(e)) => Err(setup_failed(
+                rec,
+                instance,
+                "cannot pass the on-demand socket",
+                &e,
+            )),
+            None => Err(rec.spawn_failed(
+                instance,
+                "its on-demand socket is not bound",
+                std::time::Instant::now(),
+            )),
+        }
+    }
+
     fn spawn_now(
         &mut self,
         rec: &mut Reconciler,
@@ -351,33 +465,27 @@ impl Executor {
             ConfigSource::Inline(t) => Some(t.clone()),
             _ => None,
         };
-        let stdin_socket = if spec.socket.is_some() {
-            match self.listeners.get(&spec.name).map(|l| l.sock.dup()) {
-                Some(Ok(fd)) => Some(fd),
-                Some(Err(e)) => {
-                    let what = format!("cannot pass the on-demand socket: {e}");
-                    let now = std::time::Instant::now();
-                    return if crate::spawn::is_transient_errno(&e) {
-                        rec.spawn_deferred(instance, &what, now)
-                    } else {
-                        rec.spawn_failed(instance, &what, now)
-                    };
-                }
-                None => {
-                    return rec.spawn_failed(
-                        instance,
-                        "its on-demand socket is not bound",
-                        std::time::Instant::now(),
-                    )
-                }
-            }
-        } else {
-            None
+        let stdin_socket = match self.on_demand_fd(rec, instance, &spec) {
+            Ok(fd) => fd,
+            Err(actions) => return actions,
         };
         let broodlord_num = zerg_base.is_some().then(|| {
             self.broodlord_num += 1;
             self.broodlord_num
         });
+        let (stdout, log) = match self.output_for(rec, instance, &spec, zerg_base.as_deref()) {
+            Ok(Some((fd, log))) => (Some(fd), log.map(|l| (l.next_seq(), l))),
+            Ok(None) => (None, None),
+            Err(e) => {
+                return setup_failed(
+                    rec,
+                    instance,
+                    "cannot set up its output (--vassal-logs)",
+                    &e,
+                )
+            }
+        };
+        let log = log.map(|(since, l)| (l, since));
         let owner = spec.owner.map(|o| (o, self.groups(o)));
         let req = SpawnRequest {
             argv,
@@ -387,11 +495,17 @@ impl Executor {
             owner,
             config_pipe: inline.is_some(),
             stdin_socket,
+            stdout,
             broodlord_num,
             confine: self.launch.confine.clone(),
         };
         let sp = match spawn_vassal(req) {
-            Ok(sp) => sp,
+            Ok(sp) => {
+                if let Some((l, _)) = &log {
+                    l.writer_added();
+                }
+                sp
+            }
             Err(e) if e.is_transient() => {
                 return rec.spawn_deferred(instance, &e.to_string(), std::time::Instant::now())
             }
@@ -423,6 +537,7 @@ impl Executor {
             queue: std::sync::Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             overflowed: Default::default(),
+            log,
         });
         if let Some(text) = inline {
             link.send(VassalCmd::Config(text));

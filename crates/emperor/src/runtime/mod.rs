@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::argv::LaunchOptions;
 use crate::events::{Event, ExitStatus};
 use crate::lifecycle::{Lifecycle, Readiness};
+use crate::logs::{Capture, LogOptions};
 use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
 use crate::name::VassalName;
 use crate::ondemand::OnDemandOptions;
@@ -47,6 +48,8 @@ pub struct EmperorConfig {
     pub reload_mercy: Duration,
     /// How on-demand sockets are bound.
     pub on_demand: OnDemandOptions,
+    /// Where vassal output goes (`--vassal-logs`).
+    pub logs: LogOptions,
 }
 
 /// What a vassal's task writes to it, in order.
@@ -74,6 +77,7 @@ pub struct Emperor {
     cfg: EmperorConfig,
     monitors: Vec<Box<dyn Monitor>>,
     lifecycle: Option<Box<dyn Lifecycle>>,
+    capture: Option<Capture>,
 }
 
 impl Emperor {
@@ -83,7 +87,17 @@ impl Emperor {
             cfg,
             monitors,
             lifecycle: None,
+            capture: None,
         }
+    }
+
+    /// Captures vassal output with `capture` (started for
+    /// [`EmperorConfig::logs`] with [`Capture::start`], so that a bad log
+    /// directory is a start-up error). Without it `prefix` and `dir:`
+    /// modes capture nothing.
+    pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
+        self.capture = capture;
+        self
     }
 
     /// Tells `l` when the initial scan has been acted on, after every step
@@ -126,6 +140,9 @@ impl Emperor {
             on_demand: self.cfg.on_demand,
             broodlord_num: 0,
             stop_hooks: Vec::new(),
+            log_opts: self.cfg.logs.clone(),
+            capture: self.capture,
+            logs: HashMap::new(),
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -173,6 +190,8 @@ impl Emperor {
                     Some(Command::Rescan) => { rescan_tx.send_modify(|n| *n += 1); Vec::new() }
                     Some(Command::Inspect(f)) => { f(&rec); Vec::new() }
                     Some(Command::Apply(f)) => f(&mut rec, Instant::now().into_std()),
+                    Some(Command::Logs { vassal, reply }) => { let _ = reply.send(exec.log_lookup(&rec, &vassal)); Vec::new() }
+                    Some(Command::ReopenLogs) => { exec.reopen_logs(); Vec::new() }
                 },
                 m = mon_rx.recv(), if monitors_open => match m {
                     Some(m) => {

@@ -41,6 +41,9 @@ pub(super) struct VassalLink {
     pub(super) waker: AtomicWaker,
     /// [`MAX_PENDING`] was reached (logged once).
     pub(super) overflowed: std::sync::atomic::AtomicBool,
+    /// Its output pipe (`--vassal-logs` prefix or dir) and the sequence
+    /// number of the first line it can have written.
+    pub(super) log: Option<(Arc<crate::logs::VassalLog>, u64)>,
 }
 
 impl VassalLink {

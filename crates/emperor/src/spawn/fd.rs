@@ -58,6 +58,36 @@ pub fn register_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<Own
     }
 }
 
+/// A descriptor shared with others (a vassal's output pipe, read by its
+/// reader task and by the death event), as the reactor sees it.
+#[derive(Debug)]
+pub struct SharedFd(pub std::sync::Arc<OwnedFd>);
+
+impl std::os::fd::AsRawFd for SharedFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Registers a shared `fd` with the tokio reactor for readability; it can
+/// be registered again after the `AsyncFd` is dropped (the output pipes
+/// leave the reactor at end-of-file, which it would report for ever).
+pub fn register_shared_readable(
+    fd: std::sync::Arc<OwnedFd>,
+) -> io::Result<tokio::io::unix::AsyncFd<SharedFd>> {
+    // SAFETY: the `SharedFd` holds an `Arc<OwnedFd>`: the descriptor stays
+    // open and refers to the same file description for as long as the
+    // `AsyncFd` (which owns the `SharedFd`, so one strong count) lives, and
+    // `as_raw_fd` always returns that same number.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            SharedFd(fd),
+            tokio::io::Interest::READABLE,
+        )
+        .map_err(io::Error::from)
+    }
+}
+
 /// The vassal side of the contract: takes ownership of the fd whose number
 /// is in environment variable `var` (`UWSGI_EMPEROR_FD` or
 /// `UWSGI_EMPEROR_FD_CONFIG`), as a vassal does. `Ok(None)` when the

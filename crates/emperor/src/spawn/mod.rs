@@ -4,7 +4,8 @@
 //! only one that may use `unsafe`.
 //!
 //! The child gets (docs/protocol.md, as uWSGI's `uwsgi_emperor_spawn_vassal` sets it up): fd 0 on /dev/null or the
-//! on-demand socket, fds 1 and 2 inherited, the vassal ends of the control
+//! on-demand socket, fds 1 and 2 inherited (or, with `--vassal-logs`, the
+//! vassal's output pipe or journald stream), the vassal ends of the control
 //! and config socketpairs at the numbers named in `UWSGI_EMPEROR_FD` and
 //! `UWSGI_EMPEROR_FD_CONFIG`, and nothing else (every other fd is marked
 //! close-on-exec with one `close_range` call). In tyrant mode privileges are
@@ -60,6 +61,9 @@ pub struct SpawnRequest {
     pub config_pipe: bool,
     /// The on-demand listening socket, put on fd 0.
     pub stdin_socket: Option<OwnedFd>,
+    /// Put on fds 1 and 2 (`--vassal-logs`: the vassal's output pipe or
+    /// journald stream); `None`: the emperor's own are inherited.
+    pub stdout: Option<OwnedFd>,
     /// `UWSGI_BROODLORD_NUM` for zergs.
     pub broodlord_num: Option<u64>,
     /// Namespaces, bounding set and kept fds (the same for every vassal).
@@ -310,7 +314,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const CHILD_STACK: usize = 128 * 1024;
 
 /// Steps of the child setup, reported to the parent when one fails.
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "setgroups",
     "setgid",
     "setuid",
@@ -324,6 +328,7 @@ const STEPS: [&str; 13] = [
     "prctl(PR_CAPBSET_DROP) for --emperor-cap",
     "capset() to drop the emperor's capabilities",
     "keep a --safe-fd open",
+    "put the --vassal-logs output on fds 1 and 2",
 ];
 
 /// CAP_SETPCAP: uWSGI keeps it in the bounding set whatever --emperor-cap says.
@@ -345,6 +350,7 @@ struct ChildArgs {
     envp: Vec<*const libc::c_char>,
     workdir: Option<CString>,
     stdin_fd: RawFd,
+    stdout_fd: Option<RawFd>,
     owner: Option<(Owner, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
     ctrl_fd: RawFd,
@@ -498,6 +504,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
             .map(|d| cstring(d.as_os_str()))
             .transpose()?,
         stdin_fd,
+        stdout_fd: req.stdout.as_ref().map(AsRawFd::as_raw_fd),
         owner: req
             .owner
             .as_ref()
@@ -707,6 +714,19 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::dup2(a.stdin_fd, 0) < 0 {
             return fail(7);
         }
+        if let Some(fd) = a.stdout_fd {
+            for target in [1, 2] {
+                // dup2 onto itself would leave the close-on-exec flag set
+                let r = if fd == target {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, target)
+                };
+                if r < 0 {
+                    return fail(13);
+                }
+            }
+        }
         // mark every fd from 3 up close-on-exec in one call, then clear the
         // flag on the ones the vassal keeps
         if libc::syscall(
@@ -759,6 +779,7 @@ mod tests {
             owner: None,
             config_pipe: false,
             stdin_socket: None,
+            stdout: None,
             broodlord_num: None,
             confine: Arc::default(),
         }

@@ -27,7 +27,7 @@ mod snapshot;
 mod uwsgi;
 
 pub use crate::listener::{BindError, Conn, Listener, MAX_CLIENTS};
-pub use snapshot::{redact, BlacklistSnap, MonitorSnap, Snapshot, VassalSnap};
+pub use snapshot::{redact, BlacklistSnap, LastExit, MonitorSnap, Snapshot, VassalSnap};
 // ----- the server ---------------------------------------------------------------
 
 /// Settings of the stats server.

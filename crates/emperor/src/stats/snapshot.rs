@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::Command;
 use crate::events::{Counters, ExitStatus};
+use crate::logs::LogCounts;
 use crate::reconciler::{Reconciler, VassalState};
 use crate::spec::{ConfigSource, MonitorHealth};
 
@@ -77,8 +78,11 @@ pub struct VassalSnap {
     pub reloads: u64,
     /// Respawns after a death.
     pub restarts: u64,
-    /// How its last process ended.
-    pub last_exit: Option<ExitStatus>,
+    /// How its last process ended, with its last lines.
+    pub last_exit: Option<LastExit>,
+    /// Its captured output (`--vassal-logs` prefix or dir; `None` when
+    /// nothing is captured).
+    pub log: Option<LogCounts>,
     /// Unix time of a scheduled (throttled) respawn.
     pub next_respawn: Option<f64>,
     /// Its reloads are paused.
@@ -87,6 +91,18 @@ pub struct VassalSnap {
     pub change_held: bool,
     /// Why it is refused.
     pub refused: Option<String>,
+}
+
+/// How a vassal's last process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LastExit {
+    /// `code` or `signal`.
+    #[serde(flatten)]
+    pub status: ExitStatus,
+    /// The last lines it wrote (`--vassal-logs` prefix or dir; absent when
+    /// nothing was captured).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub output: Vec<String>,
 }
 
 /// One blacklist entry in a snapshot.
@@ -265,7 +281,11 @@ impl Snapshot {
                     gid: spec.and_then(|s| s.owner).map_or(0, |o| o.gid),
                     reloads: v.reloads,
                     restarts: v.restarts,
-                    last_exit: v.last_exit,
+                    last_exit: v.last_exit.map(|status| LastExit {
+                        status,
+                        output: v.last_output.clone(),
+                    }),
+                    log: v.log.as_ref().map(|l| l.0.counts()),
                     next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
                     paused: v.paused,
                     change_held: v.held_change.is_some(),

@@ -2,8 +2,9 @@
 
 use serde::Serialize;
 
-use super::snapshot::{MonitorSnap, Snapshot};
-use crate::events::{Counters, ExitStatus};
+use super::snapshot::{LastExit, MonitorSnap, Snapshot};
+use crate::events::Counters;
+use crate::logs::LogCounts;
 use crate::reconciler::VassalState;
 
 impl Snapshot {
@@ -59,7 +60,8 @@ impl Snapshot {
                     monitor: self.monitors.get(v.monitor).map_or("", |m| m.url.as_str()),
                     respawns: v.reloads,
                     state: v.state,
-                    last_exit: v.last_exit,
+                    last_exit: v.last_exit.as_ref(),
+                    log: v.log,
                     restarts: v.restarts,
                     next_respawn: v.next_respawn,
                     next_respawn_in: v
@@ -130,7 +132,9 @@ struct UwsgiVassal<'a> {
     respawns: u64,
     // imperium's extras
     state: VassalState,
-    last_exit: Option<ExitStatus>,
+    last_exit: Option<&'a LastExit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogCounts>,
     restarts: u64,
     next_respawn: Option<f64>,
     next_respawn_in: Option<f64>,

@@ -21,6 +21,8 @@
 //! | `marker` | - | a value copied into the `start` record line |
 //! | `flood` | - | after start, write to the emperor socket as fast as it can: `random` bytes, or one byte value (`1`) |
 //! | `flood-bytes` | 0 | stop flooding after this many bytes (0: until killed) |
+//! | `say` | - | write this line to stdout at start (repeatable; `\n` not needed) |
+//! | `print-flood` | 0 | after start, write numbered lines to stderr as fast as it can (`--vassal-logs` tests and benchmarks) |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
 //! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `nofile N` (soft
@@ -56,6 +58,8 @@ struct Behaviour {
     marker: String,
     flood: Option<String>,
     flood_bytes: u64,
+    say: Vec<String>,
+    print_flood: bool,
 }
 
 fn parse(text: &str) -> Behaviour {
@@ -75,6 +79,8 @@ fn parse(text: &str) -> Behaviour {
         marker: String::new(),
         flood: None,
         flood_bytes: 0,
+        say: Vec::new(),
+        print_flood: false,
     };
     let mut in_vassal = false;
     for line in text.lines() {
@@ -108,6 +114,8 @@ fn parse(text: &str) -> Behaviour {
             "marker" => b.marker = v.to_string(),
             "flood" => b.flood = Some(v.to_string()),
             "flood-bytes" => b.flood_bytes = num.unwrap_or(0),
+            "say" => b.say.push(v.to_string()),
+            "print-flood" => b.print_flood = yes,
             _ => {}
         }
     }
@@ -287,6 +295,16 @@ fn main() {
     if let Some(kind) = &b.flood {
         flood(&ctrl, kind, b.flood_bytes);
     }
+    {
+        let mut out = std::io::stdout().lock();
+        for l in &b.say {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+    }
+    if b.print_flood {
+        print_flood();
+    }
     let start = Instant::now();
     let mut next_hb = b.heartbeat.map(|ms| start + Duration::from_millis(ms));
     let mut idle_sent = false;
@@ -376,6 +394,30 @@ fn main() {
             Err(e) => die(&format!("control socket error: {e}"), 1),
         }
     }
+}
+
+/// A chatty vassal: numbered lines on stderr (where uWSGI logs) from a
+/// thread of its own, as fast as the pipe takes them, until it is killed.
+fn print_flood() {
+    std::thread::spawn(|| {
+        let pid = std::process::id();
+        let mut out = std::io::stderr().lock();
+        let mut buf = Vec::with_capacity(65536);
+        let mut n: u64 = 0;
+        loop {
+            buf.clear();
+            while buf.len() < 60000 {
+                let _ = writeln!(
+                    buf,
+                    "flood pid={pid} line={n} the quick brown fox jumps over the lazy dog"
+                );
+                n += 1;
+            }
+            if out.write_all(&buf).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// A hostile vassal: writes to its emperor socket from a thread of its own,
