@@ -302,7 +302,7 @@ fn a_sigkilled_vassals_successor_appends_to_the_same_file_with_nothing_lost() {
     let port = testkit::servers::free_port();
     std::fs::write(s.vassals.join("k.ini"), ini(&app, port, &["MARKER=k"])).unwrap();
     let dir = dir_mode(&s);
-    let emp = emperor(&s, &["--vassal-logs", &dir]);
+    let mut emp = emperor(&s, &["--vassal-logs", &dir]);
     let w = wait_answer(port, "k", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
     let master = master_of(w);
     for i in 0..20 {
@@ -334,6 +334,11 @@ fn a_sigkilled_vassals_successor_appends_to_the_same_file_with_nothing_lost() {
     assert!(first < later);
     assert!(text.matches("*** Starting uWSGI").count() >= 2, "{text}");
     assert_eq!(std::fs::read_dir(&s.logs).unwrap().count(), 1);
+    // at shutdown the vassal's last words reach the file before the
+    // emperor exits
+    assert!(emp.stop().success());
+    let text = read(&f);
+    assert!(text.contains("goodbye to uWSGI"), "{text}");
 }
 
 #[test]

@@ -553,6 +553,8 @@ impl Drop for LogHandle {
 #[derive(Debug)]
 pub struct Capture {
     sink: Arc<writer::Writer>,
+    /// Every pipe made (for the last read at shutdown).
+    logs: Mutex<Vec<std::sync::Weak<VassalLog>>>,
 }
 
 impl Capture {
@@ -565,6 +567,7 @@ impl Capture {
         }
         Ok(Some(Capture {
             sink: Arc::new(writer::Writer::start(opts)?),
+            logs: Mutex::default(),
         }))
     }
 
@@ -587,7 +590,31 @@ impl Capture {
             drop_log: LogLimit::new(),
         });
         tokio::spawn(read_task(log.clone()));
+        {
+            let mut all = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(&log));
+        }
         Ok(Arc::new(LogHandle(log)))
+    }
+
+    /// At shutdown, once every vassal is gone: reads what is left in every
+    /// pipe and waits (at most `wait`) until the writer has written it all.
+    pub fn finish(&self, wait: Duration) {
+        let all: Vec<Arc<VassalLog>> = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for log in &all {
+            let _ = log.drain(16 * READ_PER_TURN);
+            log.flush_partial();
+        }
+        if !self.sink.flush(wait) {
+            tracing::warn!("[emperor] vassal logs: the writer did not finish within {} s; the rest of the vassals' output is lost", wait.as_secs());
+        }
     }
 
     /// Asks the writer to close and open again every file (after an
@@ -770,6 +797,59 @@ mod tests {
             [MAX_LINE, MAX_LINE, 10]
         );
         assert_eq!(log.counts().lines_dropped, 0);
+    }
+
+    /// A writer that cannot keep up: the queue stops at QUEUE_BYTES, the
+    /// rest is dropped and counted, and the reader goes on reading (the
+    /// vassal never blocks on it).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_stalled_writer_drops_and_counts_beyond_the_queue_bound() {
+        use std::io::Write;
+        let (w, _rx) = writer::Writer::stalled();
+        let cap = Capture {
+            sink: Arc::new(w),
+            logs: Mutex::default(),
+        };
+        let h = cap.open(&VassalName::derived("flood.ini".into())).unwrap();
+        let log = h.0.clone();
+        let mut f = std::fs::File::from(log.writer(None).unwrap());
+        log.writer_added();
+        let line = [b'y'; 99];
+        let total = 12 << 20; // 12 MiB: more than the queue takes
+        let writer = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            for _ in 0..1000 {
+                buf.extend_from_slice(&line);
+                buf.push(b'\n');
+            }
+            for _ in 0..total / buf.len() {
+                f.write_all(&buf).unwrap();
+            }
+        });
+        let done = async {
+            loop {
+                let c = log.counts();
+                if c.bytes_dropped + cap.sink.queued() as u64 >= (total / 100_000 * 100_000) as u64
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), done)
+            .await
+            .expect("everything read");
+        writer.join().unwrap();
+        let c = log.counts();
+        assert!(
+            cap.sink.queued() <= writer::QUEUE_BYTES,
+            "{}",
+            cap.sink.queued()
+        );
+        assert!(c.lines_dropped > 0 && c.bytes_dropped > 0, "{c:?}");
+        assert_eq!(c.bytes_dropped % 100, 0, "whole lines dropped: {c:?}");
+        assert_eq!(c.lines_written, 0, "nobody wrote anything: {c:?}");
+        assert!(log.ring().bytes <= RING_BYTES);
     }
 
     #[test]

@@ -35,9 +35,11 @@ pub const MAX_OPEN: usize = 64;
 /// A vassal file is closed after this long without writes.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
-enum Msg {
+pub(crate) enum Msg {
     Write(Arc<VassalLog>, Batch),
     Reopen,
+    /// Acknowledged once everything queued before it is written.
+    Flush(mpsc::Sender<()>),
 }
 
 /// The handle the readers push to.
@@ -52,6 +54,7 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Write(..) => "Write",
             Msg::Reopen => "Reopen",
+            Msg::Flush(_) => "Flush",
         })
     }
 }
@@ -115,8 +118,31 @@ impl Writer {
         true
     }
 
+    /// A writer nobody reads (tests of the queue bound), and its queue.
+    #[cfg(test)]
+    pub(crate) fn stalled() -> (Writer, mpsc::Receiver<Msg>) {
+        let (tx, rx) = mpsc::channel();
+        let w = Writer {
+            tx,
+            queued: Arc::new(AtomicUsize::new(0)),
+        };
+        (w, rx)
+    }
+
+    /// Bytes waiting for the writer.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
     pub(crate) fn reopen(&self) {
         let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Waits (at most `wait`) until everything queued so far is written.
+    pub(crate) fn flush(&self, wait: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        self.tx.send(Msg::Flush(tx)).is_ok() && rx.recv_timeout(wait).is_ok()
     }
 }
 
@@ -141,6 +167,9 @@ fn run(rx: &mpsc::Receiver<Msg>, queued: &AtomicUsize, mut target: Target) {
                         Target::Prefix { json } => prefix(&log, &batch, *json),
                         Target::Dir(f) => f.write(&log, &batch),
                     }
+                }
+                Msg::Flush(ack) => {
+                    let _ = ack.send(());
                 }
                 Msg::Reopen => {
                     if let Target::Dir(f) = &mut target {

@@ -272,6 +272,10 @@ impl Emperor {
                 tracing::warn!("--vassals-stop-hook commands still running after the mercy; not waiting for them");
             }
         }
+        // what the vassals wrote last is in the files before the emperor goes
+        if let Some(c) = exec.capture.take() {
+            c.finish(Duration::from_secs(5));
+        }
         tracing::info!("The Emperor is buried.");
         if let Some(l) = lifecycle.as_mut() {
             l.buried();
