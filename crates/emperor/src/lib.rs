@@ -11,7 +11,7 @@
 //!   [`protocol`] (the single-byte protocol and the config pipe),
 //!   [`argv`] (uWSGI's vassal argv and environment), [`backoff`].
 //! * **Process I/O**: [`runtime`] (the loop around the reconciler),
-//!   [`logs`] (per-vassal output capture), [`ondemand`] (on-demand sockets) and [`spawn`], the only module with
+//!   [`logs`] (per-vassal output capture), [`cgroup`] (a cgroup per vassal), [`ondemand`] (on-demand sockets) and [`spawn`], the only module with
 //!   `unsafe` code (process creation, fd helpers, the emperor's own
 //!   process).
 //! * **Observers**, which see the table only through a snapshot and change
@@ -35,6 +35,7 @@ pub mod reconciler;
 pub mod throttle;
 
 // process I/O
+pub mod cgroup;
 pub mod logs;
 pub mod ondemand;
 pub mod runtime;

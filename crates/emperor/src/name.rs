@@ -103,6 +103,42 @@ impl Extensions {
     }
 }
 
+/// The longest part of a name kept before the hash of a very long name.
+const SAFE_KEEP: usize = 200;
+
+/// A vassal name as one file or directory name (log files, cgroups): `%`
+/// written `%25`, `/` written `%2F` and a leading `.` written `%2E` (so no
+/// name is hidden, climbs out or collides with another). A name longer than
+/// 230 bytes once encoded keeps its first 200 bytes, then `~` and 16 hex
+/// digits of a hash (FNV-1a) of the whole name.
+pub fn file_safe(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 8);
+    for (i, c) in name.chars().enumerate() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            '.' if i == 0 => out.push_str("%2E"),
+            c => out.push(c),
+        }
+    }
+    if out.len() > 230 {
+        let mut cut = SAFE_KEEP;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        // FNV-1a: stable across builds and versions
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        use std::fmt::Write as _;
+        let _ = write!(out, "~{h:016x}");
+    }
+    out
+}
+
 /// A validated vassal name: the id of one vassal in the table.
 ///
 /// ```

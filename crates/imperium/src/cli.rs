@@ -230,6 +230,14 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub vassal_logs_keep: u32,
 
+    /// A cgroup per vassal process, so that a stop kills everything the
+    /// vassal started: `auto` (under the emperor's own cgroup of the
+    /// unified hierarchy when it can be written; off, with one line saying
+    /// why, otherwise), `off`, or a directory inside a cgroup2 mount. See
+    /// docs/resources.md.
+    #[arg(long, value_name = "auto|off|PATH", default_value = "auto", value_parser = parse_vassal_cgroup)]
+    pub vassal_cgroup: emperor::cgroup::CgroupMode,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]
@@ -436,6 +444,10 @@ pub struct Cli {
 pub enum Sub {
     /// Steer a running emperor through its control socket.
     Ctl(crate::ctl::CtlArgs),
+}
+
+fn parse_vassal_cgroup(v: &str) -> Result<emperor::cgroup::CgroupMode, String> {
+    v.parse()
 }
 
 fn parse_vassal_logs(v: &str) -> Result<emperor::logs::LogMode, String> {

@@ -211,6 +211,13 @@ fn real_main() -> Result<()> {
         emperor::logs::journal::check(socket)?;
     }
     let capture = emperor::logs::Capture::start(&cfg.logs).context("--vassal-logs")?;
+    let cgroups = emperor::cgroup::Cgroups::setup(&cli.vassal_cgroup).context("--vassal-cgroup")?;
+    if let Some(c) = &cgroups {
+        tracing::info!(
+            "[emperor] each vassal process starts in a cgroup of its own under {}",
+            c.root().display()
+        );
+    }
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
     }
@@ -278,7 +285,9 @@ fn real_main() -> Result<()> {
                 pid = std::process::id(),
                 "*** starting imperium, the uWSGI-compatible Emperor ***"
             );
-            let mut emperor = Emperor::new(cfg, mons).with_capture(capture);
+            let mut emperor = Emperor::new(cfg, mons)
+                .with_capture(capture)
+                .with_cgroups(cgroups);
             if let Some(n) = SdNotify::from_env() {
                 emperor = emperor.with_lifecycle(Box::new(n));
             }

@@ -403,39 +403,10 @@ fn refused(fname: &str, e: nix::errno::Errno) -> io::Error {
     }
 }
 
-/// The longest file name part kept before the hash of a very long name.
-const NAME_KEEP: usize = 200;
-
 /// The file a vassal's output goes to, inside the log directory:
-/// `<name>.log`, with `%` written `%25`, `/` written `%2F` and a leading
-/// `.` written `%2E` (so no name is hidden, climbs out or collides). A name
-/// whose file name would be longer than 240 bytes keeps its first 200
-/// bytes, then `~` and 16 hex digits of a hash of the whole name.
+/// `<name>.log`, the name made safe by [`crate::name::file_safe`].
 pub fn file_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        match c {
-            '%' => out.push_str("%25"),
-            '/' => out.push_str("%2F"),
-            '.' if i == 0 => out.push_str("%2E"),
-            c => out.push(c),
-        }
-    }
-    if out.len() > 240 {
-        let mut cut = NAME_KEEP;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        // FNV-1a: stable across builds and versions
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        use std::fmt::Write as _;
-        let _ = write!(out, "~{h:016x}");
-    }
+    let mut out = crate::name::file_safe(name);
     out.push_str(".log");
     out
 }

@@ -42,6 +42,17 @@ fn log_hook(
     }
 }
 
+/// After a vassal's process was reaped: kills what it left in its cgroup
+/// and removes the group, off the loop (it waits for the group to empty).
+fn reap_cgroup(name: VassalName, group: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let left = crate::cgroup::Cgroups::reap(&group, std::time::Duration::from_secs(2));
+        if left > 0 {
+            tracing::info!(vassal = %name, left, "[emperor] killed {left} process(es) vassal {name} left behind in its cgroup");
+        }
+    });
+}
+
 /// A spawn that could not be prepared: deferred with a backoff when a
 /// resource ran out (EMFILE, ENFILE, EAGAIN, ENOMEM), failed otherwise.
 fn setup_failed(
@@ -83,6 +94,8 @@ pub(super) struct Executor {
     /// The output pipe of each vassal name, while its table entry (which
     /// owns it) exists.
     pub(super) logs: HashMap<VassalName, Weak<LogHandle>>,
+    /// A cgroup per vassal process (`--vassal-cgroup`).
+    pub(super) cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 /// One on-demand socket and its watch.
@@ -113,8 +126,13 @@ impl Executor {
             Report::Message(i, m) => rec.vassal_message(i, m, now),
             Report::PipeClosed(i) => rec.pipe_closed(i, now),
             Report::Exited(i, st) => {
-                if let Some((log, since)) = self.handles.remove(&i).and_then(|l| l.log.clone()) {
-                    rec.last_words(i, log.final_words(since));
+                if let Some(link) = self.handles.remove(&i) {
+                    if let Some((log, since)) = &link.log {
+                        rec.last_words(i, log.final_words(*since));
+                    }
+                    if let Some(g) = link.cgroup.clone() {
+                        reap_cgroup(link.name.clone(), g);
+                    }
                 }
                 rec.exited(i, st, now)
             }
@@ -152,6 +170,12 @@ impl Executor {
                 Action::Kill { instance } => {
                     if let Some(h) = self.handles.get(&instance) {
                         h.kill();
+                        // and everything it started, wherever it went
+                        if let Some(g) = &h.cgroup {
+                            if let Err(e) = crate::cgroup::Cgroups::kill(g) {
+                                tracing::error!(vassal = %h.name, error = %e, "[emperor] cannot kill the cgroup {}: {e}", g.display());
+                            }
+                        }
                     }
                     Vec::new()
                 }
@@ -486,6 +510,15 @@ impl Executor {
             }
         };
         let log = log.map(|(since, l)| (l, since));
+        let cgroup = match self
+            .cgroups
+            .as_ref()
+            .map(|c| c.create(&spec.name, instance))
+        {
+            None => None,
+            Some(Ok(dir)) => Some(dir),
+            Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
+        };
         let owner = spec.owner.map(|o| (o, self.groups(o)));
         let req = SpawnRequest {
             argv,
@@ -497,6 +530,7 @@ impl Executor {
             stdin_socket,
             stdout,
             broodlord_num,
+            cgroup: cgroup.clone(),
             confine: self.launch.confine.clone(),
         };
         let sp = match spawn_vassal(req) {
@@ -506,18 +540,44 @@ impl Executor {
                 }
                 sp
             }
-            Err(e) if e.is_transient() => {
-                return rec.spawn_deferred(instance, &e.to_string(), std::time::Instant::now())
+            Err(e) => {
+                if let Some(dir) = &cgroup {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                let now = std::time::Instant::now();
+                return if e.is_transient() {
+                    rec.spawn_deferred(instance, &e.to_string(), now)
+                } else {
+                    rec.spawn_failed(instance, &e.to_string(), now)
+                };
             }
-            Err(e) => return rec.spawn_failed(instance, &e.to_string(), std::time::Instant::now()),
         };
+        self.watch(rec, instance, &spec.name, sp, inline, log, cgroup);
+        Vec::new()
+    }
+
+    /// Watches a started vassal process: its sockets, its pidfd, its task.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "what spawn_now prepared for this process"
+    )]
+    fn watch(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        name: &VassalName,
+        sp: crate::spawn::Spawned,
+        inline: Option<Arc<str>>,
+        log: Option<(Arc<crate::logs::VassalLog>, u64)>,
+        cgroup: Option<PathBuf>,
+    ) {
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
         let ctrl = match to_tokio(sp.ctrl) {
             Ok(s) => s,
             Err(e) => {
                 let what = format!("cannot watch the vassal's control socket: {e}");
-                self.abandon(instance, &spec.name, &sp.child, &what);
-                return Vec::new();
+                self.abandon(instance, name, &sp.child, &what);
+                return;
             }
         };
         let config = sp.config.and_then(|c| to_tokio(c).ok());
@@ -525,12 +585,12 @@ impl Executor {
             Ok(c) => c,
             Err((child, e)) => {
                 let what = format!("cannot watch the vassal's pidfd: {e}");
-                self.abandon(instance, &spec.name, &child, &what);
-                return Vec::new();
+                self.abandon(instance, name, &child, &what);
+                return;
             }
         };
         let link = Arc::new(VassalLink {
-            name: spec.name.clone(),
+            name: name.clone(),
             ctrl,
             child,
             config,
@@ -538,12 +598,12 @@ impl Executor {
             waker: AtomicWaker::new(),
             overflowed: Default::default(),
             log,
+            cgroup,
         });
         if let Some(text) = inline {
             link.send(VassalCmd::Config(text));
         }
         self.handles.insert(instance, link.clone());
         tokio::spawn(vassal_task(instance, link, self.reports.0.clone()));
-        Vec::new()
     }
 }

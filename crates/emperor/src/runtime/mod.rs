@@ -78,6 +78,7 @@ pub struct Emperor {
     monitors: Vec<Box<dyn Monitor>>,
     lifecycle: Option<Box<dyn Lifecycle>>,
     capture: Option<Capture>,
+    cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 impl Emperor {
@@ -88,6 +89,7 @@ impl Emperor {
             monitors,
             lifecycle: None,
             capture: None,
+            cgroups: None,
         }
     }
 
@@ -97,6 +99,13 @@ impl Emperor {
     /// modes capture nothing.
     pub fn with_capture(mut self, capture: Option<Capture>) -> Self {
         self.capture = capture;
+        self
+    }
+
+    /// Starts every vassal process in a cgroup of its own under `cgroups`
+    /// (set up with [`crate::cgroup::Cgroups::setup`]).
+    pub fn with_cgroups(mut self, cgroups: Option<crate::cgroup::Cgroups>) -> Self {
+        self.cgroups = cgroups;
         self
     }
 
@@ -143,6 +152,7 @@ impl Emperor {
             log_opts: self.cfg.logs.clone(),
             capture: self.capture,
             logs: HashMap::new(),
+            cgroups: self.cgroups,
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -271,6 +281,10 @@ impl Emperor {
             {
                 tracing::warn!("--vassals-stop-hook commands still running after the mercy; not waiting for them");
             }
+        }
+        // nothing a vassal started outlives the emperor's shutdown
+        if let Some(c) = &exec.cgroups {
+            c.finish();
         }
         // what the vassals wrote last is in the files before the emperor goes
         if let Some(c) = exec.capture.take() {

@@ -44,6 +44,8 @@ pub(super) struct VassalLink {
     /// Its output pipe (`--vassal-logs` prefix or dir) and the sequence
     /// number of the first line it can have written.
     pub(super) log: Option<(Arc<crate::logs::VassalLog>, u64)>,
+    /// Its cgroup (`--vassal-cgroup`).
+    pub(super) cgroup: Option<std::path::PathBuf>,
 }
 
 impl VassalLink {

@@ -19,7 +19,9 @@
 //! emperor's memory until it execs, so nothing is copied. A plain `fork()`
 //! copies the page tables and write-protects every page of the emperor, and
 //! with 1000 vassals that made the cold start 1.3 to 1.6 times slower than
-//! the fork/exec floor (docs/performance.md). The child is watched through
+//! the fork/exec floor (docs/performance.md). With `--vassal-cgroup` the
+//! same child is created with `clone3(CLONE_INTO_CGROUP)`, so it starts in
+//! its own cgroup and never runs outside it. The child is watched through
 //! its pidfd: reaped with `waitid(P_PIDFD)`, killed with
 //! `pidfd_send_signal`, so a recycled pid can never be hit.
 
@@ -66,6 +68,9 @@ pub struct SpawnRequest {
     pub stdout: Option<OwnedFd>,
     /// `UWSGI_BROODLORD_NUM` for zergs.
     pub broodlord_num: Option<u64>,
+    /// The cgroup (a directory of the unified hierarchy) the process starts
+    /// in (`clone3(CLONE_INTO_CGROUP)`); `None`: the emperor's.
+    pub cgroup: Option<PathBuf>,
     /// Namespaces, bounding set and kept fds (the same for every vassal).
     pub confine: Arc<Confinement>,
 }
@@ -387,6 +392,86 @@ struct CapData {
     inheritable: u32,
 }
 
+/// `CLONE_INTO_CGROUP` of linux/sched.h (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args` of linux/sched.h (`CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `clone3` for a `CLONE_VM | CLONE_VFORK` child that runs `f(arg)` on the
+/// stack given in `args` and exits with its return value (what glibc's
+/// `clone()` does for `clone`, which cannot start a process in a cgroup).
+/// Returns the child's pid, or `-errno`.
+///
+/// # Safety
+///
+/// `args` must describe a valid stack that nothing else uses, `f` must be
+/// safe to run on it sharing the caller's memory (it must end in execve or
+/// _exit without returning into the caller's frames), and the caller must
+/// keep everything `arg` points to alive until the child has exec'd or
+/// exited (CLONE_VFORK suspends the caller until then).
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_vfork(
+    args: &mut CloneArgs,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    arg: *mut libc::c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the clone3 system call with the arguments above. In the
+    // parent it returns like any system call (rcx and r11 are clobbered).
+    // The child starts after the `syscall` instruction with the same
+    // registers, rax = 0 and rsp = the top of its own stack (16-byte
+    // aligned, so after `call` the callee sees the alignment the ABI
+    // requires); it calls `f(arg)` (r12, r13 are preserved by the kernel)
+    // and exits with its result, never returning into Rust code.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, 60",
+            "syscall",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") f,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Other architectures: no clone3 trampoline yet.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn clone3_vfork(
+    _args: &mut CloneArgs,
+    _f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    _arg: *mut libc::c_void,
+) -> i64 {
+    -(libc::ENOSYS as i64)
+}
+
 /// An mmap'd stack with a guard page below it.
 struct Stack {
     base: *mut libc::c_void,
@@ -525,13 +610,22 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         failed_step: AtomicI32::new(0),
         setup_errno: AtomicI32::new(0),
     };
+    let cgroup_fd = match &req.cgroup {
+        Some(dir) => Some(std::fs::File::open(dir).map_err(|e| SpawnError::Setup {
+            step: "open its cgroup",
+            source: e,
+        })?),
+        None => None,
+    };
     let stack = Stack::new(CHILD_STACK).map_err(SpawnError::Clone)?;
     let mut pidfd: libc::c_int = -1;
     // SAFETY: the signal mask calls only read and write the sigset_t values
     // on this stack frame. Blocking every signal around the clone keeps the
     // emperor's handlers from running in the child, which shares our memory
     // until it execs (the child resets them to the default first thing).
-    // clone() runs `child_main` on the mmap'd stack with a pointer to
+    // clone() (or clone3() with CLONE_INTO_CGROUP, to start it in its
+    // cgroup, given an open fd of that cgroup that lives until after the
+    // call) runs `child_main` on the mmap'd stack with a pointer to
     // `args`, which outlives the child's use of it: CLONE_VFORK suspends
     // this thread until the child has exec'd or exited, and both `args` and
     // `stack` are dropped only after that. The child only makes system
@@ -541,18 +635,42 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let pid = libc::clone(
-            child_main,
-            stack.top(),
-            libc::CLONE_VM
-                | libc::CLONE_VFORK
-                | libc::CLONE_PIDFD
-                | libc::SIGCHLD
-                | req.confine.clone_flags,
-            &args as *const ChildArgs as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        );
-        let err = io::Error::last_os_error();
+        let arg = &args as *const ChildArgs as *mut libc::c_void;
+        let flags =
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | req.confine.clone_flags;
+        let (pid, err) = match &cgroup_fd {
+            None => {
+                let pid = libc::clone(
+                    child_main,
+                    stack.top(),
+                    flags | libc::SIGCHLD,
+                    arg,
+                    &mut pidfd as *mut libc::c_int,
+                );
+                (pid, io::Error::last_os_error())
+            }
+            Some(cg) => {
+                let mut ca = CloneArgs {
+                    flags: (flags as u64) | CLONE_INTO_CGROUP,
+                    pidfd: &mut pidfd as *mut libc::c_int as u64,
+                    child_tid: 0,
+                    parent_tid: 0,
+                    exit_signal: libc::SIGCHLD as u64,
+                    stack: stack.base as u64 + 4096,
+                    stack_size: (stack.top() as u64) - (stack.base as u64 + 4096),
+                    tls: 0,
+                    set_tid: 0,
+                    set_tid_size: 0,
+                    cgroup: cg.as_raw_fd() as u64,
+                };
+                let r = clone3_vfork(&mut ca, child_main, arg);
+                if r < 0 {
+                    (-1, io::Error::from_raw_os_error(-r as i32))
+                } else {
+                    (r as libc::c_int, io::Error::from_raw_os_error(0))
+                }
+            }
+        };
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         if pid <= 0 {
             return Err(SpawnError::Clone(err));
@@ -780,6 +898,7 @@ mod tests {
             config_pipe: false,
             stdin_socket: None,
             stdout: None,
+            cgroup: None,
             broodlord_num: None,
             confine: Arc::default(),
         }

@@ -1,0 +1,352 @@
+//! A cgroup per vassal process (`--vassal-cgroup`, docs/resources.md), so
+//! that stopping a vassal reaches every process it left behind: a
+//! double-forked grandchild, a spooler, an app's subprocess.
+//!
+//! Each vassal instance joins its own group of the unified (v2) hierarchy,
+//! `ROOT/<name>/i<instance>`, before it execs (the first thing the child
+//! does, so no vassal code ever runs outside it). When its process has
+//! been reaped, whatever is left in the group is killed with `cgroup.kill`
+//! and the group is removed once empty; a SIGKILL from the emperor (curse
+//! tolerance, heartbeat, the end of the mercy at shutdown) goes to the
+//! whole group. At shutdown every group left is killed and removed.
+//!
+//! `ROOT` is the emperor's own cgroup plus `imperium-<pid>` in `auto` mode,
+//! or the directory given with `--vassal-cgroup PATH` (created if missing;
+//! it must be inside a cgroup2 mount). Groups are made by the emperor
+//! before any privilege drop matters (the emperor runs as root to manage
+//! them) and are owned by root, so a tyrant vassal can neither move itself
+//! out nor write its group's files.
+//!
+//! This first step puts no limits on the groups (no controller is enabled
+//! in `ROOT`), so the emperor does not need to move itself into a leaf.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::name::VassalName;
+
+/// Where vassal cgroups are made (`--vassal-cgroup`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CgroupMode {
+    /// No cgroups.
+    #[default]
+    Off,
+    /// Under the emperor's own cgroup of the unified hierarchy, when it can
+    /// be written; off (with one log line saying why) otherwise.
+    Auto,
+    /// Under this directory of a cgroup2 mount (an error when it cannot be
+    /// used).
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<CgroupMode, String> {
+        match s {
+            "off" => Ok(CgroupMode::Off),
+            "auto" => Ok(CgroupMode::Auto),
+            p if p.starts_with('/') => Ok(CgroupMode::Path(PathBuf::from(p))),
+            _ => Err(format!(
+                "{s:?}: expected auto, off, or an absolute path inside a cgroup2 mount"
+            )),
+        }
+    }
+}
+
+/// Why the vassal cgroups cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No cgroup2 (unified) hierarchy is mounted.
+    #[error("no cgroup2 (unified) hierarchy is mounted")]
+    NoUnified,
+    /// The path is not inside a cgroup2 mount.
+    #[error("{0} is not inside a cgroup2 mount")]
+    NotCgroup2(PathBuf),
+    /// A cgroup file or directory could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no `cgroup.kill` (Linux 5.14).
+    #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
+    NoKill,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The mount points of cgroup2 file systems (from /proc/self/mountinfo).
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE OPTS
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mp = left.split_whitespace().nth(4)?;
+            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(mp)))
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The emperor's own cgroup of the unified hierarchy (`0::/path`).
+fn own_unified_path() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// The vassal cgroups of one emperor.
+#[derive(Debug)]
+pub struct Cgroups {
+    root: PathBuf,
+    /// `auto`: the root was made by this emperor and goes with it.
+    owned_root: bool,
+}
+
+impl Cgroups {
+    /// Sets up `mode`: `Ok(None)` when off (in `auto` mode, also when
+    /// cgroups cannot be used here: one line says why).
+    pub fn setup(mode: &CgroupMode) -> Result<Option<Cgroups>, CgroupError> {
+        match mode {
+            CgroupMode::Off => Ok(None),
+            CgroupMode::Auto => match Self::auto() {
+                Ok(c) => Ok(Some(c)),
+                Err(e) => {
+                    tracing::warn!("[emperor] --vassal-cgroup auto: vassals get no cgroup of their own: {e} (a stop then reaches only the vassal's own process tree)");
+                    Ok(None)
+                }
+            },
+            CgroupMode::Path(p) => {
+                let mounts = cgroup2_mounts();
+                if !mounts.iter().any(|m| p.starts_with(m)) {
+                    return Err(CgroupError::NotCgroup2(p.clone()));
+                }
+                std::fs::create_dir_all(p).map_err(io_err(p))?;
+                let c = Cgroups {
+                    root: p.clone(),
+                    owned_root: false,
+                };
+                c.check_kill()?;
+                c.kill_leftovers();
+                Ok(Some(c))
+            }
+        }
+    }
+
+    fn auto() -> Result<Cgroups, CgroupError> {
+        let mounts = cgroup2_mounts();
+        // the unified hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified
+        // on a hybrid layout
+        let mount = mounts.first().ok_or(CgroupError::NoUnified)?;
+        let own = own_unified_path().unwrap_or_else(|| "/".into());
+        let base = mount.join(own.trim_start_matches('/'));
+        let root = base.join(format!("imperium-{}", std::process::id()));
+        std::fs::create_dir(&root).map_err(io_err(&root))?;
+        let c = Cgroups {
+            root,
+            owned_root: true,
+        };
+        if let Err(e) = c.check_kill() {
+            let _ = std::fs::remove_dir(&c.root);
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    fn check_kill(&self) -> Result<(), CgroupError> {
+        // cgroup.kill exists in every non-root group of a 5.14+ kernel
+        let probe = self.root.join("imperium-probe");
+        let _ = std::fs::create_dir(&probe);
+        let ok = probe.join("cgroup.kill").exists();
+        let _ = std::fs::remove_dir(&probe);
+        if ok {
+            Ok(())
+        } else {
+            Err(CgroupError::NoKill)
+        }
+    }
+
+    /// The directory vassal groups are made in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Makes the group of one instance of `name`.
+    pub fn create(&self, name: &VassalName, instance: u64) -> io::Result<PathBuf> {
+        let dir = self
+            .root
+            .join(crate::name::file_safe(name.as_str()))
+            .join(format!("i{instance}"));
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) => Err(io::Error::new(
+                e.kind(),
+                format!("cannot create the cgroup {}: {e}", dir.display()),
+            )),
+        }
+    }
+
+    /// Kills every process in `group` (SIGKILL, through `cgroup.kill`).
+    pub fn kill(group: &Path) -> io::Result<()> {
+        match std::fs::write(group.join("cgroup.kill"), b"1") {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether processes are left in `group` (or below it).
+    pub fn populated(group: &Path) -> bool {
+        std::fs::read_to_string(group.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// After the vassal's process was reaped: kills what it left behind
+    /// and removes its group once empty, waiting at most `wait` (it
+    /// blocks: run it off the emperor's loop). Returns how many processes
+    /// were left.
+    pub fn reap(group: &Path, wait: Duration) -> usize {
+        let left = procs(group).len();
+        if left > 0 {
+            if let Err(e) = Self::kill(group) {
+                tracing::error!(error = %e, "[emperor] cannot kill what is left in {}: {e}", group.display());
+            }
+        }
+        let deadline = Instant::now() + wait;
+        while Self::populated(group) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // the name's directory stays (another instance may be starting in
+        // it) until the shutdown
+        let _ = std::fs::remove_dir(group);
+        left
+    }
+
+    /// At shutdown: kills every group left and removes them (and the root
+    /// in `auto` mode).
+    pub fn finish(&self) {
+        let _ = Self::kill(&self.root);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Self::populated(&self.root) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        remove_tree(&self.root, self.owned_root);
+    }
+
+    /// `--vassal-cgroup PATH`: groups left by an earlier emperor (one that
+    /// was SIGKILLed) are killed and removed at start-up.
+    fn kill_leftovers(&self) {
+        if Self::populated(&self.root) {
+            let n = count_procs(&self.root);
+            tracing::warn!(
+                "[emperor] {} holds {n} processes left by an earlier emperor; killing them",
+                self.root.display()
+            );
+            let _ = Self::kill(&self.root);
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Self::populated(&self.root) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        remove_tree(&self.root, false);
+    }
+}
+
+impl Drop for Cgroups {
+    /// Empty groups go (the emperor stopped before it ran, or after
+    /// [`Cgroups::finish`]); a group with processes in it stays.
+    fn drop(&mut self) {
+        remove_tree(&self.root, self.owned_root);
+    }
+}
+
+/// The pids in `group` itself (`cgroup.procs`).
+pub fn procs(group: &Path) -> Vec<u32> {
+    std::fs::read_to_string(group.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn count_procs(dir: &Path) -> usize {
+    let mut n = procs(dir).len();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                n += count_procs(&e.path());
+            }
+        }
+    }
+    n
+}
+
+/// Removes the groups below `dir` (children first), and `dir` itself when
+/// `this_too`.
+fn remove_tree(dir: &Path, this_too: bool) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), true);
+            }
+        }
+    }
+    if this_too {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse() {
+        assert_eq!("auto".parse::<CgroupMode>().unwrap(), CgroupMode::Auto);
+        assert_eq!("off".parse::<CgroupMode>().unwrap(), CgroupMode::Off);
+        assert_eq!(
+            "/sys/fs/cgroup/x".parse::<CgroupMode>().unwrap(),
+            CgroupMode::Path("/sys/fs/cgroup/x".into())
+        );
+        assert!("relative/x".parse::<CgroupMode>().is_err());
+        assert!("".parse::<CgroupMode>().is_err());
+    }
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(unescape_mount("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount("/plain"), "/plain");
+        assert_eq!(unescape_mount("/end\\"), "/end\\");
+    }
+}

@@ -1,0 +1,224 @@
+//! A cgroup per vassal (`--vassal-cgroup`, docs/resources.md) with real
+//! uWSGI vassals: a double-forked grandchild of the vassal dies when the
+//! vassal is stopped and at Ragnarok; without cgroups it escapes, as it
+//! does from uWSGI's Emperor.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use testkit::procs::alive;
+use testkit::servers::{free_port, wait_until};
+use testkit::uwsgi::{uwsgi_bin, wait_answer};
+use testkit::{imperium_bin, Imperium};
+
+const T: Duration = Duration::from_secs(25);
+
+/// At import (in the uWSGI master), double-forks a `sleep` that leaves the
+/// vassal's process tree (a new session, reparented away from the master)
+/// and writes its pid to `$GRANDCHILD_PIDFILE`.
+const FORKING_APP: &str = r#"import os
+pidfile = os.environ['GRANDCHILD_PIDFILE']
+if not os.path.exists(pidfile):
+    first = os.fork()
+    if first == 0:
+        os.setsid()
+        second = os.fork()
+        if second == 0:
+            os.execvp('sleep', ['sleep', '1000'])
+        with open(pidfile + '.tmp', 'w') as f:
+            f.write(str(second))
+        os.rename(pidfile + '.tmp', pidfile)
+        os._exit(0)
+    os.waitpid(first, 0)
+def application(environ, start_response):
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]
+"#;
+
+/// Whether this machine has a cgroup2 hierarchy the tests can use; says
+/// why not in the test's output otherwise.
+fn cgroup2_here() -> bool {
+    let ok = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup2 "))
+        });
+    if !ok {
+        eprintln!("NOT TESTED: this machine has no cgroup2 (unified) hierarchy mounted");
+    }
+    ok
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    vassals: PathBuf,
+    app: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let vassals = tmp.path().join("vassals");
+    std::fs::create_dir(&vassals).unwrap();
+    let app = tmp.path().join("forking.py");
+    std::fs::write(&app, FORKING_APP).unwrap();
+    Setup { tmp, vassals, app }
+}
+
+/// Writes vassal `name` (its grandchild's pid goes to `<name>.gc`);
+/// returns its port and the pid file.
+fn vassal(s: &Setup, name: &str) -> (u16, PathBuf) {
+    let port = free_port();
+    let pidfile = s.tmp.path().join(format!("{name}.gc"));
+    std::fs::write(
+        s.vassals.join(name),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER={name}\nenv = GRANDCHILD_PIDFILE={}\ndie-on-term = true\nreload-mercy = 5\nworker-reload-mercy = 5\n",
+            s.app.display(),
+            pidfile.display()
+        ),
+    )
+    .unwrap();
+    (port, pidfile)
+}
+
+fn emperor(s: &Setup, extra: &[&str]) -> Imperium {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--emperor".into(),
+        s.vassals.as_os_str().into(),
+        "--binary-path".into(),
+        uwsgi_bin().into_os_string(),
+        "--reload-mercy".into(),
+        "10".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.into()));
+    Imperium::start(s.tmp.path(), args)
+}
+
+fn grandchild(pidfile: &Path, emp: &Imperium) -> u32 {
+    assert!(
+        wait_until(T, || pidfile.exists()),
+        "the app never forked:\n{}",
+        emp.log()
+    );
+    std::fs::read_to_string(pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The unified-hierarchy cgroup of `pid`.
+fn cgroup_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_double_forked_grandchild_dies_when_its_vassal_is_stopped() {
+    if !cgroup2_here() {
+        return;
+    }
+    let s = setup();
+    let (port, pidfile) = vassal(&s, "gc.ini");
+    let emp = emperor(&s, &[]);
+    wait_answer(port, "gc.ini", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
+    let gc = grandchild(&pidfile, &emp);
+    assert!(alive(gc));
+    // it left the vassal's process tree, but not its cgroup
+    assert_ne!(testkit::procs::ppid(gc), Some(emp.pid()));
+    let cg = cgroup_of(gc);
+    assert!(
+        cg.contains(&format!("/imperium-{}/gc.ini/i", emp.pid())),
+        "the grandchild's cgroup: {cg:?}"
+    );
+    assert!(emp
+        .log()
+        .contains("each vassal process starts in a cgroup of its own"));
+
+    std::fs::remove_file(s.vassals.join("gc.ini")).unwrap();
+    emp.wait_log("removed uwsgi instance gc.ini", T);
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(gc)),
+        "the grandchild {gc} outlived its vassal"
+    );
+    emp.wait_log("left behind in its cgroup", T);
+}
+
+#[test]
+fn ragnarok_kills_every_grandchild_and_removes_the_groups() {
+    if !cgroup2_here() {
+        return;
+    }
+    let s = setup();
+    let (p1, f1) = vassal(&s, "a.ini");
+    let (p2, f2) = vassal(&s, "b.ini");
+    let mut emp = emperor(&s, &[]);
+    wait_answer(p1, "a.ini", T).unwrap_or_else(|| panic!("a never answered:\n{}", emp.log()));
+    wait_answer(p2, "b.ini", T).unwrap_or_else(|| panic!("b never answered:\n{}", emp.log()));
+    let gcs = [grandchild(&f1, &emp), grandchild(&f2, &emp)];
+    let root = cgroup_of(gcs[0]);
+    let root = root.split("/a.ini/").next().unwrap().to_string();
+    assert!(gcs.iter().all(|p| alive(*p)));
+    let pid = emp.pid();
+    assert!(emp.stop().success());
+    assert!(
+        wait_until(Duration::from_secs(5), || gcs.iter().all(|p| !alive(*p))),
+        "grandchildren outlived the emperor's shutdown: {gcs:?}"
+    );
+    let mount = "/sys/fs/cgroup/unified";
+    let dir = if Path::new(mount).join("cgroup.procs").exists() {
+        Path::new(mount).join(root.trim_start_matches('/'))
+    } else {
+        Path::new("/sys/fs/cgroup").join(root.trim_start_matches('/'))
+    };
+    assert!(root.ends_with(&format!("imperium-{pid}")), "{root}");
+    assert!(
+        !dir.exists(),
+        "{} is left after the shutdown",
+        dir.display()
+    );
+}
+
+#[test]
+fn without_cgroups_the_grandchild_escapes_as_from_uwsgi() {
+    let s = setup();
+    let (port, pidfile) = vassal(&s, "esc.ini");
+    let emp = emperor(&s, &["--vassal-cgroup", "off"]);
+    wait_answer(port, "esc.ini", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
+    let gc = grandchild(&pidfile, &emp);
+    std::fs::remove_file(s.vassals.join("esc.ini")).unwrap();
+    emp.wait_log("removed uwsgi instance esc.ini", T);
+    std::thread::sleep(Duration::from_secs(1));
+    let escaped = alive(gc);
+    let _ = kill(Pid::from_raw(gc as i32), Signal::SIGKILL);
+    assert!(
+        escaped,
+        "with --vassal-cgroup off the grandchild survives its vassal (what the cgroup fixes)"
+    );
+}
+
+#[test]
+fn a_path_outside_cgroup2_is_a_start_up_error() {
+    let s = setup();
+    let o = std::process::Command::new(imperium_bin())
+        .arg("--emperor")
+        .arg(&s.vassals)
+        .args(["--vassal-cgroup", "/tmp/not-a-cgroup"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--vassal-cgroup")
+            && err.contains("/tmp/not-a-cgroup is not inside a cgroup2 mount"),
+        "{err}"
+    );
+}
