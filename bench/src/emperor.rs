@@ -209,6 +209,8 @@ pub struct Running {
 pub struct Programs {
     pub imperium: PathBuf,
     pub uwsgi: PathBuf,
+    /// Extra options for every imperium run (`--imperium-arg`).
+    pub imperium_args: Vec<String>,
 }
 
 /// Starts `who` watching `source` (a directory or a monitor URL) in
@@ -230,6 +232,7 @@ pub fn start(
             if std::env::var_os("IMPERIUM_LOG").is_none() {
                 c.env("IMPERIUM_LOG", "info");
             }
+            c.args(&progs.imperium_args);
             c
         }
         Contender::Uwsgi(freq) => {

@@ -60,6 +60,10 @@ struct Args {
     /// separated.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// An extra option for every imperium run (repeatable), e.g.
+    /// `--imperium-arg=--vassal-cgroup --imperium-arg=off`.
+    #[arg(long, allow_hyphen_values = true)]
+    imperium_arg: Vec<String>,
     /// Keep every emperor's log in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
@@ -165,6 +169,7 @@ fn main() -> Result<()> {
         progs: Programs {
             imperium,
             uwsgi: args.uwsgi.clone(),
+            imperium_args: args.imperium_arg.clone(),
         },
         test_vassal,
         args,

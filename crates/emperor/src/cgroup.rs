@@ -73,6 +73,9 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    /// The path holds the emperor's own cgroup.
+    #[error("{0} holds the emperor's own cgroup; give a directory that does not (for example a new subdirectory of it)")]
+    HoldsEmperor(PathBuf),
     /// The kernel has no `cgroup.kill` (Linux 5.14).
     #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
     NoKill,
@@ -136,21 +139,34 @@ pub struct Cgroups {
 
 impl Cgroups {
     /// Sets up `mode`: `Ok(None)` when off (in `auto` mode, also when
-    /// cgroups cannot be used here: one line says why).
-    pub fn setup(mode: &CgroupMode) -> Result<Option<Cgroups>, CgroupError> {
-        match mode {
-            CgroupMode::Off => Ok(None),
-            CgroupMode::Auto => match Self::auto() {
-                Ok(c) => Ok(Some(c)),
+    /// cgroups cannot be used here: one line says why). `owner`: the uid
+    /// and gid the emperor drops to later (`--uid`, `--gid`), to whom the
+    /// groups are delegated (see [`Cgroups::delegate`]).
+    pub fn setup(
+        mode: &CgroupMode,
+        owner: Option<(Option<u32>, Option<u32>)>,
+    ) -> Result<Option<Cgroups>, CgroupError> {
+        let c = match mode {
+            CgroupMode::Off => return Ok(None),
+            CgroupMode::Auto => match Self::auto().and_then(|c| c.delegate(owner).map(|()| c)) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("[emperor] --vassal-cgroup auto: vassals get no cgroup of their own: {e} (a stop then reaches only the vassal's own process tree)");
-                    Ok(None)
+                    return Ok(None);
                 }
             },
             CgroupMode::Path(p) => {
                 let mounts = cgroup2_mounts();
                 if !mounts.iter().any(|m| p.starts_with(m)) {
                     return Err(CgroupError::NotCgroup2(p.clone()));
+                }
+                if let (Some(own), Some(m)) =
+                    (own_unified_path(), mounts.iter().find(|m| p.starts_with(m)))
+                {
+                    let own = m.join(own.trim_start_matches('/'));
+                    if own.starts_with(p) {
+                        return Err(CgroupError::HoldsEmperor(p.clone()));
+                    }
                 }
                 std::fs::create_dir_all(p).map_err(io_err(p))?;
                 let c = Cgroups {
@@ -159,9 +175,55 @@ impl Cgroups {
                 };
                 c.check_kill()?;
                 c.kill_leftovers();
-                Ok(Some(c))
+                c.delegate(owner)?;
+                c
             }
+        };
+        Ok(Some(c))
+    }
+
+    /// An emperor that drops its privileges must still make groups and
+    /// start processes in them, and cgroup v2 allows that only inside a
+    /// subtree delegated to it that holds the emperor itself (moving a
+    /// process needs write access to the `cgroup.procs` of the common
+    /// ancestor of where it is and where it goes). So, while still root:
+    /// the emperor moves into `ROOT/.emperor` (a leading `.` is never a
+    /// vassal's group: names are made safe with `%2E`), and `ROOT` with its
+    /// `cgroup.procs`, `cgroup.threads` and `cgroup.subtree_control` is
+    /// given to that uid and gid (cgroup-v2.rst, "Delegation"). The vassals
+    /// still cannot move: they run as other users, or as that one only in
+    /// tyrant mode, where every group is owned by the emperor's user.
+    fn delegate(&self, owner: Option<(Option<u32>, Option<u32>)>) -> Result<(), CgroupError> {
+        let Some((uid, gid)) = owner else {
+            return Ok(());
+        };
+        if uid.is_none() && gid.is_none() {
+            return Ok(());
         }
+        let leaf = self.root.join(".emperor");
+        match std::fs::create_dir(&leaf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&leaf)(e)),
+        }
+        let procs = leaf.join("cgroup.procs");
+        std::fs::write(&procs, b"0").map_err(io_err(&procs))?;
+        let uid = uid.map(nix::unistd::Uid::from_raw);
+        let gid = gid.map(nix::unistd::Gid::from_raw);
+        for f in [
+            "",
+            "cgroup.procs",
+            "cgroup.threads",
+            "cgroup.subtree_control",
+        ] {
+            let p = if f.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(f)
+            };
+            nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
+        }
+        Ok(())
     }
 
     fn auto() -> Result<Cgroups, CgroupError> {
@@ -171,6 +233,7 @@ impl Cgroups {
         let mount = mounts.first().ok_or(CgroupError::NoUnified)?;
         let own = own_unified_path().unwrap_or_else(|| "/".into());
         let base = mount.join(own.trim_start_matches('/'));
+        remove_stale(&base);
         let root = base.join(format!("imperium-{}", std::process::id()));
         std::fs::create_dir(&root).map_err(io_err(&root))?;
         let c = Cgroups {
@@ -185,8 +248,9 @@ impl Cgroups {
     }
 
     fn check_kill(&self) -> Result<(), CgroupError> {
-        // cgroup.kill exists in every non-root group of a 5.14+ kernel
-        let probe = self.root.join("imperium-probe");
+        // cgroup.kill exists in every non-root group of a 5.14+ kernel (a
+        // leading `.` is never a vassal's group)
+        let probe = self.root.join(".probe");
         let _ = std::fs::create_dir(&probe);
         let ok = probe.join("cgroup.kill").exists();
         let _ = std::fs::remove_dir(&probe);
@@ -253,31 +317,52 @@ impl Cgroups {
         left
     }
 
-    /// At shutdown: kills every group left and removes them (and the root
-    /// in `auto` mode).
-    pub fn finish(&self) {
-        let _ = Self::kill(&self.root);
+    /// The vassals' directories under the root (not the emperor's own
+    /// leaf, nor the probe).
+    fn vassal_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.root)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kills every vassal group and waits (at most 2 s) until they are
+    /// empty; returns how many processes there were.
+    fn kill_all(&self) -> usize {
+        let dirs = self.vassal_dirs();
+        let n: usize = dirs.iter().map(|d| count_procs(d)).sum();
+        for d in &dirs {
+            let _ = Self::kill(d);
+        }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Self::populated(&self.root) && Instant::now() < deadline {
+        while dirs.iter().any(|d| Self::populated(d)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
+        n
+    }
+
+    /// At shutdown: kills every group left and removes them (and the root
+    /// in `auto` mode, unless the emperor is inside it after a
+    /// [`Cgroups::delegate`]).
+    pub fn finish(&self) {
+        self.kill_all();
         remove_tree(&self.root, self.owned_root);
     }
 
     /// `--vassal-cgroup PATH`: groups left by an earlier emperor (one that
     /// was SIGKILLed) are killed and removed at start-up.
     fn kill_leftovers(&self) {
-        if Self::populated(&self.root) {
-            let n = count_procs(&self.root);
+        let n = self.kill_all();
+        if n > 0 {
             tracing::warn!(
-                "[emperor] {} holds {n} processes left by an earlier emperor; killing them",
+                "[emperor] killed {n} processes left in {} by an earlier emperor",
                 self.root.display()
             );
-            let _ = Self::kill(&self.root);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Self::populated(&self.root) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
         }
         remove_tree(&self.root, false);
     }
@@ -288,6 +373,29 @@ impl Drop for Cgroups {
     /// [`Cgroups::finish`]); a group with processes in it stays.
     fn drop(&mut self) {
         remove_tree(&self.root, self.owned_root);
+    }
+}
+
+/// `auto`: the empty `imperium-<pid>` trees that emperors which are gone
+/// left in `base` (one that dropped its privileges cannot remove the leaf
+/// it runs in; one that was SIGKILLed removes nothing). A group with a
+/// process in it is never removed (rmdir refuses it).
+fn remove_stale(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("imperium-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            remove_tree(&e.path(), true);
+        }
     }
 }
 

@@ -211,7 +211,11 @@ fn real_main() -> Result<()> {
         emperor::logs::journal::check(socket)?;
     }
     let capture = emperor::logs::Capture::start(&cfg.logs).context("--vassal-logs")?;
-    let cgroups = emperor::cgroup::Cgroups::setup(&cli.vassal_cgroup).context("--vassal-cgroup")?;
+    let cgroups = emperor::cgroup::Cgroups::setup(
+        &cli.vassal_cgroup,
+        drop.as_ref().map(process::Drop::target),
+    )
+    .context("--vassal-cgroup")?;
     if let Some(c) = &cgroups {
         tracing::info!(
             "[emperor] each vassal process starts in a cgroup of its own under {}",
