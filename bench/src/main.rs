@@ -304,21 +304,27 @@ impl Bench {
         Duration::from_secs(60) + Duration::from_millis(100 * self.args.vassals as u64)
     }
 
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one scenario per block, in the order they run"
-    )]
-    fn test_vassal_suite(&mut self, who: Contender, round: usize) -> Result<()> {
+    /// A temporary directory with `vassals/` holding the N test vassals
+    /// (loyal, so that a crash is never blacklisted by either emperor).
+    fn test_vassal_dir(&self) -> Result<(tempfile::TempDir, PathBuf, Vec<String>)> {
         let tmp = tempfile::Builder::new()
             .prefix("imperium-bench")
             .tempdir()?;
         let dir = tmp.path().join("vassals");
         std::fs::create_dir(&dir)?;
         let names = names(self.args.vassals);
-        // loyal, so that a crash is never blacklisted by either emperor
         for n in &names {
             std::fs::write(dir.join(n), TEST_VASSAL_INI)?;
         }
+        Ok((tmp, dir, names))
+    }
+
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one scenario per block, in the order they run"
+    )]
+    fn test_vassal_suite(&mut self, who: Contender, round: usize) -> Result<()> {
+        let (_tmp, dir, names) = self.test_vassal_dir()?;
         if who == Contender::Floor {
             let t = floor::cold_start(&dir, &names, &self.test_vassal, self.cold_timeout())?;
             self.record(COLD_TEST, who, ms(t));
@@ -485,15 +491,7 @@ impl Bench {
     /// emperor's stderr pipe, which this harness reads (as a log collector
     /// would) along with the emperor's own lines.
     fn log_flood_suite(&mut self, who: Contender, round: usize, dir_mode: bool) -> Result<()> {
-        let tmp = tempfile::Builder::new()
-            .prefix("imperium-bench")
-            .tempdir()?;
-        let dir = tmp.path().join("vassals");
-        std::fs::create_dir(&dir)?;
-        let names = names(self.args.vassals);
-        for n in &names {
-            std::fs::write(dir.join(n), TEST_VASSAL_INI)?;
-        }
+        let (tmp, dir, names) = self.test_vassal_dir()?;
         let logs = format!("dir:{}", tmp.path().join("logs").display());
         let extra: Vec<&str> = if dir_mode {
             vec![

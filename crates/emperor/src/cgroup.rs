@@ -76,6 +76,9 @@ pub enum CgroupError {
     /// The path holds the emperor's own cgroup.
     #[error("{0} holds the emperor's own cgroup; give a directory that does not (for example a new subdirectory of it)")]
     HoldsEmperor(PathBuf),
+    /// Starting a process in a cgroup is implemented for x86_64 only.
+    #[error("starting a vassal in its cgroup (clone3 with CLONE_INTO_CGROUP) is implemented for x86_64 only")]
+    Arch,
     /// The kernel has no `cgroup.kill` (Linux 5.14).
     #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
     NoKill,
@@ -146,6 +149,16 @@ impl Cgroups {
         mode: &CgroupMode,
         owner: Option<(Option<u32>, Option<u32>)>,
     ) -> Result<Option<Cgroups>, CgroupError> {
+        if !cfg!(target_arch = "x86_64") && *mode != CgroupMode::Off {
+            if *mode == CgroupMode::Auto {
+                tracing::warn!(
+                    "[emperor] --vassal-cgroup auto: vassals get no cgroup of their own: {}",
+                    CgroupError::Arch
+                );
+                return Ok(None);
+            }
+            return Err(CgroupError::Arch);
+        }
         let c = match mode {
             CgroupMode::Off => return Ok(None),
             CgroupMode::Auto => match Self::auto().and_then(|c| c.delegate(owner).map(|()| c)) {

@@ -10,8 +10,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testkit::procs::alive;
 use testkit::servers::{free_port, wait_until};
-use testkit::uwsgi::{uwsgi_bin, wait_answer};
-use testkit::{imperium_bin, Imperium};
+use testkit::uwsgi::wait_answer;
+use testkit::{imperium_bin, uwsgi_emperor_args, Imperium};
 
 const T: Duration = Duration::from_secs(25);
 
@@ -87,16 +87,7 @@ fn vassal(s: &Setup, name: &str) -> (u16, PathBuf) {
 }
 
 fn emperor(s: &Setup, extra: &[&str]) -> Imperium {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "--emperor".into(),
-        s.vassals.as_os_str().into(),
-        "--binary-path".into(),
-        uwsgi_bin().into_os_string(),
-        "--reload-mercy".into(),
-        "10".into(),
-    ];
-    args.extend(extra.iter().map(|a| a.into()));
-    Imperium::start(s.tmp.path(), args)
+    Imperium::start(s.tmp.path(), uwsgi_emperor_args(&s.vassals, extra))
 }
 
 fn grandchild(pidfile: &Path, emp: &Imperium) -> u32 {

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +15,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use testkit::servers::wait_until;
-use testkit::uwsgi::{http_get, master_of, uwsgi_bin, vassal_ini, wait_answer, write_app};
-use testkit::{imperium_bin, Imperium};
+use testkit::uwsgi::{http_get, master_of, vassal_ini, wait_answer, write_app};
+use testkit::{ctl, ctl_ok, imperium_bin, uwsgi_emperor_args, Imperium};
 
 const T: Duration = Duration::from_secs(25);
 
@@ -60,17 +60,9 @@ fn setup() -> Setup {
 }
 
 fn emperor(s: &Setup, extra: &[&str]) -> Imperium {
-    let mut args: Vec<std::ffi::OsString> = vec![
-        "--emperor".into(),
-        s.vassals.as_os_str().into(),
-        "--binary-path".into(),
-        uwsgi_bin().into_os_string(),
-        "--reload-mercy".into(),
-        "10".into(),
-        "--emperor-control-socket".into(),
-        s.ctl.as_os_str().into(),
-    ];
-    args.extend(extra.iter().map(|a| a.into()));
+    let mut args = uwsgi_emperor_args(&s.vassals, extra);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl.as_os_str().into());
     Imperium::start(s.tmp.path(), args)
 }
 
@@ -88,27 +80,6 @@ fn ini(app: &Path, port: u16, env: &[&str]) -> String {
         t.push_str(&format!("env = {e}\n"));
     }
     t
-}
-
-fn ctl(sock: &Path, args: &[&str]) -> Output {
-    Command::new(imperium_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run imperium ctl")
-}
-
-fn ctl_ok(sock: &Path, args: &[&str]) -> String {
-    let o = ctl(sock, args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "imperium ctl {args:?} failed: {}\n{out}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
 }
 
 fn read(p: &Path) -> String {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use testkit::procs::{alive, ppid};
 use testkit::servers::{free_port, wait_until};
 use testkit::uwsgi::{uwsgi_bin, vassal_ini, vassal_ini_on, wait_answer, write_app};
-use testkit::{imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};
+use testkit::{ctl, ctl_ok, imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -110,27 +110,6 @@ fn wait_stats(port: u16, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Va
     });
     assert!(ok, "stats never showed {what} for {id}:\n{last:#}");
     last
-}
-
-fn ctl(sock: &Path, args: &[&str]) -> Output {
-    Command::new(imperium_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("run imperium ctl")
-}
-
-fn ctl_ok(sock: &Path, args: &[&str]) -> String {
-    let o = ctl(sock, args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "imperium ctl {args:?} failed: {}\n{out}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
 }
 
 fn ctl_json(sock: &Path, args: &[&str]) -> Value {

@@ -257,3 +257,41 @@ impl Default for VassalDir {
         Self::new()
     }
 }
+
+/// Runs `imperium ctl --socket SOCK ARGS...`.
+pub fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(imperium_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("run imperium ctl")
+}
+
+/// Like [`ctl`], asserting success; returns its stdout.
+pub fn ctl_ok(sock: &Path, args: &[&str]) -> String {
+    let o = ctl(sock, args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "imperium ctl {args:?} failed: {}\n{out}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+/// The arguments of an emperor watching `vassals` with real uWSGI vassals
+/// (`--binary-path` uWSGI, `--reload-mercy 10`), then `extra`.
+pub fn uwsgi_emperor_args(vassals: &Path, extra: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--emperor".into(),
+        vassals.as_os_str().into(),
+        "--binary-path".into(),
+        crate::uwsgi::uwsgi_bin().into_os_string(),
+        "--reload-mercy".into(),
+        "10".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.into()));
+    args
+}

@@ -15,5 +15,6 @@ pub mod uwsgi;
 pub mod zmq_push;
 
 pub use imperium::{
-    imperium_bin, record_lines, record_starts, test_vassal_bin, Imperium, VassalDir,
+    ctl, ctl_ok, imperium_bin, record_lines, record_starts, test_vassal_bin, uwsgi_emperor_args,
+    Imperium, VassalDir,
 };
