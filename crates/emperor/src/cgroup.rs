@@ -2,13 +2,15 @@
 //! that stopping a vassal reaches every process it left behind: a
 //! double-forked grandchild, a spooler, an app's subprocess.
 //!
-//! Each vassal instance joins its own group of the unified (v2) hierarchy,
-//! `ROOT/<name>/i<instance>`, before it execs (the first thing the child
-//! does, so no vassal code ever runs outside it). When its process has
-//! been reaped, whatever is left in the group is killed with `cgroup.kill`
-//! and the group is removed once empty; a SIGKILL from the emperor (curse
-//! tolerance, heartbeat, the end of the mercy at shutdown) goes to the
-//! whole group. At shutdown every group left is killed and removed.
+//! Each vassal has its own group of the unified (v2) hierarchy,
+//! `ROOT/<name>`, and each of its processes is created inside it
+//! (`clone3(CLONE_INTO_CGROUP)`, so no vassal code ever runs outside it).
+//! When a process of the vassal has been reaped, whatever is left in the
+//! group is killed with `cgroup.kill` before the next one starts; the
+//! group is removed once the vassal has left the table. A SIGKILL from the
+//! emperor (curse tolerance, heartbeat, the end of the mercy at shutdown)
+//! goes to the whole group. At shutdown every group left is killed and
+//! removed.
 //!
 //! `ROOT` is the emperor's own cgroup plus `imperium-<pid>` in `auto` mode,
 //! or the directory given with `--vassal-cgroup PATH` (created if missing;
@@ -279,14 +281,13 @@ impl Cgroups {
         &self.root
     }
 
-    /// Makes the group of one instance of `name`.
-    pub fn create(&self, name: &VassalName, instance: u64) -> io::Result<PathBuf> {
-        let dir = self
-            .root
-            .join(crate::name::file_safe(name.as_str()))
-            .join(format!("i{instance}"));
-        match std::fs::create_dir_all(&dir) {
+    /// The group of vassal `name` (made when missing): every process of
+    /// the vassal, one instance after another, starts in it.
+    pub fn create(&self, name: &VassalName) -> io::Result<PathBuf> {
+        let dir = self.root.join(crate::name::file_safe(name.as_str()));
+        match std::fs::create_dir(&dir) {
             Ok(()) => Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
             Err(e) => Err(io::Error::new(
                 e.kind(),
                 format!("cannot create the cgroup {}: {e}", dir.display()),
@@ -309,25 +310,29 @@ impl Cgroups {
             .unwrap_or(false)
     }
 
-    /// After the vassal's process was reaped: kills what it left behind
-    /// and removes its group once empty, waiting at most `wait` (it
-    /// blocks: run it off the emperor's loop). Returns how many processes
-    /// were left.
-    pub fn reap(group: &Path, wait: Duration) -> usize {
+    /// After the vassal's process was reaped, before anything else starts
+    /// in its group: kills what it left behind (at once: `cgroup.kill`
+    /// signals every process of the group before it returns, and a
+    /// process started in the group afterwards is not touched). Returns how
+    /// many processes were left.
+    pub fn kill_leftovers_of(group: &Path) -> usize {
         let left = procs(group).len();
         if left > 0 {
             if let Err(e) = Self::kill(group) {
                 tracing::error!(error = %e, "[emperor] cannot kill what is left in {}: {e}", group.display());
             }
         }
+        left
+    }
+
+    /// The vassal left the table: removes its group once empty, waiting
+    /// at most `wait` (it blocks: run it off the emperor's loop).
+    pub fn remove(group: &Path, wait: Duration) {
         let deadline = Instant::now() + wait;
         while Self::populated(group) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        // the name's directory stays (another instance may be starting in
-        // it) until the shutdown
         let _ = std::fs::remove_dir(group);
-        left
     }
 
     /// The vassals' directories under the root (not the emperor's own

@@ -42,14 +42,11 @@ fn log_hook(
     }
 }
 
-/// After a vassal's process was reaped: kills what it left in its cgroup
-/// and removes the group, off the loop (it waits for the group to empty).
-fn reap_cgroup(name: VassalName, group: PathBuf) {
+/// A vassal left the table: its cgroup goes once empty, off the loop (it
+/// waits for the killed processes to be gone).
+fn remove_cgroup(group: PathBuf) {
     tokio::task::spawn_blocking(move || {
-        let left = crate::cgroup::Cgroups::reap(&group, std::time::Duration::from_secs(2));
-        if left > 0 {
-            tracing::info!(vassal = %name, left, "[emperor] killed {left} process(es) vassal {name} left behind in its cgroup");
-        }
+        crate::cgroup::Cgroups::remove(&group, std::time::Duration::from_secs(2));
     });
 }
 
@@ -130,9 +127,20 @@ impl Executor {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
                     }
-                    if let Some(g) = link.cgroup.clone() {
-                        reap_cgroup(link.name.clone(), g);
+                    if let Some(g) = &link.cgroup {
+                        // before a successor can start in the same group
+                        let left = crate::cgroup::Cgroups::kill_leftovers_of(g);
+                        if left > 0 {
+                            tracing::info!(vassal = %link.name, left, "[emperor] killed {left} process(es) vassal {} left behind in its cgroup", link.name);
+                        }
                     }
+                    let actions = rec.exited(i, st, now);
+                    if let Some(g) = link.cgroup.clone() {
+                        if rec.vassal(link.name.as_str()).is_none() {
+                            remove_cgroup(g);
+                        }
+                    }
+                    return actions;
                 }
                 rec.exited(i, st, now)
             }
@@ -510,11 +518,7 @@ impl Executor {
             }
         };
         let log = log.map(|(since, l)| (l, since));
-        let cgroup = match self
-            .cgroups
-            .as_ref()
-            .map(|c| c.create(&spec.name, instance))
-        {
+        let cgroup = match self.cgroups.as_ref().map(|c| c.create(&spec.name)) {
             None => None,
             Some(Ok(dir)) => Some(dir),
             Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
@@ -541,9 +545,6 @@ impl Executor {
                 sp
             }
             Err(e) => {
-                if let Some(dir) = &cgroup {
-                    let _ = std::fs::remove_dir(dir);
-                }
                 let now = std::time::Instant::now();
                 return if e.is_transient() {
                     rec.spawn_deferred(instance, &e.to_string(), now)
