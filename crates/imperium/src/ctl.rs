@@ -47,6 +47,17 @@ pub enum Action {
         /// The vassal (all when absent).
         vassal: Option<String>,
     },
+    /// The fleet with what each vassal uses now (processes, memory, CPU),
+    /// busiest first.
+    Top {
+        /// Print one table and exit (for scripts). Required for now: the
+        /// live view is not built yet.
+        #[arg(long)]
+        once: bool,
+        /// Sort by `cpu`, `mem`, `restarts` or `name`.
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "mem", "restarts", "name"])]
+        sort: String,
+    },
     /// Show the last lines a vassal wrote (--vassal-logs prefix or dir), or
     /// reopen every vassal log file (--reopen, after logrotate moved them).
     Logs {
@@ -76,6 +87,7 @@ impl From<Action> for Request {
             Action::Pause { vassal } => Request::Pause { vassal },
             Action::Resume { vassal } => Request::Resume { vassal },
             Action::ClearBlacklist { vassal } => Request::ClearBlacklist { vassal },
+            Action::Top { .. } => Request::List,
             Action::Logs { reopen: true, .. } => Request::ReopenLogs,
             Action::Logs {
                 vassal,
@@ -173,6 +185,25 @@ fn logs(args: &CtlArgs, req: &Request) -> Result<()> {
 
 /// Runs `imperium ctl`.
 pub fn run(mut args: CtlArgs) -> Result<()> {
+    if let Action::Top { once, sort } = &args.action {
+        if !once {
+            bail!("imperium ctl top: the live view is not built yet; use `imperium ctl top --once` (one table)");
+        }
+        let reply = call(&args.socket, &Request::List)?;
+        if !reply.ok {
+            bail!("{}", reply.error.unwrap_or_else(|| "failed".into()));
+        }
+        let vs = match reply.data {
+            Some(Value::Array(vs)) => vs,
+            _ => Vec::new(),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&vs)?);
+        } else {
+            print!("{}", top_table(vs, sort));
+        }
+        return Ok(());
+    }
     let req: Request = std::mem::replace(&mut args.action, Action::List).into();
     if matches!(req, Request::Logs { .. }) {
         return logs(&args, &req);
@@ -217,6 +248,74 @@ fn plain(v: &Value) -> String {
     }
 }
 
+/// `imperium ctl top --once`: one row per vassal with what it uses.
+pub fn top_table(mut vs: Vec<Value>, sort: &str) -> String {
+    let num = |v: &Value, k: &str| v["usage"][k].as_f64().unwrap_or(0.0);
+    match sort {
+        "mem" => vs.sort_by(|a, b| num(b, "rss_bytes").total_cmp(&num(a, "rss_bytes"))),
+        "restarts" => vs.sort_by_key(|v| std::cmp::Reverse(v["restarts"].as_u64().unwrap_or(0))),
+        "name" => vs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str())),
+        _ => vs.sort_by(|a, b| num(b, "cpu_seconds").total_cmp(&num(a, "cpu_seconds"))),
+    }
+    let head = [
+        "NAME",
+        "STATE",
+        "PID",
+        "PROCS",
+        "RSS MiB",
+        "CPU s",
+        "RESTARTS",
+        "LAST EXIT",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
+    for v in &vs {
+        let u = &v["usage"];
+        let (procs, rss, cpu) = if u.is_object() {
+            (
+                plain(&u["processes"]),
+                format!("{:.1}", num(v, "rss_bytes") / 1048576.0),
+                format!("{:.2}", num(v, "cpu_seconds")),
+            )
+        } else {
+            ("-".into(), "-".into(), "-".into())
+        };
+        let mut last = v["last_exit"].clone();
+        if let Some(o) = last.as_object_mut() {
+            o.remove("output");
+        }
+        rows.push(vec![
+            plain(&v["name"]),
+            plain(&v["state"]),
+            plain(&v["pid"]),
+            procs,
+            rss,
+            cpu,
+            plain(&v["restarts"]),
+            plain(&last),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// Rows as aligned columns, two spaces apart.
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The vassal table as aligned columns.
 pub fn table(vs: &[Value]) -> String {
     let head = [
@@ -252,18 +351,5 @@ pub fn table(vs: &[Value]) -> String {
             flags.join(","),
         ]);
     }
-    let widths: Vec<usize> = (0..head.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    columns(&rows)
 }

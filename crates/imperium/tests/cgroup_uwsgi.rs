@@ -156,7 +156,10 @@ fn ragnarok_kills_every_grandchild_and_removes_the_groups() {
     wait_answer(p2, "b.ini", T).unwrap_or_else(|| panic!("b never answered:\n{}", emp.log()));
     let gcs = [grandchild(&f1, &emp), grandchild(&f2, &emp)];
     let root = cgroup_of(gcs[0]);
-    let root = root.strip_suffix("/a.ini").expect("a.ini's own group").to_string();
+    let root = root
+        .strip_suffix("/a.ini")
+        .expect("a.ini's own group")
+        .to_string();
     assert!(gcs.iter().all(|p| alive(*p)));
     let pid = emp.pid();
     assert!(emp.stop().success());
@@ -212,4 +215,111 @@ fn a_path_outside_cgroup2_is_a_start_up_error() {
             && err.contains("/tmp/not-a-cgroup is not inside a cgroup2 mount"),
         "{err}"
     );
+}
+
+/// The resident memory of `pids` summed from /proc (bytes).
+fn rss_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
+        .filter_map(|t| {
+            t.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum::<u64>()
+        * 4096
+}
+
+/// Live figures per vassal in the stats JSON, `imperium ctl show` and
+/// `imperium ctl top --once`, from its cgroup or (without one) its process
+/// tree, against /proc.
+#[test]
+fn usage_per_vassal_matches_proc_with_and_without_cgroups() {
+    use std::io::Read as _;
+    let modes: &[&str] = if cgroup2_here() {
+        &["auto", "off"]
+    } else {
+        &["off"]
+    };
+    for mode in modes {
+        let s = setup();
+        let app = testkit::uwsgi::write_app(s.tmp.path());
+        let (ini, port) = testkit::uwsgi::vassal_ini(&app, "u");
+        std::fs::write(s.vassals.join("u.ini"), ini).unwrap();
+        let ctl_sock = s.tmp.path().join("ctl.sock");
+        let stats_port = free_port();
+        let stats = format!("127.0.0.1:{stats_port}");
+        let ctl_s = ctl_sock.to_str().unwrap();
+        let emp = emperor(
+            &s,
+            &[
+                "--vassal-cgroup",
+                mode,
+                "--emperor-control-socket",
+                ctl_s,
+                "--emperor-stats",
+                &stats,
+            ],
+        );
+        let w =
+            wait_answer(port, "u", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
+        let master = testkit::uwsgi::master_of(w);
+        let tree = testkit::procs::tree(master);
+        assert_eq!(tree.len(), 3, "a master and 2 workers: {tree:?}");
+        let want = rss_of(&tree) as f64;
+
+        let show: serde_json::Value =
+            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "u.ini"]))
+                .unwrap();
+        let u = &show["data"]["usage"];
+        assert_eq!(u["processes"], 3, "{mode}: {show:#}");
+        let rss = u["rss_bytes"].as_f64().unwrap();
+        assert!(
+            (rss - want).abs() <= want * 0.1,
+            "{mode}: rss {rss} against /proc {want}"
+        );
+        assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{mode}: {u}");
+        if *mode == "auto" {
+            assert!(
+                show["data"]["cgroup"]
+                    .as_str()
+                    .is_some_and(|c| c.ends_with("/u.ini")),
+                "{show:#}"
+            );
+        }
+
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", stats_port)).unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v = doc["vassals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["id"] == "u.ini")
+            .unwrap();
+        assert_eq!(v["usage"]["processes"], 3, "{mode}: {v:#}");
+        let rss = v["usage"]["rss_bytes"].as_f64().unwrap();
+        assert!(
+            (rss - want).abs() <= want * 0.1,
+            "{mode}: stats rss {rss} against /proc {want}"
+        );
+
+        let top = testkit::ctl_ok(&ctl_sock, &["top", "--once", "--sort", "mem"]);
+        let row = top
+            .lines()
+            .find(|l| l.starts_with("u.ini"))
+            .unwrap_or_else(|| panic!("{top}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[1], "running", "{top}");
+        assert_eq!(cols[3], "3", "PROCS: {top}");
+        let mib: f64 = cols[4].parse().unwrap();
+        assert!(
+            (mib * 1048576.0 - want).abs() <= want * 0.1 + 0.05 * 1048576.0,
+            "{mode}: top {mib} MiB against {want}"
+        );
+        let o = testkit::ctl(&ctl_sock, &["top"]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--once"));
+    }
 }

@@ -216,6 +216,18 @@ impl Reconciler {
         }
     }
 
+    /// The process of `instance` starts in the cgroup `group`.
+    pub fn attach_cgroup(&mut self, instance: InstanceId, group: &std::path::Path) {
+        let Some(name) = self.name_of(instance) else {
+            return;
+        };
+        if let Some(v) = self.vassals.get_mut(&name) {
+            if v.cgroup.as_deref() != Some(group) {
+                v.cgroup = Some(group.into());
+            }
+        }
+    }
+
     /// What the process of `instance` wrote last, told just before its
     /// exit is (part of the death event, `last_exit` in the stats).
     pub fn last_words(&mut self, instance: InstanceId, lines: Vec<String>) {

@@ -200,6 +200,8 @@ pub struct Vassal {
     /// Its captured output (`--vassal-logs` prefix or dir), shared with its
     /// zergs; kept while the vassal is in the table.
     pub log: Option<std::sync::Arc<crate::logs::LogHandle>>,
+    /// Its cgroup (`--vassal-cgroup`), once it has been started.
+    pub cgroup: Option<std::sync::Arc<std::path::Path>>,
     /// When it last said it was loyal (byte 17).
     pub last_loyal: Option<SystemTime>,
     /// When it last said it was ready (byte 1).
@@ -244,6 +246,7 @@ impl Vassal {
             last_exit: None,
             last_output: Vec::new(),
             log: None,
+            cgroup: None,
             last_loyal: None,
             last_ready: None,
             last_accepting: None,

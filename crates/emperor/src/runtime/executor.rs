@@ -520,7 +520,10 @@ impl Executor {
         let log = log.map(|(since, l)| (l, since));
         let cgroup = match self.cgroups.as_ref().map(|c| c.create(&spec.name)) {
             None => None,
-            Some(Ok(dir)) => Some(dir),
+            Some(Ok(dir)) => {
+                rec.attach_cgroup(instance, &dir);
+                Some(dir)
+            }
             Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
         };
         let owner = spec.owner.map(|o| (o, self.groups(o)));

@@ -24,10 +24,12 @@ use tokio::sync::mpsc;
 use crate::command::Command;
 
 mod snapshot;
+pub mod usage;
 mod uwsgi;
 
 pub use crate::listener::{BindError, Conn, Listener, MAX_CLIENTS};
 pub use snapshot::{redact, BlacklistSnap, LastExit, MonitorSnap, Snapshot, VassalSnap};
+pub use usage::Usage;
 // ----- the server ---------------------------------------------------------------
 
 /// Settings of the stats server.

@@ -83,6 +83,12 @@ pub struct VassalSnap {
     /// Its captured output (`--vassal-logs` prefix or dir; `None` when
     /// nothing is captured).
     pub log: Option<LogCounts>,
+    /// Its cgroup (`--vassal-cgroup`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// What it uses now (measured when the snapshot is requested; `None`
+    /// without a process).
+    pub usage: Option<super::usage::Usage>,
     /// Unix time of a scheduled (throttled) respawn.
     pub next_respawn: Option<f64>,
     /// Its reloads are paused.
@@ -286,6 +292,8 @@ impl Snapshot {
                         output: v.last_output.clone(),
                     }),
                     log: v.log.as_ref().map(|l| l.0.counts()),
+                    cgroup: v.cgroup.as_deref().map(PathBuf::from),
+                    usage: None,
                     next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
                     paused: v.paused,
                     change_held: v.held_change.is_some(),
@@ -320,14 +328,36 @@ impl Snapshot {
         }
     }
 
-    /// Asks the emperor for a snapshot through its command channel.
+    /// Asks the emperor for a snapshot through its command channel, then
+    /// measures what each vassal uses ([`Snapshot::measure`]) off the
+    /// emperor's loop.
     pub async fn request(commands: &mpsc::Sender<Command>) -> Option<Snapshot> {
         let (tx, rx) = oneshot::channel();
         let f = Box::new(move |rec: &Reconciler| {
             let _ = tx.send(Snapshot::take(rec));
         });
         commands.send(Command::Inspect(f)).await.ok()?;
-        rx.await.ok()
+        let mut snap = rx.await.ok()?;
+        tokio::task::spawn_blocking(move || {
+            snap.measure();
+            snap
+        })
+        .await
+        .ok()
+    }
+
+    /// Fills in each vassal's [`VassalSnap::usage`] from its cgroup or its
+    /// process tree (it reads /proc: not for the emperor's loop).
+    pub fn measure(&mut self) {
+        let who: Vec<(Option<u32>, Option<&std::path::Path>)> = self
+            .vassals
+            .iter()
+            .map(|v| (v.pid, v.cgroup.as_deref()))
+            .collect();
+        let got = super::usage::measure(&who);
+        for (v, u) in self.vassals.iter_mut().zip(got) {
+            v.usage = u;
+        }
     }
 
     /// The vassal called `name`.

@@ -62,6 +62,7 @@ impl Snapshot {
                     state: v.state,
                     last_exit: v.last_exit.as_ref(),
                     log: v.log,
+                    usage: v.usage,
                     restarts: v.restarts,
                     next_respawn: v.next_respawn,
                     next_respawn_in: v
@@ -135,6 +136,8 @@ struct UwsgiVassal<'a> {
     last_exit: Option<&'a LastExit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log: Option<LogCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<super::usage::Usage>,
     restarts: u64,
     next_respawn: Option<f64>,
     next_respawn_in: Option<f64>,
