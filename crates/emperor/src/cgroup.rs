@@ -2,15 +2,14 @@
 //! that stopping a vassal reaches every process it left behind: a
 //! double-forked grandchild, a spooler, an app's subprocess.
 //!
-//! Each vassal has its own group of the unified (v2) hierarchy,
-//! `ROOT/<name>`, and each of its processes is created inside it
+//! Each process of a vassal is created in a group of its own of the
+//! unified (v2) hierarchy, `ROOT/<name>/i<instance>`
 //! (`clone3(CLONE_INTO_CGROUP)`, so no vassal code ever runs outside it).
-//! When a process of the vassal has been reaped, whatever is left in the
-//! group is killed with `cgroup.kill` before the next one starts; the
-//! group is removed once the vassal has left the table. A SIGKILL from the
-//! emperor (curse tolerance, heartbeat, the end of the mercy at shutdown)
-//! goes to the whole group. At shutdown every group left is killed and
-//! removed.
+//! When that process has been reaped, whatever is left in its group is
+//! killed with `cgroup.kill` and the group is removed once empty. A
+//! SIGKILL from the emperor (curse tolerance, heartbeat, the end of the
+//! mercy at shutdown) goes to the whole group. At shutdown every group
+//! left is killed and removed.
 //!
 //! `ROOT` is the emperor's own cgroup plus `imperium-<pid>` in `auto` mode,
 //! or the directory given with `--vassal-cgroup PATH` (created if missing;
@@ -281,13 +280,19 @@ impl Cgroups {
         &self.root
     }
 
-    /// The group of vassal `name` (made when missing): every process of
-    /// the vassal, one instance after another, starts in it.
-    pub fn create(&self, name: &VassalName) -> io::Result<PathBuf> {
-        let dir = self.root.join(crate::name::file_safe(name.as_str()));
-        match std::fs::create_dir(&dir) {
+    /// Makes the group of one process (instance) of `name`:
+    /// `ROOT/<name>/i<instance>`. A fresh group per process, never one
+    /// reused: on Linux 6.18 a group that was once killed through
+    /// `cgroup.kill` SIGKILLs every process later created in it with
+    /// `CLONE_INTO_CGROUP` (seen here: a respawned uWSGI master died at
+    /// once, again and again).
+    pub fn create(&self, name: &VassalName, instance: u64) -> io::Result<PathBuf> {
+        let dir = self
+            .root
+            .join(crate::name::file_safe(name.as_str()))
+            .join(format!("i{instance}"));
+        match std::fs::create_dir_all(&dir) {
             Ok(()) => Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
             Err(e) => Err(io::Error::new(
                 e.kind(),
                 format!("cannot create the cgroup {}: {e}", dir.display()),
@@ -310,29 +315,30 @@ impl Cgroups {
             .unwrap_or(false)
     }
 
-    /// After the vassal's process was reaped, before anything else starts
-    /// in its group: kills what it left behind (at once: `cgroup.kill`
-    /// signals every process of the group before it returns, and a
-    /// process started in the group afterwards is not touched). Returns how
-    /// many processes were left.
-    pub fn kill_leftovers_of(group: &Path) -> usize {
+    /// After the vassal's process was reaped: kills what it left behind
+    /// in its group, waits (at most `wait`) until the group is empty and
+    /// removes it, and the vassal's directory too when `last` (the vassal
+    /// left the table). It blocks: run it off the emperor's loop. Returns
+    /// how many processes were left.
+    pub fn reap(group: &Path, last: bool, wait: Duration) -> usize {
         let left = procs(group).len();
         if left > 0 {
             if let Err(e) = Self::kill(group) {
                 tracing::error!(error = %e, "[emperor] cannot kill what is left in {}: {e}", group.display());
             }
         }
-        left
-    }
-
-    /// The vassal left the table: removes its group once empty, waiting
-    /// at most `wait` (it blocks: run it off the emperor's loop).
-    pub fn remove(group: &Path, wait: Duration) {
         let deadline = Instant::now() + wait;
         while Self::populated(group) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
         let _ = std::fs::remove_dir(group);
+        if last {
+            // fails (not empty) when a new vassal of that name has started
+            if let Some(parent) = group.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+        left
     }
 
     /// The vassals' directories under the root (not the emperor's own

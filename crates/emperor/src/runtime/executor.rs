@@ -42,11 +42,15 @@ fn log_hook(
     }
 }
 
-/// A vassal left the table: its cgroup goes once empty, off the loop (it
-/// waits for the killed processes to be gone).
-fn remove_cgroup(group: PathBuf) {
+/// After a vassal's process was reaped: kills what it left in its cgroup
+/// and removes the group (and the vassal's directory when it left the
+/// table), off the loop (it waits for the group to empty).
+fn reap_cgroup(name: VassalName, group: PathBuf, last: bool) {
     tokio::task::spawn_blocking(move || {
-        crate::cgroup::Cgroups::remove(&group, std::time::Duration::from_secs(2));
+        let left = crate::cgroup::Cgroups::reap(&group, last, std::time::Duration::from_secs(2));
+        if left > 0 {
+            tracing::info!(vassal = %name, left, "[emperor] killed {left} process(es) vassal {name} left behind in its cgroup");
+        }
     });
 }
 
@@ -127,18 +131,10 @@ impl Executor {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
                     }
-                    if let Some(g) = &link.cgroup {
-                        // before a successor can start in the same group
-                        let left = crate::cgroup::Cgroups::kill_leftovers_of(g);
-                        if left > 0 {
-                            tracing::info!(vassal = %link.name, left, "[emperor] killed {left} process(es) vassal {} left behind in its cgroup", link.name);
-                        }
-                    }
                     let actions = rec.exited(i, st, now);
                     if let Some(g) = link.cgroup.clone() {
-                        if rec.vassal(link.name.as_str()).is_none() {
-                            remove_cgroup(g);
-                        }
+                        let last = rec.vassal(link.name.as_str()).is_none();
+                        reap_cgroup(link.name.clone(), g, last);
                     }
                     return actions;
                 }
@@ -518,7 +514,11 @@ impl Executor {
             }
         };
         let log = log.map(|(since, l)| (l, since));
-        let cgroup = match self.cgroups.as_ref().map(|c| c.create(&spec.name)) {
+        let cgroup = match self
+            .cgroups
+            .as_ref()
+            .map(|c| c.create(&spec.name, instance))
+        {
             None => None,
             Some(Ok(dir)) => {
                 rec.attach_cgroup(instance, &dir);
@@ -548,6 +548,9 @@ impl Executor {
                 sp
             }
             Err(e) => {
+                if let Some(dir) = &cgroup {
+                    let _ = std::fs::remove_dir(dir);
+                }
                 let now = std::time::Instant::now();
                 return if e.is_transient() {
                     rec.spawn_deferred(instance, &e.to_string(), now)
