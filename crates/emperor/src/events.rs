@@ -227,6 +227,8 @@ pub enum Event<'a> {
         expected: bool,
         /// The last lines it wrote (`--vassal-logs` prefix or dir).
         output: &'a [String],
+        /// The kernel's OOM killer killed it (`--vassal-memory-max`).
+        oom: bool,
     },
     /// It exited with code 26: not respawned until its config changes.
     Exiled {
@@ -468,8 +470,15 @@ impl Event<'_> {
                 status,
                 expected,
                 output,
+                oom,
             } => {
                 let said = last_output(output);
+                if oom {
+                    *c.deaths.entry("oom").or_default() += 1;
+                    c.deaths_unexpected += 1;
+                    warn!(vassal = %name, pid, %status, oom = true, "[emperor] vassal {name} (pid: {pid}) was killed by the kernel's OOM killer: it went over its memory limit (--vassal-memory-max){said}");
+                    return;
+                }
                 let cause = match status {
                     _ if expected => "requested",
                     ExitStatus::Code(26) => "exile",

@@ -37,7 +37,7 @@ const STATES: [VassalState; 9] = [
 ];
 
 /// Death causes, so that each appears (at 0) in `imperium_deaths_total`.
-const CAUSES: [&str; 4] = ["requested", "exit", "signal", "exile"];
+const CAUSES: [&str; 5] = ["requested", "exit", "signal", "exile", "oom"];
 
 fn state_name(s: VassalState) -> String {
     serde_json::to_value(s)
@@ -149,7 +149,7 @@ impl Collector for SnapshotCollector {
         {
             let mut m = e.encode_descriptor(
                 "imperium_deaths",
-                "Vassal process exits by cause: requested (the emperor asked), exit (a code), signal, exile (code 26).",
+                "Vassal process exits by cause: requested (the emperor asked), exit (a code), signal, exile (code 26), oom (the kernel's OOM killer, --vassal-memory-max).",
                 None,
                 MetricType::Counter,
             )?;

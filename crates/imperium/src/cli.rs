@@ -238,6 +238,14 @@ pub struct Cli {
     #[arg(long, value_name = "auto|off|PATH", default_value = "auto", value_parser = parse_vassal_cgroup)]
     pub vassal_cgroup: emperor::cgroup::CgroupMode,
 
+    /// The most memory each vassal process (with everything it starts) may
+    /// use (bytes, or with a K, M or G suffix); over it, the kernel's OOM
+    /// killer kills it, which is reported as such and respawned through
+    /// the throttling. Needs cgroups (--vassal-cgroup). See
+    /// docs/resources.md.
+    #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
+    pub vassal_memory_max: Option<u64>,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]

@@ -222,6 +222,26 @@ fn real_main() -> Result<()> {
             c.root().display()
         );
     }
+    let memory = match cli.vassal_memory_max {
+        None => None,
+        Some(_) if cgroups.is_none() => bail!(
+            "--vassal-memory-max needs a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
+            match &cli.vassal_cgroup {
+                emperor::cgroup::CgroupMode::Off => "off".to_string(),
+                emperor::cgroup::CgroupMode::Auto => "auto".to_string(),
+                emperor::cgroup::CgroupMode::Path(p) => p.display().to_string(),
+            }
+        ),
+        Some(max) => {
+            let m = emperor::cgroup::memory::MemoryLimit::setup(
+                max,
+                drop.as_ref().map(process::Drop::target),
+            )
+            .context("--vassal-memory-max")?;
+            tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", max >> 20);
+            Some(m)
+        }
+    };
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
     }
@@ -291,7 +311,8 @@ fn real_main() -> Result<()> {
             );
             let mut emperor = Emperor::new(cfg, mons)
                 .with_capture(capture)
-                .with_cgroups(cgroups);
+                .with_cgroups(cgroups)
+                .with_memory_limit(memory);
             if let Some(n) = SdNotify::from_env() {
                 emperor = emperor.with_lifecycle(Box::new(n));
             }

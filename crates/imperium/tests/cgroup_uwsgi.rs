@@ -346,3 +346,86 @@ fn usage_per_vassal_matches_proc_with_and_without_cgroups() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("--once"));
     }
 }
+
+/// Whether this machine has a memory controller the tests can use (cgroup
+/// v1's, on these machines); says why not otherwise.
+fn memory_controller_here() -> bool {
+    let ok = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split(" - ")
+                .nth(1)
+                .is_some_and(|r| r.starts_with("cgroup ") && r.contains("memory"))
+        });
+    if !ok {
+        eprintln!("NOT TESTED: no cgroup v1 memory hierarchy is mounted on this machine");
+    }
+    ok
+}
+
+/// A vassal over `--vassal-memory-max` is killed by the kernel's OOM
+/// killer, reported as such (log, `last_exit.oom`, the death counter) and
+/// respawned through the throttling; its neighbour runs on.
+#[test]
+fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
+    if !cgroup2_here() || !memory_controller_here() {
+        return;
+    }
+    let s = setup();
+    let hog = s.tmp.path().join("hog.py");
+    // 200 MiB, every page written, in the master at import
+    std::fs::write(&hog, "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n").unwrap();
+    let hog_port = free_port();
+    std::fs::write(
+        s.vassals.join("hog.ini"),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{hog_port}\nwsgi-file = {}\n",
+            hog.display()
+        ),
+    )
+    .unwrap();
+    let (port, _) = vassal(&s, "ok.ini");
+    let ctl_sock = s.tmp.path().join("ctl.sock");
+    let emp = emperor(
+        &s,
+        &[
+            "--vassal-memory-max",
+            "64M",
+            "--emperor-control-socket",
+            ctl_sock.to_str().unwrap(),
+        ],
+    );
+    wait_answer(port, "ok.ini", T)
+        .unwrap_or_else(|| panic!("ok.ini never answered:\n{}", emp.log()));
+    emp.wait_log("each vassal process may use at most 64 MiB of memory", T);
+    emp.wait_log("vassal hog.ini (pid:", T);
+    emp.wait_log("was killed by the kernel's OOM killer", T);
+    let show: serde_json::Value =
+        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "hog.ini"])).unwrap();
+    assert_eq!(show["data"]["last_exit"]["oom"], true, "{show:#}");
+    assert_eq!(show["data"]["last_exit"]["signal"], 9, "{show:#}");
+    // respawned through the throttling, OOM-killed again
+    emp.wait_log_n("spawned uwsgi instance hog.ini", 2, T);
+    emp.wait_log_n("was killed by the kernel's OOM killer", 2, T);
+    // the neighbour is untouched, and not limited into an OOM itself
+    assert!(wait_answer(port, "ok.ini", Duration::from_secs(2)).is_some());
+    assert!(!emp.log().contains("vassal ok.ini (pid:"), "{}", emp.log());
+}
+
+#[test]
+fn a_memory_limit_without_cgroups_is_a_start_up_error() {
+    let s = setup();
+    let o = std::process::Command::new(imperium_bin())
+        .arg("--emperor")
+        .arg(&s.vassals)
+        .args(["--vassal-cgroup", "off", "--vassal-memory-max", "64M"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--vassal-memory-max needs a cgroup per vassal"),
+        "{err}"
+    );
+}

@@ -228,6 +228,17 @@ impl Reconciler {
         }
     }
 
+    /// Whether the process of `instance` was killed by the OOM killer, told
+    /// just before its exit is (`--vassal-memory-max`).
+    pub fn note_oom(&mut self, instance: InstanceId, oom: bool) {
+        let Some(name) = self.name_of(instance) else {
+            return;
+        };
+        if let Some(v) = self.vassals.get_mut(&name) {
+            v.last_oom = oom;
+        }
+    }
+
     /// What the process of `instance` wrote last, told just before its
     /// exit is (part of the death event, `last_exit` in the stats).
     pub fn last_words(&mut self, instance: InstanceId, lines: Vec<String>) {
@@ -593,12 +604,14 @@ impl Reconciler {
             )
         );
         let output = v.last_output.clone();
+        let oom = v.last_oom;
         self.emit(Event::Exited {
             name: &name,
             pid,
             status,
             expected,
             output: &output,
+            oom,
         });
         let Some(v) = self.vassals.get_mut(&name) else {
             return out;

@@ -197,6 +197,9 @@ pub struct Vassal {
     /// The last lines its last process wrote before it ended
     /// (`--vassal-logs` prefix or dir; empty otherwise).
     pub last_output: Vec<String>,
+    /// Its last process was killed by the kernel's OOM killer
+    /// (`--vassal-memory-max`).
+    pub last_oom: bool,
     /// Its captured output (`--vassal-logs` prefix or dir), shared with its
     /// zergs; kept while the vassal is in the table.
     pub log: Option<std::sync::Arc<crate::logs::LogHandle>>,
@@ -245,6 +248,7 @@ impl Vassal {
             born,
             last_exit: None,
             last_output: Vec::new(),
+            last_oom: false,
             log: None,
             cgroup: None,
             last_loyal: None,

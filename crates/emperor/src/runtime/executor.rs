@@ -45,11 +45,14 @@ fn log_hook(
 /// After a vassal's process was reaped: kills what it left in its cgroup
 /// and removes the group (and the vassal's directory when it left the
 /// table), off the loop (it waits for the group to empty).
-fn reap_cgroup(name: VassalName, group: PathBuf, last: bool) {
+fn reap_cgroup(name: VassalName, group: PathBuf, memory: Option<PathBuf>, last: bool) {
     tokio::task::spawn_blocking(move || {
         let left = crate::cgroup::Cgroups::reap(&group, last, std::time::Duration::from_secs(2));
         if left > 0 {
             tracing::info!(vassal = %name, left, "[emperor] killed {left} process(es) vassal {name} left behind in its cgroup");
+        }
+        if let Some(m) = memory {
+            crate::cgroup::memory::MemoryLimit::remove(&m, last);
         }
     });
 }
@@ -97,6 +100,8 @@ pub(super) struct Executor {
     pub(super) logs: HashMap<VassalName, Weak<LogHandle>>,
     /// A cgroup per vassal process (`--vassal-cgroup`).
     pub(super) cgroups: Option<crate::cgroup::Cgroups>,
+    /// A memory limit per vassal process (`--vassal-memory-max`).
+    pub(super) memory: Option<crate::cgroup::memory::MemoryLimit>,
 }
 
 /// One on-demand socket and its watch.
@@ -131,10 +136,14 @@ impl Executor {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
                     }
+                    if let Some(m) = &link.memory {
+                        let oom = crate::cgroup::memory::MemoryLimit::oom_kills(m) > 0;
+                        rec.note_oom(i, oom);
+                    }
                     let actions = rec.exited(i, st, now);
                     if let Some(g) = link.cgroup.clone() {
                         let last = rec.vassal(link.name.as_str()).is_none();
-                        reap_cgroup(link.name.clone(), g, last);
+                        reap_cgroup(link.name.clone(), g, link.memory.clone(), last);
                     }
                     return actions;
                 }
@@ -526,6 +535,13 @@ impl Executor {
             }
             Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
         };
+        let memory = match self.memory.as_ref().map(|m| m.create(&spec.name, instance)) {
+            None => None,
+            Some(Ok(dir)) => Some(dir),
+            Some(Err(e)) => {
+                return setup_failed(rec, instance, "cannot make its memory cgroup", &e)
+            }
+        };
         let owner = spec.owner.map(|o| (o, self.groups(o)));
         let req = SpawnRequest {
             argv,
@@ -538,6 +554,7 @@ impl Executor {
             stdout,
             broodlord_num,
             cgroup: cgroup.clone(),
+            join_procs: memory.as_ref().map(|m| m.join("cgroup.procs")),
             confine: self.launch.confine.clone(),
         };
         let sp = match spawn_vassal(req) {
@@ -548,7 +565,7 @@ impl Executor {
                 sp
             }
             Err(e) => {
-                if let Some(dir) = &cgroup {
+                for dir in cgroup.iter().chain(&memory) {
                     let _ = std::fs::remove_dir(dir);
                 }
                 let now = std::time::Instant::now();
@@ -559,7 +576,7 @@ impl Executor {
                 };
             }
         };
-        self.watch(rec, instance, &spec.name, sp, inline, log, cgroup);
+        self.watch(rec, instance, &spec.name, sp, inline, log, (cgroup, memory));
         Vec::new()
     }
 
@@ -576,7 +593,7 @@ impl Executor {
         sp: crate::spawn::Spawned,
         inline: Option<Arc<str>>,
         log: Option<(Arc<crate::logs::VassalLog>, u64)>,
-        cgroup: Option<PathBuf>,
+        (cgroup, memory): (Option<PathBuf>, Option<PathBuf>),
     ) {
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
         let ctrl = match to_tokio(sp.ctrl) {
@@ -606,6 +623,7 @@ impl Executor {
             overflowed: Default::default(),
             log,
             cgroup,
+            memory,
         });
         if let Some(text) = inline {
             link.send(VassalCmd::Config(text));

@@ -79,6 +79,7 @@ pub struct Emperor {
     lifecycle: Option<Box<dyn Lifecycle>>,
     capture: Option<Capture>,
     cgroups: Option<crate::cgroup::Cgroups>,
+    memory: Option<crate::cgroup::memory::MemoryLimit>,
 }
 
 impl Emperor {
@@ -90,6 +91,7 @@ impl Emperor {
             lifecycle: None,
             capture: None,
             cgroups: None,
+            memory: None,
         }
     }
 
@@ -106,6 +108,13 @@ impl Emperor {
     /// (set up with [`crate::cgroup::Cgroups::setup`]).
     pub fn with_cgroups(mut self, cgroups: Option<crate::cgroup::Cgroups>) -> Self {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// Limits the memory of every vassal process (`--vassal-memory-max`;
+    /// needs [`Emperor::with_cgroups`]).
+    pub fn with_memory_limit(mut self, memory: Option<crate::cgroup::memory::MemoryLimit>) -> Self {
+        self.memory = memory;
         self
     }
 
@@ -153,6 +162,7 @@ impl Emperor {
             capture: self.capture,
             logs: HashMap::new(),
             cgroups: self.cgroups,
+            memory: self.memory,
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -285,6 +295,9 @@ impl Emperor {
         // nothing a vassal started outlives the emperor's shutdown
         if let Some(c) = &exec.cgroups {
             c.finish();
+        }
+        if let Some(m) = &exec.memory {
+            m.finish();
         }
         // what the vassals wrote last is in the files before the emperor goes
         if let Some(c) = exec.capture.take() {

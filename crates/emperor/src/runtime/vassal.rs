@@ -46,6 +46,8 @@ pub(super) struct VassalLink {
     pub(super) log: Option<(Arc<crate::logs::VassalLog>, u64)>,
     /// Its cgroup (`--vassal-cgroup`).
     pub(super) cgroup: Option<std::path::PathBuf>,
+    /// Its v1 memory cgroup (`--vassal-memory-max`).
+    pub(super) memory: Option<std::path::PathBuf>,
 }
 
 impl VassalLink {

@@ -71,6 +71,9 @@ pub struct SpawnRequest {
     /// The cgroup (a directory of the unified hierarchy) the process starts
     /// in (`clone3(CLONE_INTO_CGROUP)`); `None`: the emperor's.
     pub cgroup: Option<PathBuf>,
+    /// A `cgroup.procs` file (of a cgroup v1 hierarchy) the child writes
+    /// itself into before anything else (`--vassal-memory-max`).
+    pub join_procs: Option<PathBuf>,
     /// Namespaces, bounding set and kept fds (the same for every vassal).
     pub confine: Arc<Confinement>,
 }
@@ -319,7 +322,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const CHILD_STACK: usize = 128 * 1024;
 
 /// Steps of the child setup, reported to the parent when one fails.
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 15] = [
     "setgroups",
     "setgid",
     "setuid",
@@ -334,6 +337,7 @@ const STEPS: [&str; 14] = [
     "capset() to drop the emperor's capabilities",
     "keep a --safe-fd open",
     "put the --vassal-logs output on fds 1 and 2",
+    "join its --vassal-memory-max cgroup",
 ];
 
 /// CAP_SETPCAP: uWSGI keeps it in the bounding set whatever --emperor-cap says.
@@ -356,6 +360,7 @@ struct ChildArgs {
     workdir: Option<CString>,
     stdin_fd: RawFd,
     stdout_fd: Option<RawFd>,
+    join_procs: Option<CString>,
     owner: Option<(Owner, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
     ctrl_fd: RawFd,
@@ -590,6 +595,11 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
             .transpose()?,
         stdin_fd,
         stdout_fd: req.stdout.as_ref().map(AsRawFd::as_raw_fd),
+        join_procs: req
+            .join_procs
+            .as_ref()
+            .map(|p| cstring(p.as_os_str()))
+            .transpose()?,
         owner: req
             .owner
             .as_ref()
@@ -767,6 +777,19 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             std::ptr::null_mut::<libc::sigset_t>(),
             std::mem::size_of::<libc::c_ulong>(),
         );
+        // --vassal-memory-max: into the limited v1 group first, while the
+        // child still has the emperor's privileges
+        if let Some(p) = &a.join_procs {
+            let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return fail(14);
+            }
+            let w = libc::write(fd, b"0".as_ptr().cast(), 1);
+            libc::close(fd);
+            if w != 1 {
+                return fail(14);
+            }
+        }
         // --emperor-cap: the bounding set, before any drop (uWSGI's order)
         for cap in &a.cap_drop {
             if libc::prctl(libc::PR_CAPBSET_DROP, *cap, 0, 0, 0) != 0 {
@@ -899,6 +922,7 @@ mod tests {
             stdin_socket: None,
             stdout: None,
             cgroup: None,
+            join_procs: None,
             broodlord_num: None,
             confine: Arc::default(),
         }

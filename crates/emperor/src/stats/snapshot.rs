@@ -109,6 +109,9 @@ pub struct LastExit {
     /// nothing was captured).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub output: Vec<String>,
+    /// The kernel's OOM killer killed it (`--vassal-memory-max`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oom: bool,
 }
 
 /// One blacklist entry in a snapshot.
@@ -290,6 +293,7 @@ impl Snapshot {
                     last_exit: v.last_exit.map(|status| LastExit {
                         status,
                         output: v.last_output.clone(),
+                        oom: v.last_oom,
                     }),
                     log: v.log.as_ref().map(|l| l.0.counts()),
                     cgroup: v.cgroup.as_deref().map(PathBuf::from),

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 use crate::name::VassalName;
 
+pub mod memory;
+
 /// Where vassal cgroups are made (`--vassal-cgroup`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CgroupMode {
@@ -80,6 +82,9 @@ pub enum CgroupError {
     /// Starting a process in a cgroup is implemented for x86_64 only.
     #[error("starting a vassal in its cgroup (clone3 with CLONE_INTO_CGROUP) is implemented for x86_64 only")]
     Arch,
+    /// No memory controller for `--vassal-memory-max`.
+    #[error("no memory controller can limit vassals here: none in the unified hierarchy and no cgroup v1 memory hierarchy mounted")]
+    NoMemory,
     /// The kernel has no `cgroup.kill` (Linux 5.14).
     #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
     NoKill,
