@@ -144,6 +144,43 @@ pub struct Cgroups {
     root: PathBuf,
     /// `auto`: the root was made by this emperor and goes with it.
     owned_root: bool,
+    /// Where reaped groups go to be removed (see [`Cgroups::sweep`]).
+    sweeper: std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>,
+}
+
+/// A reaped process's groups, to be removed once empty.
+#[derive(Debug)]
+struct Sweep {
+    group: PathBuf,
+    memory: Option<PathBuf>,
+    last: bool,
+}
+
+/// The sweeper thread: removes each group once empty (waiting at most 2 s
+/// for the killed processes to go), one after another.
+fn sweeper() -> io::Result<std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Sweep>();
+    std::thread::Builder::new()
+        .name("cgroup-sweeper".into())
+        .spawn(move || {
+            for s in rx {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while Cgroups::populated(&s.group) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                let _ = std::fs::remove_dir(&s.group);
+                if s.last {
+                    // fails (not empty) when a new vassal of that name started
+                    if let Some(parent) = s.group.parent() {
+                        let _ = std::fs::remove_dir(parent);
+                    }
+                }
+                if let Some(m) = &s.memory {
+                    memory::MemoryLimit::remove(m, s.last);
+                }
+            }
+        })?;
+    Ok(std::sync::Mutex::new(tx))
 }
 
 impl Cgroups {
@@ -191,6 +228,7 @@ impl Cgroups {
                 let c = Cgroups {
                     root: p.clone(),
                     owned_root: false,
+                    sweeper: sweeper().map_err(io_err(p))?,
                 };
                 c.check_kill()?;
                 c.kill_leftovers();
@@ -256,6 +294,7 @@ impl Cgroups {
         let root = base.join(format!("imperium-{}", std::process::id()));
         std::fs::create_dir(&root).map_err(io_err(&root))?;
         let c = Cgroups {
+            sweeper: sweeper().map_err(io_err(&root))?,
             root,
             owned_root: true,
         };
@@ -320,30 +359,30 @@ impl Cgroups {
             .unwrap_or(false)
     }
 
-    /// After the vassal's process was reaped: kills what it left behind
-    /// in its group, waits (at most `wait`) until the group is empty and
-    /// removes it, and the vassal's directory too when `last` (the vassal
-    /// left the table). It blocks: run it off the emperor's loop. Returns
-    /// how many processes were left.
-    pub fn reap(group: &Path, last: bool, wait: Duration) -> usize {
+    /// After a vassal's process was reaped: kills at once what it left
+    /// behind in its group (`cgroup.kill` only signals; it does not wait).
+    /// Returns how many processes were left.
+    pub fn kill_leftovers_of(group: &Path) -> usize {
         let left = procs(group).len();
         if left > 0 {
             if let Err(e) = Self::kill(group) {
                 tracing::error!(error = %e, "[emperor] cannot kill what is left in {}: {e}", group.display());
             }
         }
-        let deadline = Instant::now() + wait;
-        while Self::populated(group) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        let _ = std::fs::remove_dir(group);
-        if last {
-            // fails (not empty) when a new vassal of that name has started
-            if let Some(parent) = group.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
-        }
         left
+    }
+
+    /// Removes `group` once its processes are gone (and the vassal's
+    /// directory when `last`: it left the table), and its v1 `memory`
+    /// group, on the sweeper thread: the emperor's loop never waits for a
+    /// group to empty, and a crash storm makes no thread per group.
+    pub fn sweep(&self, group: PathBuf, memory: Option<PathBuf>, last: bool) {
+        let tx = self.sweeper.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = tx.send(Sweep {
+            group,
+            memory,
+            last,
+        });
     }
 
     /// The vassals' directories under the root (not the emperor's own

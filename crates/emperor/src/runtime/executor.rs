@@ -42,21 +42,6 @@ fn log_hook(
     }
 }
 
-/// After a vassal's process was reaped: kills what it left in its cgroup
-/// and removes the group (and the vassal's directory when it left the
-/// table), off the loop (it waits for the group to empty).
-fn reap_cgroup(name: VassalName, group: PathBuf, memory: Option<PathBuf>, last: bool) {
-    tokio::task::spawn_blocking(move || {
-        let left = crate::cgroup::Cgroups::reap(&group, last, std::time::Duration::from_secs(2));
-        if left > 0 {
-            tracing::info!(vassal = %name, left, "[emperor] killed {left} process(es) vassal {name} left behind in its cgroup");
-        }
-        if let Some(m) = memory {
-            crate::cgroup::memory::MemoryLimit::remove(&m, last);
-        }
-    });
-}
-
 /// A spawn that could not be prepared: deferred with a backoff when a
 /// resource ran out (EMFILE, ENFILE, EAGAIN, ENOMEM), failed otherwise.
 fn setup_failed(
@@ -140,10 +125,16 @@ impl Executor {
                         let oom = crate::cgroup::memory::MemoryLimit::oom_kills(m) > 0;
                         rec.note_oom(i, oom);
                     }
+                    if let Some(g) = &link.cgroup {
+                        let left = crate::cgroup::Cgroups::kill_leftovers_of(g);
+                        if left > 0 {
+                            tracing::info!(vassal = %link.name, left, "[emperor] killed {left} process(es) vassal {} left behind in its cgroup", link.name);
+                        }
+                    }
                     let actions = rec.exited(i, st, now);
-                    if let Some(g) = link.cgroup.clone() {
+                    if let (Some(c), Some(g)) = (&self.cgroups, link.cgroup.clone()) {
                         let last = rec.vassal(link.name.as_str()).is_none();
-                        reap_cgroup(link.name.clone(), g, link.memory.clone(), last);
+                        c.sweep(g, link.memory.clone(), last);
                     }
                     return actions;
                 }
