@@ -246,6 +246,18 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
     pub vassal_memory_max: Option<u64>,
 
+    /// The most CPU each vassal process (with everything it starts) may
+    /// use, in cores (`0.5` is half of one core, `2` two cores). Needs
+    /// cgroups (--vassal-cgroup).
+    #[arg(long, value_name = "CORES", value_parser = parse_cores)]
+    pub vassal_cpu_max: Option<f64>,
+
+    /// The most processes and threads each vassal process (with
+    /// everything it starts) may have; a fork beyond it fails (EAGAIN).
+    /// Needs cgroups (--vassal-cgroup).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub vassal_pids_max: Option<u64>,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]
@@ -452,6 +464,15 @@ pub struct Cli {
 pub enum Sub {
     /// Steer a running emperor through its control socket.
     Ctl(crate::ctl::CtlArgs),
+}
+
+fn parse_cores(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(c) if c.is_finite() && c >= 0.01 => Ok(c),
+        _ => Err(format!(
+            "{v:?}: a number of cores of at least 0.01 (0.5 is half of one core)"
+        )),
+    }
 }
 
 fn parse_vassal_cgroup(v: &str) -> Result<emperor::cgroup::CgroupMode, String> {

@@ -222,25 +222,36 @@ fn real_main() -> Result<()> {
             c.root().display()
         );
     }
-    let memory = match cli.vassal_memory_max {
-        None => None,
-        Some(_) if cgroups.is_none() => bail!(
-            "--vassal-memory-max needs a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
+    let limits = emperor::cgroup::v1::Limits {
+        memory_max: cli.vassal_memory_max,
+        cpu_max: cli.vassal_cpu_max,
+        pids_max: cli.vassal_pids_max,
+    };
+    let limits = if !limits.any() {
+        None
+    } else if cgroups.is_none() {
+        bail!(
+            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
             match &cli.vassal_cgroup {
                 emperor::cgroup::CgroupMode::Off => "off".to_string(),
                 emperor::cgroup::CgroupMode::Auto => "auto".to_string(),
                 emperor::cgroup::CgroupMode::Path(p) => p.display().to_string(),
             }
-        ),
-        Some(max) => {
-            let m = emperor::cgroup::memory::MemoryLimit::setup(
-                max,
-                drop.as_ref().map(process::Drop::target),
-            )
-            .context("--vassal-memory-max")?;
-            tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", max >> 20);
-            Some(m)
+        )
+    } else {
+        let l =
+            emperor::cgroup::v1::V1Limits::setup(limits, drop.as_ref().map(process::Drop::target))
+                .context("--vassal-memory-max/--vassal-cpu-max/--vassal-pids-max")?;
+        if let Some(m) = limits.memory_max {
+            tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", m >> 20);
         }
+        if let Some(c) = limits.cpu_max {
+            tracing::info!("[emperor] each vassal process may use at most {c} cores (cgroup v1 cpu controller)");
+        }
+        if let Some(p) = limits.pids_max {
+            tracing::info!("[emperor] each vassal process may have at most {p} processes and threads (cgroup v1 pids controller)");
+        }
+        Some(l)
     };
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
@@ -312,7 +323,7 @@ fn real_main() -> Result<()> {
             let mut emperor = Emperor::new(cfg, mons)
                 .with_capture(capture)
                 .with_cgroups(cgroups)
-                .with_memory_limit(memory);
+                .with_limits(limits);
             if let Some(n) = SdNotify::from_env() {
                 emperor = emperor.with_lifecycle(Box::new(n));
             }

@@ -425,7 +425,131 @@ fn a_memory_limit_without_cgroups_is_a_start_up_error() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--vassal-memory-max needs a cgroup per vassal"),
+        err.contains(
+            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal"
+        ),
         "{err}"
     );
+}
+
+/// Whether this machine has the cgroup v1 `controller` hierarchy; says why
+/// not otherwise.
+fn v1_controller_here(controller: &str) -> bool {
+    let ok = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.split(" - ").nth(1).is_some_and(|r| {
+                let mut f = r.split_whitespace();
+                f.next() == Some("cgroup")
+                    && f.nth(1)
+                        .is_some_and(|o| o.split(',').any(|c| c == controller))
+            })
+        });
+    if !ok {
+        eprintln!("NOT TESTED: no cgroup v1 {controller} hierarchy is mounted on this machine");
+    }
+    ok
+}
+
+/// `--vassal-cpu-max 0.2`: a vassal that spins a core gets a fifth of one.
+#[test]
+fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
+    if !cgroup2_here() || !v1_controller_here("cpu") {
+        return;
+    }
+    let s = setup();
+    let spin = s.tmp.path().join("spin.py");
+    std::fs::write(
+        &spin,
+        "import os\nif os.fork() == 0:\n    while True:\n        pass\ndef application(e, s):\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]\n",
+    )
+    .unwrap();
+    let port = free_port();
+    std::fs::write(
+        s.vassals.join("spin.ini"),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=spin.ini\n",
+            spin.display()
+        ),
+    )
+    .unwrap();
+    let ctl_sock = s.tmp.path().join("ctl.sock");
+    let mut emp = emperor(
+        &s,
+        &[
+            "--vassal-cpu-max",
+            "0.2",
+            "--emperor-control-socket",
+            ctl_sock.to_str().unwrap(),
+        ],
+    );
+    wait_answer(port, "spin.ini", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
+    emp.wait_log("each vassal process may use at most 0.2 cores", T);
+    let cpu = || -> f64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "spin.ini"]))
+                .unwrap();
+        v["data"]["usage"]["cpu_seconds"].as_f64().unwrap()
+    };
+    let c0 = cpu();
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu() - c0;
+    let wall = t0.elapsed().as_secs_f64();
+    assert!(
+        used > 0.05 * wall,
+        "the spinner spins: {used} s in {wall} s"
+    );
+    assert!(
+        used < 0.35 * wall,
+        "held to 0.2 cores: {used} s of CPU in {wall} s"
+    );
+    assert!(emp.stop().success());
+}
+
+/// `--vassal-pids-max 3`: a uWSGI vassal asking for 6 workers never has
+/// more than 3 processes, and its failed forks say why.
+#[test]
+fn a_pids_limit_caps_a_vassals_forks() {
+    if !cgroup2_here() || !v1_controller_here("pids") {
+        return;
+    }
+    let s = setup();
+    let app = testkit::uwsgi::write_app(s.tmp.path());
+    let port = free_port();
+    std::fs::write(
+        s.vassals.join("forky.ini"),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 6\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=forky.ini\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    let ctl_sock = s.tmp.path().join("ctl.sock");
+    let emp = emperor(
+        &s,
+        &[
+            "--vassal-pids-max",
+            "3",
+            "--emperor-control-socket",
+            ctl_sock.to_str().unwrap(),
+        ],
+    );
+    emp.wait_log("each vassal process may have at most 3 processes", T);
+    emp.wait_log("Resource temporarily unavailable", T);
+    let mut seen = 0;
+    for _ in 0..20 {
+        let v: serde_json::Value = serde_json::from_str(&testkit::ctl_ok(
+            &ctl_sock,
+            &["--json", "show", "forky.ini"],
+        ))
+        .unwrap();
+        if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
+            assert!(n <= 3, "over the pids limit: {v:#}");
+            seen = seen.max(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen >= 1, "the vassal never had a process");
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::name::VassalName;
 
-pub mod memory;
+pub mod v1;
 
 /// Where vassal cgroups are made (`--vassal-cgroup`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -82,9 +82,9 @@ pub enum CgroupError {
     /// Starting a process in a cgroup is implemented for x86_64 only.
     #[error("starting a vassal in its cgroup (clone3 with CLONE_INTO_CGROUP) is implemented for x86_64 only")]
     Arch,
-    /// No memory controller for `--vassal-memory-max`.
-    #[error("no memory controller can limit vassals here: none in the unified hierarchy and no cgroup v1 memory hierarchy mounted")]
-    NoMemory,
+    /// No controller for a limit.
+    #[error("no {0} controller can limit vassals here: none in the unified hierarchy, and no cgroup v1 {0} hierarchy mounted")]
+    NoController(&'static str),
     /// The kernel has no `cgroup.kill` (Linux 5.14).
     #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
     NoKill,
@@ -152,7 +152,7 @@ pub struct Cgroups {
 #[derive(Debug)]
 struct Sweep {
     group: PathBuf,
-    memory: Option<PathBuf>,
+    v1: Vec<PathBuf>,
     last: bool,
 }
 
@@ -175,9 +175,7 @@ fn sweeper() -> io::Result<std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>> {
                         let _ = std::fs::remove_dir(parent);
                     }
                 }
-                if let Some(m) = &s.memory {
-                    memory::MemoryLimit::remove(m, s.last);
-                }
+                v1::V1Limits::remove(&s.v1, s.last);
             }
         })?;
     Ok(std::sync::Mutex::new(tx))
@@ -373,16 +371,12 @@ impl Cgroups {
     }
 
     /// Removes `group` once its processes are gone (and the vassal's
-    /// directory when `last`: it left the table), and its v1 `memory`
-    /// group, on the sweeper thread: the emperor's loop never waits for a
+    /// directory when `last`: it left the table), and its `v1` groups, on
+    /// the sweeper thread: the emperor's loop never waits for a
     /// group to empty, and a crash storm makes no thread per group.
-    pub fn sweep(&self, group: PathBuf, memory: Option<PathBuf>, last: bool) {
+    pub fn sweep(&self, group: PathBuf, v1: Vec<PathBuf>, last: bool) {
         let tx = self.sweeper.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = tx.send(Sweep {
-            group,
-            memory,
-            last,
-        });
+        let _ = tx.send(Sweep { group, v1, last });
     }
 
     /// The vassals' directories under the root (not the emperor's own

@@ -85,8 +85,9 @@ pub(super) struct Executor {
     pub(super) logs: HashMap<VassalName, Weak<LogHandle>>,
     /// A cgroup per vassal process (`--vassal-cgroup`).
     pub(super) cgroups: Option<crate::cgroup::Cgroups>,
-    /// A memory limit per vassal process (`--vassal-memory-max`).
-    pub(super) memory: Option<crate::cgroup::memory::MemoryLimit>,
+    /// Limits per vassal process (`--vassal-memory-max`, `-cpu-max`,
+    /// `-pids-max`).
+    pub(super) limits: Option<crate::cgroup::v1::V1Limits>,
 }
 
 /// One on-demand socket and its watch.
@@ -121,8 +122,12 @@ impl Executor {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
                     }
-                    if let Some(m) = &link.memory {
-                        let oom = crate::cgroup::memory::MemoryLimit::oom_kills(m) > 0;
+                    if self
+                        .limits
+                        .as_ref()
+                        .is_some_and(|l| l.limits().memory_max.is_some())
+                    {
+                        let oom = crate::cgroup::v1::V1Limits::oom_kills(&link.v1) > 0;
                         rec.note_oom(i, oom);
                     }
                     if let Some(g) = &link.cgroup {
@@ -134,7 +139,7 @@ impl Executor {
                     let actions = rec.exited(i, st, now);
                     if let (Some(c), Some(g)) = (&self.cgroups, link.cgroup.clone()) {
                         let last = rec.vassal(link.name.as_str()).is_none();
-                        c.sweep(g, link.memory.clone(), last);
+                        c.sweep(g, link.v1.clone(), last);
                     }
                     return actions;
                 }
@@ -526,11 +531,14 @@ impl Executor {
             }
             Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
         };
-        let memory = match self.memory.as_ref().map(|m| m.create(&spec.name, instance)) {
-            None => None,
-            Some(Ok(dir)) => Some(dir),
+        let v1 = match self.limits.as_ref().map(|m| m.create(&spec.name, instance)) {
+            None => Vec::new(),
+            Some(Ok(dirs)) => dirs,
             Some(Err(e)) => {
-                return setup_failed(rec, instance, "cannot make its memory cgroup", &e)
+                if let Some(dir) = &cgroup {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return setup_failed(rec, instance, "cannot make its limited cgroups", &e);
             }
         };
         let owner = spec.owner.map(|o| (o, self.groups(o)));
@@ -545,7 +553,7 @@ impl Executor {
             stdout,
             broodlord_num,
             cgroup: cgroup.clone(),
-            join_procs: memory.as_ref().map(|m| m.join("cgroup.procs")),
+            join_procs: v1.iter().map(|d| d.join("cgroup.procs")).collect(),
             confine: self.launch.confine.clone(),
         };
         let sp = match spawn_vassal(req) {
@@ -556,7 +564,7 @@ impl Executor {
                 sp
             }
             Err(e) => {
-                for dir in cgroup.iter().chain(&memory) {
+                for dir in cgroup.iter().chain(&v1) {
                     let _ = std::fs::remove_dir(dir);
                 }
                 let now = std::time::Instant::now();
@@ -567,7 +575,7 @@ impl Executor {
                 };
             }
         };
-        self.watch(rec, instance, &spec.name, sp, inline, log, (cgroup, memory));
+        self.watch(rec, instance, &spec.name, sp, inline, log, (cgroup, v1));
         Vec::new()
     }
 
@@ -584,7 +592,7 @@ impl Executor {
         sp: crate::spawn::Spawned,
         inline: Option<Arc<str>>,
         log: Option<(Arc<crate::logs::VassalLog>, u64)>,
-        (cgroup, memory): (Option<PathBuf>, Option<PathBuf>),
+        (cgroup, v1): (Option<PathBuf>, Vec<PathBuf>),
     ) {
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());
         let ctrl = match to_tokio(sp.ctrl) {
@@ -614,7 +622,7 @@ impl Executor {
             overflowed: Default::default(),
             log,
             cgroup,
-            memory,
+            v1,
         });
         if let Some(text) = inline {
             link.send(VassalCmd::Config(text));

@@ -79,7 +79,7 @@ pub struct Emperor {
     lifecycle: Option<Box<dyn Lifecycle>>,
     capture: Option<Capture>,
     cgroups: Option<crate::cgroup::Cgroups>,
-    memory: Option<crate::cgroup::memory::MemoryLimit>,
+    limits: Option<crate::cgroup::v1::V1Limits>,
 }
 
 impl Emperor {
@@ -91,7 +91,7 @@ impl Emperor {
             lifecycle: None,
             capture: None,
             cgroups: None,
-            memory: None,
+            limits: None,
         }
     }
 
@@ -111,10 +111,10 @@ impl Emperor {
         self
     }
 
-    /// Limits the memory of every vassal process (`--vassal-memory-max`;
-    /// needs [`Emperor::with_cgroups`]).
-    pub fn with_memory_limit(mut self, memory: Option<crate::cgroup::memory::MemoryLimit>) -> Self {
-        self.memory = memory;
+    /// Limits every vassal process (`--vassal-memory-max`, `-cpu-max`,
+    /// `-pids-max`; needs [`Emperor::with_cgroups`]).
+    pub fn with_limits(mut self, limits: Option<crate::cgroup::v1::V1Limits>) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -162,7 +162,7 @@ impl Emperor {
             capture: self.capture,
             logs: HashMap::new(),
             cgroups: self.cgroups,
-            memory: self.memory,
+            limits: self.limits,
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -296,8 +296,8 @@ impl Emperor {
         if let Some(c) = &exec.cgroups {
             c.finish();
         }
-        if let Some(m) = &exec.memory {
-            m.finish();
+        if let Some(l) = &exec.limits {
+            l.finish();
         }
         // what the vassals wrote last is in the files before the emperor goes
         if let Some(c) = exec.capture.take() {

@@ -46,8 +46,9 @@ pub(super) struct VassalLink {
     pub(super) log: Option<(Arc<crate::logs::VassalLog>, u64)>,
     /// Its cgroup (`--vassal-cgroup`).
     pub(super) cgroup: Option<std::path::PathBuf>,
-    /// Its v1 memory cgroup (`--vassal-memory-max`).
-    pub(super) memory: Option<std::path::PathBuf>,
+    /// Its limited v1 cgroups (`--vassal-memory-max`, `-cpu-max`,
+    /// `-pids-max`).
+    pub(super) v1: Vec<std::path::PathBuf>,
 }
 
 impl VassalLink {

@@ -71,9 +71,9 @@ pub struct SpawnRequest {
     /// The cgroup (a directory of the unified hierarchy) the process starts
     /// in (`clone3(CLONE_INTO_CGROUP)`); `None`: the emperor's.
     pub cgroup: Option<PathBuf>,
-    /// A `cgroup.procs` file (of a cgroup v1 hierarchy) the child writes
-    /// itself into before anything else (`--vassal-memory-max`).
-    pub join_procs: Option<PathBuf>,
+    /// `cgroup.procs` files (of cgroup v1 hierarchies) the child writes
+    /// itself into before anything else (`--vassal-memory-max`, ...).
+    pub join_procs: Vec<PathBuf>,
     /// Namespaces, bounding set and kept fds (the same for every vassal).
     pub confine: Arc<Confinement>,
 }
@@ -337,7 +337,7 @@ const STEPS: [&str; 15] = [
     "capset() to drop the emperor's capabilities",
     "keep a --safe-fd open",
     "put the --vassal-logs output on fds 1 and 2",
-    "join its --vassal-memory-max cgroup",
+    "join its limited cgroups (--vassal-memory-max, --vassal-cpu-max, --vassal-pids-max)",
 ];
 
 /// CAP_SETPCAP: uWSGI keeps it in the bounding set whatever --emperor-cap says.
@@ -360,7 +360,7 @@ struct ChildArgs {
     workdir: Option<CString>,
     stdin_fd: RawFd,
     stdout_fd: Option<RawFd>,
-    join_procs: Option<CString>,
+    join_procs: Vec<CString>,
     owner: Option<(Owner, Vec<libc::gid_t>)>,
     parent: libc::pid_t,
     ctrl_fd: RawFd,
@@ -597,9 +597,9 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         stdout_fd: req.stdout.as_ref().map(AsRawFd::as_raw_fd),
         join_procs: req
             .join_procs
-            .as_ref()
+            .iter()
             .map(|p| cstring(p.as_os_str()))
-            .transpose()?,
+            .collect::<Result<_, _>>()?,
         owner: req
             .owner
             .as_ref()
@@ -777,9 +777,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             std::ptr::null_mut::<libc::sigset_t>(),
             std::mem::size_of::<libc::c_ulong>(),
         );
-        // --vassal-memory-max: into the limited v1 group first, while the
-        // child still has the emperor's privileges
-        if let Some(p) = &a.join_procs {
+        // --vassal-memory-max, -cpu-max, -pids-max: into the limited v1
+        // groups first, while the child still has the emperor's privileges
+        for p in &a.join_procs {
             let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return fail(14);
@@ -922,7 +922,7 @@ mod tests {
             stdin_socket: None,
             stdout: None,
             cgroup: None,
-            join_procs: None,
+            join_procs: Vec::new(),
             broodlord_num: None,
             confine: Arc::default(),
         }
