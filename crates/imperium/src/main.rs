@@ -227,7 +227,8 @@ fn real_main() -> Result<()> {
         cpu_max: cli.vassal_cpu_max,
         pids_max: cli.vassal_pids_max,
     };
-    let limits = if !limits.any() {
+    // with cgroups, a vassal's own [imperium] section may set limits too
+    let limits = if cgroups.is_none() && !limits.any() {
         None
     } else if cgroups.is_none() {
         bail!(

@@ -553,3 +553,55 @@ fn a_pids_limit_caps_a_vassals_forks() {
     }
     assert!(seen >= 1, "the vassal never had a process");
 }
+
+/// A vassal's own `[imperium]` section sets its limits (uWSGI 2.0.21 runs
+/// it, ignoring the section); a bad one stops only that vassal, with the
+/// reason.
+#[test]
+fn a_vassals_imperium_section_sets_its_own_limits() {
+    if !cgroup2_here() || !v1_controller_here("pids") {
+        return;
+    }
+    let s = setup();
+    let app = testkit::uwsgi::write_app(s.tmp.path());
+    let port = free_port();
+    std::fs::write(
+        s.vassals.join("own.ini"),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 4\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=own.ini\n\n[imperium]\npids-max = 3\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        s.vassals.join("typo.ini"),
+        "[uwsgi]\nplugins = python3\n\n[imperium]\nmemory-maxx = 64M\n",
+    )
+    .unwrap();
+    let (free, _) = vassal(&s, "free.ini");
+    let ctl_sock = s.tmp.path().join("ctl.sock");
+    let emp = emperor(
+        &s,
+        &["--emperor-control-socket", ctl_sock.to_str().unwrap()],
+    );
+    wait_answer(free, "free.ini", T)
+        .unwrap_or_else(|| panic!("free.ini never answered:\n{}", emp.log()));
+    emp.wait_log("Resource temporarily unavailable", T);
+    for _ in 0..10 {
+        let v: serde_json::Value =
+            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "own.ini"]))
+                .unwrap();
+        if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
+            assert!(n <= 3, "over its own pids limit: {v:#}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    emp.wait_log(
+        "cannot start vassal typo.ini: its config: [imperium] line 5: unknown key \"memory-maxx\"",
+        T,
+    );
+    // the vassal without a section has no limit: all its workers run
+    let fv: serde_json::Value =
+        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "free.ini"])).unwrap();
+    assert_eq!(fv["data"]["usage"]["processes"], 3, "{fv:#}");
+}

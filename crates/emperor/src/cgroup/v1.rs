@@ -29,6 +29,63 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// These limits, each unset one taken from `defaults`.
+    pub fn over(self, defaults: Limits) -> Limits {
+        Limits {
+            memory_max: self.memory_max.or(defaults.memory_max),
+            cpu_max: self.cpu_max.or(defaults.cpu_max),
+            pids_max: self.pids_max.or(defaults.pids_max),
+        }
+    }
+
+    /// The `[imperium]` section of a vassal's ini config: `memory-max`,
+    /// `cpu-max`, `pids-max` (the values as for the emperor's options).
+    /// uWSGI reads only the section it is asked for (`[uwsgi]`), so the
+    /// section is invisible to the vassal (checked with uWSGI 2.0.21).
+    pub fn from_ini(text: &str) -> Result<Limits, String> {
+        let mut l = Limits::default();
+        let mut inside = false;
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+                continue;
+            }
+            if let Some(sec) = line.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+                inside = sec.trim() == "imperium";
+                continue;
+            }
+            if !inside {
+                continue;
+            }
+            let Some((k, v)) = line.split_once('=') else {
+                return Err(format!(
+                    "[imperium] line {}: {line:?} is not key = value",
+                    n + 1
+                ));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            let bad = |e: String| format!("[imperium] {k} = {v}: {e}");
+            match k {
+                "memory-max" => l.memory_max = Some(crate::logs::parse_size(v).map_err(bad)?),
+                "cpu-max" => match v.parse::<f64>() {
+                    Ok(c) if c.is_finite() && c >= 0.01 => l.cpu_max = Some(c),
+                    _ => return Err(bad("a number of cores of at least 0.01".into())),
+                },
+                "pids-max" => match v.parse::<u64>() {
+                    Ok(p) if p >= 1 => l.pids_max = Some(p),
+                    _ => return Err(bad("a number of processes of at least 1".into())),
+                },
+                _ => {
+                    return Err(format!(
+                        "[imperium] line {}: unknown key {k:?} (memory-max, cpu-max, pids-max)",
+                        n + 1
+                    ))
+                }
+            }
+        }
+        Ok(l)
+    }
+
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
         self.memory_max.is_some() || self.cpu_max.is_some() || self.pids_max.is_some()
@@ -89,111 +146,125 @@ fn v1_base(controller: &str) -> Option<PathBuf> {
     Some(mount.join(path.trim_start_matches('/')))
 }
 
-/// One controller's groups.
-#[derive(Debug)]
-struct Hierarchy {
-    root: PathBuf,
-    settings: Vec<(&'static str, String)>,
-}
-
-impl Hierarchy {
-    /// Writes the limits into `dir`; a name ending in `?` is optional.
-    fn apply(&self, dir: &Path) -> Result<(), CgroupError> {
-        for (file, value) in &self.settings {
-            let (file, optional) = match file.strip_suffix('?') {
-                Some(f) => (f, true),
-                None => (*file, false),
-            };
-            let f = dir.join(file);
-            if optional && !f.exists() {
-                continue;
-            }
-            if let Err(e) = std::fs::write(&f, value) {
-                if !optional {
-                    return Err(io_err(&f)(e));
-                }
+/// Writes `settings` into `dir`; a name ending in `?` is optional.
+fn apply(dir: &Path, settings: &[(&'static str, String)]) -> Result<(), CgroupError> {
+    for (file, value) in settings {
+        let (file, optional) = match file.strip_suffix('?') {
+            Some(f) => (f, true),
+            None => (*file, false),
+        };
+        let f = dir.join(file);
+        if optional && !f.exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::write(&f, value) {
+            if !optional {
+                return Err(io_err(&f)(e));
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// The limited v1 groups of one emperor.
 #[derive(Debug)]
 pub struct V1Limits {
+    /// The emperor-wide limits.
     limits: Limits,
-    hierarchies: Vec<Hierarchy>,
+    owner: Option<(Option<u32>, Option<u32>)>,
+    /// `V1ROOT` of each controller used so far.
+    roots: std::sync::Mutex<Vec<(&'static str, PathBuf)>>,
 }
 
 impl V1Limits {
-    /// Sets up `limits` (every one must apply: a probe group is made and
-    /// limited once); `owner`: the uid and gid the emperor drops to (the
-    /// groups are given to them).
+    /// Sets up the emperor-wide `limits` (each must apply: its controller
+    /// is set up and a probe group limited once); a vassal's own limits
+    /// set up their controller when first needed. `owner`: the uid and gid
+    /// the emperor drops to (the groups are given to them).
     pub fn setup(
         limits: Limits,
         owner: Option<(Option<u32>, Option<u32>)>,
     ) -> Result<V1Limits, CgroupError> {
-        let mut hierarchies = Vec::new();
-        for (controller, settings) in limits.settings() {
-            let base = v1_base(controller).ok_or(CgroupError::NoController(controller))?;
-            let root = base.join(format!("imperium-{}", std::process::id()));
-            match std::fs::create_dir(&root) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_err(&root)(e)),
-            }
-            let h = Hierarchy { root, settings };
-            let probe = h.root.join(".probe");
-            let _ = std::fs::create_dir(&probe);
-            let set = h.apply(&probe);
-            let _ = std::fs::remove_dir(&probe);
-            if let Err(e) = set {
-                let _ = std::fs::remove_dir(&h.root);
-                return Err(e);
-            }
-            if let Some((uid, gid)) = owner.filter(|(u, g)| u.is_some() || g.is_some()) {
-                let uid = uid.map(nix::unistd::Uid::from_raw);
-                let gid = gid.map(nix::unistd::Gid::from_raw);
-                for f in ["", "cgroup.procs", "tasks"] {
-                    let p = if f.is_empty() {
-                        h.root.clone()
-                    } else {
-                        h.root.join(f)
-                    };
-                    nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
-                }
-            }
-            hierarchies.push(h);
-        }
-        Ok(V1Limits {
+        let l = V1Limits {
             limits,
-            hierarchies,
-        })
+            owner,
+            roots: std::sync::Mutex::default(),
+        };
+        for (controller, settings) in limits.settings() {
+            let root = l.root(controller)?;
+            let probe = root.join(".probe");
+            let _ = std::fs::create_dir(&probe);
+            let set = apply(&probe, &settings);
+            let _ = std::fs::remove_dir(&probe);
+            set?;
+        }
+        Ok(l)
     }
 
-    /// The limits.
+    /// `V1ROOT` of `controller`, made (and given to the owner) when first
+    /// needed.
+    fn root(&self, controller: &'static str) -> Result<PathBuf, CgroupError> {
+        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, r)) = roots.iter().find(|(c, _)| *c == controller) {
+            return Ok(r.clone());
+        }
+        let base = v1_base(controller).ok_or(CgroupError::NoController(controller))?;
+        let root = base.join(format!("imperium-{}", std::process::id()));
+        match std::fs::create_dir(&root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&root)(e)),
+        }
+        if let Some((uid, gid)) = self.owner.filter(|(u, g)| u.is_some() || g.is_some()) {
+            let uid = uid.map(nix::unistd::Uid::from_raw);
+            let gid = gid.map(nix::unistd::Gid::from_raw);
+            for f in ["", "cgroup.procs", "tasks"] {
+                let p = if f.is_empty() {
+                    root.clone()
+                } else {
+                    root.join(f)
+                };
+                nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
+            }
+        }
+        roots.push((controller, root.clone()));
+        Ok(root)
+    }
+
+    /// The emperor-wide limits.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// Makes the limited groups of one process of `name`, one per
-    /// controller; the child joins each through its `cgroup.procs`.
-    pub fn create(&self, name: &VassalName, instance: u64) -> io::Result<Vec<PathBuf>> {
-        let mut dirs = Vec::new();
-        for h in &self.hierarchies {
-            let dir = h
-                .root
-                .join(crate::name::file_safe(name.as_str()))
-                .join(format!("i{instance}"));
-            let made = std::fs::create_dir_all(&dir)
-                .and_then(|()| h.apply(&dir).map_err(|e| io::Error::other(e.to_string())));
-            if let Err(e) = made {
-                for d in dirs.iter().chain([&dir]) {
-                    let _ = std::fs::remove_dir(d);
-                }
-                return Err(e);
+    /// Makes the limited groups of one process of `name` under `own`
+    /// limits (its `[imperium]` section) over the emperor-wide ones, one
+    /// group per controller; the child joins each through its
+    /// `cgroup.procs`.
+    pub fn create(
+        &self,
+        name: &VassalName,
+        instance: u64,
+        own: Limits,
+    ) -> io::Result<Vec<PathBuf>> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let undo = |dirs: &[PathBuf]| {
+            for d in dirs {
+                let _ = std::fs::remove_dir(d);
             }
-            dirs.push(dir);
+        };
+        for (controller, settings) in own.over(self.limits).settings() {
+            let made = self.root(controller).and_then(|root| {
+                let dir = root
+                    .join(crate::name::file_safe(name.as_str()))
+                    .join(format!("i{instance}"));
+                std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                dirs.push(dir.clone());
+                apply(&dir, &settings)
+            });
+            if let Err(e) = made {
+                undo(&dirs);
+                return Err(io::Error::other(e.to_string()));
+            }
         }
         Ok(dirs)
     }
@@ -232,8 +303,8 @@ impl V1Limits {
 
     /// At shutdown: removes every group left (their processes are gone).
     pub fn finish(&self) {
-        for h in &self.hierarchies {
-            super::remove_tree(&h.root, true);
+        for (_, root) in self.roots.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            super::remove_tree(root, true);
         }
     }
 }
@@ -241,5 +312,53 @@ impl V1Limits {
 impl Drop for V1Limits {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_imperium_section_is_read_and_checked() {
+        let l = Limits::from_ini(
+            "[uwsgi]\nmemory-max = 1\n[imperium]\n; a comment\nmemory-max = 64M\ncpu-max = 0.5\npids-max = 20\n[zerg]\npids-max = x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                memory_max: Some(64 << 20),
+                cpu_max: Some(0.5),
+                pids_max: Some(20)
+            }
+        );
+        assert_eq!(
+            Limits::from_ini("[uwsgi]\nmaster = 1\n").unwrap(),
+            Limits::default()
+        );
+        let e = Limits::from_ini("[imperium]\nmemory-maxx = 1\n").unwrap_err();
+        assert!(e.contains("unknown key \"memory-maxx\""), "{e}");
+        assert!(Limits::from_ini("[imperium]\ncpu-max = 0\n").is_err());
+        assert!(Limits::from_ini("[imperium]\npids-max = -1\n").is_err());
+        assert!(Limits::from_ini("[imperium]\njunk\n").is_err());
+        let d = Limits {
+            memory_max: Some(1),
+            cpu_max: Some(1.0),
+            pids_max: None,
+        };
+        let own = Limits {
+            pids_max: Some(5),
+            memory_max: Some(2),
+            cpu_max: None,
+        };
+        assert_eq!(
+            own.over(d),
+            Limits {
+                memory_max: Some(2),
+                cpu_max: Some(1.0),
+                pids_max: Some(5)
+            }
+        );
     }
 }

@@ -266,6 +266,32 @@ impl Executor {
         Vec::new()
     }
 
+    /// The limits of the vassal's own `[imperium]` section (an ini config,
+    /// from its file or inline; other formats carry none).
+    fn own_limits(&self, spec: &VassalSpec) -> Result<crate::cgroup::v1::Limits, String> {
+        // the config's format follows the vassal's name (uWSGI's rule)
+        if !spec.name.as_str().ends_with(".ini") {
+            return Ok(Default::default());
+        }
+        let text = match &spec.config {
+            ConfigSource::Inline(t) => t.to_string(),
+            ConfigSource::File(p) => {
+                let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(p);
+                match std::fs::metadata(&full) {
+                    // a config this large is refused by the monitors anyway
+                    Ok(m) if m.len() > 1 << 20 => return Ok(Default::default()),
+                    Ok(_) => std::fs::read_to_string(&full).unwrap_or_default(),
+                    Err(_) => return Ok(Default::default()),
+                }
+            }
+            _ => return Ok(Default::default()),
+        };
+        if !text.contains("[imperium]") {
+            return Ok(Default::default());
+        }
+        crate::cgroup::v1::Limits::from_ini(&text).map_err(|e| format!("its config: {e}"))
+    }
+
     /// Where `imperium ctl logs NAME` reads from.
     pub(super) fn log_lookup(&self, rec: &Reconciler, name: &str) -> LogLookup {
         if let Some(why) = self.log_opts.not_captured() {
@@ -476,6 +502,59 @@ impl Executor {
         }
     }
 
+    /// The cgroup of a new process of `spec` (`--vassal-cgroup`) and its
+    /// limited v1 groups (emperor-wide limits, or its `[imperium]`
+    /// section); the actions of a failed spawn otherwise.
+    fn groups_for(
+        &self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: &VassalSpec,
+    ) -> Result<(Option<PathBuf>, Vec<PathBuf>), Vec<Action>> {
+        let cgroup = match self
+            .cgroups
+            .as_ref()
+            .map(|c| c.create(&spec.name, instance))
+        {
+            None => None,
+            Some(Ok(dir)) => {
+                rec.attach_cgroup(instance, &dir);
+                Some(dir)
+            }
+            Some(Err(e)) => return Err(setup_failed(rec, instance, "cannot make its cgroup", &e)),
+        };
+        let own = match self.limits.as_ref().map(|_| self.own_limits(spec)) {
+            Some(Err(e)) => {
+                if let Some(dir) = &cgroup {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(rec.spawn_failed(instance, &e, std::time::Instant::now()));
+            }
+            Some(Ok(l)) => l,
+            None => crate::cgroup::v1::Limits::default(),
+        };
+        let v1 = match self
+            .limits
+            .as_ref()
+            .map(|m| m.create(&spec.name, instance, own))
+        {
+            None => Vec::new(),
+            Some(Ok(dirs)) => dirs,
+            Some(Err(e)) => {
+                if let Some(dir) = &cgroup {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(setup_failed(
+                    rec,
+                    instance,
+                    "cannot make its limited cgroups",
+                    &e,
+                ));
+            }
+        };
+        Ok((cgroup, v1))
+    }
+
     fn spawn_now(
         &mut self,
         rec: &mut Reconciler,
@@ -519,27 +598,9 @@ impl Executor {
             }
         };
         let log = log.map(|(since, l)| (l, since));
-        let cgroup = match self
-            .cgroups
-            .as_ref()
-            .map(|c| c.create(&spec.name, instance))
-        {
-            None => None,
-            Some(Ok(dir)) => {
-                rec.attach_cgroup(instance, &dir);
-                Some(dir)
-            }
-            Some(Err(e)) => return setup_failed(rec, instance, "cannot make its cgroup", &e),
-        };
-        let v1 = match self.limits.as_ref().map(|m| m.create(&spec.name, instance)) {
-            None => Vec::new(),
-            Some(Ok(dirs)) => dirs,
-            Some(Err(e)) => {
-                if let Some(dir) = &cgroup {
-                    let _ = std::fs::remove_dir(dir);
-                }
-                return setup_failed(rec, instance, "cannot make its limited cgroups", &e);
-            }
+        let (cgroup, v1) = match self.groups_for(rec, instance, &spec) {
+            Ok(g) => g,
+            Err(actions) => return actions,
         };
         let owner = spec.owner.map(|o| (o, self.groups(o)));
         let req = SpawnRequest {
