@@ -159,30 +159,23 @@ impl Collector for SnapshotCollector {
                 labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)?;
             }
         }
-        {
-            let mut m = e.encode_descriptor(
+        for (family, help, pick) in [
+            (
                 "imperium_vassal_rss_bytes",
                 "Resident memory of each vassal's processes (its cgroup, or its process tree), summed per process.",
-                None,
-                MetricType::Gauge,
-            )?;
-            for v in &s.vassals {
-                let Some(u) = &v.usage else { continue };
-                let l = vec![("vassal".to_string(), v.name.clone())];
-                labelled(&mut m, &l)?.encode_gauge(&(u.rss_bytes as i64))?;
-            }
-        }
-        {
-            let mut m = e.encode_descriptor(
+                (|u: &crate::stats::Usage| u.rss_bytes as i64) as fn(&crate::stats::Usage) -> i64,
+            ),
+            (
                 "imperium_vassal_processes",
                 "Processes of each vassal (its cgroup, or its process tree).",
-                None,
-                MetricType::Gauge,
-            )?;
+                |u: &crate::stats::Usage| i64::from(u.processes),
+            ),
+        ] {
+            let mut m = e.encode_descriptor(family, help, None, MetricType::Gauge)?;
             for v in &s.vassals {
                 let Some(u) = &v.usage else { continue };
                 let l = vec![("vassal".to_string(), v.name.clone())];
-                labelled(&mut m, &l)?.encode_gauge(&i64::from(u.processes))?;
+                labelled(&mut m, &l)?.encode_gauge(&pick(u))?;
             }
         }
         {

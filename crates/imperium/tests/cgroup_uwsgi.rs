@@ -86,6 +86,21 @@ fn vassal(s: &Setup, name: &str) -> (u16, PathBuf) {
     (port, pidfile)
 }
 
+/// Writes a uWSGI vassal `name` serving `app` with `processes` workers on
+/// a free port, then `extra` lines; returns the port.
+fn write_vassal(s: &Setup, name: &str, app: &Path, processes: u32, extra: &str) -> u16 {
+    let port = free_port();
+    std::fs::write(
+        s.vassals.join(name),
+        format!(
+            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = {processes}\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER={name}\n{extra}",
+            app.display()
+        ),
+    )
+    .unwrap();
+    port
+}
+
 fn emperor(s: &Setup, extra: &[&str]) -> Imperium {
     Imperium::start(s.tmp.path(), uwsgi_emperor_args(&s.vassals, extra))
 }
@@ -376,15 +391,7 @@ fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
     let hog = s.tmp.path().join("hog.py");
     // 200 MiB, every page written, in the master at import
     std::fs::write(&hog, "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n").unwrap();
-    let hog_port = free_port();
-    std::fs::write(
-        s.vassals.join("hog.ini"),
-        format!(
-            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{hog_port}\nwsgi-file = {}\n",
-            hog.display()
-        ),
-    )
-    .unwrap();
+    write_vassal(&s, "hog.ini", &hog, 1, "");
     let (port, _) = vassal(&s, "ok.ini");
     let ctl_sock = s.tmp.path().join("ctl.sock");
     let emp = emperor(
@@ -465,15 +472,7 @@ fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
         "import os\nif os.fork() == 0:\n    while True:\n        pass\ndef application(e, s):\n    s('200 OK', [('Content-Type', 'text/plain')])\n    return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]\n",
     )
     .unwrap();
-    let port = free_port();
-    std::fs::write(
-        s.vassals.join("spin.ini"),
-        format!(
-            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=spin.ini\n",
-            spin.display()
-        ),
-    )
-    .unwrap();
+    let port = write_vassal(&s, "spin.ini", &spin, 1, "");
     let ctl_sock = s.tmp.path().join("ctl.sock");
     let mut emp = emperor(
         &s,
@@ -517,15 +516,7 @@ fn a_pids_limit_caps_a_vassals_forks() {
     }
     let s = setup();
     let app = testkit::uwsgi::write_app(s.tmp.path());
-    let port = free_port();
-    std::fs::write(
-        s.vassals.join("forky.ini"),
-        format!(
-            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 6\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=forky.ini\n",
-            app.display()
-        ),
-    )
-    .unwrap();
+    write_vassal(&s, "forky.ini", &app, 6, "");
     let ctl_sock = s.tmp.path().join("ctl.sock");
     let emp = emperor(
         &s,
@@ -564,15 +555,7 @@ fn a_vassals_imperium_section_sets_its_own_limits() {
     }
     let s = setup();
     let app = testkit::uwsgi::write_app(s.tmp.path());
-    let port = free_port();
-    std::fs::write(
-        s.vassals.join("own.ini"),
-        format!(
-            "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 4\nhttp-socket = 127.0.0.1:{port}\nwsgi-file = {}\nenv = MARKER=own.ini\n\n[imperium]\npids-max = 3\n",
-            app.display()
-        ),
-    )
-    .unwrap();
+    write_vassal(&s, "own.ini", &app, 4, "\n[imperium]\npids-max = 3\n");
     std::fs::write(
         s.vassals.join("typo.ini"),
         "[uwsgi]\nplugins = python3\n\n[imperium]\nmemory-maxx = 64M\n",
