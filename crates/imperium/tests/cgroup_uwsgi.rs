@@ -588,3 +588,26 @@ fn a_vassals_imperium_section_sets_its_own_limits() {
         serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "free.ini"])).unwrap();
     assert_eq!(fv["data"]["usage"]["processes"], 3, "{fv:#}");
 }
+
+/// A memory limit from the vassal's own `[imperium]` section (none
+/// emperor-wide) reports its OOM kill as such too.
+#[test]
+fn an_oom_kill_under_a_vassals_own_limit_is_reported() {
+    if !cgroup2_here() || !memory_controller_here() {
+        return;
+    }
+    let s = setup();
+    let hog = s.tmp.path().join("hog.py");
+    std::fs::write(&hog, "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n").unwrap();
+    write_vassal(&s, "hog.ini", &hog, 1, "\n[imperium]\nmemory-max = 64M\n");
+    let ctl_sock = s.tmp.path().join("ctl.sock");
+    let emp = emperor(
+        &s,
+        &["--emperor-control-socket", ctl_sock.to_str().unwrap()],
+    );
+    emp.wait_log("vassal hog.ini (pid:", T);
+    emp.wait_log("was killed by the kernel's OOM killer", T);
+    let show: serde_json::Value =
+        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "hog.ini"])).unwrap();
+    assert_eq!(show["data"]["last_exit"]["oom"], true, "{show:#}");
+}

@@ -122,11 +122,9 @@ impl Executor {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
                     }
-                    if self
-                        .limits
-                        .as_ref()
-                        .is_some_and(|l| l.limits().memory_max.is_some())
-                    {
+                    // a memory limit may be the vassal's own ([imperium]):
+                    // its memory group, if any, has the count
+                    if !link.v1.is_empty() {
                         let oom = crate::cgroup::v1::V1Limits::oom_kills(&link.v1) > 0;
                         rec.note_oom(i, oom);
                     }
