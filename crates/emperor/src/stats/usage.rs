@@ -66,9 +66,10 @@ fn rss_pages(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Every process's parent, read once for all the vassals without a cgroup.
-fn parents() -> HashMap<u32, u32> {
-    let mut m = HashMap::new();
+/// Every process's children, read once for all the vassals without a
+/// cgroup.
+fn children() -> HashMap<u32, Vec<u32>> {
+    let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return m;
     };
@@ -77,18 +78,14 @@ fn parents() -> HashMap<u32, u32> {
             continue;
         };
         if let Some((ppid, _)) = stat(pid) {
-            m.insert(pid, ppid);
+            m.entry(ppid).or_default().push(pid);
         }
     }
     m
 }
 
 /// `pid` and its descendants.
-fn tree(pid: u32, parents: &HashMap<u32, u32>) -> Vec<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (c, p) in parents {
-        children.entry(*p).or_default().push(*c);
-    }
+fn tree(pid: u32, children: &HashMap<u32, Vec<u32>>) -> Vec<u32> {
     let mut out = vec![pid];
     let mut i = 0;
     while i < out.len() {
@@ -114,13 +111,17 @@ fn group_cpu(group: &Path) -> Option<f64> {
 pub fn measure(vassals: &[(Option<u32>, Option<&Path>)]) -> Vec<Option<Usage>> {
     let u = units();
     let need_tree = vassals.iter().any(|(p, g)| p.is_some() && g.is_none());
-    let parents = if need_tree { parents() } else { HashMap::new() };
+    let children = if need_tree {
+        children()
+    } else {
+        HashMap::new()
+    };
     vassals
         .iter()
         .map(|(pid, group)| {
             let pids = match group {
                 Some(g) => crate::cgroup::procs(g),
-                None => tree((*pid)?, &parents),
+                None => tree((*pid)?, &children),
             };
             if pids.is_empty() && pid.is_none() {
                 return None;
