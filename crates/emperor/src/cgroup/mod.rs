@@ -97,18 +97,95 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
     }
 }
 
-/// The mount points of cgroup2 file systems (from /proc/self/mountinfo).
-fn cgroup2_mounts() -> Vec<PathBuf> {
+/// The cgroup file systems mounted here (from /proc/self/mountinfo): the
+/// mount point, the type (`cgroup2` or `cgroup`) and the super options
+/// (which name a v1 hierarchy's controllers).
+fn cgroup_mounts() -> Vec<(PathBuf, String, String)> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
-            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE OPTS
+            // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS... - FSTYPE SOURCE SUPEROPTS
             let (left, right) = l.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
+            let mut r = right.split_whitespace();
+            let (fstype, _source, opts) = (r.next()?, r.next()?, r.next().unwrap_or(""));
             let mp = left.split_whitespace().nth(4)?;
-            (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(mp)))
+            matches!(fstype, "cgroup" | "cgroup2").then(|| {
+                (
+                    PathBuf::from(unescape_mount(mp)),
+                    fstype.to_string(),
+                    opts.to_string(),
+                )
+            })
         })
         .collect()
+}
+
+/// The mount points of cgroup2 file systems.
+fn cgroup2_mounts() -> Vec<PathBuf> {
+    cgroup_mounts()
+        .into_iter()
+        .filter(|(_, t, _)| t == "cgroup2")
+        .map(|(mp, _, _)| mp)
+        .collect()
+}
+
+/// The emperor's own group (from /proc/self/cgroup) in the unified
+/// hierarchy (`controller` `None`: the `0::PATH` line) or in the v1
+/// hierarchy of `controller`.
+fn own_path(controller: Option<&str>) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (id, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        let hit = match controller {
+            None => id == "0" && ctrls.is_empty(),
+            Some(c) => ctrls.split(',').any(|x| x == c),
+        };
+        hit.then(|| path.to_string())
+    })
+}
+
+/// Makes `dir` (one level), which may exist already.
+fn make_dir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(dir)(e)),
+    }
+}
+
+/// Gives `dir` and its `files` to the uid and gid the emperor drops to
+/// (nothing when it keeps its own).
+fn give(
+    dir: &Path,
+    files: &[&str],
+    owner: Option<(Option<u32>, Option<u32>)>,
+) -> Result<(), CgroupError> {
+    let Some((uid, gid)) = owner.filter(|(u, g)| u.is_some() || g.is_some()) else {
+        return Ok(());
+    };
+    let uid = uid.map(nix::unistd::Uid::from_raw);
+    let gid = gid.map(nix::unistd::Gid::from_raw);
+    for p in std::iter::once(dir.to_path_buf()).chain(files.iter().map(|f| dir.join(f))) {
+        nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// Removes a reaped process's group (v2 or v1) once its killed processes
+/// are gone (rmdir refuses a populated group), waiting at most `wait`; and
+/// the vassal's directory when `last` (it left the table; that fails,
+/// harmlessly, when a new vassal of that name has started meanwhile).
+fn remove_group(group: &Path, last: bool, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    while std::fs::remove_dir(group).is_err() && group.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if last {
+        if let Some(parent) = group.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -130,14 +207,6 @@ fn unescape_mount(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The emperor's own cgroup of the unified hierarchy (`0::/path`).
-fn own_unified_path() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
-}
-
 /// The vassal cgroups of one emperor.
 #[derive(Debug)]
 pub struct Cgroups {
@@ -156,26 +225,17 @@ struct Sweep {
     last: bool,
 }
 
-/// The sweeper thread: removes each group once empty (waiting at most 2 s
-/// for the killed processes to go), one after another.
+/// The sweeper thread: removes each group once empty (see
+/// [`remove_group`]), one after another.
 fn sweeper() -> io::Result<std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>> {
     let (tx, rx) = std::sync::mpsc::channel::<Sweep>();
     std::thread::Builder::new()
         .name("cgroup-sweeper".into())
         .spawn(move || {
             for s in rx {
-                let deadline = Instant::now() + Duration::from_secs(2);
-                while Cgroups::populated(&s.group) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(2));
+                for g in std::iter::once(&s.group).chain(&s.v1) {
+                    remove_group(g, s.last, Duration::from_secs(2));
                 }
-                let _ = std::fs::remove_dir(&s.group);
-                if s.last {
-                    // fails (not empty) when a new vassal of that name started
-                    if let Some(parent) = s.group.parent() {
-                        let _ = std::fs::remove_dir(parent);
-                    }
-                }
-                v1::V1Limits::remove(&s.v1, s.last);
             }
         })?;
     Ok(std::sync::Mutex::new(tx))
@@ -215,7 +275,7 @@ impl Cgroups {
                     return Err(CgroupError::NotCgroup2(p.clone()));
                 }
                 if let (Some(own), Some(m)) =
-                    (own_unified_path(), mounts.iter().find(|m| p.starts_with(m)))
+                    (own_path(None), mounts.iter().find(|m| p.starts_with(m)))
                 {
                     let own = m.join(own.trim_start_matches('/'));
                     if own.starts_with(p) {
@@ -249,35 +309,18 @@ impl Cgroups {
     /// still cannot move: they run as other users, or as that one only in
     /// tyrant mode, where every group is owned by the emperor's user.
     fn delegate(&self, owner: Option<(Option<u32>, Option<u32>)>) -> Result<(), CgroupError> {
-        let Some((uid, gid)) = owner else {
-            return Ok(());
-        };
-        if uid.is_none() && gid.is_none() {
+        if !owner.is_some_and(|(u, g)| u.is_some() || g.is_some()) {
             return Ok(());
         }
         let leaf = self.root.join(".emperor");
-        match std::fs::create_dir(&leaf) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&leaf)(e)),
-        }
+        make_dir(&leaf)?;
         let procs = leaf.join("cgroup.procs");
         std::fs::write(&procs, b"0").map_err(io_err(&procs))?;
-        let uid = uid.map(nix::unistd::Uid::from_raw);
-        let gid = gid.map(nix::unistd::Gid::from_raw);
-        for f in [
-            "",
-            "cgroup.procs",
-            "cgroup.threads",
-            "cgroup.subtree_control",
-        ] {
-            let p = if f.is_empty() {
-                self.root.clone()
-            } else {
-                self.root.join(f)
-            };
-            nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
-        }
+        give(
+            &self.root,
+            &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"],
+            owner,
+        )?;
         Ok(())
     }
 
@@ -286,7 +329,7 @@ impl Cgroups {
         // the unified hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified
         // on a hybrid layout
         let mount = mounts.first().ok_or(CgroupError::NoUnified)?;
-        let own = own_unified_path().unwrap_or_else(|| "/".into());
+        let own = own_path(None).unwrap_or_else(|| "/".into());
         let base = mount.join(own.trim_start_matches('/'));
         remove_stale(&base);
         let root = base.join(format!("imperium-{}", std::process::id()));

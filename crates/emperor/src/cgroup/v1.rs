@@ -124,25 +124,10 @@ impl Limits {
 
 /// The v1 mount of `controller` and the emperor's own group in it.
 fn v1_base(controller: &str) -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mut r = right.split_whitespace();
-        let (fstype, _src, opts) = (r.next()?, r.next()?, r.next()?);
-        if fstype != "cgroup" || !opts.split(',').any(|o| o == controller) {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| {
-        let mut f = l.splitn(3, ':');
-        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
-        ctrls
-            .split(',')
-            .any(|c| c == controller)
-            .then(|| path.to_string())
-    })?;
+    let (mount, _, _) = super::cgroup_mounts()
+        .into_iter()
+        .find(|(_, t, opts)| t == "cgroup" && opts.split(',').any(|o| o == controller))?;
+    let path = super::own_path(Some(controller))?;
     Some(mount.join(path.trim_start_matches('/')))
 }
 
@@ -210,23 +195,8 @@ impl V1Limits {
         }
         let base = v1_base(controller).ok_or(CgroupError::NoController(controller))?;
         let root = base.join(format!("imperium-{}", std::process::id()));
-        match std::fs::create_dir(&root) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err(&root)(e)),
-        }
-        if let Some((uid, gid)) = self.owner.filter(|(u, g)| u.is_some() || g.is_some()) {
-            let uid = uid.map(nix::unistd::Uid::from_raw);
-            let gid = gid.map(nix::unistd::Gid::from_raw);
-            for f in ["", "cgroup.procs", "tasks"] {
-                let p = if f.is_empty() {
-                    root.clone()
-                } else {
-                    root.join(f)
-                };
-                nix::unistd::chown(&p, uid, gid).map_err(|e| io_err(&p)(e.into()))?;
-            }
-        }
+        super::make_dir(&root)?;
+        super::give(&root, &["cgroup.procs", "tasks"], self.owner)?;
         roots.push((controller, root.clone()));
         Ok(root)
     }
@@ -280,25 +250,6 @@ impl V1Limits {
                     .and_then(|v| v.trim().parse::<u64>().ok())
             })
             .sum()
-    }
-
-    /// Removes the groups once their processes are gone (after the v2
-    /// group's kill), and the vassal's directories when `last`.
-    pub fn remove(groups: &[PathBuf], last: bool) {
-        for g in groups {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while std::fs::remove_dir(g).is_err()
-                && g.exists()
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            if last {
-                if let Some(p) = g.parent() {
-                    let _ = std::fs::remove_dir(p);
-                }
-            }
-        }
     }
 
     /// At shutdown: removes every group left (their processes are gone).
