@@ -10,7 +10,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::vassal::{to_tokio, vassal_task, VassalLink};
+use super::vassal::{to_tokio, vassal_task, LogFrom, VassalLink};
 use super::{Report, VassalCmd};
 use crate::argv::{build_argv, LaunchOptions};
 use crate::events::ExitStatus;
@@ -316,14 +316,15 @@ impl Executor {
 
     /// What goes on the fds 1 and 2 of a new process of `spec`: its
     /// output pipe (made on its first start; a zerg writes into its base
-    /// vassal's) or a journald stream; `None` inherits the emperor's.
+    /// vassal's), with the sequence number of the first line the process
+    /// can write, or a journald stream; `None` inherits the emperor's.
     fn output_for(
         &mut self,
         rec: &mut Reconciler,
         instance: InstanceId,
         spec: &VassalSpec,
         zerg_base: Option<&str>,
-    ) -> std::io::Result<Option<(std::os::fd::OwnedFd, Option<Arc<crate::logs::VassalLog>>)>> {
+    ) -> std::io::Result<Option<(std::os::fd::OwnedFd, Option<LogFrom>)>> {
         if let LogMode::Journal(socket) = &self.log_opts.mode {
             let id = zerg_base.unwrap_or(spec.name.as_str());
             return crate::logs::journal::stream(socket, id).map(|fd| Some((fd, None)));
@@ -345,7 +346,7 @@ impl Executor {
             }
         };
         let fd = handle.0.writer(spec.owner)?;
-        let log = handle.0.clone();
+        let log = (handle.0.clone(), handle.0.next_seq());
         rec.attach_log(instance, handle);
         Ok(Some((fd, Some(log))))
     }
@@ -509,6 +510,12 @@ impl Executor {
         instance: InstanceId,
         spec: &VassalSpec,
     ) -> Result<(Option<PathBuf>, Vec<PathBuf>), Vec<Action>> {
+        let own = match self.limits.as_ref().map(|_| self.own_limits(spec)) {
+            // read before any group is made: nothing to undo
+            Some(Err(e)) => return Err(rec.spawn_failed(instance, &e, std::time::Instant::now())),
+            Some(Ok(l)) => l,
+            None => crate::cgroup::v1::Limits::default(),
+        };
         let cgroup = match self
             .cgroups
             .as_ref()
@@ -520,16 +527,6 @@ impl Executor {
                 Some(dir)
             }
             Some(Err(e)) => return Err(setup_failed(rec, instance, "cannot make its cgroup", &e)),
-        };
-        let own = match self.limits.as_ref().map(|_| self.own_limits(spec)) {
-            Some(Err(e)) => {
-                if let Some(dir) = &cgroup {
-                    let _ = std::fs::remove_dir(dir);
-                }
-                return Err(rec.spawn_failed(instance, &e, std::time::Instant::now()));
-            }
-            Some(Ok(l)) => l,
-            None => crate::cgroup::v1::Limits::default(),
         };
         let v1 = match self
             .limits
@@ -584,7 +581,7 @@ impl Executor {
             self.broodlord_num
         });
         let (stdout, log) = match self.output_for(rec, instance, &spec, zerg_base.as_deref()) {
-            Ok(Some((fd, log))) => (Some(fd), log.map(|l| (l.next_seq(), l))),
+            Ok(Some((fd, log))) => (Some(fd), log),
             Ok(None) => (None, None),
             Err(e) => {
                 return setup_failed(
@@ -595,7 +592,6 @@ impl Executor {
                 )
             }
         };
-        let log = log.map(|(since, l)| (l, since));
         let (cgroup, v1) = match self.groups_for(rec, instance, &spec) {
             Ok(g) => g,
             Err(actions) => return actions,
@@ -650,7 +646,7 @@ impl Executor {
         name: &VassalName,
         sp: crate::spawn::Spawned,
         inline: Option<Arc<str>>,
-        log: Option<(Arc<crate::logs::VassalLog>, u64)>,
+        log: Option<LogFrom>,
         (cgroup, v1): (Option<PathBuf>, Vec<PathBuf>),
     ) {
         rec.spawned(instance, sp.pid, &sp.program.to_string_lossy());

@@ -25,6 +25,10 @@ pub(super) fn to_tokio(s: std::os::unix::net::UnixStream) -> std::io::Result<Uni
     UnixStream::from_std(s)
 }
 
+/// A vassal's output pipe, and the sequence number of the first line its
+/// process can have written (for the last lines of its death event).
+pub(super) type LogFrom = (Arc<crate::logs::VassalLog>, u64);
+
 /// What the runtime shares with the task of one vassal process: its
 /// sockets, its pidfd and the commands the task has yet to carry out.
 ///
@@ -43,7 +47,7 @@ pub(super) struct VassalLink {
     pub(super) overflowed: std::sync::atomic::AtomicBool,
     /// Its output pipe (`--vassal-logs` prefix or dir) and the sequence
     /// number of the first line it can have written.
-    pub(super) log: Option<(Arc<crate::logs::VassalLog>, u64)>,
+    pub(super) log: Option<LogFrom>,
     /// Its cgroup (`--vassal-cgroup`).
     pub(super) cgroup: Option<std::path::PathBuf>,
     /// Its limited v1 cgroups (`--vassal-memory-max`, `-cpu-max`,
