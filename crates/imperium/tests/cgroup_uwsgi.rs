@@ -105,6 +105,32 @@ fn emperor(s: &Setup, extra: &[&str]) -> Imperium {
     Imperium::start(s.tmp.path(), uwsgi_emperor_args(&s.vassals, extra))
 }
 
+/// [`emperor`] with a control socket, and its path.
+fn emperor_ctl(s: &Setup, extra: &[&str]) -> (Imperium, PathBuf) {
+    let sock = s.tmp.path().join("ctl.sock");
+    let mut args = extra.to_vec();
+    let path = sock.to_str().unwrap().to_string();
+    args.extend(["--emperor-control-socket", &path]);
+    (emperor(s, &args), sock)
+}
+
+/// `imperium ctl --json show NAME`.
+fn show(sock: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&testkit::ctl_ok(sock, &["--json", "show", name])).unwrap()
+}
+
+/// An app that allocates 200 MiB, every page written, in the uWSGI master
+/// at import.
+fn write_hog(s: &Setup) -> PathBuf {
+    let hog = s.tmp.path().join("hog.py");
+    std::fs::write(
+        &hog,
+        "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n",
+    )
+    .unwrap();
+    hog
+}
+
 fn grandchild(pidfile: &Path, emp: &Imperium) -> u32 {
     assert!(
         wait_until(T, || pidfile.exists()),
@@ -274,21 +300,10 @@ fn usage_per_vassal_matches_proc_with_and_without_cgroups() {
         let app = testkit::uwsgi::write_app(s.tmp.path());
         let (ini, port) = testkit::uwsgi::vassal_ini(&app, "u");
         std::fs::write(s.vassals.join("u.ini"), ini).unwrap();
-        let ctl_sock = s.tmp.path().join("ctl.sock");
         let stats_port = free_port();
         let stats = format!("127.0.0.1:{stats_port}");
-        let ctl_s = ctl_sock.to_str().unwrap();
-        let emp = emperor(
-            &s,
-            &[
-                "--vassal-cgroup",
-                mode,
-                "--emperor-control-socket",
-                ctl_s,
-                "--emperor-stats",
-                &stats,
-            ],
-        );
+        let (emp, ctl_sock) =
+            emperor_ctl(&s, &["--vassal-cgroup", mode, "--emperor-stats", &stats]);
         let w =
             wait_answer(port, "u", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
         let master = testkit::uwsgi::master_of(w);
@@ -296,11 +311,9 @@ fn usage_per_vassal_matches_proc_with_and_without_cgroups() {
         assert_eq!(tree.len(), 3, "a master and 2 workers: {tree:?}");
         let want = rss_of(&tree) as f64;
 
-        let show: serde_json::Value =
-            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "u.ini"]))
-                .unwrap();
-        let u = &show["data"]["usage"];
-        assert_eq!(u["processes"], 3, "{mode}: {show:#}");
+        let shown = show(&ctl_sock, "u.ini");
+        let u = &shown["data"]["usage"];
+        assert_eq!(u["processes"], 3, "{mode}: {shown:#}");
         let rss = u["rss_bytes"].as_f64().unwrap();
         assert!(
             (rss - want).abs() <= want * 0.1,
@@ -319,10 +332,10 @@ fn usage_per_vassal_matches_proc_with_and_without_cgroups() {
         );
         if *mode == "auto" {
             assert!(
-                show["data"]["cgroup"]
+                shown["data"]["cgroup"]
                     .as_str()
                     .is_some_and(|c| c.contains("/u.ini/i")),
-                "{show:#}"
+                "{shown:#}"
             );
         }
 
@@ -388,30 +401,18 @@ fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
         return;
     }
     let s = setup();
-    let hog = s.tmp.path().join("hog.py");
-    // 200 MiB, every page written, in the master at import
-    std::fs::write(&hog, "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n").unwrap();
+    let hog = write_hog(&s);
     write_vassal(&s, "hog.ini", &hog, 1, "");
     let (port, _) = vassal(&s, "ok.ini");
-    let ctl_sock = s.tmp.path().join("ctl.sock");
-    let emp = emperor(
-        &s,
-        &[
-            "--vassal-memory-max",
-            "64M",
-            "--emperor-control-socket",
-            ctl_sock.to_str().unwrap(),
-        ],
-    );
+    let (emp, ctl_sock) = emperor_ctl(&s, &["--vassal-memory-max", "64M"]);
     wait_answer(port, "ok.ini", T)
         .unwrap_or_else(|| panic!("ok.ini never answered:\n{}", emp.log()));
     emp.wait_log("each vassal process may use at most 64 MiB of memory", T);
     emp.wait_log("vassal hog.ini (pid:", T);
     emp.wait_log("was killed by the kernel's OOM killer", T);
-    let show: serde_json::Value =
-        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "hog.ini"])).unwrap();
-    assert_eq!(show["data"]["last_exit"]["oom"], true, "{show:#}");
-    assert_eq!(show["data"]["last_exit"]["signal"], 9, "{show:#}");
+    let shown = show(&ctl_sock, "hog.ini");
+    assert_eq!(shown["data"]["last_exit"]["oom"], true, "{shown:#}");
+    assert_eq!(shown["data"]["last_exit"]["signal"], 9, "{shown:#}");
     // respawned through the throttling, OOM-killed again
     emp.wait_log_n("spawned uwsgi instance hog.ini", 2, T);
     emp.wait_log_n("was killed by the kernel's OOM killer", 2, T);
@@ -473,22 +474,11 @@ fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
     )
     .unwrap();
     let port = write_vassal(&s, "spin.ini", &spin, 1, "");
-    let ctl_sock = s.tmp.path().join("ctl.sock");
-    let mut emp = emperor(
-        &s,
-        &[
-            "--vassal-cpu-max",
-            "0.2",
-            "--emperor-control-socket",
-            ctl_sock.to_str().unwrap(),
-        ],
-    );
+    let (mut emp, ctl_sock) = emperor_ctl(&s, &["--vassal-cpu-max", "0.2"]);
     wait_answer(port, "spin.ini", T).unwrap_or_else(|| panic!("never answered:\n{}", emp.log()));
     emp.wait_log("each vassal process may use at most 0.2 cores", T);
     let cpu = || -> f64 {
-        let v: serde_json::Value =
-            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "spin.ini"]))
-                .unwrap();
+        let v = show(&ctl_sock, "spin.ini");
         v["data"]["usage"]["cpu_seconds"].as_f64().unwrap()
     };
     let c0 = cpu();
@@ -517,25 +507,12 @@ fn a_pids_limit_caps_a_vassals_forks() {
     let s = setup();
     let app = testkit::uwsgi::write_app(s.tmp.path());
     write_vassal(&s, "forky.ini", &app, 6, "");
-    let ctl_sock = s.tmp.path().join("ctl.sock");
-    let emp = emperor(
-        &s,
-        &[
-            "--vassal-pids-max",
-            "3",
-            "--emperor-control-socket",
-            ctl_sock.to_str().unwrap(),
-        ],
-    );
+    let (emp, ctl_sock) = emperor_ctl(&s, &["--vassal-pids-max", "3"]);
     emp.wait_log("each vassal process may have at most 3 processes", T);
     emp.wait_log("Resource temporarily unavailable", T);
     let mut seen = 0;
     for _ in 0..20 {
-        let v: serde_json::Value = serde_json::from_str(&testkit::ctl_ok(
-            &ctl_sock,
-            &["--json", "show", "forky.ini"],
-        ))
-        .unwrap();
+        let v = show(&ctl_sock, "forky.ini");
         if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
             assert!(n <= 3, "over the pids limit: {v:#}");
             seen = seen.max(n);
@@ -562,18 +539,12 @@ fn a_vassals_imperium_section_sets_its_own_limits() {
     )
     .unwrap();
     let (free, _) = vassal(&s, "free.ini");
-    let ctl_sock = s.tmp.path().join("ctl.sock");
-    let emp = emperor(
-        &s,
-        &["--emperor-control-socket", ctl_sock.to_str().unwrap()],
-    );
+    let (emp, ctl_sock) = emperor_ctl(&s, &[]);
     wait_answer(free, "free.ini", T)
         .unwrap_or_else(|| panic!("free.ini never answered:\n{}", emp.log()));
     emp.wait_log("Resource temporarily unavailable", T);
     for _ in 0..10 {
-        let v: serde_json::Value =
-            serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "own.ini"]))
-                .unwrap();
+        let v = show(&ctl_sock, "own.ini");
         if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
             assert!(n <= 3, "over its own pids limit: {v:#}");
         }
@@ -584,8 +555,7 @@ fn a_vassals_imperium_section_sets_its_own_limits() {
         T,
     );
     // the vassal without a section has no limit: all its workers run
-    let fv: serde_json::Value =
-        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "free.ini"])).unwrap();
+    let fv = show(&ctl_sock, "free.ini");
     assert_eq!(fv["data"]["usage"]["processes"], 3, "{fv:#}");
 }
 
@@ -597,17 +567,11 @@ fn an_oom_kill_under_a_vassals_own_limit_is_reported() {
         return;
     }
     let s = setup();
-    let hog = s.tmp.path().join("hog.py");
-    std::fs::write(&hog, "x = b'x' * (200 << 20)\ndef application(e, s):\n    s('200 OK', [])\n    return [b'never']\n").unwrap();
+    let hog = write_hog(&s);
     write_vassal(&s, "hog.ini", &hog, 1, "\n[imperium]\nmemory-max = 64M\n");
-    let ctl_sock = s.tmp.path().join("ctl.sock");
-    let emp = emperor(
-        &s,
-        &["--emperor-control-socket", ctl_sock.to_str().unwrap()],
-    );
+    let (emp, ctl_sock) = emperor_ctl(&s, &[]);
     emp.wait_log("vassal hog.ini (pid:", T);
     emp.wait_log("was killed by the kernel's OOM killer", T);
-    let show: serde_json::Value =
-        serde_json::from_str(&testkit::ctl_ok(&ctl_sock, &["--json", "show", "hog.ini"])).unwrap();
-    assert_eq!(show["data"]["last_exit"]["oom"], true, "{show:#}");
+    let shown = show(&ctl_sock, "hog.ini");
+    assert_eq!(shown["data"]["last_exit"]["oom"], true, "{shown:#}");
 }
