@@ -189,3 +189,46 @@ fn malformed_barrage_then_good_messages_still_work() {
     assert_eq!(emp.count("spawned uwsgi instance"), 2, "{}", emp.log());
     assert!(emp.stop().success());
 }
+
+#[test]
+fn an_oversized_frame_gets_a_warning_and_the_socket_keeps_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut emp, ep) = emperor(tmp.path(), &test_vassal_bin());
+    let needle = "ended before any message of it was read";
+    // a good message on its own connection first: a connection that
+    // delivered its message is not warned about
+    zmq_push(
+        &ep,
+        &[parts(&[
+            "touch",
+            "first.ini",
+            "[vassal]\nrecord = rec-first.txt\n",
+        ])],
+    );
+    emp.wait_log("vassal first.ini has been spawned", T);
+    // libzmq closes this connection for its 300 KiB frame and says nothing
+    zmq_push(
+        &ep,
+        &[vec![
+            b"touch".to_vec(),
+            b"big.ini".to_vec(),
+            vec![b'a'; 300 * 1024],
+        ]],
+    );
+    emp.wait_log(needle, T);
+    assert!(emp.log().contains("a frame over 256 KiB"), "{}", emp.log());
+    zmq_push(
+        &ep,
+        &[parts(&[
+            "touch",
+            "after.ini",
+            "[vassal]\nrecord = rec-after.txt\n",
+        ])],
+    );
+    emp.wait_log("vassal after.ini has been spawned", T);
+    // time for that peer's disconnect to be seen too
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(emp.count(needle), 1, "{}", emp.log());
+    assert!(!emp.log().contains("big.ini"), "{}", emp.log());
+    assert!(emp.stop().success());
+}

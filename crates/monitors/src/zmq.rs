@@ -31,7 +31,8 @@ use crate::bus::{describe_change, preview, resolve_config_path, StampClock};
 
 /// Frames larger than this make libzmq drop the sending peer's connection
 /// (a config can be at most 65535 bytes anyway; larger ones up to this size
-/// are read, logged and refused).
+/// are read, logged and refused; a dropped connection is logged by
+/// [`Peers`]).
 const MAX_FRAME: i64 = 256 * 1024;
 /// How often the receiving thread checks that the monitor still runs.
 const POLL_MS: i64 = 250;
@@ -175,36 +176,134 @@ async fn consume(ctx: &MonitorContext, shown: &str, rx: &mut mpsc::Receiver<Vec<
 /// Reads multipart messages and forwards them until the monitor is gone.
 fn receive_loop(
     socket: zmq::Socket,
-    _context: zmq::Context,
+    context: zmq::Context,
     tx: mpsc::Sender<Vec<Vec<u8>>>,
     shown: String,
 ) {
+    let mut peers = Peers::new(&context, &socket, &shown);
     loop {
         if tx.is_closed() {
             return;
         }
-        match socket.poll(zmq::POLLIN, POLL_MS) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(zmq::Error::EINTR) => continue,
-            Err(e) => {
-                tracing::error!(monitor = %shown, "[emperor-zmq] poll failed: {e}");
-                return;
+        let events_ready = {
+            let mut items = vec![socket.as_poll_item(zmq::POLLIN)];
+            if let Some(events) = &peers.events {
+                items.push(events.as_poll_item(zmq::POLLIN));
             }
-        }
-        // drain everything that is ready
-        loop {
-            match socket.recv_multipart(zmq::DONTWAIT) {
-                Ok(parts) => {
-                    if tx.blocking_send(parts).is_err() {
-                        return;
-                    }
-                }
-                Err(zmq::Error::EAGAIN) => break,
+            match zmq::poll(&mut items, POLL_MS) {
+                Ok(0) => continue,
+                Ok(_) => items.get(1).is_some_and(zmq::PollItem::is_readable),
                 Err(zmq::Error::EINTR) => continue,
                 Err(e) => {
-                    tracing::error!(monitor = %shown, "[emperor-zmq] receive failed: {e}");
+                    tracing::error!(monitor = %shown, "[emperor-zmq] poll failed: {e}");
                     return;
+                }
+            }
+        };
+        // drain every message that is ready, then the connection events, so
+        // a connection's messages are counted before its end is judged
+        if !drain(&socket, &tx, &shown, &mut peers.received) {
+            return;
+        }
+        if events_ready {
+            peers.read_events(&shown);
+        }
+    }
+}
+
+/// Forwards every message that is ready; false when the loop must end.
+fn drain(
+    socket: &zmq::Socket,
+    tx: &mpsc::Sender<Vec<Vec<u8>>>,
+    shown: &str,
+    received: &mut u64,
+) -> bool {
+    loop {
+        match socket.recv_multipart(zmq::DONTWAIT) {
+            Ok(parts) => {
+                *received += 1;
+                if tx.blocking_send(parts).is_err() {
+                    return false;
+                }
+            }
+            Err(zmq::Error::EAGAIN) => return true,
+            Err(zmq::Error::EINTR) => {}
+            Err(e) => {
+                tracing::error!(monitor = %shown, "[emperor-zmq] receive failed: {e}");
+                return false;
+            }
+        }
+    }
+}
+
+/// The peers' connections, seen through libzmq's socket monitor, so that a
+/// connection libzmq closes for a frame over [`MAX_FRAME`] (it says nothing
+/// itself) gets a warning: one that ends with no message read while it was
+/// open.
+struct Peers {
+    /// A PAIR socket receiving the PULL socket's ACCEPTED and DISCONNECTED
+    /// events; `None` when the monitor could not be set up (said once).
+    events: Option<zmq::Socket>,
+    /// Open connections (by fd): how many messages had been read when each
+    /// was accepted.
+    open: std::collections::HashMap<u32, u64>,
+    /// Messages read so far.
+    received: u64,
+    silent: emperor::listener::LogLimit,
+}
+
+impl Peers {
+    fn new(context: &zmq::Context, socket: &zmq::Socket, shown: &str) -> Peers {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let endpoint = format!("inproc://imperium-zmq-events-{}-{n}", std::process::id());
+        let wanted = zmq::SocketEvent::ACCEPTED as i32 | zmq::SocketEvent::DISCONNECTED as i32;
+        let events = socket
+            .monitor(&endpoint, wanted)
+            .and_then(|()| context.socket(zmq::PAIR))
+            .and_then(|pair| pair.connect(&endpoint).map(|()| pair));
+        let events = match events {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                tracing::warn!(monitor = %shown, "[emperor-zmq] cannot watch the peers' connections ({e}): a frame over {} KiB will close its sender's connection without a log line", MAX_FRAME / 1024);
+                None
+            }
+        };
+        Peers {
+            events,
+            open: std::collections::HashMap::new(),
+            received: 0,
+            silent: emperor::listener::LogLimit::new(),
+        }
+    }
+
+    /// Reads every pending connection event.
+    fn read_events(&mut self, shown: &str) {
+        let Some(events) = &self.events else { return };
+        while let Ok(frames) = events.recv_multipart(zmq::DONTWAIT) {
+            // frame 1: a 16-bit event and a 32-bit value (the fd) in native
+            // byte order; frame 2: the endpoint
+            let Some(head) = frames.first().filter(|f| f.len() >= 6) else {
+                continue;
+            };
+            let event = u16::from_ne_bytes([head[0], head[1]]);
+            let fd = u32::from_ne_bytes([head[2], head[3], head[4], head[5]]);
+            if event == zmq::SocketEvent::ACCEPTED as u16 {
+                self.open.insert(fd, self.received);
+            } else if event == zmq::SocketEvent::DISCONNECTED as u16 {
+                let at_accept = self.open.remove(&fd);
+                if at_accept == Some(self.received) {
+                    if let Some(held) = self.silent.allow() {
+                        let more = match held {
+                            0 => String::new(),
+                            n => format!(" ({n} more since the last such line)"),
+                        };
+                        tracing::warn!(
+                            monitor = %shown,
+                            "[emperor-zmq] a peer's connection ended before any message of it was read{more}: libzmq closes the connection of a peer that sends a frame over {} KiB, and drops what it sent; otherwise the peer sent nothing or stopped mid-message",
+                            MAX_FRAME / 1024
+                        );
+                    }
                 }
             }
         }
