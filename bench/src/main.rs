@@ -99,13 +99,14 @@ const REMOVE: &str = "deleted config -> reaped (ms)";
 const IDLE_CPU: &str = "idle CPU (ms per minute)";
 const IDLE_WAKE: &str = "idle wake-ups (per minute)";
 const RSS: &str = "emperor RSS with N vassals (MiB)";
+const FDS: &str = "emperor open fds per vassal, N vassals";
 const STORM: &str = "crash storm: all N back (ms)";
 const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
 
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
 
-const ROWS: [&str; 18] = [
+const ROWS: [&str; 19] = [
     COLD_TEST,
     COLD_UWSGI,
     PG_COLD,
@@ -122,6 +123,7 @@ const ROWS: [&str; 18] = [
     IDLE_CPU,
     IDLE_WAKE,
     RSS,
+    FDS,
     STORM,
     STORM_PROBE,
 ];
@@ -361,6 +363,11 @@ impl Bench {
             self.record(IDLE_CPU, who, (c1 - c0) as f64 / 1e6 * per_min);
             self.record(IDLE_WAKE, who, (w1 - w0) as f64 * per_min);
             self.record(RSS, who, procfs::rss_kib(em.pid) as f64 / 1024.0);
+            self.record(
+                FDS,
+                who,
+                procfs::open_fds(em.pid) as f64 / names.len() as f64,
+            );
             em.log.clear();
 
             // touch -> reload: whole seconds forward, so that uWSGI's

@@ -42,6 +42,11 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many fds `pid` has open (0 when it is gone).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
 /// The direct children of `pid` (of all its threads).
 pub fn children(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();

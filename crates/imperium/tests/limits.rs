@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use testkit::{test_vassal_bin, Imperium, VassalDir};
 
-/// The emperor's open-file limit (soft and hard): room for some 25 test
-/// vassals at two fds each, not for all of [`N`].
+/// The emperor's open-file limit (soft and hard): room for some 50 test
+/// vassals at one fd each (the control socket), not for all of [`N`].
 const LIMIT: u64 = 64;
-const N: usize = 40;
+const N: usize = 80;
 
 /// The vassals that said they accept requests, from the emperor's log.
 fn ready(emp: &Imperium) -> BTreeSet<String> {
@@ -103,5 +103,53 @@ fn vassals_beyond_the_open_file_limit_all_start_once_fds_are_free() {
         "{log}"
     );
     assert!(!log.contains("exile"), "{log}");
+    emp.stop();
+}
+
+/// The emperor's open fds, from /proc.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_running_vassal_costs_the_emperor_one_fd() {
+    let e = VassalDir::new();
+    e.write("first.ini", "loyal = 1");
+    let mut emp = Imperium::start(
+        e.tmp.path(),
+        [
+            "--emperor".as_ref(),
+            e.vassals.as_os_str(),
+            "--binary-path".as_ref(),
+            test_vassal_bin().as_os_str(),
+            "--vassal-cgroup".as_ref(),
+            "off".as_ref(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ready(&emp).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_fds(emp.pid());
+    const MORE: usize = 40;
+    for i in 0..MORE {
+        e.write(&format!("v{i:02}.ini"), "loyal = 1");
+    }
+    while ready(&emp).len() < MORE + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(ready(&emp).len(), MORE + 1, "{}", emp.log());
+    std::thread::sleep(Duration::from_millis(300));
+    let after = open_fds(emp.pid());
+    // the control socket of each; no pidfd (a pidfd each made it two)
+    assert_eq!(
+        after - before,
+        MORE,
+        "{before} fds with 1 vassal, {after} with {}",
+        MORE + 1
+    );
     emp.stop();
 }

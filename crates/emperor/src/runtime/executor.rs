@@ -634,7 +634,7 @@ impl Executor {
         Vec::new()
     }
 
-    /// Watches a started vassal process: its sockets, its pidfd, its task.
+    /// Watches a started vassal process: its sockets, its exit, its task.
     #[allow(
         clippy::too_many_arguments,
         reason = "what spawn_now prepared for this process"
@@ -659,14 +659,7 @@ impl Executor {
             }
         };
         let config = sp.config.and_then(|c| to_tokio(c).ok());
-        let child = match sp.child.into_async() {
-            Ok(c) => c,
-            Err((child, e)) => {
-                let what = format!("cannot watch the vassal's pidfd: {e}");
-                self.abandon(instance, name, &child, &what);
-                return;
-            }
-        };
+        let child = sp.child;
         let link = Arc::new(VassalLink {
             name: name.clone(),
             ctrl,

@@ -9,7 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
-use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -30,7 +29,7 @@ pub(super) fn to_tokio(s: std::os::unix::net::UnixStream) -> std::io::Result<Uni
 pub(super) type LogFrom = (Arc<crate::logs::VassalLog>, u64);
 
 /// What the runtime shares with the task of one vassal process: its
-/// sockets, its pidfd and the commands the task has yet to carry out.
+/// sockets, its process and the commands the task has yet to carry out.
 ///
 /// One allocation per vassal: a channel per vassal cost more than a
 /// kilobyte each (tokio preallocates a block of 32 slots), and the emperor
@@ -38,7 +37,7 @@ pub(super) type LogFrom = (Arc<crate::logs::VassalLog>, u64);
 pub(super) struct VassalLink {
     pub(super) name: VassalName,
     pub(super) ctrl: UnixStream,
-    pub(super) child: AsyncFd<VassalProcess>,
+    pub(super) child: VassalProcess,
     pub(super) config: Option<UnixStream>,
     /// Commands in order; the task drains it when woken.
     pub(super) queue: std::sync::Mutex<VecDeque<VassalCmd>>,
@@ -94,16 +93,8 @@ impl VassalLink {
         eof_timer: Option<&mut Pin<Box<tokio::time::Sleep>>>,
         relay: &mut Relay,
     ) -> Poll<Wake> {
-        loop {
-            match self.child.poll_read_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(e)) => return Poll::Ready(Wake::Exited(Err(e))),
-                Poll::Ready(Ok(mut ready)) => match self.child.get_ref().try_wait() {
-                    Ok(Some(st)) => return Poll::Ready(Wake::Exited(Ok(st))),
-                    Ok(None) => ready.clear_ready(),
-                    Err(e) => return Poll::Ready(Wake::Exited(Err(e))),
-                },
-            }
+        if let Poll::Ready(st) = self.child.poll_exit(cx) {
+            return Poll::Ready(Wake::Exited(st));
         }
         if reading {
             loop {
@@ -150,10 +141,10 @@ impl VassalLink {
     }
 
     /// SIGKILL now, not behind queued writes (a vassal that does not read
-    /// its socket can hold those forever). A pidfd never names another
-    /// process, even once this one is reaped.
+    /// its socket can hold those forever). Never another process, even
+    /// once this one is reaped (see [`VassalProcess::kill`]).
     pub(super) fn kill(&self) {
-        if let Err(e) = self.child.get_ref().kill() {
+        if let Err(e) = self.child.kill() {
             tracing::debug!(vassal = %self.name, error = %e, "kill failed");
         }
     }
@@ -282,7 +273,7 @@ impl Relay {
 
 /// What woke a vassal's task.
 enum Wake {
-    Exited(std::io::Result<ExitStatus>),
+    Exited(ExitStatus),
     /// The control socket is at end of file or failed.
     Eof,
     /// The vassal floods its control socket (bytes in the window).
@@ -295,7 +286,7 @@ enum Wake {
 /// Relays the vassal's bytes to the runtime, carries out the runtime's
 /// commands, and reaps the process.
 ///
-/// The wait is one `poll_fn` over the pidfd, the socket and the queue,
+/// The wait is one `poll_fn` over the exit, the socket and the queue,
 /// rather than a `select!` of their futures: this task lives as long as
 /// its vassal, once per vassal, and a select of four futures made it about
 /// four times larger.
@@ -351,13 +342,6 @@ pub(super) async fn vassal_task(
     if reading {
         let _ = relay.read(&link, instance, &reports);
     }
-    let status = match status {
-        Ok(st) => st,
-        Err(e) => {
-            tracing::error!(vassal = %link.name, error = %e, "waiting for the vassal failed");
-            ExitStatus::Code(-1)
-        }
-    };
     let _ = reports.send(Report::Exited(instance, status));
 }
 

@@ -15,34 +15,36 @@
 //! parent is checked to still be alive.
 //!
 //! The process is created the way `posix_spawn` does it, with
-//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD)`: the child borrows the
+//! `clone(CLONE_VM | CLONE_VFORK)`: the child borrows the
 //! emperor's memory until it execs, so nothing is copied. A plain `fork()`
 //! copies the page tables and write-protects every page of the emperor, and
 //! with 1000 vassals that made the cold start 1.3 to 1.6 times slower than
 //! the fork/exec floor (docs/performance.md). With `--vassal-cgroup` the
 //! same child is created with `clone3(CLONE_INTO_CGROUP)`, so it starts in
-//! its own cgroup and never runs outside it. The child is watched through
-//! its pidfd: reaped with `waitid(P_PIDFD)`, killed with
-//! `pidfd_send_signal`, so a recycled pid can never be hit.
+//! its own cgroup and never runs outside it. The child is reaped by one
+//! thread for all vassals and killed by pid under the same lock, so a
+//! recycled pid can never be hit and the emperor holds no descriptor per
+//! process (`reap.rs`).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
-use crate::events::ExitStatus;
 use crate::spec::Owner;
 
 pub mod fd;
 mod process;
+mod reap;
 
 use fd::VASSAL_NOFILE;
 pub use fd::{raise_nofile_limit, register_readable, take_inherited_fd};
 pub use process::{daemonize, set_cmdline};
+pub use reap::VassalProcess;
 
 /// Everything needed to start one vassal process.
 #[derive(Debug)]
@@ -136,107 +138,6 @@ pub fn parse_clone_flags(list: &str) -> Result<libc::c_int, String> {
         }
     }
     Ok(flags)
-}
-
-/// A vassal process, held by its pidfd.
-#[derive(Debug)]
-pub struct VassalProcess {
-    pid: u32,
-    pidfd: OwnedFd,
-}
-
-impl VassalProcess {
-    /// Its pid (always > 0).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// Reaps the process if it has exited (`Ok(None)`: still running).
-    /// The pidfd becomes readable when it exits, so an async caller waits
-    /// for readability and then calls this.
-    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
-        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
-        let st = waitid(
-            Id::PIDFd(self.pidfd.as_fd()),
-            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
-        )
-        .map_err(io::Error::from)?;
-        Ok(match st {
-            WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
-            WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::Signal(sig as i32)),
-            _ => None,
-        })
-    }
-
-    /// Registers the pidfd with tokio's reactor (it becomes readable when
-    /// the process exits). Must be called inside a tokio runtime; on error
-    /// the process is handed back.
-    pub fn into_async(
-        self,
-    ) -> Result<tokio::io::unix::AsyncFd<VassalProcess>, (VassalProcess, io::Error)> {
-        // SAFETY: the pidfd is an OwnedFd field that is never replaced or
-        // closed while the VassalProcess lives (no method gives it away or
-        // swaps it), so as_raw_fd() returns the same open descriptor for the
-        // whole life of the AsyncFd, which is what registration requires.
-        unsafe {
-            tokio::io::unix::AsyncFd::register_with_interest(self, tokio::io::Interest::READABLE)
-        }
-        .map_err(|e| {
-            let (inner, cause) = e.into_parts();
-            (inner, cause)
-        })
-    }
-
-    /// Waits for the process to exit and reaps it, blocking the thread.
-    pub fn wait_blocking(&self) -> io::Result<ExitStatus> {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: poll(2) on one pollfd that lives on this stack frame.
-            unsafe {
-                libc::poll(&mut pfd, 1, -1);
-            }
-            if let Some(st) = self.try_wait()? {
-                return Ok(st);
-            }
-        }
-    }
-
-    /// Sends SIGKILL through the pidfd: once the process is reaped this
-    /// fails with ESRCH instead of reaching whoever got the pid next.
-    pub fn kill(&self) -> io::Result<()> {
-        // SAFETY: pidfd_send_signal(2) with a pidfd we own, a valid signal
-        // number, a null siginfo and no flags; it touches no memory of ours.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
-
-impl AsRawFd for VassalProcess {
-    /// The pidfd (readable once the process has exited).
-    fn as_raw_fd(&self) -> RawFd {
-        self.pidfd.as_raw_fd()
-    }
-}
-
-impl AsFd for VassalProcess {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
 }
 
 /// A started vassal.
@@ -628,7 +529,6 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         None => None,
     };
     let stack = Stack::new(CHILD_STACK).map_err(SpawnError::Clone)?;
-    let mut pidfd: libc::c_int = -1;
     // SAFETY: the signal mask calls only read and write the sigset_t values
     // on this stack frame. Blocking every signal around the clone keeps the
     // emperor's handlers from running in the child, which shares our memory
@@ -646,23 +546,16 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let arg = &args as *const ChildArgs as *mut libc::c_void;
-        let flags =
-            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | req.confine.clone_flags;
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | req.confine.clone_flags;
         let (pid, err) = match &cgroup_fd {
             None => {
-                let pid = libc::clone(
-                    child_main,
-                    stack.top(),
-                    flags | libc::SIGCHLD,
-                    arg,
-                    &mut pidfd as *mut libc::c_int,
-                );
+                let pid = libc::clone(child_main, stack.top(), flags | libc::SIGCHLD, arg);
                 (pid, io::Error::last_os_error())
             }
             Some(cg) => {
                 let mut ca = CloneArgs {
                     flags: (flags as u64) | CLONE_INTO_CGROUP,
-                    pidfd: &mut pidfd as *mut libc::c_int as u64,
+                    pidfd: 0,
                     child_tid: 0,
                     parent_tid: 0,
                     exit_signal: libc::SIGCHLD as u64,
@@ -688,12 +581,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         pid
     };
     drop(stack);
-    let child = VassalProcess {
-        pid: pid as u32,
-        // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by
-        // nobody else, in `pidfd` (clone succeeded, so it is valid).
-        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
-    };
+    let child = VassalProcess::register(pid as u32);
     drop(ctrl_child);
     drop(config_child);
     let failed = args.failed_step.load(Ordering::SeqCst);
@@ -717,7 +605,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         return Err(SpawnError::Exec(tried));
     }
     Ok(Spawned {
-        pid: child.pid,
+        pid: child.pid(),
         child,
         ctrl,
         config,
@@ -907,6 +795,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::ExitStatus;
     use std::io::Read;
     use std::time::Duration;
 
@@ -1033,8 +922,43 @@ mod tests {
         );
     }
 
+    /// Waits for the reaper thread (not this test) to see the exit.
+    fn exit_seen_by_the_reaper(child: &VassalProcess, within: Duration) -> Option<ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        while std::time::Instant::now() < deadline {
+            if let std::task::Poll::Ready(st) = child.poll_exit(&mut cx) {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
     #[test]
-    fn kill_and_reap_through_the_pidfd() {
+    fn the_reaper_thread_reaps_vassals_and_leaves_other_children_to_their_owner() {
+        // a child of this process that is not a vassal, exited and not
+        // reaped yet: it stands first in line for waitid(P_ALL)
+        let mut stranger = std::process::Command::new("/bin/true").spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let sp = spawn_vassal(req(&["/bin/bash"], "exit 7")).unwrap();
+        assert_eq!(
+            exit_seen_by_the_reaper(&sp.child, Duration::from_secs(10)),
+            Some(ExitStatus::Code(7))
+        );
+        // the stranger's status was left for its owner
+        assert!(stranger.wait().unwrap().success());
+        // and with no stranger around, an exit is seen at once
+        let sp = spawn_vassal(req(&["/bin/bash"], "kill -9 $$")).unwrap();
+        assert_eq!(
+            exit_seen_by_the_reaper(&sp.child, Duration::from_secs(10)),
+            Some(ExitStatus::Signal(libc::SIGKILL))
+        );
+    }
+
+    #[test]
+    fn kill_and_reap_by_pid() {
         let sp = spawn_vassal(req(&["/bin/bash"], "exec sleep 30")).unwrap();
         assert_eq!(sp.child.try_wait().unwrap(), None);
         sp.child.kill().unwrap();
@@ -1042,7 +966,7 @@ mod tests {
             sp.child.wait_blocking().unwrap(),
             ExitStatus::Signal(libc::SIGKILL)
         );
-        // reaped: the pidfd refuses to signal whoever reuses the pid
+        // reaped: no signal can reach whoever reuses the pid
         assert!(sp.child.kill().is_err());
     }
 

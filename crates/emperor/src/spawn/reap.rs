@@ -1,0 +1,237 @@
+//! Reaping vassal processes without holding a descriptor for each.
+//!
+//! A pidfd per vassal made the emperor hold two fds per running vassal (the
+//! pidfd and the control socket), so 10,000 vassals needed 20,000 of the
+//! 20,000 open files root gets here. A vassal is a child of the emperor, and
+//! the pid of a child that has not been reaped cannot be given to another
+//! process: so as long as every reap and every signal to a vassal go
+//! through one lock, `kill(pid)` can never reach a stranger, with no
+//! descriptor at all.
+//!
+//! One thread ("imperium-reaper") waits with `waitid(P_ALL, WEXITED |
+//! WNOWAIT)`: it sleeps in the kernel until some child has exited, without
+//! reaping it. If that child is a registered vassal it is reaped (by pid,
+//! under the lock), its status stored and its task woken: O(1) per exit, no
+//! signal handler, no wake-up while nothing exits. A child that is not ours
+//! (a hook run through `tokio::process`, a `std::process::Command` of a
+//! config reader) is left to its owner, which reaps it by pid; while it
+//! lingers, the thread checks the registered vassals one by one instead,
+//! at growing intervals (10 ms to 1 s), so it neither spins nor misses an
+//! exit.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Once};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::events::ExitStatus;
+
+/// What a vassal process and the reaper share.
+#[derive(Debug, Default)]
+struct Exit {
+    status: Mutex<Option<ExitStatus>>,
+    waker: AtomicWaker,
+}
+
+impl Exit {
+    fn get(&self) -> Option<ExitStatus> {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every vassal process not reaped yet, by pid.
+#[derive(Default)]
+struct Table {
+    live: HashMap<u32, Arc<Exit>>,
+    /// Counts registrations, so the thread that found no child at all
+    /// knows when to look again.
+    registered: u64,
+}
+
+struct Reaper {
+    table: Mutex<Table>,
+    more: Condvar,
+}
+
+static REAPER: LazyLock<Reaper> = LazyLock::new(|| Reaper {
+    table: Mutex::new(Table::default()),
+    more: Condvar::new(),
+});
+
+static THREAD: Once = Once::new();
+
+fn table() -> MutexGuard<'static, Table> {
+    REAPER.table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A vassal process: a child of the emperor, reaped by the reaper thread.
+#[derive(Debug)]
+pub struct VassalProcess {
+    pid: u32,
+    exit: Arc<Exit>,
+}
+
+impl VassalProcess {
+    /// Watches the child `pid`, just created by this process. Starts the
+    /// reaper thread the first time.
+    pub(super) fn register(pid: u32) -> VassalProcess {
+        start_thread();
+        let exit = Arc::new(Exit::default());
+        {
+            let mut t = table();
+            t.live.insert(pid, exit.clone());
+            t.registered += 1;
+            // it may have exited already, while the thread took it for a
+            // stranger's child
+            reap_locked(&mut t, pid);
+        }
+        REAPER.more.notify_all();
+        VassalProcess { pid, exit }
+    }
+
+    /// Its pid (always > 0).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How it ended, reaping it now if it has exited (`Ok(None)`: still
+    /// running).
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        if let Some(st) = self.exit.get() {
+            return Ok(Some(st));
+        }
+        reap_locked(&mut table(), self.pid);
+        Ok(self.exit.get())
+    }
+
+    /// Ready with its status once the reaper has reaped it.
+    pub fn poll_exit(&self, cx: &mut Context<'_>) -> Poll<ExitStatus> {
+        self.exit.waker.register(cx.waker());
+        match self.exit.get() {
+            Some(st) => Poll::Ready(st),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Waits for it to exit and reaps it, blocking the thread.
+    pub fn wait_blocking(&self) -> io::Result<ExitStatus> {
+        loop {
+            if let Some(st) = self.try_wait()? {
+                return Ok(st);
+            }
+            // sleeps until it is a zombie, without reaping it; ECHILD: the
+            // reaper thread was quicker
+            match waitid(
+                Id::Pid(Pid::from_raw(self.pid as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+            ) {
+                Ok(_) | Err(nix::errno::Errno::ECHILD | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends SIGKILL. Under the reaper's lock, and only while the process
+    /// is not reaped: its pid is still its own, so no other process can be
+    /// hit. Once it is reaped this fails with ESRCH.
+    pub fn kill(&self) -> io::Result<()> {
+        let t = table();
+        if !t
+            .live
+            .get(&self.pid)
+            .is_some_and(|e| Arc::ptr_eq(e, &self.exit))
+        {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        nix::sys::signal::kill(
+            Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(io::Error::from)
+    }
+}
+
+/// Reaps `pid` if it is a registered vassal that has exited; true when it
+/// is a registered vassal.
+fn reap_locked(t: &mut Table, pid: u32) -> bool {
+    let Some(exit) = t.live.get(&pid) else {
+        return false;
+    };
+    let status = match waitid(
+        Id::Pid(Pid::from_raw(pid as i32)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
+        Ok(_) | Err(nix::errno::Errno::EINTR) => return true,
+        Err(e) => {
+            // not our child any more (nothing else reaps vassals): report
+            // it gone rather than wait for ever
+            tracing::error!(pid, error = %e, "[emperor] cannot reap vassal process {pid}: {e}");
+            ExitStatus::Code(-1)
+        }
+    };
+    let exit = exit.clone();
+    t.live.remove(&pid);
+    *exit.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+    exit.waker.wake();
+    true
+}
+
+fn start_thread() {
+    THREAD.call_once(|| {
+        if let Err(e) = std::thread::Builder::new()
+            .name("imperium-reaper".into())
+            .spawn(reaper_thread)
+        {
+            // without it exits are still seen by try_wait / wait_blocking,
+            // but a running emperor would miss them: that is fatal
+            panic!("cannot start the reaper thread: {e}");
+        }
+    });
+}
+
+const FOREIGN_FIRST: Duration = Duration::from_millis(10);
+const FOREIGN_MAX: Duration = Duration::from_secs(1);
+
+fn reaper_thread() {
+    let mut foreign_wait = FOREIGN_FIRST;
+    loop {
+        let seen = table().registered;
+        match waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Ok(st) => {
+                let Some(pid) = st.pid() else { continue };
+                let pid = pid.as_raw() as u32;
+                if reap_locked(&mut table(), pid) {
+                    foreign_wait = FOREIGN_FIRST;
+                    continue;
+                }
+                // a stranger's child stands first in line: leave it to its
+                // owner and look at ours one by one meanwhile
+                std::thread::sleep(foreign_wait);
+                foreign_wait = (foreign_wait * 2).min(FOREIGN_MAX);
+                let pids: Vec<u32> = table().live.keys().copied().collect();
+                for pid in pids {
+                    reap_locked(&mut table(), pid);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::ECHILD) => {
+                // no child at all: wait for the next vassal
+                let mut t = table();
+                while t.registered == seen {
+                    t = REAPER.more.wait(t).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "[emperor] waiting for vassal processes failed: {e}");
+                std::thread::sleep(FOREIGN_MAX);
+            }
+        }
+    }
+}
