@@ -278,6 +278,9 @@ fn real_main() -> Result<()> {
         Ok(None) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
+    // low fd numbers for spawning without copying the fd table, taken
+    // while few fds are open
+    emperor::spawn::reserve_spawn_slots();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

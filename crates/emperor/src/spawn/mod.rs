@@ -40,11 +40,13 @@ use crate::spec::Owner;
 pub mod fd;
 mod process;
 mod reap;
+mod slots;
 
 use fd::VASSAL_NOFILE;
 pub use fd::{raise_nofile_limit, register_readable, take_inherited_fd};
 pub use process::{daemonize, set_cmdline};
 pub use reap::VassalProcess;
+pub use slots::reserve_spawn_slots;
 
 /// Everything needed to start one vassal process.
 #[derive(Debug)]
@@ -223,7 +225,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 const CHILD_STACK: usize = 128 * 1024;
 
 /// Steps of the child setup, reported to the parent when one fails.
-const STEPS: [&str; 15] = [
+const STEPS: [&str; 16] = [
     "setgroups",
     "setgid",
     "setuid",
@@ -239,6 +241,7 @@ const STEPS: [&str; 15] = [
     "keep a --safe-fd open",
     "put the --vassal-logs output on fds 1 and 2",
     "join its limited cgroups (--vassal-memory-max, --vassal-cpu-max, --vassal-pids-max)",
+    "close_range(CLOSE_RANGE_UNSHARE) for a table of its own",
 ];
 
 /// CAP_SETPCAP: uWSGI keeps it in the bounding set whatever --emperor-cap says.
@@ -274,6 +277,9 @@ struct ChildArgs {
     safe_fds: Vec<RawFd>,
     /// In a new pid namespace the parent is invisible (getppid() is 0).
     new_pid_ns: bool,
+    /// Created with CLONE_FILES: unshare the fd table first, keeping only
+    /// the fds below this one (`slots.rs`).
+    unshare_from: Option<libc::c_uint>,
     /// errno of each failed exec, in order (0: not tried or succeeded).
     exec_errors: Vec<AtomicI32>,
     /// 1 + index in STEPS of the setup step that failed (0: none).
@@ -445,24 +451,12 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
     } else {
         (None, None)
     };
-    let ctrl_fd = ctrl_child.as_raw_fd();
-    let config_fd = config_child.as_ref().map(|c| c.as_raw_fd());
-    let env = crate::argv::build_env(&req.base_env, ctrl_fd, config_fd, req.broodlord_num);
 
     // everything the child touches is built here, before the clone
     let argv_c: Vec<CString> = req
         .argv
         .iter()
         .map(|a| cstring(a))
-        .collect::<Result<_, _>>()?;
-    let env_c: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            CString::new(kv).map_err(|_| SpawnError::Nul)
-        })
         .collect::<Result<_, _>>()?;
     let devnull;
     let stdin_fd = match &req.stdin_socket {
@@ -475,6 +469,45 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
             devnull.as_raw_fd()
         }
     };
+    // the child's fds in the low slots, so that it can drop the rest of the
+    // emperor's table without copying it (slots.rs); not when a --safe-fd
+    // would be dropped with it
+    let mut lent = slots::Lent::take().filter(|l| {
+        req.confine
+            .safe_fds
+            .iter()
+            .all(|fd| u32::try_from(*fd).is_ok_and(|fd| fd < l.first()))
+    });
+    let mut ctrl_fd = ctrl_child.as_raw_fd();
+    let mut config_fd = config_child.as_ref().map(|c| c.as_raw_fd());
+    let mut stdin_fd = stdin_fd;
+    let mut stdout_fd = req.stdout.as_ref().map(AsRawFd::as_raw_fd);
+    if let Some(l) = &mut lent {
+        let setup = |source| SpawnError::Setup {
+            step: "place its fds for the spawn",
+            source,
+        };
+        ctrl_fd = l.place(0, ctrl_fd).map_err(setup)?;
+        config_fd = config_fd
+            .map(|fd| l.place(1, fd))
+            .transpose()
+            .map_err(setup)?;
+        stdin_fd = l.place(2, stdin_fd).map_err(setup)?;
+        stdout_fd = stdout_fd
+            .map(|fd| l.place(3, fd))
+            .transpose()
+            .map_err(setup)?;
+    }
+    let env = crate::argv::build_env(&req.base_env, ctrl_fd, config_fd, req.broodlord_num);
+    let env_c: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| SpawnError::Nul)
+        })
+        .collect::<Result<_, _>>()?;
     let null_terminated = |v: &[CString]| {
         v.iter()
             .map(|c| c.as_ptr())
@@ -495,7 +528,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
             .map(|d| cstring(d.as_os_str()))
             .transpose()?,
         stdin_fd,
-        stdout_fd: req.stdout.as_ref().map(AsRawFd::as_raw_fd),
+        stdout_fd,
         join_procs: req
             .join_procs
             .iter()
@@ -517,6 +550,7 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         },
         safe_fds: req.confine.safe_fds.clone(),
         new_pid_ns: req.confine.clone_flags & libc::CLONE_NEWPID != 0,
+        unshare_from: lent.as_ref().map(slots::Lent::first),
         exec_errors: req.programs.iter().map(|_| AtomicI32::new(0)).collect(),
         failed_step: AtomicI32::new(0),
         setup_errno: AtomicI32::new(0),
@@ -546,7 +580,8 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let arg = &args as *const ChildArgs as *mut libc::c_void;
-        let flags = libc::CLONE_VM | libc::CLONE_VFORK | req.confine.clone_flags;
+        let shared = if lent.is_some() { libc::CLONE_FILES } else { 0 };
+        let flags = libc::CLONE_VM | libc::CLONE_VFORK | shared | req.confine.clone_flags;
         let (pid, err) = match &cgroup_fd {
             None => {
                 let pid = libc::clone(child_main, stack.top(), flags | libc::SIGCHLD, arg);
@@ -581,6 +616,8 @@ pub fn spawn_vassal(req: SpawnRequest) -> Result<Spawned, SpawnError> {
         pid
     };
     drop(stack);
+    // the child has exec'd (or exited): its fds leave the slots
+    drop(lent);
     let child = VassalProcess::register(pid as u32);
     drop(ctrl_child);
     drop(config_child);
@@ -639,6 +676,20 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // sigset/sigaction values of this stack frame, or on the C strings and
     // pointer arrays that the parent built and keeps alive.
     unsafe {
+        // created sharing the emperor's fd table: first of all a table of
+        // its own, with only the fds below the slots' end (slots.rs); until
+        // then nothing here may touch an fd
+        if let Some(first) = a.unshare_from {
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                slots::CLOSE_RANGE_UNSHARE,
+            ) != 0
+            {
+                return fail(15);
+            }
+        }
         // the emperor's signal handlers must not run here: back to the
         // defaults (ignored signals stay ignored, as with exec), then the
         // signal mask the emperor had before the clone
@@ -955,6 +1006,39 @@ mod tests {
             exit_seen_by_the_reaper(&sp.child, Duration::from_secs(10)),
             Some(ExitStatus::Signal(libc::SIGKILL))
         );
+    }
+
+    #[test]
+    fn the_child_gets_its_fds_in_the_low_slots_not_a_copy_of_the_table() {
+        reserve_spawn_slots();
+        let first = slots::Lent::take().expect("slots on this kernel").first() as i32;
+        // many fds opened after the slots were reserved: the child's fds
+        // are in the slots, below all of them, and it keeps only the table
+        // below the slots' end
+        let extra: Vec<std::fs::File> = (0..300)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let sp = spawn_vassal(req(
+            &["/bin/bash"],
+            "exec >&$UWSGI_EMPEROR_FD; echo \"fd=$UWSGI_EMPEROR_FD\"; ls /proc/self/fd | wc -l",
+        ))
+        .unwrap();
+        let (out, st) = output(sp);
+        assert_eq!(st, ExitStatus::Code(0), "{out}");
+        let fd: i32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("fd="))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            fd < first,
+            "the control socket is fd {fd}, not in a slot (below {first}): {out}"
+        );
+        // 0, 1, 2, the control socket, and ls's own directory fd
+        let open: usize = out.lines().last().unwrap().trim().parse().unwrap();
+        assert!(open <= 5, "{out}");
+        drop(extra);
     }
 
     #[test]
