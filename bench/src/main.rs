@@ -206,6 +206,7 @@ fn main() -> Result<()> {
         .filter(|(_, k)| b.args.only.is_empty() || b.args.only.iter().any(|o| o == k))
         .map(|(c, _)| c)
         .collect();
+    let mut failed = Vec::new();
     for round in 0..b.args.rounds {
         let mut order = contenders.to_vec();
         order.rotate_left(round % contenders.len());
@@ -218,8 +219,8 @@ fn main() -> Result<()> {
                 who.label(),
                 b.args.vassals
             );
-            b.test_vassal_suite(*who, round)
-                .with_context(|| format!("{} (test vassals)", who.label()))?;
+            let r = b.test_vassal_suite(*who, round);
+            keep_going(r, &format!("{} (test vassals)", who.label()), &mut failed);
         }
         if b.pg.is_some() {
             for who in order.iter().filter(|w| **w != Contender::Floor) {
@@ -231,8 +232,8 @@ fn main() -> Result<()> {
                     who.label(),
                     b.args.vassals
                 );
-                b.pg_suite(*who)
-                    .with_context(|| format!("{} (pg://)", who.label()))?;
+                let r = b.pg_suite(*who);
+                keep_going(r, &format!("{} (pg://)", who.label()), &mut failed);
             }
         }
         if !b.args.no_log_flood {
@@ -252,8 +253,8 @@ fn main() -> Result<()> {
                         b.args.vassals,
                         if *dir_mode { " (--vassal-logs dir:)" } else { "" }
                     );
-                    b.log_flood_suite(*who, round, *dir_mode)
-                        .with_context(|| format!("{} (log flood)", who.label()))?;
+                    let r = b.log_flood_suite(*who, round, *dir_mode);
+                    keep_going(r, &format!("{} (log flood)", who.label()), &mut failed);
                 }
             }
         }
@@ -267,13 +268,29 @@ fn main() -> Result<()> {
                     who.label(),
                     b.args.vassals
                 );
-                b.uwsgi_vassal_suite(*who)
-                    .with_context(|| format!("{} (uWSGI vassals)", who.label()))?;
+                let r = b.uwsgi_vassal_suite(*who);
+                keep_going(r, &format!("{} (uWSGI vassals)", who.label()), &mut failed);
             }
         }
     }
     print_report(&b, &contenders, started.elapsed());
+    if !failed.is_empty() {
+        println!("\nNot measured to the end (the rows above hold what was measured before):");
+        for f in &failed {
+            println!("- {f}");
+        }
+        bail!("{} suite(s) failed", failed.len());
+    }
     Ok(())
+}
+
+/// A suite that fails is reported at the end; the others still run, and
+/// what it measured before failing is kept.
+fn keep_going(r: Result<()>, what: &str, failed: &mut Vec<String>) {
+    if let Err(e) = r {
+        eprintln!("imperium-bench: {what} failed: {e:#}");
+        failed.push(format!("{what}: {e:#}"));
+    }
 }
 
 impl Bench {
@@ -644,7 +661,10 @@ impl Bench {
 
     fn latency_timeout(&self, who: Contender) -> Duration {
         match who {
-            Contender::Uwsgi(f) => Duration::from_secs(f.unwrap_or(3) * 3 + 5),
+            // uWSGI's scan of the directory takes seconds at N = 10,000
+            Contender::Uwsgi(f) => {
+                Duration::from_secs(f.unwrap_or(3) * 3 + 5 + self.args.vassals as u64 / 250)
+            }
             _ => Duration::from_secs(10),
         }
     }

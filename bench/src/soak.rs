@@ -95,6 +95,9 @@ struct Tally {
     flood_restarts: u64,
 }
 
+/// The environment variable that marks this run's vassals.
+const MARKER: &str = "IMPERIUM_SOAK_RUN";
+
 #[allow(
     clippy::too_many_lines,
     reason = "one loop that reads top to bottom as a second of the soak runs: observe, check, act"
@@ -124,6 +127,10 @@ fn main() -> Result<()> {
     let stats = tmp.path().join("stats.sock");
     let log_path = tmp.path().join("imperium.log");
     let mut cmd = Command::new(&imperium);
+    // every vassal inherits it: the orphan and leftover checks look at
+    // this run's test vassals only, not at other emperors' on the machine
+    let marker = format!("{MARKER}={}", tmp.path().display());
+    cmd.env(MARKER, tmp.path());
     for e in &emperors {
         cmd.arg("--emperor").arg(e);
     }
@@ -208,7 +215,7 @@ fn main() -> Result<()> {
         }
         t.checks += 1;
         check(&args, &names, &by_name, &mut down_since, second, &mut t);
-        let (rss, fds) = sample(&vassal, pid, names.len(), second, &mut t);
+        let (rss, fds) = sample((&vassal, &marker), pid, names.len(), second, &mut t);
         chaos(&mut rng, &names, &by_name, &dir, pg.as_ref(), &mut t)?;
         if let Some(pg) = pg.as_mut() {
             if Instant::now() >= next_pg {
@@ -236,7 +243,7 @@ fn main() -> Result<()> {
     );
     let status = child.wait()?;
     std::thread::sleep(Duration::from_millis(500));
-    let left = leftovers(&vassal);
+    let left = leftovers(&vassal, &marker);
     if !left.is_empty() {
         t.violations.push(format!(
             "after the stop: test vassals left running: {left:?}"
@@ -325,7 +332,13 @@ fn chaos(
 }
 
 /// RSS and open fds of the emperor against their bounds, and orphans.
-fn sample(vassal: &Path, pid: u32, n: usize, second: u64, t: &mut Tally) -> (u64, usize) {
+fn sample(
+    (vassal, marker): (&Path, &str),
+    pid: u32,
+    n: usize,
+    second: u64,
+    t: &mut Tally,
+) -> (u64, usize) {
     let rss = procfs::rss_kib(pid);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     t.max_rss_kib = t.max_rss_kib.max(rss);
@@ -339,7 +352,7 @@ fn sample(vassal: &Path, pid: u32, n: usize, second: u64, t: &mut Tally) -> (u64
     if fds > 2 * (n + 1) + 64 {
         t.violations.push(format!("{second} s: {fds} open fds"));
     }
-    for o in orphans(vassal, pid) {
+    for o in orphans(vassal, marker, pid) {
         t.violations
             .push(format!("{second} s: orphan vassal pid {o}"));
     }
@@ -394,15 +407,16 @@ fn read_stats(sock: &Path) -> Option<serde_json::Value> {
 }
 
 /// Test vassals of this binary whose parent is not the emperor.
-fn orphans(vassal: &Path, emperor: u32) -> Vec<u32> {
-    leftovers(vassal)
+fn orphans(vassal: &Path, marker: &str, emperor: u32) -> Vec<u32> {
+    leftovers(vassal, marker)
         .into_iter()
         .filter(|p| testkit::procs::ppid(*p).is_some_and(|pp| pp != emperor))
         .collect()
 }
 
-/// Every live process running `vassal`.
-fn leftovers(vassal: &Path) -> Vec<u32> {
+/// Every live process running `vassal` with `marker` (`KEY=VALUE`) in its
+/// environment.
+fn leftovers(vassal: &Path, marker: &str) -> Vec<u32> {
     let want = vassal.display().to_string();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -413,6 +427,10 @@ fn leftovers(vassal: &Path) -> Vec<u32> {
         .filter(|p| {
             std::fs::read_link(format!("/proc/{p}/exe"))
                 .is_ok_and(|exe| exe.display().to_string() == want)
+        })
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
         })
         .collect()
 }
