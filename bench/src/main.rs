@@ -102,11 +102,13 @@ const RSS: &str = "emperor RSS with N vassals (MiB)";
 const FDS: &str = "emperor open fds per vassal, N vassals";
 const STORM: &str = "crash storm: all N back (ms)";
 const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
+const HUP_ALL: &str = "SIGHUP: reload sent to all N (ms)";
+const DELETE_ALL: &str = "every config deleted -> all N reaped (ms)";
 
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
 
-const ROWS: [&str; 19] = [
+const ROWS: [&str; 21] = [
     COLD_TEST,
     COLD_UWSGI,
     PG_COLD,
@@ -126,6 +128,8 @@ const ROWS: [&str; 19] = [
     FDS,
     STORM,
     STORM_PROBE,
+    HUP_ALL,
+    DELETE_ALL,
 ];
 
 #[allow(
@@ -468,7 +472,7 @@ impl Bench {
                 .wait_for(Kind::Accepting, &probe, t, timeout)
                 .context("crash storm: the new config never started")?;
             self.record(STORM_PROBE, who, ms(p - t));
-            Ok(())
+            self.fleet_wide(&mut em, who, &dir, &names, &probe)
         })();
         let stopped = em.stop(Duration::from_secs(40));
         result?;
@@ -657,6 +661,55 @@ impl Bench {
         let stopped = em.stop(Duration::from_secs(40));
         result?;
         stopped
+    }
+
+    /// Operations on every vassal at once: SIGHUP (the emperor reloads
+    /// them all), then every config deleted (it stops them all).
+    fn fleet_wide(
+        &mut self,
+        em: &mut emperor::Running,
+        who: Contender,
+        dir: &Path,
+        names: &[String],
+        probe: &str,
+    ) -> Result<()> {
+        let timeout = self.cold_timeout();
+        let all: Vec<String> = names.iter().cloned().chain([probe.to_string()]).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        em.log.clear();
+        let t = Instant::now();
+        emperor::signal(em.pid, nix::sys::signal::Signal::SIGHUP);
+        let none = HashSet::new();
+        let sent = em
+            .log
+            .wait_distinct(Kind::Reload, all.len(), t, &none, timeout)
+            .map_err(|k| {
+                anyhow::anyhow!("SIGHUP: {k}/{} reloads sent within {timeout:?}", all.len())
+            })?;
+        self.record(HUP_ALL, who, ms(sent - t));
+        // let the reloads end before the configs go (bounded: an emperor
+        // may not log a reloaded vassal's "accepting" again)
+        let _ = em.log.wait_distinct(
+            Kind::Accepting,
+            all.len(),
+            t,
+            &none,
+            Duration::from_secs(30),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        em.log.clear();
+        let t = Instant::now();
+        for n in &all {
+            std::fs::remove_file(dir.join(n))?;
+        }
+        let gone = em
+            .log
+            .wait_distinct(Kind::Removed, all.len(), t, &none, timeout)
+            .map_err(|k| {
+                anyhow::anyhow!("delete all: {k}/{} reaped within {timeout:?}", all.len())
+            })?;
+        self.record(DELETE_ALL, who, ms(gone - t));
+        Ok(())
     }
 
     fn latency_timeout(&self, who: Contender) -> Duration {
