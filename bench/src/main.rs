@@ -288,6 +288,20 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// When `n` distinct vassals had a `kind` event after `t`, or an error
+/// saying how many did within `timeout`.
+fn all_within(
+    log: &mut emperor::EventLog,
+    kind: Kind,
+    n: usize,
+    t: Instant,
+    timeout: Duration,
+    what: &str,
+) -> Result<Instant> {
+    log.wait_distinct(kind, n, t, &HashSet::new(), timeout)
+        .map_err(|k| anyhow::anyhow!("{what}: {k}/{n} within {timeout:?}"))
+}
+
 /// A suite that fails is reported at the end; the others still run, and
 /// what it measured before failing is kept.
 fn keep_going(r: Result<()>, what: &str, failed: &mut Vec<String>) {
@@ -680,12 +694,14 @@ impl Bench {
         let t = Instant::now();
         emperor::signal(em.pid, nix::sys::signal::Signal::SIGHUP);
         let none = HashSet::new();
-        let sent = em
-            .log
-            .wait_distinct(Kind::Reload, all.len(), t, &none, timeout)
-            .map_err(|k| {
-                anyhow::anyhow!("SIGHUP: {k}/{} reloads sent within {timeout:?}", all.len())
-            })?;
+        let sent = all_within(
+            &mut em.log,
+            Kind::Reload,
+            all.len(),
+            t,
+            timeout,
+            "SIGHUP: reloads sent",
+        )?;
         self.record(HUP_ALL, who, ms(sent - t));
         // let the reloads end before the configs go (bounded: an emperor
         // may not log a reloaded vassal's "accepting" again)
@@ -702,12 +718,14 @@ impl Bench {
         for n in &all {
             std::fs::remove_file(dir.join(n))?;
         }
-        let gone = em
-            .log
-            .wait_distinct(Kind::Removed, all.len(), t, &none, timeout)
-            .map_err(|k| {
-                anyhow::anyhow!("delete all: {k}/{} reaped within {timeout:?}", all.len())
-            })?;
+        let gone = all_within(
+            &mut em.log,
+            Kind::Removed,
+            all.len(),
+            t,
+            timeout,
+            "delete all: reaped",
+        )?;
         self.record(DELETE_ALL, who, ms(gone - t));
         Ok(())
     }
