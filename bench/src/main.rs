@@ -693,7 +693,6 @@ impl Bench {
         em.log.clear();
         let t = Instant::now();
         emperor::signal(em.pid, nix::sys::signal::Signal::SIGHUP);
-        let none = HashSet::new();
         let sent = all_within(
             &mut em.log,
             Kind::Reload,
@@ -705,12 +704,13 @@ impl Bench {
         self.record(HUP_ALL, who, ms(sent - t));
         // let the reloads end before the configs go (bounded: an emperor
         // may not log a reloaded vassal's "accepting" again)
-        let _ = em.log.wait_distinct(
+        let _ = all_within(
+            &mut em.log,
             Kind::Accepting,
             all.len(),
             t,
-            &none,
             Duration::from_secs(30),
+            "",
         );
         std::thread::sleep(Duration::from_millis(500));
         em.log.clear();

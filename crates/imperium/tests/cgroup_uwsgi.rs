@@ -119,6 +119,24 @@ fn show(sock: &Path, name: &str) -> serde_json::Value {
     serde_json::from_str(&testkit::ctl_ok(sock, &["--json", "show", name])).unwrap()
 }
 
+/// Polls `ctl show NAME` `polls` times, 100 ms apart, asserting each time
+/// that the vassal has at most `limit` processes; the most it had.
+fn most_processes(sock: &Path, name: &str, polls: usize, limit: u64) -> u64 {
+    let mut seen = 0;
+    for _ in 0..polls {
+        let v = show(sock, name);
+        if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
+            assert!(
+                n <= limit,
+                "{name} is over its pids limit of {limit}: {v:#}"
+            );
+            seen = seen.max(n);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
 /// An app that allocates 200 MiB, every page written, in the uWSGI master
 /// at import.
 fn write_hog(s: &Setup) -> PathBuf {
@@ -510,15 +528,7 @@ fn a_pids_limit_caps_a_vassals_forks() {
     let (emp, ctl_sock) = emperor_ctl(&s, &["--vassal-pids-max", "3"]);
     emp.wait_log("each vassal process may have at most 3 processes", T);
     emp.wait_log("Resource temporarily unavailable", T);
-    let mut seen = 0;
-    for _ in 0..20 {
-        let v = show(&ctl_sock, "forky.ini");
-        if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
-            assert!(n <= 3, "over the pids limit: {v:#}");
-            seen = seen.max(n);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let seen = most_processes(&ctl_sock, "forky.ini", 20, 3);
     assert!(seen >= 1, "the vassal never had a process");
 }
 
@@ -543,13 +553,7 @@ fn a_vassals_imperium_section_sets_its_own_limits() {
     wait_answer(free, "free.ini", T)
         .unwrap_or_else(|| panic!("free.ini never answered:\n{}", emp.log()));
     emp.wait_log("Resource temporarily unavailable", T);
-    for _ in 0..10 {
-        let v = show(&ctl_sock, "own.ini");
-        if let Some(n) = v["data"]["usage"]["processes"].as_u64() {
-            assert!(n <= 3, "over its own pids limit: {v:#}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    most_processes(&ctl_sock, "own.ini", 10, 3);
     emp.wait_log(
         "cannot start vassal typo.ini: its config: [imperium] line 5: unknown key \"memory-maxx\"",
         T,

@@ -659,11 +659,10 @@ impl Executor {
             }
         };
         let config = sp.config.and_then(|c| to_tokio(c).ok());
-        let child = sp.child;
         let link = Arc::new(VassalLink {
             name: name.clone(),
             ctrl,
-            child,
+            child: sp.child,
             config,
             queue: std::sync::Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),

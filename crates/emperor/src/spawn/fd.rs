@@ -9,7 +9,9 @@ use std::os::fd::OwnedFd;
 pub(super) static VASSAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
 
 /// Raises the emperor's soft open-file limit to its hard limit (at most
-/// 2^20), since every vassal holds two or three fds in the emperor.
+/// 2^20), since every vassal holds one or two fds in the emperor (its
+/// control socket; its config pipe for an inline config; its output pipe
+/// with `--vassal-logs prefix|dir:`).
 /// Vassals still start with the original limit (uWSGI loops over every fd
 /// up to it). Returns `(old, new)` soft limits when it changed anything.
 ///
