@@ -396,7 +396,13 @@ async fn session(
                         return start_follow(conn.into_inner(), &vassal, lines, commands).await;
                     }
                     Ok(req) => {
-                        tracing::info!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
+                        // what only reads (`ctl wait` polls ten times a
+                        // second) is not worth a line of the log
+                        if matches!(req, Request::List | Request::Show { .. }) {
+                            tracing::debug!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
+                        } else {
+                            tracing::info!(uid = c.uid(), pid = c.pid(), request = ?req, "[emperor] control request");
+                        }
                         handle(req, commands).await
                     }
                     Err(e) => Reply::err(format!("bad request: {e}")),

@@ -60,6 +60,10 @@ pub struct Counters {
     pub zergs_added: u64,
     /// On-demand vassals started by a connection.
     pub on_demand_activations: u64,
+    /// Health probes that failed.
+    pub health_failures: u64,
+    /// Vassals restarted because they stayed unhealthy.
+    pub health_restarts: u64,
     /// Every exit, by cause: `requested` (the emperor asked it to stop),
     /// `exile` (code 26), `exit` (any other code), `signal`.
     pub deaths: BTreeMap<&'static str, u64>,
@@ -377,6 +381,34 @@ pub enum Event<'a> {
         /// The vassal.
         name: &'a VassalName,
     },
+    /// Its process passed its health check for the first time since its
+    /// start or reload, or again after failing.
+    HealthPassed {
+        /// The vassal.
+        name: &'a VassalName,
+        /// Its process id.
+        pid: u32,
+        /// The check.
+        check: &'a str,
+        /// Failures in a row before this pass (0: the first pass).
+        after_failures: u32,
+    },
+    /// A health probe of its process failed.
+    HealthFailed {
+        /// The vassal.
+        name: &'a VassalName,
+        /// Its process id.
+        pid: u32,
+        /// Why.
+        error: &'a str,
+        /// Failures in a row so far.
+        failures: u32,
+        /// Failures in a row that restart it.
+        allowed: u32,
+        /// Still within the grace period after its start or reload (the
+        /// failure does not count).
+        in_grace: bool,
+    },
 }
 
 /// The tail of a death line: the vassal's last lines, one per line.
@@ -591,6 +623,36 @@ impl Event<'_> {
             }
             Event::Unblacklisted { name } => {
                 info!(vassal = %name, "[emperor] blacklist entry of vassal {name} cleared")
+            }
+            Event::HealthPassed {
+                name,
+                pid,
+                check,
+                after_failures,
+            } => {
+                if after_failures == 0 {
+                    info!(vassal = %name, pid, "[emperor] vassal {name} is healthy ({check})");
+                } else {
+                    info!(vassal = %name, pid, "[emperor] vassal {name} is healthy again ({check}) after {after_failures} failed check(s)");
+                }
+            }
+            Event::HealthFailed {
+                name,
+                pid,
+                error,
+                failures,
+                allowed,
+                in_grace,
+            } => {
+                c.health_failures += 1;
+                if !in_grace && failures >= allowed {
+                    c.health_restarts += 1;
+                    tracing::error!(vassal = %name, pid, failures, "[emperor] vassal {name} failed its health check {failures} times in a row, restarting it: {error}");
+                } else if in_grace {
+                    tracing::debug!(vassal = %name, pid, "[emperor] health check of vassal {name} failed during its grace period: {error}");
+                } else {
+                    warn!(vassal = %name, pid, failures, "[emperor] health check of vassal {name} failed ({failures} of {allowed} in a row): {error}");
+                }
             }
         }
     }

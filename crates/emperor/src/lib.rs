@@ -30,6 +30,8 @@ pub mod spec;
 pub mod argv;
 pub mod backoff;
 pub mod events;
+pub mod health;
+pub mod own;
 pub mod protocol;
 pub mod reconciler;
 pub mod throttle;

@@ -100,6 +100,75 @@ impl Readiness {
     }
 }
 
+/// How often [`ServeWait`] looks at the table.
+pub const SERVE_CHECK: Duration = Duration::from_millis(50);
+
+/// `--emperor-ready-wait`: readiness waits, after the initial scan, until
+/// every vassal that scan found serves ([`crate::reconciler::Proc::serving`]:
+/// byte 5 and its health check passed) or cannot serve without outside
+/// action (exiled, idle, refused, stopped, on demand, removed). A vassal
+/// that starts, stops or waits for a throttled respawn is waited for.
+#[derive(Debug)]
+pub struct ServeWait {
+    pending: Vec<crate::name::VassalName>,
+    next_check: Instant,
+    logged: bool,
+}
+
+impl ServeWait {
+    /// Waits for the vassals in the table now (zergs come and go: not them).
+    pub fn new(rec: &Reconciler, now: Instant) -> ServeWait {
+        ServeWait {
+            pending: rec
+                .vassals()
+                .filter(|v| !v.is_zerg())
+                .map(|v| v.name.clone())
+                .collect(),
+            next_check: now,
+            logged: false,
+        }
+    }
+
+    /// When [`ServeWait::done`] looks next.
+    pub fn deadline(&self) -> Instant {
+        self.next_check
+    }
+
+    /// Whether every vassal waited for serves (looks at most once per
+    /// [`SERVE_CHECK`], so a cold start of thousands is not slowed).
+    pub fn done(&mut self, rec: &Reconciler, now: Instant) -> bool {
+        use crate::reconciler::Phase;
+        if now < self.next_check {
+            return false;
+        }
+        self.next_check = now + SERVE_CHECK;
+        self.pending
+            .retain(|n| match rec.vassal(n.as_str()).map(|v| &v.phase) {
+                None => false,
+                Some(Phase::Running { proc, .. }) => !proc.serving(),
+                Some(Phase::Starting(_) | Phase::Stopping { .. } | Phase::Throttled { .. }) => true,
+                Some(_) => false,
+            });
+        if self.pending.is_empty() {
+            tracing::info!(
+                "[emperor] every vassal of the initial scan serves (--emperor-ready-wait): ready"
+            );
+            return true;
+        }
+        if !self.logged {
+            self.logged = true;
+            let first: Vec<&str> = self.pending.iter().take(5).map(|n| n.as_str()).collect();
+            tracing::info!(
+                "[emperor] waiting for {} vassal(s) of the initial scan to serve before telling systemd READY=1 (--emperor-ready-wait): {}{}",
+                self.pending.len(),
+                first.join(", "),
+                if self.pending.len() > 5 { ", ..." } else { "" }
+            );
+        }
+        false
+    }
+}
+
 /// Reports to systemd through `$NOTIFY_SOCKET` (see `sd_notify(3)`):
 /// `READY=1` once the initial scan has been acted on, `STATUS=The Emperor
 /// is governing N vassals` whenever N changes, `STOPPING=1` at Ragnarok

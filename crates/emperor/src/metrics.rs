@@ -142,6 +142,30 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             &mut e,
+            "imperium_health_failures",
+            "Health probes of vassals that failed (--vassal-health, or health = in a vassal's [imperium] section).",
+            c.health_failures,
+        )?;
+        counter(
+            &mut e,
+            "imperium_health_restarts",
+            "Vassals killed and restarted because they failed their health check too many times in a row.",
+            c.health_restarts,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_vassal_serving",
+                "1 when the vassal accepts requests (byte 5) and passed its health check since its last (re)load (when it has one), else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in &s.vassals {
+                let l = vec![("vassal".to_string(), v.name.clone())];
+                labelled(&mut m, &l)?.encode_gauge(&i64::from(v.serving))?;
+            }
+        }
+        counter(
+            &mut e,
             "imperium_refused",
             "Vassals refused (for example an oversized config).",
             c.refused,

@@ -258,6 +258,43 @@ pub struct Cli {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub vassal_pids_max: Option<u64>,
 
+    /// Tell systemd READY=1 only once every vassal of the initial scan
+    /// serves (it said it accepts requests, byte 5, and passed its health
+    /// check when it has one) or cannot without outside action (exiled,
+    /// refused, stopped, on demand), instead of once each is spawned. A
+    /// vassal that keeps crashing holds READY=1 back (until systemd's
+    /// TimeoutStartSec).
+    #[arg(long)]
+    pub emperor_ready_wait: bool,
+
+    /// Check the health of every vassal: http://HOST:PORT/PATH (a 2xx or
+    /// 3xx answer is healthy), tcp://HOST:PORT or unix:PATH (a connection
+    /// is healthy), exec:COMMAND (exit code 0 is healthy; run by /bin/sh
+    /// in the vassal's directory). {name} is replaced by the vassal's name,
+    /// {stem} by its name without the extension. A vassal that fails it
+    /// --vassal-health-failures times in a row, after its grace period, is
+    /// killed and respawned through the throttling. A vassal's own
+    /// [imperium] section may set health = ... (or off). See docs/health.md.
+    #[arg(long, value_name = "CHECK", value_parser = |v: &str| health_value("health", v))]
+    pub vassal_health: Option<String>,
+
+    /// Time between two health probes of a vassal [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = |v: &str| health_value("health-interval", v))]
+    pub vassal_health_interval: Option<String>,
+
+    /// How long one health probe may take [default: 2s].
+    #[arg(long, value_name = "DURATION", value_parser = |v: &str| health_value("health-timeout", v))]
+    pub vassal_health_timeout: Option<String>,
+
+    /// Failed health probes in a row that restart a vassal [default: 3].
+    #[arg(long, value_name = "N", value_parser = |v: &str| health_value("health-failures", v))]
+    pub vassal_health_failures: Option<String>,
+
+    /// After a start or a reload, failed probes do not count for this long
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = |v: &str| health_value("health-grace", v))]
+    pub vassal_health_grace: Option<String>,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]
@@ -477,6 +514,33 @@ fn parse_cores(v: &str) -> Result<f64, String> {
 
 fn parse_vassal_cgroup(v: &str) -> Result<emperor::cgroup::CgroupMode, String> {
     v.parse()
+}
+
+/// A value of a `--vassal-health*` option, checked as its `[imperium]`
+/// key would be.
+fn health_value(key: &str, v: &str) -> Result<String, String> {
+    emperor::health::HealthSettings::default().set(key, v)?;
+    Ok(v.to_string())
+}
+
+impl Cli {
+    /// The emperor-wide health check settings.
+    pub fn health(&self) -> emperor::health::HealthSettings {
+        let mut h = emperor::health::HealthSettings::default();
+        for (key, v) in [
+            ("health", &self.vassal_health),
+            ("health-interval", &self.vassal_health_interval),
+            ("health-timeout", &self.vassal_health_timeout),
+            ("health-failures", &self.vassal_health_failures),
+            ("health-grace", &self.vassal_health_grace),
+        ] {
+            if let Some(v) = v {
+                // checked when parsed
+                let _ = h.set(key, v);
+            }
+        }
+        h
+    }
 }
 
 fn parse_vassal_logs(v: &str) -> Result<emperor::logs::LogMode, String> {

@@ -47,6 +47,18 @@ pub enum Action {
         /// The vassal (all when absent).
         vassal: Option<String>,
     },
+    /// Wait until each vassal serves: it said it accepts requests (byte 5)
+    /// since its last (re)load and passed its health check since, when it
+    /// has one. Exits 0 when all serve, 1 at the timeout (saying which do
+    /// not and why). A name not in the table yet is waited for.
+    Wait {
+        /// The vassals.
+        #[arg(required = true)]
+        vassals: Vec<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+        timeout: f64,
+    },
     /// The fleet with what each vassal uses now (processes, memory, CPU),
     /// busiest first.
     Top {
@@ -87,7 +99,7 @@ impl From<Action> for Request {
             Action::Pause { vassal } => Request::Pause { vassal },
             Action::Resume { vassal } => Request::Resume { vassal },
             Action::ClearBlacklist { vassal } => Request::ClearBlacklist { vassal },
-            Action::Top { .. } => Request::List,
+            Action::Top { .. } | Action::Wait { .. } => Request::List,
             Action::Logs { reopen: true, .. } => Request::ReopenLogs,
             Action::Logs {
                 vassal,
@@ -185,6 +197,9 @@ fn logs(args: &CtlArgs, req: &Request) -> Result<()> {
 
 /// Runs `imperium ctl`.
 pub fn run(mut args: CtlArgs) -> Result<()> {
+    if let Action::Wait { vassals, timeout } = &args.action {
+        return wait(&args.socket, vassals, *timeout);
+    }
     if let Action::Top { once, sort } = &args.action {
         if !once {
             bail!("imperium ctl top: the live view is not built yet; use `imperium ctl top --once` (one table)");
@@ -233,6 +248,70 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
         _ => println!("{}", reply.message.unwrap_or_default()),
     }
     Ok(())
+}
+
+/// Why a vassal does not serve yet, or `None` when it does.
+fn not_serving(v: Option<&Value>) -> Option<String> {
+    let Some(v) = v else {
+        return Some("not in the table".into());
+    };
+    if v["serving"] == Value::Bool(true) {
+        return None;
+    }
+    let state = plain(&v["state"]);
+    if state != "running" {
+        return Some(match v["last_exit"].as_object() {
+            Some(_) => format!("{state} (last exit: {})", plain(&v["last_exit"])),
+            None => state,
+        });
+    }
+    if v["accepting"] != Value::Bool(true) {
+        return Some("running, not accepting requests yet (no byte 5)".into());
+    }
+    let h = &v["health"];
+    Some(match h["last_error"].as_str() {
+        Some(e) => format!("running, health {}: {e}", health_cell(h)),
+        None => format!("running, health {}", health_cell(h)),
+    })
+}
+
+/// `imperium ctl wait`: polls the table until every vassal serves.
+fn wait(socket: &PathBuf, names: &[String], timeout: f64) -> Result<()> {
+    if !(timeout.is_finite() && timeout >= 0.0) {
+        bail!("--timeout {timeout}: a number of seconds, 0 or more");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout.min(1e9));
+    loop {
+        let reply = call(socket, &Request::List)?;
+        if !reply.ok {
+            bail!("{}", reply.error.unwrap_or_else(|| "failed".into()));
+        }
+        let vs = match reply.data {
+            Some(Value::Array(vs)) => vs,
+            _ => Vec::new(),
+        };
+        let pending: Vec<(String, String)> = names
+            .iter()
+            .filter_map(|n| {
+                let v = vs.iter().find(|v| v["name"].as_str() == Some(n));
+                not_serving(v).map(|why| (n.clone(), why))
+            })
+            .collect();
+        if pending.is_empty() {
+            println!("{} serving", names.join(", "));
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let list: Vec<String> = pending.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+            bail!(
+                "{} of {} vassal(s) not serving after {timeout} s: {}",
+                pending.len(),
+                names.len(),
+                list.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn plain(v: &Value) -> String {
@@ -316,6 +395,20 @@ fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A vassal's health in one cell: `-` without a check, else its state
+/// (with the failures in a row while failing).
+fn health_cell(h: &Value) -> String {
+    match h["state"].as_str() {
+        None => "-".into(),
+        Some("failing") => format!(
+            "failing {}/{}",
+            h["failures"].as_u64().unwrap_or(0),
+            h["failures_allowed"].as_u64().unwrap_or(0)
+        ),
+        Some(s) => s.to_string(),
+    }
+}
+
 /// The vassal table as aligned columns.
 pub fn table(vs: &[Value]) -> String {
     let head = [
@@ -326,6 +419,7 @@ pub fn table(vs: &[Value]) -> String {
         "RELOADS",
         "RESTARTS",
         "LAST EXIT",
+        "HEALTH",
         "FLAGS",
     ];
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
@@ -340,6 +434,9 @@ pub fn table(vs: &[Value]) -> String {
         if v["loyal"] == Value::Bool(true) {
             flags.push("loyal");
         }
+        if v["serving"] == Value::Bool(true) {
+            flags.push("serving");
+        }
         rows.push(vec![
             plain(&v["name"]),
             plain(&v["state"]),
@@ -348,6 +445,7 @@ pub fn table(vs: &[Value]) -> String {
             plain(&v["reloads"]),
             plain(&v["restarts"]),
             plain(&v["last_exit"]),
+            health_cell(&v["health"]),
             flags.join(","),
         ]);
     }

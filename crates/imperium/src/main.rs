@@ -204,6 +204,8 @@ fn real_main() -> Result<()> {
             keep: cli.vassal_logs_keep,
             json: cli.log_format == "json",
         },
+        health: cli.health(),
+        ready_wait: cli.emperor_ready_wait,
     };
     // the log directory is opened (and journald checked) before any drop
     // of privileges, and a bad one stops the emperor here

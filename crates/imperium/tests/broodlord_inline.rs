@@ -95,6 +95,8 @@ fn inline_config_zergs_survive_removal_passes_and_serve() {
         reload_mercy: Duration::from_secs(10),
         on_demand: Default::default(),
         logs: Default::default(),
+        health: Default::default(),
+        ready_wait: false,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tx, rx) = mpsc::channel(16);

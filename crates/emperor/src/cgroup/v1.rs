@@ -38,52 +38,23 @@ impl Limits {
         }
     }
 
-    /// The `[imperium]` section of a vassal's ini config: `memory-max`,
-    /// `cpu-max`, `pids-max` (the values as for the emperor's options).
-    /// uWSGI reads only the section it is asked for (`[uwsgi]`), so the
-    /// section is invisible to the vassal (checked with uWSGI 2.0.21).
-    pub fn from_ini(text: &str) -> Result<Limits, String> {
-        let mut l = Limits::default();
-        let mut inside = false;
-        for (n, raw) in text.lines().enumerate() {
-            let line = raw.trim();
-            if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
-                continue;
-            }
-            if let Some(sec) = line.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-                inside = sec.trim() == "imperium";
-                continue;
-            }
-            if !inside {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                return Err(format!(
-                    "[imperium] line {}: {line:?} is not key = value",
-                    n + 1
-                ));
-            };
-            let (k, v) = (k.trim(), v.trim());
-            let bad = |e: String| format!("[imperium] {k} = {v}: {e}");
-            match k {
-                "memory-max" => l.memory_max = Some(crate::logs::parse_size(v).map_err(bad)?),
-                "cpu-max" => match v.parse::<f64>() {
-                    Ok(c) if c.is_finite() && c >= 0.01 => l.cpu_max = Some(c),
-                    _ => return Err(bad("a number of cores of at least 0.01".into())),
-                },
-                "pids-max" => match v.parse::<u64>() {
-                    Ok(p) if p >= 1 => l.pids_max = Some(p),
-                    _ => return Err(bad("a number of processes of at least 1".into())),
-                },
-                _ => {
-                    return Err(format!(
-                        "[imperium] line {}: unknown key {k:?} (memory-max, cpu-max, pids-max)",
-                        n + 1
-                    ))
-                }
-            }
+    /// Sets one limit key of a vassal's `[imperium]` section
+    /// (`memory-max`, `cpu-max`, `pids-max`, the values as for the
+    /// emperor's options); `Ok(false)` for a key that is not a limit.
+    pub fn set(&mut self, k: &str, v: &str) -> Result<bool, String> {
+        match k {
+            "memory-max" => self.memory_max = Some(crate::logs::parse_size(v)?),
+            "cpu-max" => match v.parse::<f64>() {
+                Ok(c) if c.is_finite() && c >= 0.01 => self.cpu_max = Some(c),
+                _ => return Err("a number of cores of at least 0.01".into()),
+            },
+            "pids-max" => match v.parse::<u64>() {
+                Ok(p) if p >= 1 => self.pids_max = Some(p),
+                _ => return Err("a number of processes of at least 1".into()),
+            },
+            _ => return Ok(false),
         }
-        Ok(l)
+        Ok(true)
     }
 
     /// Whether any limit is set.
@@ -271,28 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_imperium_section_is_read_and_checked() {
-        let l = Limits::from_ini(
-            "[uwsgi]\nmemory-max = 1\n[imperium]\n; a comment\nmemory-max = 64M\ncpu-max = 0.5\npids-max = 20\n[zerg]\npids-max = x\n",
-        )
-        .unwrap();
-        assert_eq!(
-            l,
-            Limits {
-                memory_max: Some(64 << 20),
-                cpu_max: Some(0.5),
-                pids_max: Some(20)
-            }
-        );
-        assert_eq!(
-            Limits::from_ini("[uwsgi]\nmaster = 1\n").unwrap(),
-            Limits::default()
-        );
-        let e = Limits::from_ini("[imperium]\nmemory-maxx = 1\n").unwrap_err();
-        assert!(e.contains("unknown key \"memory-maxx\""), "{e}");
-        assert!(Limits::from_ini("[imperium]\ncpu-max = 0\n").is_err());
-        assert!(Limits::from_ini("[imperium]\npids-max = -1\n").is_err());
-        assert!(Limits::from_ini("[imperium]\njunk\n").is_err());
+    fn limits_layer_over_the_defaults() {
         let d = Limits {
             memory_max: Some(1),
             cpu_max: Some(1.0),

@@ -27,13 +27,14 @@ use crate::spec::{ConfigSource, MonitorHealth, Owner, VassalSpec};
 use crate::throttle::{Blacklist, ThrottleConfig};
 
 mod changes;
+mod health;
 mod operator;
 mod process;
 mod timers;
 mod vassal;
 
 pub use operator::OperatorError;
-pub use vassal::{Phase, Proc, Vassal, VassalState};
+pub use vassal::{HealthState, Phase, Proc, ProcHealth, Vassal, VassalState};
 
 /// The shortest wait before a vassal that could not be started is tried
 /// again (uWSGI tries again at its next scan, every `--emperor-freq`).

@@ -111,6 +111,7 @@ impl Reconciler {
             accepting: false,
             loyal: false,
             last_heartbeat: None,
+            health: None,
         });
         self.by_instance.insert(instance, name.clone());
         out.push(Action::Spawn { instance, spec });
@@ -132,6 +133,14 @@ impl Reconciler {
             p.accepting = false;
             // the watchdog re-arms with the first heartbeat after the reload
             p.last_heartbeat = None;
+            // the reloaded app is judged afresh, after a new grace period
+            if let Some(h) = &mut p.health {
+                h.passed = false;
+                h.failures = 0;
+                h.grace_until = None;
+                h.last_check = None;
+                h.last_error = None;
+            }
         }
         out.push(Action::Send {
             instance,

@@ -1203,3 +1203,126 @@ fn a_spawn_deferred_by_a_resource_error_backs_off_without_the_blacklist() {
     }
     assert!(r.next_deadline().unwrap() - t3 <= SPAWN_DEFER_MAX);
 }
+
+fn check(failures: u32, grace: Duration) -> crate::health::HealthCheck {
+    crate::health::HealthCheck {
+        probe: crate::health::Probe::Tcp("127.0.0.1:9".into()),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        failures,
+        grace,
+    }
+}
+
+fn health_of(r: &Reconciler, n: &str) -> ProcHealth {
+    r.vassal(n)
+        .unwrap()
+        .proc()
+        .unwrap()
+        .health
+        .as_deref()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn a_vassal_that_stays_unhealthy_past_its_grace_is_killed_and_throttled() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let i = ids[0];
+    r.health_watch(i, &check(2, Duration::from_secs(5)), t);
+    r.vassal_message(i, M::Accepting, t);
+    // byte 5 alone does not make it serve: the check has not passed yet
+    assert!(!r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    // failures within the grace period do not count
+    for s in 1..5 {
+        let acts = r.health_result(i, Err("refused".into()), t + Duration::from_secs(s));
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    assert_eq!(health_of(&r, "a.ini").failures, 0);
+    // in grace, a failure shows but does not count
+    assert_eq!(health_of(&r, "a.ini").state(), HealthState::Failing);
+    // a pass: serving; a failure after the grace: counted, not yet fatal
+    assert!(r
+        .health_result(i, Ok(()), t + Duration::from_secs(6))
+        .is_empty());
+    assert!(r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    assert!(r
+        .health_result(i, Err("500".into()), t + Duration::from_secs(7))
+        .is_empty());
+    let h = health_of(&r, "a.ini");
+    assert_eq!((h.failures, h.state()), (1, HealthState::Failing));
+    assert_eq!(h.last_error.as_deref(), Some("500"));
+    // a pass resets the count
+    r.health_result(i, Ok(()), t + Duration::from_secs(8));
+    assert_eq!(health_of(&r, "a.ini").failures, 0);
+    r.health_result(i, Err("500".into()), t + Duration::from_secs(9));
+    let acts = r.health_result(i, Err("500".into()), t + Duration::from_secs(10));
+    assert!(
+        matches!(acts[..], [Action::Kill { instance }] if instance == i),
+        "{acts:?}"
+    );
+    assert_eq!(health_of(&r, "a.ini").state(), HealthState::Unhealthy);
+    assert!(!r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    // condemned: no second kill
+    assert!(r
+        .health_result(i, Err("500".into()), t + Duration::from_secs(11))
+        .is_empty());
+    assert_eq!(r.counters().health_restarts, 1);
+    assert_eq!(r.counters().health_failures, 7);
+    // its death goes through the throttling like any other
+    let acts = r.exited(i, ExitStatus::Signal(9), t + Duration::from_secs(12));
+    assert_eq!(r.vassal("a.ini").unwrap().restarts, 1);
+    assert!(
+        !acts.is_empty() || r.vassal("a.ini").unwrap().phase.respawn_at().is_some(),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_reload_starts_a_new_grace_period_and_must_pass_again() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let i = ids[0];
+    r.health_watch(i, &check(1, Duration::from_secs(2)), t);
+    r.vassal_message(i, M::Accepting, t);
+    r.health_result(i, Ok(()), t + Duration::from_secs(3));
+    assert!(r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    let acts = r.monitor_change(
+        0,
+        Change::Upsert(file("a.ini", 2)),
+        t + Duration::from_secs(4),
+    );
+    assert_eq!(sends(&acts), vec![(i, MSG_RELOAD)]);
+    let h = health_of(&r, "a.ini");
+    assert!(!h.passed && h.grace_until.is_none());
+    r.vassal_message(i, M::Accepting, t + Duration::from_secs(5));
+    assert!(!r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    // the grace period starts again with the first result after the
+    // reload: one failure allowed, and yet not fatal
+    assert!(r
+        .health_result(i, Err("loading".into()), t + Duration::from_secs(5))
+        .is_empty());
+    assert!(r
+        .health_result(i, Err("loading".into()), t + Duration::from_secs(6))
+        .is_empty());
+    r.health_result(i, Ok(()), t + Duration::from_secs(6));
+    assert!(r.vassal("a.ini").unwrap().proc().unwrap().serving());
+    // past it, one failure is fatal
+    let acts = r.health_result(i, Err("down".into()), t + Duration::from_secs(9));
+    assert!(matches!(acts[..], [Action::Kill { .. }]), "{acts:?}");
+}
+
+#[test]
+fn results_for_a_stopping_or_unknown_process_are_ignored() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let i = ids[0];
+    r.health_watch(i, &check(1, Duration::ZERO), t);
+    r.monitor_change(0, Change::Remove(name("a.ini")), t);
+    assert!(r.health_result(i, Err("x".into()), t).is_empty());
+    assert!(r.health_result(999, Err("x".into()), t).is_empty());
+}

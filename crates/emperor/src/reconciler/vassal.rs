@@ -28,6 +28,74 @@ pub struct Proc {
     pub loyal: bool,
     /// Its last heartbeat (byte 26), once it sent one.
     pub last_heartbeat: Option<Instant>,
+    /// Its health check's state, when it has one (boxed: most vassals
+    /// have none).
+    pub health: Option<Box<ProcHealth>>,
+}
+
+/// The health of one process, as its probes found it.
+#[derive(Debug, Clone)]
+pub struct ProcHealth {
+    /// The check, as shown.
+    pub check: String,
+    /// Failures in a row that restart it.
+    pub allowed: u32,
+    /// How long failures do not count after a start or reload.
+    pub grace: std::time::Duration,
+    /// Failures do not count before this instant (`None` after a reload:
+    /// the grace period starts again with the next result).
+    pub grace_until: Option<Instant>,
+    /// It passed once since its start or last reload.
+    pub passed: bool,
+    /// Failures in a row now.
+    pub failures: u32,
+    /// The reason of the last failure, while the last probe failed.
+    pub last_error: Option<String>,
+    /// When the last probe ended (wall clock).
+    pub last_check: Option<SystemTime>,
+    /// It stayed unhealthy and was killed: further results are ignored.
+    pub condemned: bool,
+}
+
+/// The health of a vassal as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Not probed since its start or reload.
+    Unknown,
+    /// Its last probe passed.
+    Passing,
+    /// Its last probe failed (within the failures allowed, or in grace).
+    Failing,
+    /// It failed too often and is being restarted.
+    Unhealthy,
+}
+
+impl ProcHealth {
+    /// Its state as a label.
+    pub fn state(&self) -> HealthState {
+        if self.condemned {
+            HealthState::Unhealthy
+        } else if self.last_check.is_none() {
+            HealthState::Unknown
+        } else if self.last_error.is_some() {
+            HealthState::Failing
+        } else {
+            HealthState::Passing
+        }
+    }
+}
+
+impl Proc {
+    /// It serves: it said it accepts requests (byte 5) since its last
+    /// (re)load and, when it has a health check, passed it since.
+    pub fn serving(&self) -> bool {
+        self.accepting
+            && self
+                .health
+                .as_ref()
+                .is_none_or(|h| h.passed && !h.condemned)
+    }
 }
 
 /// The lifecycle phase of a vassal.

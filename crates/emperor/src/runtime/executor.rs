@@ -14,9 +14,11 @@ use super::vassal::{to_tokio, vassal_task, LogFrom, VassalLink};
 use super::{Report, VassalCmd};
 use crate::argv::{build_argv, LaunchOptions};
 use crate::events::ExitStatus;
+use crate::health::{HealthCheck, HealthSettings};
 use crate::logs::{Capture, LogHandle, LogLookup, LogMode, LogOptions};
 use crate::name::VassalName;
 use crate::ondemand::{OnDemandAddr, OnDemandOptions, OnDemandSocket};
+use crate::own::OwnSettings;
 use crate::reconciler::{Action, InstanceId, Reconciler};
 use crate::spawn::{spawn_vassal, SpawnRequest, VassalProcess};
 use crate::spec::{ConfigSource, Owner, VassalSpec};
@@ -88,6 +90,10 @@ pub(super) struct Executor {
     /// Limits per vassal process (`--vassal-memory-max`, `-cpu-max`,
     /// `-pids-max`).
     pub(super) limits: Option<crate::cgroup::v1::V1Limits>,
+    /// The emperor-wide health check settings (`--vassal-health`...).
+    pub(super) health: HealthSettings,
+    /// The health probe of each process that has a check.
+    pub(super) probes: HashMap<InstanceId, (tokio::task::AbortHandle, Arc<tokio::sync::Notify>)>,
 }
 
 /// One on-demand socket and its watch.
@@ -118,6 +124,9 @@ impl Executor {
             Report::Message(i, m) => rec.vassal_message(i, m, now),
             Report::PipeClosed(i) => rec.pipe_closed(i, now),
             Report::Exited(i, st) => {
+                if let Some((p, _)) = self.probes.remove(&i) {
+                    p.abort();
+                }
                 if let Some(link) = self.handles.remove(&i) {
                     if let Some((log, since)) = &link.log {
                         rec.last_words(i, log.final_words(*since));
@@ -144,6 +153,7 @@ impl Executor {
                 rec.exited(i, st, now)
             }
             Report::Connection(name) => rec.on_demand_connection(&name, now),
+            Report::Health(i, r) => rec.health_result(i, r, now),
             Report::Flood(i, bytes) => rec.flooded(
                 i,
                 &format!(
@@ -167,6 +177,12 @@ impl Executor {
             let more = match a {
                 Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
                 Action::Send { instance, byte } => {
+                    if byte == crate::protocol::MSG_RELOAD {
+                        // the reloaded app is probed soon, until it passes
+                        if let Some((_, again)) = self.probes.get(&instance) {
+                            again.notify_one();
+                        }
+                    }
                     self.send(instance, VassalCmd::Byte(byte));
                     Vec::new()
                 }
@@ -264,12 +280,13 @@ impl Executor {
         Vec::new()
     }
 
-    /// The limits of the vassal's own `[imperium]` section (an ini config,
-    /// from its file or inline; other formats carry none).
-    fn own_limits(&self, spec: &VassalSpec) -> Result<crate::cgroup::v1::Limits, String> {
+    /// The vassal's own `[imperium]` section (an ini config, from its file
+    /// or inline; other formats carry none), with limits it sets refused
+    /// where vassals get no cgroup.
+    fn own_settings(&self, spec: &VassalSpec) -> Result<OwnSettings, String> {
         // the config's format follows the vassal's name (uWSGI's rule)
         if !spec.name.as_str().ends_with(".ini") {
-            return Ok(Default::default());
+            return Ok(OwnSettings::default());
         }
         let text = match &spec.config {
             ConfigSource::Inline(t) => t.to_string(),
@@ -277,17 +294,21 @@ impl Executor {
                 let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(p);
                 match std::fs::metadata(&full) {
                     // a config this large is refused by the monitors anyway
-                    Ok(m) if m.len() > 1 << 20 => return Ok(Default::default()),
+                    Ok(m) if m.len() > 1 << 20 => return Ok(OwnSettings::default()),
                     Ok(_) => std::fs::read_to_string(&full).unwrap_or_default(),
-                    Err(_) => return Ok(Default::default()),
+                    Err(_) => return Ok(OwnSettings::default()),
                 }
             }
-            _ => return Ok(Default::default()),
+            ConfigSource::Url(_) => return Ok(OwnSettings::default()),
         };
         if !text.contains("[imperium]") {
-            return Ok(Default::default());
+            return Ok(OwnSettings::default());
         }
-        crate::cgroup::v1::Limits::from_ini(&text).map_err(|e| format!("its config: {e}"))
+        let own = OwnSettings::from_ini(&text).map_err(|e| format!("its config: {e}"))?;
+        if own.limits.any() && self.limits.is_none() {
+            return Err("its config: its [imperium] section sets limits, and vassals get no cgroup here (--vassal-cgroup)".into());
+        }
+        Ok(own)
     }
 
     /// Where `imperium ctl logs NAME` reads from.
@@ -509,13 +530,8 @@ impl Executor {
         rec: &mut Reconciler,
         instance: InstanceId,
         spec: &VassalSpec,
+        own: crate::cgroup::v1::Limits,
     ) -> Result<(Option<PathBuf>, Vec<PathBuf>), Vec<Action>> {
-        let own = match self.limits.as_ref().map(|_| self.own_limits(spec)) {
-            // read before any group is made: nothing to undo
-            Some(Err(e)) => return Err(rec.spawn_failed(instance, &e, std::time::Instant::now())),
-            Some(Ok(l)) => l,
-            None => crate::cgroup::v1::Limits::default(),
-        };
         let cgroup = match self
             .cgroups
             .as_ref()
@@ -562,6 +578,17 @@ impl Executor {
             Some(base) => format!("{base}:zerg"),
             None => spec.name.to_string(),
         };
+        // read before anything is set up: nothing to undo
+        let (own, health) = match self.own_settings(&spec).and_then(|own| {
+            let health = own.health.over(&self.health);
+            let check = health
+                .resolve(spec.name.as_str())
+                .map_err(|e| format!("its health check: {e}"))?;
+            Ok((own.limits, check))
+        }) {
+            Ok(o) => o,
+            Err(e) => return rec.spawn_failed(instance, &e, std::time::Instant::now()),
+        };
         let argv = build_argv(
             &launch_name,
             &spec.config,
@@ -592,7 +619,7 @@ impl Executor {
                 )
             }
         };
-        let (cgroup, v1) = match self.groups_for(rec, instance, &spec) {
+        let (cgroup, v1) = match self.groups_for(rec, instance, &spec, own) {
             Ok(g) => g,
             Err(actions) => return actions,
         };
@@ -631,7 +658,55 @@ impl Executor {
             }
         };
         self.watch(rec, instance, &spec.name, sp, inline, log, (cgroup, v1));
+        if let Some(check) = health {
+            if self.handles.contains_key(&instance) {
+                self.start_probe(rec, instance, &spec, check);
+            }
+        }
         Vec::new()
+    }
+
+    /// Probes the health of a started process until it is reaped.
+    fn start_probe(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: &VassalSpec,
+        check: HealthCheck,
+    ) {
+        rec.health_watch(instance, &check, std::time::Instant::now());
+        let reports = self.reports.0.clone();
+        let name = spec.name.clone();
+        let workdir = spec.workdir.clone().unwrap_or_else(|| self.cwd.clone());
+        let reloaded = Arc::new(tokio::sync::Notify::new());
+        let again = reloaded.clone();
+        let task = tokio::spawn(async move {
+            let mut passed = false;
+            loop {
+                let wait = if passed {
+                    check.interval
+                } else {
+                    check.interval.min(crate::health::FIRST_PASS_INTERVAL)
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = again.notified() => {
+                        passed = false;
+                        continue;
+                    }
+                }
+                let r = check
+                    .probe
+                    .run(check.timeout, Some(&workdir), name.as_str())
+                    .await;
+                passed |= r.is_ok();
+                if reports.send(Report::Health(instance, r)).is_err() {
+                    return;
+                }
+            }
+        });
+        self.probes
+            .insert(instance, (task.abort_handle(), reloaded));
     }
 
     /// Watches a started vassal process: its sockets, its exit, its task.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::argv::LaunchOptions;
 use crate::events::{Event, ExitStatus};
-use crate::lifecycle::{Lifecycle, Readiness};
+use crate::lifecycle::{Lifecycle, Readiness, ServeWait};
 use crate::logs::{Capture, LogOptions};
 use crate::monitor::{Monitor, MonitorContext, MonitorMessage, MonitorOptions};
 use crate::name::VassalName;
@@ -50,6 +50,13 @@ pub struct EmperorConfig {
     pub on_demand: OnDemandOptions,
     /// Where vassal output goes (`--vassal-logs`).
     pub logs: LogOptions,
+    /// The emperor-wide health check of every vassal (`--vassal-health`
+    /// and its settings; a vassal's `[imperium]` section overrides them).
+    pub health: crate::health::HealthSettings,
+    /// `--emperor-ready-wait`: the emperor is ready (systemd's READY=1)
+    /// once the vassals of the initial scan serve, not once they are
+    /// spawned.
+    pub ready_wait: bool,
 }
 
 /// What a vassal's task writes to it, in order.
@@ -70,6 +77,8 @@ pub(super) enum Report {
     StartHookDone(InstanceId, Box<VassalSpec>),
     /// The vassal wrote this many bytes within the flood window.
     Flood(InstanceId, usize),
+    /// One health probe of a process ended: healthy, or why not.
+    Health(InstanceId, Result<(), String>),
 }
 
 /// The emperor: build it with its monitors, then [`Emperor::run`] it.
@@ -137,6 +146,7 @@ impl Emperor {
             tracing::info!(monitor = %u, "[emperor] monitoring {u}");
         }
         let mut readiness = Readiness::new(urls.len());
+        let mut serve_wait: Option<ServeWait> = None;
         let mut lifecycle = self.lifecycle;
         let mut told_stopping = false;
         let mut rec = Reconciler::new(self.cfg.reconciler.clone(), urls);
@@ -163,6 +173,8 @@ impl Emperor {
             logs: HashMap::new(),
             cgroups: self.cgroups,
             limits: self.limits,
+            health: self.cfg.health.clone(),
+            probes: HashMap::new(),
         };
         let mut monitors_open = true;
         let mut commands_open = true;
@@ -175,7 +187,11 @@ impl Emperor {
             }
             let mut deadline = rec.next_deadline().map(Instant::from_std);
             let ready_at = readiness.deadline().map(Instant::from_std);
-            for extra in [mercy_at, give_up_at, ready_at].into_iter().flatten() {
+            let serve_at = serve_wait.as_ref().map(|w| Instant::from_std(w.deadline()));
+            for extra in [mercy_at, give_up_at, ready_at, serve_at]
+                .into_iter()
+                .flatten()
+            {
                 deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
             }
             let mut reacting = None;
@@ -266,7 +282,20 @@ impl Emperor {
                     actions: n_actions,
                 });
             }
-            let became_ready = readiness.poll(Instant::now().into_std());
+            let std_now = Instant::now().into_std();
+            let mut became_ready = readiness.poll(std_now);
+            if became_ready && self.cfg.ready_wait {
+                // READY=1 waits until the initial vassals serve
+                became_ready = false;
+                serve_wait = Some(ServeWait::new(&rec, std_now));
+            }
+            if serve_wait
+                .as_mut()
+                .is_some_and(|w| rec.is_shutting_down() || w.done(&rec, std_now))
+            {
+                serve_wait = None;
+                became_ready = !rec.is_shutting_down();
+            }
             if let Some(l) = lifecycle.as_mut() {
                 if became_ready {
                     l.ready(&rec);

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::command::Command;
 use crate::events::{Counters, ExitStatus};
 use crate::logs::LogCounts;
-use crate::reconciler::{Reconciler, VassalState};
+use crate::reconciler::{HealthState, Phase, Proc, Reconciler, VassalState};
 use crate::spec::{ConfigSource, MonitorHealth};
 
 /// One monitor in a snapshot.
@@ -97,6 +97,32 @@ pub struct VassalSnap {
     pub change_held: bool,
     /// Why it is refused.
     pub refused: Option<String>,
+    /// It serves: it said it accepts requests (byte 5) since its last
+    /// (re)load and passed its health check since, when it has one (what
+    /// `imperium ctl wait` waits for).
+    pub serving: bool,
+    /// Its health check, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSnap>,
+}
+
+/// The health check of a vassal's process in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthSnap {
+    /// The check (`http://...`, `tcp://...`, `unix:...`, `exec:...`).
+    pub check: String,
+    /// `unknown`, `passing`, `failing` or `unhealthy` (being restarted).
+    pub state: HealthState,
+    /// It passed once since its start or last reload.
+    pub passed: bool,
+    /// Failures in a row now.
+    pub failures: u32,
+    /// Failures in a row that restart it.
+    pub failures_allowed: u32,
+    /// The reason of the last failure.
+    pub last_error: Option<String>,
+    /// When the last probe ended (Unix time, 0: not yet).
+    pub last_check: f64,
 }
 
 /// How a vassal's last process ended.
@@ -180,6 +206,65 @@ impl Clock {
     }
 }
 
+/// One vassal of the table as a snapshot shows it.
+fn vassal_snap(v: &crate::reconciler::Vassal, clock: &Clock) -> VassalSnap {
+    let p = v.proc();
+    let spec = v.desired.as_ref();
+    VassalSnap {
+        name: v.name.to_string(),
+        state: v.phase.state(),
+        pid: v.pid(),
+        monitor: v.monitor,
+        config: match spec.map(|s| &s.config) {
+            Some(ConfigSource::File(p)) => p.display().to_string(),
+            Some(ConfigSource::Inline(_)) => "(inline)".into(),
+            Some(ConfigSource::Url(u)) => redact(u),
+            None => String::new(),
+        },
+        born: unix(v.born),
+        last_mod: v.applied_key.as_secs(),
+        last_heartbeat: p
+            .and_then(|p| p.last_heartbeat)
+            .map_or(0.0, |t| clock.unix(t)),
+        loyal: p.is_some_and(|p| p.loyal),
+        ready: p.is_some_and(|p| p.ready),
+        accepting: p.is_some_and(|p| p.accepting),
+        last_loyal: v.last_loyal.map_or(0.0, unix),
+        last_ready: v.last_ready.map_or(0.0, unix),
+        last_accepting: v.last_accepting.map_or(0.0, unix),
+        last_run: p.map_or(0.0, |p| unix(p.started_wall)),
+        cursed: v.phase.stopping().map_or(0.0, |(_, t)| clock.unix(t)),
+        zerg: v.name.as_str().contains(':'),
+        on_demand: spec.and_then(|s| s.socket.clone()),
+        uid: spec.and_then(|s| s.owner).map_or(0, |o| o.uid),
+        gid: spec.and_then(|s| s.owner).map_or(0, |o| o.gid),
+        reloads: v.reloads,
+        restarts: v.restarts,
+        last_exit: v.last_exit.map(|status| LastExit {
+            status,
+            output: v.last_output.clone(),
+            oom: v.last_oom,
+        }),
+        log: v.log.as_ref().map(|l| l.0.counts()),
+        cgroup: v.cgroup.as_deref().map(PathBuf::from),
+        usage: None,
+        next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
+        paused: v.paused,
+        change_held: v.held_change.is_some(),
+        refused: v.phase.refused().map(str::to_string),
+        serving: matches!(v.phase, Phase::Running { .. }) && p.is_some_and(Proc::serving),
+        health: p.and_then(|p| p.health.as_deref()).map(|h| HealthSnap {
+            check: h.check.clone(),
+            state: h.state(),
+            passed: h.passed,
+            failures: h.failures,
+            failures_allowed: h.allowed,
+            last_error: h.last_error.clone(),
+            last_check: h.last_check.map_or(0.0, unix),
+        }),
+    }
+}
+
 /// Replaces passwords in `s`: the password of `scheme://user:password@`
 /// URLs and the value of `password=` in key/value strings (PostgreSQL
 /// conninfo).
@@ -255,56 +340,7 @@ impl Snapshot {
                 }
             })
             .collect();
-        let vassals = rec
-            .vassals()
-            .map(|v| {
-                let p = v.proc();
-                let spec = v.desired.as_ref();
-                VassalSnap {
-                    name: v.name.to_string(),
-                    state: v.phase.state(),
-                    pid: v.pid(),
-                    monitor: v.monitor,
-                    config: match spec.map(|s| &s.config) {
-                        Some(ConfigSource::File(p)) => p.display().to_string(),
-                        Some(ConfigSource::Inline(_)) => "(inline)".into(),
-                        Some(ConfigSource::Url(u)) => redact(u),
-                        None => String::new(),
-                    },
-                    born: unix(v.born),
-                    last_mod: v.applied_key.as_secs(),
-                    last_heartbeat: p
-                        .and_then(|p| p.last_heartbeat)
-                        .map_or(0.0, |t| clock.unix(t)),
-                    loyal: p.is_some_and(|p| p.loyal),
-                    ready: p.is_some_and(|p| p.ready),
-                    accepting: p.is_some_and(|p| p.accepting),
-                    last_loyal: v.last_loyal.map_or(0.0, unix),
-                    last_ready: v.last_ready.map_or(0.0, unix),
-                    last_accepting: v.last_accepting.map_or(0.0, unix),
-                    last_run: p.map_or(0.0, |p| unix(p.started_wall)),
-                    cursed: v.phase.stopping().map_or(0.0, |(_, t)| clock.unix(t)),
-                    zerg: v.name.as_str().contains(':'),
-                    on_demand: spec.and_then(|s| s.socket.clone()),
-                    uid: spec.and_then(|s| s.owner).map_or(0, |o| o.uid),
-                    gid: spec.and_then(|s| s.owner).map_or(0, |o| o.gid),
-                    reloads: v.reloads,
-                    restarts: v.restarts,
-                    last_exit: v.last_exit.map(|status| LastExit {
-                        status,
-                        output: v.last_output.clone(),
-                        oom: v.last_oom,
-                    }),
-                    log: v.log.as_ref().map(|l| l.0.counts()),
-                    cgroup: v.cgroup.as_deref().map(PathBuf::from),
-                    usage: None,
-                    next_respawn: v.phase.respawn_at().map(|t| clock.unix(t)),
-                    paused: v.paused,
-                    change_held: v.held_change.is_some(),
-                    refused: v.phase.refused().map(str::to_string),
-                }
-            })
-            .collect();
+        let vassals = rec.vassals().map(|v| vassal_snap(v, &clock)).collect();
         let mut blacklist: Vec<BlacklistSnap> = rec
             .blacklist()
             .entries()

@@ -73,6 +73,8 @@ impl Snapshot {
                     paused: v.paused,
                     change_held: v.change_held,
                     config: &v.config,
+                    serving: v.serving,
+                    health: v.health.as_ref(),
                 })
                 .collect(),
             blacklist: self
@@ -146,6 +148,9 @@ struct UwsgiVassal<'a> {
     paused: bool,
     change_held: bool,
     config: &'a str,
+    serving: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health: Option<&'a super::snapshot::HealthSnap>,
 }
 
 #[derive(Serialize)]
