@@ -54,19 +54,10 @@ fn cgroup2_here() -> bool {
     ok
 }
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
-    app: PathBuf,
-}
+type Setup = testkit::uwsgi::AppTree;
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let vassals = tmp.path().join("vassals");
-    std::fs::create_dir(&vassals).unwrap();
-    let app = tmp.path().join("forking.py");
-    std::fs::write(&app, FORKING_APP).unwrap();
-    Setup { tmp, vassals, app }
+    Setup::new("forking.py", FORKING_APP)
 }
 
 /// Writes vassal `name` (its grandchild's pid goes to `<name>.gc`);

@@ -29,19 +29,18 @@ def application(environ, start_response):
     return [('pid=%d marker=%s' % (os.getpid(), os.environ.get('MARKER', '-'))).encode()]
 "#;
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
-    app: PathBuf,
+/// The tree of [`testkit::uwsgi::AppTree`] with the health app.
+struct Setup(testkit::uwsgi::AppTree);
+
+impl std::ops::Deref for Setup {
+    type Target = testkit::uwsgi::AppTree;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let vassals = tmp.path().join("vassals");
-    std::fs::create_dir(&vassals).unwrap();
-    let app = tmp.path().join("health_app.py");
-    std::fs::write(&app, HEALTH_APP).unwrap();
-    Setup { tmp, vassals, app }
+    Setup(testkit::uwsgi::AppTree::new("health_app.py", HEALTH_APP))
 }
 
 impl Setup {

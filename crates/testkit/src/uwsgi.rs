@@ -114,3 +114,26 @@ pub fn wait_answer(port: u16, marker: &str, timeout: Duration) -> Option<u32> {
     });
     got
 }
+
+/// A temporary directory with a `vassals/` directory and one app file, for
+/// tests of real uWSGI vassals.
+pub struct AppTree {
+    /// The directory (removed when dropped).
+    pub tmp: tempfile::TempDir,
+    /// `tmp/vassals`, the directory the emperor watches.
+    pub vassals: PathBuf,
+    /// `tmp/<file>`, the app.
+    pub app: PathBuf,
+}
+
+impl AppTree {
+    /// Writes `text` as `tmp/<file>` and makes `tmp/vassals`.
+    pub fn new(file: &str, text: &str) -> AppTree {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let vassals = tmp.path().join("vassals");
+        std::fs::create_dir(&vassals).expect("make vassals/");
+        let app = tmp.path().join(file);
+        std::fs::write(&app, text).expect("write the app");
+        AppTree { tmp, vassals, app }
+    }
+}
