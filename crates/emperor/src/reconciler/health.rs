@@ -82,6 +82,7 @@ impl Reconciler {
                 let (failures, allowed) = (h.failures, h.allowed);
                 let condemned = !in_grace && failures >= allowed;
                 h.condemned = condemned;
+                h.last_error = Some(e.clone());
                 self.emit(Event::HealthFailed {
                     name: &name,
                     pid,
@@ -90,14 +91,6 @@ impl Reconciler {
                     allowed,
                     in_grace,
                 });
-                if let Some(h) = self
-                    .vassals
-                    .get_mut(&name)
-                    .and_then(|v| v.phase.proc_mut())
-                    .and_then(|p| p.health.as_deref_mut())
-                {
-                    h.last_error = Some(e);
-                }
                 if condemned {
                     out.push(Action::Kill { instance });
                     let why = format!("failed its health check {failures} times in a row");
