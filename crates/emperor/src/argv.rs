@@ -187,6 +187,17 @@ pub fn build_env(
     out
 }
 
+/// The environment of a config check (`--emperor-reload-mode checked`):
+/// the vassal's, without the emperor's descriptors (the throwaway start
+/// runs on its own, as uWSGI started by hand).
+pub fn check_env(base: &[(OsString, OsString)]) -> Vec<(OsString, OsString)> {
+    build_env(base, -1, None, None)
+        .into_iter()
+        .filter(|(k, _)| &**k != OsStr::new("UWSGI_EMPEROR_FD"))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,10 @@ pub enum Request {
     Reload {
         /// The vassal.
         vassal: String,
+        /// Reload even when its last change was rejected by its check (or
+        /// is being checked): the change is applied unchecked.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
     /// Stop; it stays down until `start`.
     Stop {
@@ -192,9 +196,9 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
                 ..Reply::default()
             }
         }
-        Request::Reload { vassal } => {
+        Request::Reload { vassal, force } => {
             let v = vassal.clone();
-            let r = apply(commands, move |rec, _| rec.reload_one(&v)).await;
+            let r = apply(commands, move |rec, now| rec.reload_one(&v, force, now)).await;
             done(r, format!("reloading {vassal}"))
         }
         Request::Stop { vassal } => {
@@ -539,7 +543,10 @@ pub async fn command_packet(pkt: &[u8], commands: &mpsc::Sender<Command>) {
     };
     let req = match cmd.as_str() {
         "spawn" => Request::Start { vassal },
-        "respawn" => Request::Reload { vassal },
+        "respawn" => Request::Reload {
+            vassal,
+            force: false,
+        },
         "stop" => Request::Stop { vassal },
         _ => {
             tracing::error!("[emperor] unknown command {cmd:?}");

@@ -64,6 +64,11 @@ pub struct Counters {
     pub health_failures: u64,
     /// Vassals restarted because they stayed unhealthy.
     pub health_restarts: u64,
+    /// Changed configs checked before a reload (`--emperor-reload-mode
+    /// checked`).
+    pub reload_checks: u64,
+    /// Changed configs whose check failed.
+    pub changes_rejected: u64,
     /// Every exit, by cause: `requested` (the emperor asked it to stop),
     /// `exile` (code 26), `exit` (any other code), `signal`.
     pub deaths: BTreeMap<&'static str, u64>,
@@ -381,6 +386,34 @@ pub enum Event<'a> {
         /// The vassal.
         name: &'a VassalName,
     },
+    /// `--emperor-reload-mode checked`: its config changed; the change is
+    /// checked before its process is reloaded.
+    CheckStarted {
+        /// The vassal.
+        name: &'a VassalName,
+    },
+    /// The check of its changed config passed: it is reloaded.
+    CheckPassed {
+        /// The vassal.
+        name: &'a VassalName,
+        /// How long the check took.
+        took: std::time::Duration,
+    },
+    /// The check of its changed config failed: its process keeps the
+    /// config it runs.
+    ChangeRejected {
+        /// The vassal.
+        name: &'a VassalName,
+        /// Why.
+        reason: &'a str,
+        /// How long the check took.
+        took: std::time::Duration,
+    },
+    /// SIGHUP did not reload it: its last change was rejected.
+    ReloadSkipped {
+        /// The vassal.
+        name: &'a VassalName,
+    },
     /// Its process passed its health check for the first time since its
     /// start or reload, or again after failing.
     HealthPassed {
@@ -623,6 +656,20 @@ impl Event<'_> {
             }
             Event::Unblacklisted { name } => {
                 info!(vassal = %name, "[emperor] blacklist entry of vassal {name} cleared")
+            }
+            Event::CheckStarted { name } => {
+                c.reload_checks += 1;
+                info!(vassal = %name, "[emperor] the config of vassal {name} changed: checking it before the reload");
+            }
+            Event::CheckPassed { name, took } => {
+                info!(vassal = %name, took_ms = took.as_millis() as u64, "[emperor] the new config of vassal {name} passed its check in {} ms: reloading", took.as_millis());
+            }
+            Event::ChangeRejected { name, reason, took } => {
+                c.changes_rejected += 1;
+                tracing::error!(vassal = %name, took_ms = took.as_millis() as u64, "[emperor] the new config of vassal {name} was REJECTED by its check; the running instance keeps its config (fix the config, or imperium ctl reload {name} --force): {reason}");
+            }
+            Event::ReloadSkipped { name } => {
+                tracing::warn!(vassal = %name, "[emperor] not reloading vassal {name}: its last change was rejected (imperium ctl reload {name} --force applies it)");
             }
             Event::HealthPassed {
                 name,

@@ -41,6 +41,7 @@ pub mod cgroup;
 pub mod logs;
 pub mod ondemand;
 pub mod runtime;
+pub mod sandbox;
 #[allow(unsafe_code)]
 pub mod spawn;
 

@@ -152,6 +152,30 @@ impl Collector for SnapshotCollector {
             "Vassals killed and restarted because they failed their health check too many times in a row.",
             c.health_restarts,
         )?;
+        counter(
+            &mut e,
+            "imperium_reload_checks",
+            "Changed configs checked before a reload (--emperor-reload-mode checked).",
+            c.reload_checks,
+        )?;
+        counter(
+            &mut e,
+            "imperium_changes_rejected",
+            "Changed configs that failed their check: the vassal kept the config it ran.",
+            c.changes_rejected,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "imperium_vassal_change_rejected",
+                "1 while the last change of the vassal's config stands rejected by its check, else 0.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for v in &s.vassals {
+                let l = vec![("vassal".to_string(), v.name.clone())];
+                labelled(&mut m, &l)?.encode_gauge(&i64::from(v.rejected.is_some()))?;
+            }
+        }
         {
             let mut m = e.encode_descriptor(
                 "imperium_vassal_serving",

@@ -295,6 +295,32 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = |v: &str| health_value("health-grace", v))]
     pub vassal_health_grace: Option<String>,
 
+    /// How a changed config reaches a running vassal: inplace sends the
+    /// reload at once (uWSGI's behaviour); checked first loads the new
+    /// config with the vassal binary in a throwaway sandbox (and runs
+    /// --emperor-reload-check), and a change that fails is rejected: the
+    /// running instance keeps its config. See docs/reloads.md.
+    #[arg(long, value_name = "MODE", default_value = "inplace", value_parser = ["inplace", "checked"])]
+    pub emperor_reload_mode: String,
+
+    /// checked mode: run this command (by /bin/sh, in the vassal's
+    /// directory) before the reload; an exit code other than 0 rejects the
+    /// change. {name} is replaced by the vassal's name and {config} by the
+    /// path of its new config (a file of its own for a config from a
+    /// database or a message).
+    #[arg(long, value_name = "COMMAND")]
+    pub emperor_reload_check: Option<String>,
+
+    /// checked mode: how long each check may take before the change is
+    /// rejected [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = emperor::health::parse_duration)]
+    pub emperor_reload_check_timeout: Option<std::time::Duration>,
+
+    /// checked mode: do not load the new config in a sandbox (which needs
+    /// root and a uWSGI vassal binary); only --emperor-reload-check runs.
+    #[arg(long)]
+    pub emperor_reload_check_no_sandbox: bool,
+
     /// Serve uWSGI's emperor stats JSON here: HOST:PORT (TCP, when it has a
     /// colon) or a UNIX socket path.
     #[arg(long, visible_aliases = ["emperor-stats-server", "stats", "stats-server"], value_name = "ADDR")]

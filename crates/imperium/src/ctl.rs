@@ -32,8 +32,15 @@ pub enum Action {
     List,
     /// Show one vassal.
     Show { vassal: String },
-    /// Gracefully reload one vassal.
-    Reload { vassal: String },
+    /// Gracefully reload one vassal. A vassal whose last change was
+    /// rejected by its check (--emperor-reload-mode checked) is reloaded
+    /// only with --force.
+    Reload {
+        vassal: String,
+        /// Apply a rejected (or still checking) change anyway, unchecked.
+        #[arg(long)]
+        force: bool,
+    },
     /// Stop one vassal; it stays down until `start`, whatever its source says.
     Stop { vassal: String },
     /// Start a stopped, exiled, idle or throttled vassal.
@@ -93,7 +100,7 @@ impl From<Action> for Request {
         match a {
             Action::List => Request::List,
             Action::Show { vassal } => Request::Show { vassal },
-            Action::Reload { vassal } => Request::Reload { vassal },
+            Action::Reload { vassal, force } => Request::Reload { vassal, force },
             Action::Stop { vassal } => Request::Stop { vassal },
             Action::Start { vassal } => Request::Start { vassal },
             Action::Pause { vassal } => Request::Pause { vassal },
@@ -436,6 +443,12 @@ pub fn table(vs: &[Value]) -> String {
         }
         if v["serving"] == Value::Bool(true) {
             flags.push("serving");
+        }
+        if v["checking"] == Value::Bool(true) {
+            flags.push("checking");
+        }
+        if v["rejected"].is_object() {
+            flags.push("rejected");
         }
         rows.push(vec![
             plain(&v["name"]),

@@ -29,6 +29,15 @@ use tokio::sync::mpsc;
 use crate::cli::Cli;
 
 fn main() -> ExitCode {
+    // the reload check's sandbox (--emperor-reload-mode checked)
+    let args: Vec<OsString> = std::env::args_os().collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some(emperor::sandbox::SANDBOX_ARG) => {
+            std::process::exit(emperor::sandbox::run(&args[2..]))
+        }
+        Some(emperor::sandbox::INIT_ARG) => std::process::exit(emperor::sandbox::init(&args[2..])),
+        _ => {}
+    }
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -170,6 +179,7 @@ fn real_main() -> Result<()> {
             }),
             broodlord: cli.emperor_broodlord,
             stop_hook: cli.vassals_stop_hook.is_some(),
+            reload_mode: reload_mode(&cli, drop.is_some())?,
         },
         launch: LaunchOptions {
             binary: cli.binary_path.clone(),
@@ -206,6 +216,13 @@ fn real_main() -> Result<()> {
         },
         health: cli.health(),
         ready_wait: cli.emperor_ready_wait,
+        check: emperor::runtime::CheckOptions {
+            sandbox: !cli.emperor_reload_check_no_sandbox,
+            command: cli.emperor_reload_check.clone(),
+            timeout: cli
+                .emperor_reload_check_timeout
+                .unwrap_or(Duration::from_secs(30)),
+        },
     };
     // the log directory is opened (and journald checked) before any drop
     // of privileges, and a bad one stops the emperor here
@@ -371,6 +388,31 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
         Ok(c) => Ok((c, prepared.notes)),
         Err(e) => e.exit(),
     }
+}
+
+/// `--emperor-reload-mode`, with its options checked: the sandbox of the
+/// checked mode needs root for good (`drops`: the emperor gives up its
+/// privileges after start-up).
+fn reload_mode(cli: &Cli, drops: bool) -> Result<emperor::reconciler::ReloadMode> {
+    use emperor::reconciler::ReloadMode;
+    let checked = cli.emperor_reload_mode == "checked";
+    if !checked {
+        if cli.emperor_reload_check.is_some()
+            || cli.emperor_reload_check_timeout.is_some()
+            || cli.emperor_reload_check_no_sandbox
+        {
+            bail!("--emperor-reload-check, --emperor-reload-check-timeout and --emperor-reload-check-no-sandbox apply to --emperor-reload-mode checked only");
+        }
+        return Ok(ReloadMode::Inplace);
+    }
+    if cli.emperor_reload_check_no_sandbox {
+        if cli.emperor_reload_check.is_none() {
+            bail!("--emperor-reload-mode checked with --emperor-reload-check-no-sandbox checks nothing: give --emperor-reload-check COMMAND");
+        }
+    } else if !nix::unistd::geteuid().is_root() || drops {
+        bail!("--emperor-reload-mode checked loads each changed config in a sandbox (namespaces and mounts), which needs an emperor that stays root; without root, give --emperor-reload-check COMMAND with --emperor-reload-check-no-sandbox");
+    }
+    Ok(ReloadMode::Checked)
 }
 
 /// `--stop PIDFILE`, `--reload PIDFILE`: signal the emperor whose pid the

@@ -97,6 +97,7 @@ fn inline_config_zergs_survive_removal_passes_and_serve() {
         logs: Default::default(),
         health: Default::default(),
         ready_wait: false,
+        check: Default::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (tx, rx) = mpsc::channel(16);

@@ -158,6 +158,22 @@ impl Reconciler {
         if matches!(v.phase, Phase::Exiled | Phase::Idle | Phase::Refused(_)) {
             v.phase = Phase::Stopped;
         }
+        if self.cfg.reload_mode == ReloadMode::Checked
+            && !restart_needed
+            && !v.stopped_by_operator
+            && matches!(v.phase, Phase::Starting(_) | Phase::Running { .. })
+        {
+            // the running process keeps its config until this one passes
+            let spec = v.desired.clone().expect("set above");
+            v.checking = Some(spec.key);
+            self.emit(Event::CheckStarted { name: &name });
+            out.push(Action::Check { spec });
+            return;
+        }
+        // every other way applies the change: no check is waited for, and
+        // no rejection stands
+        v.checking = None;
+        v.rejected = None;
         if v.stopped_by_operator {
             // stays down with the new config until an operator starts it
             if let Phase::Stopping { reason, .. } = &mut v.phase {
@@ -198,7 +214,7 @@ impl Reconciler {
     /// The zergs of `base` follow its spec: a reload reloads them with the
     /// new config; a restart (new owner, socket or directory) stops them
     /// (the base asks for new ones when it needs them).
-    fn update_zergs(
+    pub(super) fn update_zergs(
         &mut self,
         base: &VassalName,
         restart: bool,

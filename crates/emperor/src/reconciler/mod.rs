@@ -27,6 +27,7 @@ use crate::spec::{ConfigSource, MonitorHealth, Owner, VassalSpec};
 use crate::throttle::{Blacklist, ThrottleConfig};
 
 mod changes;
+mod check;
 mod health;
 mod operator;
 mod process;
@@ -34,7 +35,7 @@ mod timers;
 mod vassal;
 
 pub use operator::OperatorError;
-pub use vassal::{HealthState, Phase, Proc, ProcHealth, Vassal, VassalState};
+pub use vassal::{HealthState, Phase, Proc, ProcHealth, Rejection, Vassal, VassalState};
 
 /// The shortest wait before a vassal that could not be started is tried
 /// again (uWSGI tries again at its next scan, every `--emperor-freq`).
@@ -89,6 +90,21 @@ pub struct ReconcilerConfig {
     /// `--vassals-stop-hook` is set: emit [`Action::StopHook`] for each
     /// vassal that leaves the table.
     pub stop_hook: bool,
+    /// `--emperor-reload-mode`: how a changed config reaches a running
+    /// vassal.
+    pub reload_mode: ReloadMode,
+}
+
+/// How a changed config reaches a running vassal (`--emperor-reload-mode`,
+/// docs/reloads.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReloadMode {
+    /// Send the reload at once (uWSGI's behaviour).
+    #[default]
+    Inplace,
+    /// Check the new config first ([`Action::Check`]); a change that fails
+    /// its check is rejected and the running instance keeps its config.
+    Checked,
 }
 
 /// Tyrant mode settings (docs/tyrant.md).
@@ -119,6 +135,7 @@ impl Default for ReconcilerConfig {
             tyrant: None,
             broodlord: 0,
             stop_hook: false,
+            reload_mode: ReloadMode::Inplace,
         }
     }
 }
@@ -185,6 +202,13 @@ pub enum Action {
     StopHook {
         /// The vassal.
         name: VassalName,
+    },
+    /// `--emperor-reload-mode checked`: check the changed config of a
+    /// running vassal (`spec.key` names the change), then report
+    /// [`Reconciler::check_done`]. Nothing is sent to the vassal meanwhile.
+    Check {
+        /// What it should run now.
+        spec: VassalSpec,
     },
 }
 

@@ -37,28 +37,54 @@ pub enum OperatorError {
     /// Ragnarok has begun.
     #[error("the emperor is shutting down")]
     ShuttingDown,
+    /// `reload` of a vassal whose last change was rejected, or is being
+    /// checked, without `--force`.
+    #[error("vassal {name} was not reloaded: {why}; the running instance keeps its config (reload it with --force to apply the change anyway)")]
+    Unchecked {
+        /// The vassal.
+        name: String,
+        /// Its change's state.
+        why: String,
+    },
 }
 
 impl Reconciler {
-    /// SIGHUP: gracefully reload every running vassal.
+    /// SIGHUP: gracefully reload every running vassal, except those whose
+    /// last change was rejected or is being checked (a reload would load
+    /// it unchecked).
     pub fn reload_all(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
+        let mut skipped = Vec::new();
         let targets: Vec<(VassalName, InstanceId, u32)> = self
             .vassals
             .values()
             .filter_map(|v| match &v.phase {
+                Phase::Running { .. } if v.rejected.is_some() || v.checking.is_some() => {
+                    skipped.push(v.name.clone());
+                    None
+                }
                 Phase::Running { proc, pid } => Some((v.name.clone(), proc.instance, *pid)),
                 _ => None,
             })
             .collect();
+        for name in &skipped {
+            self.emit(Event::ReloadSkipped { name });
+        }
         for (name, instance, pid) in targets {
             self.reload(&name, instance, pid, &mut out);
         }
         out
     }
 
-    /// Reloads one vassal (control socket).
-    pub fn reload_one(&mut self, name: &str) -> Result<Vec<Action>, OperatorError> {
+    /// Reloads one vassal (control socket). A vassal whose last change was
+    /// rejected, or is being checked, is reloaded only with `force` (which
+    /// drops the rejection and the check).
+    pub fn reload_one(
+        &mut self,
+        name: &str,
+        force: bool,
+        now: Instant,
+    ) -> Result<Vec<Action>, OperatorError> {
         let mut out = Vec::new();
         let v = self
             .vassal(name)
@@ -69,8 +95,24 @@ impl Reconciler {
             Phase::Stopping { .. } => return Err(OperatorError::Stopping(name.to_string())),
             _ => return Err(OperatorError::NotRunning(name.to_string())),
         };
+        let why = match (&v.rejected, v.checking) {
+            (Some(r), _) => Some(format!("its last change was rejected: {}", r.reason)),
+            (None, Some(_)) => Some("the check of its last change is running".to_string()),
+            (None, None) => None,
+        };
+        if let (Some(why), false) = (why, force) {
+            return Err(OperatorError::Unchecked {
+                name: name.to_string(),
+                why,
+            });
+        }
         let vn = v.name.clone();
+        if let Some(v) = self.vassals.get_mut(&vn) {
+            v.rejected = None;
+            v.checking = None;
+        }
         self.reload(&vn, instance, pid, &mut out);
+        self.update_zergs(&vn, false, now, &mut out);
         Ok(out)
     }
 

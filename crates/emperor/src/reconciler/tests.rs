@@ -1326,3 +1326,118 @@ fn results_for_a_stopping_or_unknown_process_are_ignored() {
     assert!(r.health_result(i, Err("x".into()), t).is_empty());
     assert!(r.health_result(999, Err("x".into()), t).is_empty());
 }
+
+fn checked_rec() -> Reconciler {
+    Reconciler::new(
+        ReconcilerConfig {
+            reload_mode: ReloadMode::Checked,
+            ..ReconcilerConfig::default()
+        },
+        vec!["m0".into()],
+    )
+}
+
+fn checks(acts: &[Action]) -> Vec<ChangeKey> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Check { spec } => Some(spec.key),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn checked_mode_reloads_only_after_the_check_passes() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    assert!(
+        sends(&acts).is_empty(),
+        "nothing sent before the check: {acts:?}"
+    );
+    let key = file("a.ini", 2).key;
+    assert_eq!(checks(&acts), vec![key]);
+    assert!(r.vassal("a.ini").unwrap().checking.is_some());
+    // the same change again is not checked twice
+    assert!(r
+        .monitor_change(0, Change::Upsert(file("a.ini", 2)), t)
+        .is_empty());
+    let acts = r.check_done(&name("a.ini"), key, Ok(()), Duration::from_millis(40), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_RELOAD)]);
+    let v = r.vassal("a.ini").unwrap();
+    assert!(v.checking.is_none() && v.rejected.is_none());
+    assert_eq!(r.counters().reload_checks, 1);
+}
+
+#[test]
+fn checked_mode_rejects_a_failing_change_and_checks_the_next_one() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let bad = file("a.ini", 2).key;
+    r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    let acts = r.check_done(
+        &name("a.ini"),
+        bad,
+        Err("exit 22".into()),
+        Duration::ZERO,
+        t,
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.rejected.as_ref().unwrap().reason, "exit 22");
+    assert_eq!(v.phase.state(), VassalState::Running);
+    assert_eq!(v.reloads, 0);
+    assert_eq!(r.counters().changes_rejected, 1);
+    // SIGHUP does not load the rejected config
+    assert!(sends(&r.reload_all()).is_empty());
+    // nor does ctl reload, unless forced
+    assert!(matches!(
+        r.reload_one("a.ini", false, t),
+        Err(OperatorError::Unchecked { .. })
+    ));
+    // the next change is checked again; a stale result is ignored
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 3)), t);
+    let fixed = file("a.ini", 3).key;
+    assert_eq!(checks(&acts), vec![fixed]);
+    assert!(r
+        .check_done(&name("a.ini"), bad, Ok(()), Duration::ZERO, t)
+        .is_empty());
+    let acts = r.check_done(&name("a.ini"), fixed, Ok(()), Duration::ZERO, t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_RELOAD)]);
+    assert!(r.vassal("a.ini").unwrap().rejected.is_none());
+}
+
+#[test]
+fn a_forced_reload_applies_a_rejected_change() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    let key = file("a.ini", 2).key;
+    // while the check runs, an unforced reload is refused too
+    assert!(r.reload_one("a.ini", false, t).is_err());
+    r.check_done(&name("a.ini"), key, Err("bad".into()), Duration::ZERO, t);
+    let acts = r.reload_one("a.ini", true, t).unwrap();
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_RELOAD)]);
+    let v = r.vassal("a.ini").unwrap();
+    assert!(v.rejected.is_none() && v.checking.is_none());
+    assert_eq!(sends(&r.reload_all()), vec![(ids[0], MSG_RELOAD)]);
+}
+
+#[test]
+fn checked_mode_starts_a_vassal_without_a_process_at_once() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    // exiled (code 26), it has no process: a change just starts it
+    r.exited(ids[0], ExitStatus::Code(26), t);
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    assert!(checks(&acts).is_empty(), "{acts:?}");
+    assert!(r.vassal("a.ini").unwrap().checking.is_none());
+    // a new vassal is started, not checked
+    let (acts, ids) = apply(&mut r, 0, Change::Upsert(file("b.ini", 1)), t);
+    assert!(checks(&acts).is_empty());
+    assert_eq!(ids.len(), 1);
+}

@@ -294,6 +294,22 @@ pub struct Vassal {
     pub paused: bool,
     /// The newest config change that arrived while paused.
     pub held_change: Option<Box<VassalSpec>>,
+    /// `--emperor-reload-mode checked`: the change whose check runs.
+    pub checking: Option<ChangeKey>,
+    /// The last change whose check failed, while its process keeps the
+    /// config it had (boxed: most vassals have none).
+    pub rejected: Option<Box<Rejection>>,
+}
+
+/// A change whose check failed: the vassal was not reloaded with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The change.
+    pub key: ChangeKey,
+    /// Why: the check's exit and the last lines it wrote.
+    pub reason: String,
+    /// When it was rejected (wall clock).
+    pub at: SystemTime,
 }
 
 impl Vassal {
@@ -328,6 +344,8 @@ impl Vassal {
             stopped_by_operator: false,
             paused: false,
             held_change: None,
+            checking: None,
+            rejected: None,
         }
     }
 

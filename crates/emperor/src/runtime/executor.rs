@@ -94,6 +94,10 @@ pub(super) struct Executor {
     pub(super) health: HealthSettings,
     /// The health probe of each process that has a check.
     pub(super) probes: HashMap<InstanceId, (tokio::task::AbortHandle, Arc<tokio::sync::Notify>)>,
+    /// How changed configs are checked (`--emperor-reload-mode checked`).
+    pub(super) check: super::CheckOptions,
+    /// The check running for each vassal (a newer change replaces it).
+    pub(super) checks: HashMap<VassalName, tokio::task::AbortHandle>,
 }
 
 /// One on-demand socket and its watch.
@@ -154,6 +158,10 @@ impl Executor {
             }
             Report::Connection(name) => rec.on_demand_connection(&name, now),
             Report::Health(i, r) => rec.health_result(i, r, now),
+            Report::CheckDone(name, key, r, took) => {
+                self.checks.remove(&name);
+                rec.check_done(&name, key, r, took, now)
+            }
             Report::Flood(i, bytes) => rec.flooded(
                 i,
                 &format!(
@@ -213,6 +221,10 @@ impl Executor {
                 }
                 Action::StopHook { name } => {
                     self.run_stop_hook(&name);
+                    Vec::new()
+                }
+                Action::Check { spec } => {
+                    self.start_check(&spec);
                     Vec::new()
                 }
             };
@@ -664,6 +676,31 @@ impl Executor {
             }
         }
         Vec::new()
+    }
+
+    /// Checks the changed config of a running vassal off the loop (an
+    /// older check of it is stopped: its result would be ignored).
+    fn start_check(&mut self, spec: &VassalSpec) {
+        let workdir = spec.workdir.clone().unwrap_or_else(|| self.cwd.clone());
+        let job = super::check::CheckJob::new(
+            spec,
+            &self.launch,
+            self.magic_exec_ok(spec),
+            &self.base_env,
+            workdir,
+            &self.check,
+        );
+        let reports = self.reports.0.clone();
+        let key = spec.key;
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let name = job.name.clone();
+            let r = job.run().await;
+            let _ = reports.send(Report::CheckDone(name, key, r, started.elapsed()));
+        });
+        if let Some(old) = self.checks.insert(spec.name.clone(), task.abort_handle()) {
+            old.abort();
+        }
     }
 
     /// Probes the health of a started process until it is reaped.

@@ -29,8 +29,11 @@ pub use crate::command::{ApplyFn, Command};
 /// itself was not running (frozen by SIGSTOP, a VM or host pause).
 const PAUSE_TOLERANCE: Duration = Duration::from_secs(1);
 
+mod check;
 mod executor;
 mod vassal;
+
+pub use check::CheckOptions;
 
 use executor::{Executor, REPORT_BATCH};
 
@@ -57,6 +60,8 @@ pub struct EmperorConfig {
     /// once the vassals of the initial scan serve, not once they are
     /// spawned.
     pub ready_wait: bool,
+    /// How changed configs are checked (`--emperor-reload-mode checked`).
+    pub check: CheckOptions,
 }
 
 /// What a vassal's task writes to it, in order.
@@ -79,6 +84,14 @@ pub(super) enum Report {
     Flood(InstanceId, usize),
     /// One health probe of a process ended: healthy, or why not.
     Health(InstanceId, Result<(), String>),
+    /// The check of a changed config ended (`--emperor-reload-mode
+    /// checked`): the change, the result, how long it took.
+    CheckDone(
+        VassalName,
+        crate::spec::ChangeKey,
+        Result<(), String>,
+        Duration,
+    ),
 }
 
 /// The emperor: build it with its monitors, then [`Emperor::run`] it.
@@ -175,6 +188,8 @@ impl Emperor {
             limits: self.limits,
             health: self.cfg.health.clone(),
             probes: HashMap::new(),
+            check: self.cfg.check.clone(),
+            checks: HashMap::new(),
         };
         let mut monitors_open = true;
         let mut commands_open = true;

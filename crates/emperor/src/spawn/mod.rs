@@ -38,12 +38,14 @@ use std::sync::Arc;
 use crate::spec::Owner;
 
 pub mod fd;
+mod net;
 mod process;
 mod reap;
 mod slots;
 
 use fd::VASSAL_NOFILE;
 pub use fd::{raise_nofile_limit, register_readable, take_inherited_fd};
+pub use net::loopback_up;
 pub use process::{daemonize, set_cmdline};
 pub use reap::VassalProcess;
 pub use slots::reserve_spawn_slots;

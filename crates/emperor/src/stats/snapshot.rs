@@ -104,6 +104,20 @@ pub struct VassalSnap {
     /// Its health check, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSnap>,
+    /// `--emperor-reload-mode checked`: the check of its changed config
+    /// runs; it has not been reloaded with it yet.
+    pub checking: bool,
+    /// Its last change failed its check: it was not reloaded with it.
+    pub rejected: Option<RejectedSnap>,
+}
+
+/// A change that failed its check, in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectedSnap {
+    /// Why: the check's exit and the last lines it wrote.
+    pub reason: String,
+    /// When (Unix time).
+    pub at: f64,
 }
 
 /// The health check of a vassal's process in a snapshot.
@@ -261,6 +275,11 @@ fn vassal_snap(v: &crate::reconciler::Vassal, clock: &Clock) -> VassalSnap {
             failures_allowed: h.allowed,
             last_error: h.last_error.clone(),
             last_check: h.last_check.map_or(0.0, unix),
+        }),
+        checking: v.checking.is_some(),
+        rejected: v.rejected.as_deref().map(|r| RejectedSnap {
+            reason: r.reason.clone(),
+            at: unix(r.at),
         }),
     }
 }

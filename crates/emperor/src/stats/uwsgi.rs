@@ -75,6 +75,8 @@ impl Snapshot {
                     config: &v.config,
                     serving: v.serving,
                     health: v.health.as_ref(),
+                    checking: v.checking,
+                    rejected: v.rejected.as_ref(),
                 })
                 .collect(),
             blacklist: self
@@ -112,6 +114,10 @@ struct UwsgiStats<'a> {
 }
 
 #[derive(Serialize)]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "the stats keys of a vassal's flags (paused, change_held, serving, checking) are booleans"
+)]
 struct UwsgiVassal<'a> {
     id: &'a str,
     pid: i64,
@@ -151,6 +157,8 @@ struct UwsgiVassal<'a> {
     serving: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     health: Option<&'a super::snapshot::HealthSnap>,
+    checking: bool,
+    rejected: Option<&'a super::snapshot::RejectedSnap>,
 }
 
 #[derive(Serialize)]
