@@ -74,6 +74,49 @@ impl ChangeKey {
     }
 }
 
+/// `file:MTIME_NS:INO:SIZE` or `stamp:N`: exact, and read back by
+/// [`ChangeKey::from_str`](std::str::FromStr) (`imperium plan` compares
+/// a running emperor's keys with what the sources say now).
+///
+/// ```
+/// use emperor::ChangeKey;
+/// let k = ChangeKey::File { mtime_ns: 1_700_000_000_123, ino: 42, size: 9 };
+/// assert_eq!(k.to_string(), "file:1700000000123:42:9");
+/// assert_eq!("file:1700000000123:42:9".parse::<ChangeKey>(), Ok(k));
+/// assert_eq!("stamp:-5".parse::<ChangeKey>(), Ok(ChangeKey::Stamp(-5)));
+/// assert!("stamp:x".parse::<ChangeKey>().is_err());
+/// ```
+impl std::fmt::Display for ChangeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChangeKey::File {
+                mtime_ns,
+                ino,
+                size,
+            } => write!(f, "file:{mtime_ns}:{ino}:{size}"),
+            ChangeKey::Stamp(n) => write!(f, "stamp:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for ChangeKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ChangeKey, String> {
+        let bad = || format!("{s:?} is not a change key (file:MTIME_NS:INO:SIZE or stamp:N)");
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["stamp", n] => n.parse().map(ChangeKey::Stamp).map_err(|_| bad()),
+            ["file", m, i, z] => Ok(ChangeKey::File {
+                mtime_ns: m.parse().map_err(|_| bad())?,
+                ino: i.parse().map_err(|_| bad())?,
+                size: z.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// The owner a vassal runs as in tyrant mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Owner {

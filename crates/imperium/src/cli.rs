@@ -527,6 +527,18 @@ pub struct Cli {
 pub enum Sub {
     /// Steer a running emperor through its control socket.
     Ctl(crate::ctl::CtlArgs),
+    /// Print what an emperor with these options would do now, without doing it.
+    ///
+    /// `imperium plan --emperor ... [--emperor-control-socket PATH]` reads
+    /// every source once and prints each spawn, reload, stop and refusal
+    /// (with the reason) of the emperor on that control socket, or of a
+    /// new one. Exit 0: nothing to do, 2: changes, 1: an error. See
+    /// docs/plan.md.
+    Plan {
+        /// The emperor's options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        options: Vec<OsString>,
+    },
 }
 
 fn parse_cores(v: &str) -> Result<f64, String> {

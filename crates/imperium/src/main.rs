@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod ctl;
 mod options;
+mod plan;
 mod process;
 mod touch;
 
@@ -36,6 +37,11 @@ fn main() -> ExitCode {
             std::process::exit(emperor::sandbox::run(&args[2..]))
         }
         Some(emperor::sandbox::INIT_ARG) => std::process::exit(emperor::sandbox::init(&args[2..])),
+        Some("plan") => {
+            let mut argv = vec![args[0].clone()];
+            argv.extend(args[2..].iter().cloned());
+            return plan::main(&argv);
+        }
         _ => {}
     }
     match real_main() {
@@ -74,8 +80,11 @@ fn real_main() -> Result<()> {
     let reloaded = std::env::var_os(touch::RELOADS_VAR).is_some();
     std::env::remove_var(touch::RELOADS_VAR);
     let mut cli = parse_command_line(&original_args)?;
-    if let Some(cli::Sub::Ctl(args)) = cli.0.command.take() {
-        return ctl::run(args);
+    match cli.0.command.take() {
+        Some(cli::Sub::Ctl(args)) => return ctl::run(args),
+        // main() runs plan before any parsing
+        Some(cli::Sub::Plan { .. }) => bail!("imperium plan: give it as the first argument"),
+        None => {}
     }
     let (cli, notes) = cli;
     if cli.imperial_monitor_list {
@@ -131,99 +140,12 @@ fn real_main() -> Result<()> {
     if cli.emperor.is_empty() {
         bail!("no config source: give at least one --emperor URL (a directory, a glob pattern or a scheme://; see --help)");
     }
-    let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let extensions = Extensions::new(cli.emperor_extra_extension.clone());
-    let monitor_opts = MonitorOptions {
-        freq: Duration::from_secs(cli.emperor_freq),
-        extensions: extensions.clone(),
-        nofollow: cli.emperor_nofollow,
-        tyrant_nofollow: cli.emperor_tyrant_nofollow,
-        on_demand: on_demand_source(&cli)?,
-        cwd: cwd.clone(),
-    };
-    // the options of one monitor each, passed through by name: the monitors
-    // crate knows which monitor reads them (and reads the password file now)
-    let mut monitor_args = monitors::MonitorArgs::default();
-    monitor_args.set("emperor-pg-channel", &cli.emperor_pg_channel)?;
-    if let Some(dn) = &cli.emperor_ldap_binddn {
-        monitor_args.set("emperor-ldap-binddn", dn)?;
-    }
-    if let Some(path) = &cli.emperor_ldap_bindpw_file {
-        monitor_args.set("emperor-ldap-bindpw-file", path)?;
-    }
-    let mut mons = Vec::new();
-    for (i, url) in cli.emperor.iter().enumerate() {
-        // the monitor's error names the URL with any password masked; the
-        // raw value must not be repeated here
-        mons.push(
-            monitors::build_with(url, &monitor_opts, &monitor_args)
-                .with_context(|| format!("--emperor value #{}", i + 1))?,
-        );
-    }
-    let cfg = EmperorConfig {
-        reconciler: ReconcilerConfig {
-            throttle: ThrottleConfig {
-                throttle: Duration::from_millis(cli.emperor_throttle),
-                max_throttle: Duration::from_millis(
-                    cli.emperor_max_throttle.max(cli.emperor_throttle),
-                ),
-                no_blacklist: cli.emperor_no_blacklist,
-                ..ThrottleConfig::default()
-            },
-            graceful_shutdown: cli.emperor_graceful_shutdown,
-            curse_tolerance: Duration::from_secs(cli.emperor_curse_tolerance),
-            required_heartbeat: Duration::from_secs(cli.emperor_required_heartbeat),
-            tyrant: cli.emperor_tyrant.then_some(TyrantConfig {
-                min_uid: cli.emperor_tyrant_min_uid,
-                min_gid: cli.emperor_tyrant_min_gid,
-            }),
-            broodlord: cli.emperor_broodlord,
-            stop_hook: cli.vassals_stop_hook.is_some(),
-            reload_mode: reload_mode(&cli, drop.is_some())?,
+    let (mons, cfg) = emperor_parts(
+        &cli,
+        Purpose::Run {
+            drops: drop.is_some(),
         },
-        launch: LaunchOptions {
-            binary: cli.binary_path.clone(),
-            wrapper: cli.emperor_wrapper.clone(),
-            wrapper_override: cli.emperor_wrapper_override.clone(),
-            wrapper_fallback: cli.emperor_wrapper_fallback.clone(),
-            extensions,
-            set: cli.vassal_set.clone(),
-            inherit_before: cli.vassals_inherit_before.clone(),
-            include_before: cli.vassals_include_before.clone(),
-            inherit: cli.vassals_inherit.clone(),
-            include: cli.vassals_include.clone(),
-            magic_exec: cli.emperor_magic_exec,
-            tyrant_initgroups: cli.emperor_tyrant_initgroups,
-            confine: std::sync::Arc::new(confinement(&cli)?),
-            start_hook: cli.vassals_start_hook.clone().map(OsString::from),
-            stop_hook: cli.vassals_stop_hook.clone().map(OsString::from),
-        },
-        monitor: monitor_opts,
-        reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 {
-            30
-        } else {
-            cli.reload_mercy
-        }),
-        on_demand: OnDemandOptions {
-            backlog: cli.listen,
-            unix_mode: cli.emperor_on_demand_socket_mode,
-        },
-        logs: LogOptions {
-            mode: cli.vassal_logs.clone(),
-            max_size: cli.vassal_logs_max_size,
-            keep: cli.vassal_logs_keep,
-            json: cli.log_format == "json",
-        },
-        health: cli.health(),
-        ready_wait: cli.emperor_ready_wait,
-        check: emperor::runtime::CheckOptions {
-            sandbox: !cli.emperor_reload_check_no_sandbox,
-            command: cli.emperor_reload_check.clone(),
-            timeout: cli
-                .emperor_reload_check_timeout
-                .unwrap_or(Duration::from_secs(30)),
-        },
-    };
+    )?;
     // the log directory is opened (and journald checked) before any drop
     // of privileges, and a bad one stops the emperor here
     if let LogMode::Journal(socket) = &cfg.logs.mode {
@@ -376,6 +298,17 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
             Err(e) => e.exit(),
         };
     }
+    match parse_command_line_for(args)? {
+        Ok(c) => Ok(c),
+        Err(e) => e.exit(),
+    }
+}
+
+/// The emperor's command line with its config files expanded; a clap
+/// error (or help) is returned, not printed.
+fn parse_command_line_for(
+    args: &[OsString],
+) -> Result<std::result::Result<(Cli, Vec<config::Note>), clap::Error>> {
     let (settings, warnings) = cli::settings_from_args(args)?;
     let mut prepared = config::prepare(
         args.first().cloned().unwrap_or_else(|| "imperium".into()),
@@ -384,16 +317,124 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
     prepared
         .notes
         .splice(0..0, warnings.into_iter().map(config::Note::Config));
-    match Cli::try_parse_from(&prepared.args) {
-        Ok(c) => Ok((c, prepared.notes)),
-        Err(e) => e.exit(),
+    Ok(Cli::try_parse_from(&prepared.args).map(|c| (c, prepared.notes)))
+}
+
+/// What the emperor's settings are built for.
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    /// A real run; `drops`: the emperor gives up its privileges after
+    /// start-up.
+    Run { drops: bool },
+    /// `imperium plan`: nothing is started, so nothing needs root.
+    Plan,
+}
+
+/// The monitors (one per `--emperor` URL) and the emperor's settings, from
+/// the command line. Nothing is started: `imperium plan` uses the same.
+fn emperor_parts(
+    cli: &Cli,
+    purpose: Purpose,
+) -> Result<(Vec<Box<dyn emperor::Monitor>>, EmperorConfig)> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let extensions = Extensions::new(cli.emperor_extra_extension.clone());
+    let monitor_opts = MonitorOptions {
+        freq: Duration::from_secs(cli.emperor_freq),
+        extensions: extensions.clone(),
+        nofollow: cli.emperor_nofollow,
+        tyrant_nofollow: cli.emperor_tyrant_nofollow,
+        on_demand: on_demand_source(cli)?,
+        cwd: cwd.clone(),
+    };
+    // the options of one monitor each, passed through by name: the monitors
+    // crate knows which monitor reads them (and reads the password file now)
+    let mut monitor_args = monitors::MonitorArgs::default();
+    monitor_args.set("emperor-pg-channel", &cli.emperor_pg_channel)?;
+    if let Some(dn) = &cli.emperor_ldap_binddn {
+        monitor_args.set("emperor-ldap-binddn", dn)?;
     }
+    if let Some(path) = &cli.emperor_ldap_bindpw_file {
+        monitor_args.set("emperor-ldap-bindpw-file", path)?;
+    }
+    let mut mons = Vec::new();
+    for (i, url) in cli.emperor.iter().enumerate() {
+        // the monitor's error names the URL with any password masked; the
+        // raw value must not be repeated here
+        mons.push(
+            monitors::build_with(url, &monitor_opts, &monitor_args)
+                .with_context(|| format!("--emperor value #{}", i + 1))?,
+        );
+    }
+    let cfg = EmperorConfig {
+        reconciler: ReconcilerConfig {
+            throttle: ThrottleConfig {
+                throttle: Duration::from_millis(cli.emperor_throttle),
+                max_throttle: Duration::from_millis(
+                    cli.emperor_max_throttle.max(cli.emperor_throttle),
+                ),
+                no_blacklist: cli.emperor_no_blacklist,
+                ..ThrottleConfig::default()
+            },
+            graceful_shutdown: cli.emperor_graceful_shutdown,
+            curse_tolerance: Duration::from_secs(cli.emperor_curse_tolerance),
+            required_heartbeat: Duration::from_secs(cli.emperor_required_heartbeat),
+            tyrant: cli.emperor_tyrant.then_some(TyrantConfig {
+                min_uid: cli.emperor_tyrant_min_uid,
+                min_gid: cli.emperor_tyrant_min_gid,
+            }),
+            broodlord: cli.emperor_broodlord,
+            stop_hook: cli.vassals_stop_hook.is_some(),
+            reload_mode: reload_mode(cli, purpose)?,
+        },
+        launch: LaunchOptions {
+            binary: cli.binary_path.clone(),
+            wrapper: cli.emperor_wrapper.clone(),
+            wrapper_override: cli.emperor_wrapper_override.clone(),
+            wrapper_fallback: cli.emperor_wrapper_fallback.clone(),
+            extensions,
+            set: cli.vassal_set.clone(),
+            inherit_before: cli.vassals_inherit_before.clone(),
+            include_before: cli.vassals_include_before.clone(),
+            inherit: cli.vassals_inherit.clone(),
+            include: cli.vassals_include.clone(),
+            magic_exec: cli.emperor_magic_exec,
+            tyrant_initgroups: cli.emperor_tyrant_initgroups,
+            confine: std::sync::Arc::new(confinement(cli)?),
+            start_hook: cli.vassals_start_hook.clone().map(OsString::from),
+            stop_hook: cli.vassals_stop_hook.clone().map(OsString::from),
+        },
+        monitor: monitor_opts,
+        reload_mercy: Duration::from_secs(if cli.reload_mercy == 0 {
+            30
+        } else {
+            cli.reload_mercy
+        }),
+        on_demand: OnDemandOptions {
+            backlog: cli.listen,
+            unix_mode: cli.emperor_on_demand_socket_mode,
+        },
+        logs: LogOptions {
+            mode: cli.vassal_logs.clone(),
+            max_size: cli.vassal_logs_max_size,
+            keep: cli.vassal_logs_keep,
+            json: cli.log_format == "json",
+        },
+        health: cli.health(),
+        ready_wait: cli.emperor_ready_wait,
+        check: emperor::runtime::CheckOptions {
+            sandbox: !cli.emperor_reload_check_no_sandbox,
+            command: cli.emperor_reload_check.clone(),
+            timeout: cli
+                .emperor_reload_check_timeout
+                .unwrap_or(Duration::from_secs(30)),
+        },
+    };
+    Ok((mons, cfg))
 }
 
 /// `--emperor-reload-mode`, with its options checked: the sandbox of the
-/// checked mode needs root for good (`drops`: the emperor gives up its
-/// privileges after start-up).
-fn reload_mode(cli: &Cli, drops: bool) -> Result<emperor::reconciler::ReloadMode> {
+/// checked mode needs an emperor that stays root (not for a plan).
+fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::ReloadMode> {
     use emperor::reconciler::ReloadMode;
     let checked = cli.emperor_reload_mode == "checked";
     if !checked {
@@ -409,8 +450,10 @@ fn reload_mode(cli: &Cli, drops: bool) -> Result<emperor::reconciler::ReloadMode
         if cli.emperor_reload_check.is_none() {
             bail!("--emperor-reload-mode checked with --emperor-reload-check-no-sandbox checks nothing: give --emperor-reload-check COMMAND");
         }
-    } else if !nix::unistd::geteuid().is_root() || drops {
-        bail!("--emperor-reload-mode checked loads each changed config in a sandbox (namespaces and mounts), which needs an emperor that stays root; without root, give --emperor-reload-check COMMAND with --emperor-reload-check-no-sandbox");
+    } else if let Purpose::Run { drops } = purpose {
+        if !nix::unistd::geteuid().is_root() || drops {
+            bail!("--emperor-reload-mode checked loads each changed config in a sandbox (namespaces and mounts), which needs an emperor that stays root; without root, give --emperor-reload-check COMMAND with --emperor-reload-check-no-sandbox");
+        }
     }
     Ok(ReloadMode::Checked)
 }

@@ -26,6 +26,7 @@ use crate::name::VassalName;
 use crate::spec::{ConfigSource, MonitorHealth, Owner, VassalSpec};
 use crate::throttle::{Blacklist, ThrottleConfig};
 
+mod adopt;
 mod changes;
 mod check;
 mod health;
@@ -34,6 +35,7 @@ mod process;
 mod timers;
 mod vassal;
 
+pub use adopt::Adopted;
 pub use operator::OperatorError;
 pub use vassal::{HealthState, Phase, Proc, ProcHealth, Rejection, Vassal, VassalState};
 

@@ -145,7 +145,7 @@ pub enum Phase {
 }
 
 /// The phase of a vassal as a label, for logs, stats and `imperium ctl`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VassalState {
     /// [`Phase::Starting`].

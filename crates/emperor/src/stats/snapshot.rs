@@ -48,6 +48,11 @@ pub struct VassalSnap {
     pub born: f64,
     /// Its change key, in seconds (uWSGI's `last_mod`).
     pub last_mod: i64,
+    /// Its change key, exact (`file:MTIME_NS:INO:SIZE` or `stamp:N`).
+    pub change_key: String,
+    /// The directory it runs in, when its source gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
     /// Its last heartbeat (Unix time, 0: none).
     pub last_heartbeat: f64,
     /// It said it is loyal.
@@ -237,6 +242,8 @@ fn vassal_snap(v: &crate::reconciler::Vassal, clock: &Clock) -> VassalSnap {
         },
         born: unix(v.born),
         last_mod: v.applied_key.as_secs(),
+        change_key: v.applied_key.to_string(),
+        workdir: spec.and_then(|s| s.workdir.clone()),
         last_heartbeat: p
             .and_then(|p| p.last_heartbeat)
             .map_or(0.0, |t| clock.unix(t)),
