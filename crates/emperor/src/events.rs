@@ -69,6 +69,8 @@ pub struct Counters {
     pub reload_checks: u64,
     /// Changed configs whose check failed.
     pub changes_rejected: u64,
+    /// Swaps done: a new instance took over from the old one.
+    pub swaps: u64,
     /// Every exit, by cause: `requested` (the emperor asked it to stop),
     /// `exile` (code 26), `exit` (any other code), `signal`.
     pub deaths: BTreeMap<&'static str, u64>,
@@ -409,6 +411,23 @@ pub enum Event<'a> {
         /// How long the check took.
         took: std::time::Duration,
     },
+    /// `--emperor-reload-mode swap`: its config changed; a second process
+    /// starts with it beside the running one.
+    SwapStarted {
+        /// The vassal.
+        name: &'a VassalName,
+    },
+    /// The second process serves: it took over, the old one stops.
+    SwapDone {
+        /// The vassal.
+        name: &'a VassalName,
+        /// The old process.
+        old_pid: u32,
+        /// The new one.
+        new_pid: u32,
+        /// From its start to serving.
+        took: std::time::Duration,
+    },
     /// SIGHUP did not reload it: its last change was rejected.
     ReloadSkipped {
         /// The vassal.
@@ -667,6 +686,18 @@ impl Event<'_> {
             Event::ChangeRejected { name, reason, took } => {
                 c.changes_rejected += 1;
                 tracing::error!(vassal = %name, took_ms = took.as_millis() as u64, "[emperor] the new config of vassal {name} was REJECTED by its check; the running instance keeps its config (fix the config, or imperium ctl reload {name} --force): {reason}");
+            }
+            Event::SwapStarted { name } => {
+                info!(vassal = %name, "[emperor] the config of vassal {name} changed: starting a new instance beside the running one (swap)");
+            }
+            Event::SwapDone {
+                name,
+                old_pid,
+                new_pid,
+                took,
+            } => {
+                c.swaps += 1;
+                info!(vassal = %name, old_pid, new_pid, took_ms = took.as_millis() as u64, "[emperor] vassal {name} swapped: the new instance (pid {new_pid}) serves after {} ms, stopping the old one (pid {old_pid})", took.as_millis());
             }
             Event::ReloadSkipped { name } => {
                 tracing::warn!(vassal = %name, "[emperor] not reloading vassal {name}: its last change was rejected (imperium ctl reload {name} --force applies it)");

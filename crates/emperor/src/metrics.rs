@@ -160,6 +160,12 @@ impl Collector for SnapshotCollector {
         )?;
         counter(
             &mut e,
+            "imperium_swaps",
+            "Swaps done (--emperor-reload-mode swap): a new instance took over from the old one.",
+            c.swaps,
+        )?;
+        counter(
+            &mut e,
             "imperium_changes_rejected",
             "Changed configs that failed their check: the vassal kept the config it ran.",
             c.changes_rejected,

@@ -299,9 +299,18 @@ pub struct Cli {
     /// reload at once (uWSGI's behaviour); checked first loads the new
     /// config with the vassal binary in a throwaway sandbox (and runs
     /// --emperor-reload-check), and a change that fails is rejected: the
-    /// running instance keeps its config. See docs/reloads.md.
-    #[arg(long, value_name = "MODE", default_value = "inplace", value_parser = ["inplace", "checked"])]
+    /// running instance keeps its config; swap starts a new instance beside
+    /// the running one and stops the old one once the new one serves (for
+    /// vassals on an on-demand socket, or with reuse-port). See
+    /// docs/reloads.md.
+    #[arg(long, value_name = "MODE", default_value = "inplace", value_parser = ["inplace", "checked", "swap"])]
     pub emperor_reload_mode: String,
+
+    /// swap mode: how long the new instance may take to serve (byte 5 and
+    /// its health check) before it is stopped and the change rejected
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = emperor::health::parse_duration)]
+    pub emperor_swap_timeout: Option<std::time::Duration>,
 
     /// checked mode: run this command (by /bin/sh, in the vassal's
     /// directory) before the reload; an exit code other than 0 rejects the

@@ -450,6 +450,9 @@ pub fn table(vs: &[Value]) -> String {
         if v["rejected"].is_object() {
             flags.push("rejected");
         }
+        if v["swap_pid"].is_u64() {
+            flags.push("swapping");
+        }
         rows.push(vec![
             plain(&v["name"]),
             plain(&v["state"]),

@@ -385,6 +385,7 @@ fn emperor_parts(
             broodlord: cli.emperor_broodlord,
             stop_hook: cli.vassals_stop_hook.is_some(),
             reload_mode: reload_mode(cli, purpose)?,
+            swap_timeout: cli.emperor_swap_timeout.unwrap_or(Duration::from_secs(60)),
         },
         launch: LaunchOptions {
             binary: cli.binary_path.clone(),
@@ -436,6 +437,9 @@ fn emperor_parts(
 /// checked mode needs an emperor that stays root (not for a plan).
 fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::ReloadMode> {
     use emperor::reconciler::ReloadMode;
+    if cli.emperor_swap_timeout.is_some() && cli.emperor_reload_mode != "swap" {
+        bail!("--emperor-swap-timeout applies to --emperor-reload-mode swap only");
+    }
     let checked = cli.emperor_reload_mode == "checked";
     if !checked {
         if cli.emperor_reload_check.is_some()
@@ -444,7 +448,15 @@ fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::Reloa
         {
             bail!("--emperor-reload-check, --emperor-reload-check-timeout and --emperor-reload-check-no-sandbox apply to --emperor-reload-mode checked only");
         }
-        return Ok(ReloadMode::Inplace);
+        return Ok(if cli.emperor_reload_mode == "swap" {
+            let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req");
+            if matches!(purpose, Purpose::Run { .. }) && migrate.is_ok_and(|v| v.trim() == "0") {
+                tracing::warn!("[emperor] --emperor-reload-mode swap: net.ipv4.tcp_migrate_req is 0, so a vassal swapped through reuse-port can lose the connections queued on its old instance's socket when that one closes (set it to 1; vassals on an on-demand socket lose none; docs/reloads.md)");
+            }
+            ReloadMode::Swap
+        } else {
+            ReloadMode::Inplace
+        });
     }
     if cli.emperor_reload_check_no_sandbox {
         if cli.emperor_reload_check.is_none() {

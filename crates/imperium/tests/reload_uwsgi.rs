@@ -5,13 +5,11 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use testkit::servers::{free_port, wait_until};
-use testkit::uwsgi::{http_get, uwsgi_bin, vassal_ini_on, wait_answer, write_app};
+use testkit::uwsgi::{http_get, uwsgi_bin, vassal_ini_on, wait_answer, write_app, Load};
 use testkit::{ctl, ctl_ok, Imperium};
 
 const T: Duration = Duration::from_secs(30);
@@ -59,52 +57,6 @@ impl Setup {
     fn show(&self) -> Value {
         let out = ctl_ok(&self.ctl_sock(), &["--json", "show", "app.ini"]);
         serde_json::from_str::<Value>(&out).unwrap()["data"].clone()
-    }
-}
-
-/// Clients sending requests to `port` until stopped, counting failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let (stop, ok, failed) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(0)),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match http_get(port, "/") {
-                    Some(_) => o.fetch_add(1, Ordering::Relaxed),
-                    None => f.fetch_add(1, Ordering::Relaxed),
-                };
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Load {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the clients: (answered, failed).
-    fn stop(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
     }
 }
 

@@ -3,6 +3,8 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::servers::{free_port, require_program};
@@ -137,3 +139,94 @@ impl AppTree {
         AppTree { tmp, vassals, app }
     }
 }
+
+/// Clients sending requests to `port` until stopped, counting failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts one client thread.
+    pub fn start(port: u16) -> Load {
+        Self::start_in(port, None)
+    }
+
+    /// Starts one client thread in the network namespace of process
+    /// `netns` (its own when `None`).
+    pub fn start_in(port: u16, netns: Option<u32>) -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let thread = std::thread::spawn(move || {
+            if let Some(pid) = netns {
+                enter_netns_of(pid);
+            }
+            while !s.load(Ordering::Relaxed) {
+                match http_get(port, "/") {
+                    Some(_) => o.fetch_add(1, Ordering::Relaxed),
+                    None => f.fetch_add(1, Ordering::Relaxed),
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the clients: (answered, failed).
+    pub fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Moves the calling thread into the network namespace of process `pid`.
+pub fn enter_netns_of(pid: u32) {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).expect("open the netns");
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+}
+
+/// Runs `f` on a thread inside the network namespace of process `netns`
+/// (on this thread when `None`).
+pub fn in_netns<T: Send>(netns: Option<u32>, f: impl FnOnce() -> T + Send) -> T {
+    match netns {
+        None => f(),
+        Some(pid) => std::thread::scope(|s| {
+            s.spawn(|| {
+                enter_netns_of(pid);
+                f()
+            })
+            .join()
+            .expect("the thread in the netns panicked")
+        }),
+    }
+}
+
+/// The wrapper (for [`crate::Imperium::start_wrapped`]) that runs the
+/// emperor in a network namespace of its own, with `lo` up and
+/// `net.ipv4.tcp_migrate_req = 1` (a closing SO_REUSEPORT listener hands its
+/// queued connections to another one of its group).
+pub const NETNS_MIGRATE_REQ: &[&str] = &[
+    "unshare",
+    "-n",
+    "sh",
+    "-c",
+    "ip link set lo up && echo 1 > /proc/sys/net/ipv4/tcp_migrate_req && exec \"$@\"",
+    "sh",
+];

@@ -158,6 +158,16 @@ impl Reconciler {
         if matches!(v.phase, Phase::Exiled | Phase::Idle | Phase::Refused(_)) {
             v.phase = Phase::Stopped;
         }
+        if self.cfg.reload_mode == ReloadMode::Swap
+            && !restart_needed
+            && !v.stopped_by_operator
+            && matches!(v.phase, Phase::Running { .. })
+        {
+            // the running process serves until a successor does
+            v.checking = None;
+            self.begin_swap(&name, now, out);
+            return;
+        }
         if self.cfg.reload_mode == ReloadMode::Checked
             && !restart_needed
             && !v.stopped_by_operator

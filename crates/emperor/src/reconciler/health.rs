@@ -8,10 +8,16 @@ impl Reconciler {
     /// The process of `instance` has a health check: its results are fed
     /// to [`Reconciler::health_result`] from now on.
     pub fn health_watch(&mut self, instance: InstanceId, check: &HealthCheck, now: Instant) {
-        let Some(name) = self.by_instance.get(&instance) else {
-            return;
+        let p = match self.successor_mut(instance) {
+            Some((_, s)) => Some(&mut s.proc),
+            None => {
+                let Some(name) = self.by_instance.get(&instance) else {
+                    return;
+                };
+                self.vassals.get_mut(name).and_then(|v| v.phase.proc_mut())
+            }
         };
-        if let Some(p) = self.vassals.get_mut(name).and_then(|v| v.phase.proc_mut()) {
+        if let Some(p) = p {
             p.health = Some(Box::new(ProcHealth {
                 check: check.probe.to_string(),
                 allowed: check.failures,
@@ -38,10 +44,20 @@ impl Reconciler {
         now: Instant,
     ) -> Vec<Action> {
         let mut out = Vec::new();
+        let wall = wall_at(self.wall_anchor, now);
+        if let Some((name, s)) = self.successor_mut(instance) {
+            // a successor is judged by its swap deadline: a pass counts
+            if let Some(h) = s.proc.health.as_deref_mut() {
+                h.last_check = Some(wall);
+                h.passed |= result.is_ok();
+                h.last_error = result.err();
+            }
+            self.promote_if_serving(&name, now, &mut out);
+            return out;
+        }
         let Some(name) = self.by_instance.get(&instance).cloned() else {
             return out;
         };
-        let wall = wall_at(self.wall_anchor, now);
         let Some(v) = self.vassals.get_mut(&name) else {
             return out;
         };

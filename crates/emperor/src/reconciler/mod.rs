@@ -32,11 +32,13 @@ mod check;
 mod health;
 mod operator;
 mod process;
+mod swap;
 mod timers;
 mod vassal;
 
 pub use adopt::Adopted;
 pub use operator::OperatorError;
+pub use swap::Successor;
 pub use vassal::{HealthState, Phase, Proc, ProcHealth, Rejection, Vassal, VassalState};
 
 /// The shortest wait before a vassal that could not be started is tried
@@ -95,6 +97,8 @@ pub struct ReconcilerConfig {
     /// `--emperor-reload-mode`: how a changed config reaches a running
     /// vassal.
     pub reload_mode: ReloadMode,
+    /// `--emperor-swap-timeout`: how long a successor may take to serve.
+    pub swap_timeout: Duration,
 }
 
 /// How a changed config reaches a running vassal (`--emperor-reload-mode`,
@@ -107,6 +111,10 @@ pub enum ReloadMode {
     /// Check the new config first ([`Action::Check`]); a change that fails
     /// its check is rejected and the running instance keeps its config.
     Checked,
+    /// Start a second process with the new config beside the running one
+    /// and stop the old one once the new one serves; a new one that does
+    /// not serve in time is stopped and the change rejected.
+    Swap,
 }
 
 /// Tyrant mode settings (docs/tyrant.md).
@@ -138,6 +146,7 @@ impl Default for ReconcilerConfig {
             broodlord: 0,
             stop_hook: false,
             reload_mode: ReloadMode::Inplace,
+            swap_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -260,6 +269,10 @@ pub struct Reconciler {
     /// instant was this wall time (see [`Reconciler::set_wall_anchor`]).
     wall_anchor: (Instant, std::time::SystemTime),
     deferred: DeferBurst,
+    /// `--emperor-reload-mode swap`: each successor process, by instance.
+    swaps: HashMap<InstanceId, VassalName>,
+    /// Old processes told to stop after a swap, by instance.
+    retiring: HashMap<InstanceId, swap::Retiring>,
 }
 
 /// The wall-clock time of `now`, from an anchor pair.
@@ -289,6 +302,8 @@ impl Reconciler {
             rescan_wanted: false,
             wall_anchor: (Instant::now(), std::time::SystemTime::now()),
             deferred: DeferBurst::default(),
+            swaps: HashMap::new(),
+            retiring: HashMap::new(),
         }
     }
 
@@ -337,7 +352,7 @@ impl Reconciler {
 
     /// Number of vassal processes alive (or starting).
     pub fn running(&self) -> usize {
-        self.vassals.values().filter(|v| v.proc().is_some()).count()
+        self.vassals.values().filter(|v| v.proc().is_some()).count() + self.swap_processes()
     }
 
     /// Number of broodlord zergs in the table (what `--emperor-broodlord`

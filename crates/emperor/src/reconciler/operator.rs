@@ -59,7 +59,9 @@ impl Reconciler {
             .vassals
             .values()
             .filter_map(|v| match &v.phase {
-                Phase::Running { .. } if v.rejected.is_some() || v.checking.is_some() => {
+                Phase::Running { .. }
+                    if v.rejected.is_some() || v.checking.is_some() || v.successor.is_some() =>
+                {
                     skipped.push(v.name.clone());
                     None
                 }
@@ -95,10 +97,11 @@ impl Reconciler {
             Phase::Stopping { .. } => return Err(OperatorError::Stopping(name.to_string())),
             _ => return Err(OperatorError::NotRunning(name.to_string())),
         };
-        let why = match (&v.rejected, v.checking) {
-            (Some(r), _) => Some(format!("its last change was rejected: {}", r.reason)),
-            (None, Some(_)) => Some("the check of its last change is running".to_string()),
-            (None, None) => None,
+        let why = match (&v.rejected, v.checking, &v.successor) {
+            (Some(r), _, _) => Some(format!("its last change was rejected: {}", r.reason)),
+            (None, Some(_), _) => Some("the check of its last change is running".to_string()),
+            (None, None, Some(_)) => Some("a swap to its last change is running".to_string()),
+            (None, None, None) => None,
         };
         if let (Some(why), false) = (why, force) {
             return Err(OperatorError::Unchecked {
@@ -107,6 +110,7 @@ impl Reconciler {
             });
         }
         let vn = v.name.clone();
+        self.retire_successor(&vn, now, &mut out);
         if let Some(v) = self.vassals.get_mut(&vn) {
             v.rejected = None;
             v.checking = None;
@@ -305,11 +309,12 @@ impl Reconciler {
     /// Ragnarok past the mercy time: SIGKILL every vassal still alive.
     pub fn kill_all(&mut self) -> Vec<Action> {
         let mut out = Vec::new();
-        let targets: Vec<(VassalName, InstanceId, u32)> = self
+        let mut targets: Vec<(VassalName, InstanceId, u32)> = self
             .vassals
             .values()
             .filter_map(|v| Some((v.name.clone(), v.proc()?.instance, v.pid()?)))
             .collect();
+        targets.extend(self.swap_instances());
         for (name, instance, pid) in targets {
             tracing::warn!(vassal = %name, pid, "NO MERCY for vassal {name} !!!");
             self.counters.kills += 1;

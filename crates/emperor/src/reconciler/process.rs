@@ -162,6 +162,8 @@ impl Reconciler {
         } else {
             MSG_STOP
         };
+        // a swap in progress ends with it
+        self.retire_successor(name, now, out);
         let Some(v) = self.vassals.get_mut(name) else {
             return;
         };
@@ -201,7 +203,10 @@ impl Reconciler {
     }
 
     fn name_of(&self, instance: InstanceId) -> Option<VassalName> {
-        self.by_instance.get(&instance).cloned()
+        self.by_instance
+            .get(&instance)
+            .cloned()
+            .or_else(|| self.swap_name_of(instance))
     }
 
     /// The vassal of `instance` writes into `log` (the runtime keeps one
@@ -261,7 +266,13 @@ impl Reconciler {
 
     /// The process of `instance` was started with `pid`.
     pub fn spawned(&mut self, instance: InstanceId, pid: u32, program: &str) {
-        let Some(name) = self.name_of(instance) else {
+        if self.is_successor(instance) {
+            return self.successor_spawned(instance, pid, program);
+        }
+        if self.retiring_spawned(instance, pid) {
+            return;
+        }
+        let Some(name) = self.by_instance.get(&instance).cloned() else {
             return;
         };
         if let Some(v) = self.vassals.get_mut(&name) {
@@ -303,6 +314,16 @@ impl Reconciler {
     /// each failure widens by `--emperor-throttle` (a binary being replaced
     /// by a package upgrade comes back on its own).
     pub fn spawn_failed(&mut self, instance: InstanceId, error: &str, now: Instant) -> Vec<Action> {
+        if self.is_successor(instance) {
+            return self.swap_refused(
+                instance,
+                &format!("swap: cannot start the new instance: {error}"),
+                now,
+            );
+        }
+        if self.retiring.remove(&instance).is_some() {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
             return out;
@@ -344,6 +365,16 @@ impl Reconciler {
         error: &str,
         now: Instant,
     ) -> Vec<Action> {
+        if self.is_successor(instance) {
+            return self.swap_refused(
+                instance,
+                &format!("swap: the new instance cannot start now: {error}"),
+                now,
+            );
+        }
+        if self.retiring.remove(&instance).is_some() {
+            return Vec::new();
+        }
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
             return out;
@@ -392,6 +423,12 @@ impl Reconciler {
     /// more). The runtime asks before it starts a process whose
     /// `--vassals-start-hook` ran in the meantime.
     pub fn instance_stopping(&self, instance: InstanceId) -> Option<bool> {
+        if self.retiring.contains_key(&instance) {
+            return Some(true);
+        }
+        if self.is_successor(instance) {
+            return Some(false);
+        }
         let name = self.by_instance.get(&instance)?;
         let v = self.vassals.get(name)?;
         v.proc()?;
@@ -442,7 +479,11 @@ impl Reconciler {
         now: Instant,
     ) -> Vec<Action> {
         let mut out = Vec::new();
-        let Some(name) = self.name_of(instance) else {
+        if self.is_successor(instance) {
+            self.successor_message(instance, msg, now, &mut out);
+            return out;
+        }
+        let Some(name) = self.by_instance.get(&instance).cloned() else {
             return out;
         };
         let Some(v) = self.vassals.get_mut(&name) else {
@@ -569,7 +610,8 @@ impl Reconciler {
     /// is gone or closed it): curse it, as uWSGI does.
     pub fn pipe_closed(&mut self, instance: InstanceId, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
-        if let Some(name) = self.name_of(instance) {
+        // a successor or a retiring process: its exit tells
+        if let Some(name) = self.by_instance.get(&instance).cloned() {
             self.stop(&name, StopReason::PipeClosed, now, &mut out);
         }
         out
@@ -582,6 +624,9 @@ impl Reconciler {
         status: ExitStatus,
         now: Instant,
     ) -> Vec<Action> {
+        if let Some(out) = self.swap_exited(instance, status, now) {
+            return out;
+        }
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
             return out;
@@ -629,6 +674,13 @@ impl Reconciler {
             self.delete(&name, &mut out);
             return out;
         }
+        // an unexpected death during a swap: the successor takes over
+        if reason.is_none() && self.successor_takes_over(&name) {
+            return out;
+        }
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return out;
+        };
         let on_demand = v.desired.as_ref().is_some_and(|d| d.socket.is_some());
         match reason {
             Some(StopReason::Restart) => self.start(&name, now, false, &mut out),
@@ -642,42 +694,58 @@ impl Reconciler {
             Some(StopReason::Operator) => v.phase = Phase::Stopped,
             Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name, &mut out),
             None | Some(StopReason::PipeClosed) => {
-                if status == ExitStatus::Code(26) {
-                    self.emit(Event::Exiled { name: &name });
-                    let Some(v) = self.vassals.get_mut(&name) else {
-                        return out;
-                    };
-                    if v.is_zerg() {
-                        self.delete(&name, &mut out);
-                    } else {
-                        v.phase = Phase::Exiled;
-                    }
-                    return out;
-                }
-                v.restarts += 1;
-                let delay = if p.loyal {
-                    let stable = now.duration_since(p.started) >= self.cfg.throttle.stable_after;
-                    v.crash_streak = if stable { 1 } else { v.crash_streak + 1 };
-                    loyal_delay(v.crash_streak, &self.cfg.throttle)
-                } else {
-                    self.blacklist.record_death(&name, now, &self.cfg.throttle)
-                };
-                if delay.is_zero() {
-                    self.start(&name, now, false, &mut out);
-                } else {
-                    let v = self.vassals.get_mut(&name).expect("present");
-                    v.phase = Phase::Throttled {
-                        respawn_at: now + delay,
-                        activated: false,
-                    };
-                    self.emit(Event::RespawnScheduled {
-                        name: &name,
-                        delay,
-                        loyal: p.loyal,
-                    });
-                }
+                self.after_death(&name, &p, status, now, &mut out)
             }
         }
         out
+    }
+
+    /// A death nobody asked for: exile (code 26), or a respawn now or
+    /// after the blacklist's or the loyal backoff's delay.
+    fn after_death(
+        &mut self,
+        name: &VassalName,
+        p: &Proc,
+        status: ExitStatus,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if status == ExitStatus::Code(26) {
+            self.emit(Event::Exiled { name });
+            let Some(v) = self.vassals.get_mut(name) else {
+                return;
+            };
+            if v.is_zerg() {
+                self.delete(name, out);
+            } else {
+                v.phase = Phase::Exiled;
+            }
+            return;
+        }
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        v.restarts += 1;
+        let delay = if p.loyal {
+            let stable = now.duration_since(p.started) >= self.cfg.throttle.stable_after;
+            v.crash_streak = if stable { 1 } else { v.crash_streak + 1 };
+            loyal_delay(v.crash_streak, &self.cfg.throttle)
+        } else {
+            self.blacklist.record_death(name, now, &self.cfg.throttle)
+        };
+        if delay.is_zero() {
+            self.start(name, now, false, out);
+        } else {
+            let v = self.vassals.get_mut(name).expect("present");
+            v.phase = Phase::Throttled {
+                respawn_at: now + delay,
+                activated: false,
+            };
+            self.emit(Event::RespawnScheduled {
+                name,
+                delay,
+                loyal: p.loyal,
+            });
+        }
     }
 }

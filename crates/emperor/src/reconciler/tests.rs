@@ -1441,3 +1441,124 @@ fn checked_mode_starts_a_vassal_without_a_process_at_once() {
     assert!(checks(&acts).is_empty());
     assert_eq!(ids.len(), 1);
 }
+
+fn swap_rec() -> Reconciler {
+    Reconciler::new(
+        ReconcilerConfig {
+            reload_mode: ReloadMode::Swap,
+            swap_timeout: Duration::from_secs(10),
+            ..ReconcilerConfig::default()
+        },
+        vec!["m0".into()],
+    )
+}
+
+fn spawned_instances(acts: &[Action]) -> Vec<InstanceId> {
+    acts.iter()
+        .filter_map(|a| match a {
+            Action::Spawn { instance, .. } => Some(*instance),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn swap_mode_starts_a_successor_and_retires_the_old_process_once_it_serves() {
+    let mut r = swap_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let old = ids[0];
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    assert!(
+        sends(&acts).is_empty(),
+        "the old process is left alone: {acts:?}"
+    );
+    let new = spawned_instances(&acts)[0];
+    assert_ne!(new, old);
+    assert_eq!(r.running(), 2);
+    r.spawned(new, 2000, "uwsgi");
+    assert!(r.vassal("a.ini").unwrap().successor.is_some());
+    // ready is not enough: it must accept requests
+    assert!(r.vassal_message(new, M::Ready, t).is_empty());
+    let acts = r.vassal_message(new, M::Accepting, t);
+    assert_eq!(sends(&acts), vec![(old, MSG_GRACEFUL_STOP)]);
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.pid(), Some(2000));
+    assert!(v.successor.is_none());
+    assert_eq!(v.reloads, 1);
+    assert_eq!(r.counters().swaps, 1);
+    // the old one's exit is expected: nothing respawns
+    let acts = r.exited(old, ExitStatus::Code(0), t);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(r.running(), 1);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
+}
+
+#[test]
+fn a_successor_that_never_serves_is_stopped_and_the_change_rejected() {
+    let mut r = swap_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    let new = spawned_instances(&acts)[0];
+    r.spawned(new, 2000, "uwsgi");
+    assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(10)));
+    let acts = r.tick(t + Duration::from_secs(10));
+    assert_eq!(sends(&acts), vec![(new, MSG_GRACEFUL_STOP)]);
+    let v = r.vassal("a.ini").unwrap();
+    assert!(v
+        .rejected
+        .as_ref()
+        .unwrap()
+        .reason
+        .contains("--emperor-swap-timeout"));
+    assert_eq!(v.pid(), Some(1000 + ids[0] as u32));
+    // past the curse tolerance it is killed; its exit changes nothing
+    let acts = r.tick(t + Duration::from_secs(41));
+    assert!(acts.contains(&Action::Kill { instance: new }), "{acts:?}");
+    assert!(r.exited(new, ExitStatus::Signal(9), t).is_empty());
+    assert_eq!(r.running(), 1);
+    // a successor that dies is a rejection too; the next change swaps again
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 3)), t);
+    let third = spawned_instances(&acts)[0];
+    r.spawned(third, 3000, "uwsgi");
+    assert!(r.exited(third, ExitStatus::Code(22), t).is_empty());
+    let why = &r.vassal("a.ini").unwrap().rejected.as_ref().unwrap().reason;
+    assert!(why.contains("exited with code 22"), "{why}");
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Running
+    );
+}
+
+#[test]
+fn the_successor_takes_over_when_the_old_process_dies_and_removal_stops_both() {
+    let mut r = swap_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    let new = spawned_instances(&acts)[0];
+    r.spawned(new, 2000, "uwsgi");
+    // the old one crashes: no respawn, the successor is the process now
+    let acts = r.exited(ids[0], ExitStatus::Signal(9), t);
+    assert!(spawned_instances(&acts).is_empty(), "{acts:?}");
+    assert_eq!(r.vassal("a.ini").unwrap().pid(), Some(2000));
+    // another swap, then the config goes: both processes are told to stop
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 3)), t);
+    let third = spawned_instances(&acts)[0];
+    r.spawned(third, 3000, "uwsgi");
+    let acts = r.monitor_change(0, Change::Snapshot(vec![]), t);
+    let stopped: Vec<InstanceId> = sends(&acts).iter().map(|(i, _)| *i).collect();
+    assert!(
+        stopped.contains(&new) && stopped.contains(&third),
+        "{acts:?}"
+    );
+    assert_eq!(r.running(), 2);
+    r.exited(third, ExitStatus::Code(0), t);
+    r.exited(new, ExitStatus::Code(0), t);
+    assert_eq!(r.running(), 0);
+    assert!(r.vassal("a.ini").is_none());
+}

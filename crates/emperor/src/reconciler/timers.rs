@@ -23,6 +23,7 @@ impl Reconciler {
                     _ => None,
                 }
             })
+            .chain(self.swap_deadline())
             .min()
     }
 
@@ -118,6 +119,7 @@ impl Reconciler {
                 why: &why,
             });
         }
+        self.swap_tick(now, &mut out);
         out
     }
 }

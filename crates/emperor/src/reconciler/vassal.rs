@@ -299,6 +299,9 @@ pub struct Vassal {
     /// The last change whose check failed, while its process keeps the
     /// config it had (boxed: most vassals have none).
     pub rejected: Option<Box<Rejection>>,
+    /// `--emperor-reload-mode swap`: the process started with the changed
+    /// config beside the running one, until it serves.
+    pub successor: Option<Box<super::Successor>>,
 }
 
 /// A change whose check failed: the vassal was not reloaded with it.
@@ -346,6 +349,7 @@ impl Vassal {
             held_change: None,
             checking: None,
             rejected: None,
+            successor: None,
         }
     }
 

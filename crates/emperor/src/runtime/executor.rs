@@ -44,6 +44,28 @@ fn log_hook(
     }
 }
 
+/// Whether a config sets uWSGI's `reuse-port` to true (`reuse-port = true`
+/// in an ini, `reuse-port: true` in YAML, `<reuse-port>true</reuse-port>`
+/// or a bare `<reuse-port/>` in XML, `"reuse-port": true` in JSON).
+fn sets_reuse_port(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim().trim_start_matches('"');
+        let Some(rest) = l.strip_prefix("reuse-port") else {
+            return l.starts_with("<reuse-port/>")
+                || l.starts_with("<reuse-port>true</")
+                || l.starts_with("<reuse-port>1</");
+        };
+        let v = rest
+            .trim_start_matches('"')
+            .trim_start()
+            .trim_start_matches(['=', ':'])
+            .trim()
+            .trim_end_matches(',')
+            .trim_matches('"');
+        matches!(v, "" | "true" | "1" | "yes" | "on")
+    })
+}
+
 /// A spawn that could not be prepared: deferred with a backoff when a
 /// resource ran out (EMFILE, ENFILE, EAGAIN, ENOMEM), failed otherwise.
 fn setup_failed(
@@ -323,6 +345,28 @@ impl Executor {
         Ok(own)
     }
 
+    /// Whether a second instance of `spec` can run beside the first one
+    /// without refusing clients (`--emperor-reload-mode swap`): it takes
+    /// the emperor's on-demand socket (fd 0, shared by both), or its config
+    /// sets `reuse-port` (both bind the same addresses).
+    fn can_swap(&self, spec: &VassalSpec) -> Result<(), String> {
+        if spec.socket.is_some() {
+            return Ok(());
+        }
+        let text = match &spec.config {
+            ConfigSource::Inline(t) => t.to_string(),
+            ConfigSource::File(p) => {
+                let full = spec.workdir.as_deref().unwrap_or(&self.cwd).join(p);
+                std::fs::read_to_string(&full).unwrap_or_default()
+            }
+            ConfigSource::Url(_) => String::new(),
+        };
+        if sets_reuse_port(&text) {
+            return Ok(());
+        }
+        Err("swap: this vassal cannot run twice at once: it has no on-demand socket and its config does not set reuse-port = true (docs/reloads.md); the change is not applied (imperium ctl reload NAME --force reloads it in place)".into())
+    }
+
     /// Where `imperium ctl logs NAME` reads from.
     pub(super) fn log_lookup(&self, rec: &Reconciler, name: &str) -> LogLookup {
         if let Some(why) = self.log_opts.not_captured() {
@@ -590,6 +634,11 @@ impl Executor {
             Some(base) => format!("{base}:zerg"),
             None => spec.name.to_string(),
         };
+        if rec.is_successor(instance) {
+            if let Err(why) = self.can_swap(&spec) {
+                return rec.swap_refused(instance, &why, std::time::Instant::now());
+            }
+        }
         // read before anything is set up: nothing to undo
         let (own, health) = match self.own_settings(&spec).and_then(|own| {
             let health = own.health.over(&self.health);

@@ -114,6 +114,10 @@ pub struct VassalSnap {
     pub checking: bool,
     /// Its last change failed its check: it was not reloaded with it.
     pub rejected: Option<RejectedSnap>,
+    /// `--emperor-reload-mode swap`: the pid of the new instance started
+    /// beside the running one, until it takes over (0: not reported yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_pid: Option<u32>,
 }
 
 /// A change that failed its check, in a snapshot.
@@ -288,6 +292,7 @@ fn vassal_snap(v: &crate::reconciler::Vassal, clock: &Clock) -> VassalSnap {
             reason: r.reason.clone(),
             at: unix(r.at),
         }),
+        swap_pid: v.successor.as_ref().map(|s| s.pid.unwrap_or(0)),
     }
 }
 

@@ -77,6 +77,7 @@ impl Snapshot {
                     health: v.health.as_ref(),
                     checking: v.checking,
                     rejected: v.rejected.as_ref(),
+                    swap_pid: v.swap_pid,
                 })
                 .collect(),
             blacklist: self
@@ -159,6 +160,8 @@ struct UwsgiVassal<'a> {
     health: Option<&'a super::snapshot::HealthSnap>,
     checking: bool,
     rejected: Option<&'a super::snapshot::RejectedSnap>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    swap_pid: Option<u32>,
 }
 
 #[derive(Serialize)]
