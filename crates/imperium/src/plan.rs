@@ -330,6 +330,11 @@ fn describe(
     };
     for a in actions {
         let line = match a {
+            Action::Spawn { spec, instance } if rec.is_successor(*instance) => Some((
+                spec.name.to_string(),
+                "swap",
+                "its config changed: a new instance starts beside the running one and takes over once it serves (--emperor-reload-mode swap)".to_string(),
+            )),
             Action::Spawn { spec, .. } => {
                 let n = spec.name.to_string();
                 match before.get(&n) {

@@ -186,6 +186,24 @@ fn plan_over_a_pg_table_against_a_running_emperor() {
     let (code, out, err) = plan(tmp.path(), &base);
     assert_eq!(code, 2, "{out}{err}");
     golden("plan_pg_changed.txt", &out);
+    // the reload modes plan as they would run
+    for (mode, file) in [
+        ("swap", "plan_pg_swap.txt"),
+        ("checked", "plan_pg_checked.txt"),
+    ] {
+        let mut with_mode = base.clone();
+        with_mode.extend(args(&[&"--emperor-reload-mode", &mode]));
+        if mode == "checked" {
+            with_mode.extend(args(&[
+                &"--emperor-reload-check",
+                &"true",
+                &"--emperor-reload-check-no-sandbox",
+            ]));
+        }
+        let (code, out, err) = plan(tmp.path(), &with_mode);
+        assert_eq!(code, 2, "{out}{err}");
+        golden(file, &out);
+    }
     // the plan did nothing: the emperor still runs a and b as they were
     let t = table(&sock);
     assert_eq!(t.len(), 2, "{t:?}");
