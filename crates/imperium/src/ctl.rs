@@ -66,11 +66,11 @@ pub enum Action {
         #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
         timeout: f64,
     },
-    /// The fleet with what each vassal uses now (processes, memory, CPU),
-    /// busiest first.
+    /// A live view of the fleet with what each vassal uses now (processes,
+    /// memory, CPU), busiest first, refreshed every second. Keys: c, m, r,
+    /// n sort by CPU, memory, restarts, name; q quits.
     Top {
-        /// Print one table and exit (for scripts). Required for now: the
-        /// live view is not built yet.
+        /// Print one table and exit (for scripts).
         #[arg(long)]
         once: bool,
         /// Sort by `cpu`, `mem`, `restarts` or `name`.
@@ -209,16 +209,9 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
     }
     if let Action::Top { once, sort } = &args.action {
         if !once {
-            bail!("imperium ctl top: the live view is not built yet; use `imperium ctl top --once` (one table)");
+            return crate::top::live(&args.socket, sort);
         }
-        let reply = call(&args.socket, &Request::List)?;
-        if !reply.ok {
-            bail!("{}", reply.error.unwrap_or_else(|| "failed".into()));
-        }
-        let vs = match reply.data {
-            Some(Value::Array(vs)) => vs,
-            _ => Vec::new(),
-        };
+        let vs = list(&args.socket)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&vs)?);
         } else {
@@ -335,24 +328,53 @@ fn plain(v: &Value) -> String {
 }
 
 /// `imperium ctl top --once`: one row per vassal with what it uses.
-pub fn top_table(mut vs: Vec<Value>, sort: &str) -> String {
+pub fn top_table(vs: Vec<Value>, sort: &str) -> String {
+    columns(&top_rows(vs, sort, None))
+}
+
+/// The vassals of a `list` reply.
+pub fn list(socket: &PathBuf) -> Result<Vec<Value>> {
+    let reply = call(socket, &Request::List)?;
+    if !reply.ok {
+        bail!("{}", reply.error.unwrap_or_else(|| "failed".into()));
+    }
+    Ok(match reply.data {
+        Some(Value::Array(vs)) => vs,
+        _ => Vec::new(),
+    })
+}
+
+/// The rows of `imperium ctl top`, header first, sorted by `sort`; with
+/// `rates` (CPU use per vassal name, in % of one core, since the previous
+/// look), a CPU% column that `cpu` sorts by.
+pub fn top_rows(
+    mut vs: Vec<Value>,
+    sort: &str,
+    rates: Option<&std::collections::HashMap<String, f64>>,
+) -> Vec<Vec<String>> {
     let num = |v: &Value, k: &str| v["usage"][k].as_f64().unwrap_or(0.0);
+    let rate = |v: &Value| {
+        rates
+            .and_then(|r| r.get(v["name"].as_str().unwrap_or_default()))
+            .copied()
+            .unwrap_or(0.0)
+    };
     match sort {
         "mem" => vs.sort_by(|a, b| num(b, "rss_bytes").total_cmp(&num(a, "rss_bytes"))),
         "restarts" => vs.sort_by_key(|v| std::cmp::Reverse(v["restarts"].as_u64().unwrap_or(0))),
         "name" => vs.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str())),
+        _ if rates.is_some() => vs.sort_by(|a, b| {
+            rate(b)
+                .total_cmp(&rate(a))
+                .then(num(b, "cpu_seconds").total_cmp(&num(a, "cpu_seconds")))
+        }),
         _ => vs.sort_by(|a, b| num(b, "cpu_seconds").total_cmp(&num(a, "cpu_seconds"))),
     }
-    let head = [
-        "NAME",
-        "STATE",
-        "PID",
-        "PROCS",
-        "RSS MiB",
-        "CPU s",
-        "RESTARTS",
-        "LAST EXIT",
-    ];
+    let mut head = vec!["NAME", "STATE", "PID", "PROCS", "RSS MiB"];
+    if rates.is_some() {
+        head.push("CPU%");
+    }
+    head.extend(["CPU s", "RESTARTS", "HEALTH", "LAST EXIT"]);
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for v in &vs {
         let u = &v["usage"];
@@ -369,18 +391,25 @@ pub fn top_table(mut vs: Vec<Value>, sort: &str) -> String {
         if let Some(o) = last.as_object_mut() {
             o.remove("output");
         }
-        rows.push(vec![
+        let mut row = vec![
             plain(&v["name"]),
             plain(&v["state"]),
             plain(&v["pid"]),
             procs,
             rss,
+        ];
+        if rates.is_some() {
+            row.push(format!("{:.1}", rate(v)));
+        }
+        row.extend([
             cpu,
             plain(&v["restarts"]),
+            health_cell(&v["health"]),
             plain(&last),
         ]);
+        rows.push(row);
     }
-    columns(&rows)
+    rows
 }
 
 /// Rows as aligned columns, two spaces apart.

@@ -6,6 +6,7 @@ mod ctl;
 mod options;
 mod plan;
 mod process;
+mod top;
 mod touch;
 
 use std::ffi::OsString;

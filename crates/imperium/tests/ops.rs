@@ -679,3 +679,76 @@ fn pidfile_procname_and_json_logs() {
     assert!(emp.stop().success());
     assert!(!pidfile.exists(), "the pidfile is removed at a clean exit");
 }
+
+/// `imperium ctl top` on a terminal (a pty from util-linux's `script`, 30
+/// rows by 150 columns): it draws every vassal with a CPU% column, sorts
+/// on a key, and quits on q with the terminal restored.
+#[test]
+fn ctl_top_live_view_draws_the_fleet_and_quits_on_q() {
+    testkit::servers::require_program("script", "bsdutils");
+    let d = testkit::VassalDir::new();
+    d.write("alpha.ini", "");
+    d.write("beta.ini", "");
+    let sock = d.path("ctl.sock");
+    let mut emp = Imperium::start(
+        d.tmp.path(),
+        [
+            "--emperor".as_ref(),
+            d.vassals.as_os_str(),
+            "--binary-path".as_ref(),
+            test_vassal_bin().as_os_str(),
+            "--emperor-control-socket".as_ref(),
+            sock.as_os_str(),
+        ],
+    );
+    assert!(wait_until(T, || ctl_ok_quiet(&sock).contains("beta.ini")));
+    let cmd = format!(
+        "stty rows 30 cols 150; {} ctl --socket {} top",
+        imperium_bin().display(),
+        sock.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    keys.write_all(b"n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    keys.write_all(b"q").unwrap();
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < T, "ctl top did not quit on q");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(child.wait().unwrap().success());
+    let screen = String::from_utf8_lossy(&out);
+    for want in [
+        "NAME",
+        "CPU%",
+        "RSS MiB",
+        "HEALTH",
+        "alpha.ini",
+        "beta.ini",
+        "running",
+        "sort: cpu",
+    ] {
+        assert!(screen.contains(want), "{want:?} not drawn: {screen:?}");
+    }
+    // the key sorted by name: after the first full screen, the status
+    // line's "cpu" was redrawn as "name" (ratatui redraws what changed)
+    let first = screen.find("beta.ini").unwrap() + "beta.ini".len();
+    assert!(screen[first..].contains("nam"), "{screen:?}");
+    // the alternate screen was left
+    assert!(screen.contains("\u{1b}[?1049l"), "{screen:?}");
+    emp.stop();
+}
+
+fn ctl_ok_quiet(sock: &Path) -> String {
+    let o = ctl(sock, &["list"]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
