@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use testkit::servers::{free_port, wait_until};
 use testkit::uwsgi::{http_get, parse_answer, uwsgi_bin, wait_answer};
 use testkit::{ctl, ctl_ok, Imperium};
@@ -48,10 +47,6 @@ impl Setup {
         self.tmp.path().join("sick")
     }
 
-    fn ctl_sock(&self) -> PathBuf {
-        self.tmp.path().join("ctl.sock")
-    }
-
     /// Writes vassal `name` on `port`, with `extra` appended (an
     /// `[imperium]` section).
     fn vassal(&self, name: &str, port: u16, warmup: u32, extra: &str) {
@@ -69,12 +64,6 @@ impl Setup {
         args.push(self.ctl_sock().into());
         args.extend(extra.iter().map(Into::into));
         Imperium::start(self.tmp.path(), args)
-    }
-
-    fn show(&self, name: &str) -> Value {
-        let out = ctl_ok(&self.ctl_sock(), &["--json", "show", name]);
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v["data"].clone()
     }
 }
 

@@ -7,57 +7,37 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
 use testkit::servers::{free_port, wait_until};
-use testkit::uwsgi::{http_get, uwsgi_bin, vassal_ini_on, wait_answer, write_app, Load};
+use testkit::uwsgi::{http_get, uwsgi_bin, vassal_ini_on, wait_answer, Load};
 use testkit::{ctl, ctl_ok, Imperium};
 
 const T: Duration = Duration::from_secs(30);
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
-    app: PathBuf,
-}
+type Setup = testkit::uwsgi::AppTree;
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let vassals = tmp.path().join("vassals");
-    std::fs::create_dir(&vassals).unwrap();
-    let app = write_app(tmp.path());
-    Setup { tmp, vassals, app }
+    Setup::with_app()
 }
 
-impl Setup {
-    fn ctl_sock(&self) -> PathBuf {
-        self.tmp.path().join("ctl.sock")
-    }
+fn unix_sock(s: &Setup) -> PathBuf {
+    s.tmp.path().join("app.sock")
+}
 
-    fn unix_sock(&self) -> PathBuf {
-        self.tmp.path().join("app.sock")
-    }
+/// app.ini on `port` (and a UNIX socket) answering with `marker`;
+/// `app` replaces the app's path (a missing file breaks the config).
+fn write(s: &Setup, port: u16, marker: &str, app: Option<&Path>) {
+    let ini = vassal_ini_on(app.unwrap_or(&s.app), marker, port);
+    let ini = format!("{ini}socket = {}\n", unix_sock(s).display());
+    std::fs::write(s.vassals.join("app.ini"), ini).unwrap();
+}
 
-    /// app.ini on `port` (and a UNIX socket) answering with `marker`;
-    /// `app` replaces the app's path (a missing file breaks the config).
-    fn write(&self, port: u16, marker: &str, app: Option<&Path>) {
-        let ini = vassal_ini_on(app.unwrap_or(&self.app), marker, port);
-        let ini = format!("{ini}socket = {}\n", self.unix_sock().display());
-        std::fs::write(self.vassals.join("app.ini"), ini).unwrap();
-    }
-
-    fn start(&self, extra: &[&str]) -> Imperium {
-        let mut args = testkit::uwsgi_emperor_args(&self.vassals, extra);
-        args.push("--emperor-control-socket".into());
-        args.push(self.ctl_sock().into());
-        let emp = Imperium::start(self.tmp.path(), args);
-        assert!(wait_until(T, || self.ctl_sock().exists()));
-        emp
-    }
-
-    fn show(&self) -> Value {
-        let out = ctl_ok(&self.ctl_sock(), &["--json", "show", "app.ini"]);
-        serde_json::from_str::<Value>(&out).unwrap()["data"].clone()
-    }
+fn start(s: &Setup, extra: &[&str]) -> Imperium {
+    let mut args = testkit::uwsgi_emperor_args(&s.vassals, extra);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let emp = Imperium::start(s.tmp.path(), args);
+    assert!(wait_until(T, || s.ctl_sock().exists()));
+    emp
 }
 
 #[test]
@@ -65,17 +45,17 @@ fn checked_mode_rejects_a_broken_change_before_any_reload_and_applies_a_good_one
     uwsgi_bin();
     let s = setup();
     let port = free_port();
-    s.write(port, "v1", None);
-    let mut emp = s.start(&["--emperor-reload-mode", "checked"]);
+    write(&s, port, "v1", None);
+    let mut emp = start(&s, &["--emperor-reload-mode", "checked"]);
     ctl_ok(&s.ctl_sock(), &["wait", "app.ini", "--timeout", "30"]);
     wait_answer(port, "v1", T).expect("v1 answers");
-    let pid = s.show()["pid"].clone();
-    let inode = std::fs::metadata(s.unix_sock()).unwrap().ino();
+    let pid = s.show("app.ini")["pid"].clone();
+    let inode = std::fs::metadata(unix_sock(&s)).unwrap().ino();
 
     // a broken change (its app file does not exist) under client load
     let load = Load::start(port);
     std::thread::sleep(Duration::from_millis(300));
-    s.write(port, "v2", Some(&s.tmp.path().join("missing.py")));
+    write(&s, port, "v2", Some(&s.tmp.path().join("missing.py")));
     emp.wait_log(
         "the new config of vassal app.ini was REJECTED by its check",
         T,
@@ -90,7 +70,7 @@ fn checked_mode_rejects_a_broken_change_before_any_reload_and_applies_a_good_one
     );
     assert!(answered > 20, "only {answered} requests answered");
     wait_answer(port, "v1", T).expect("the old instance still serves v1");
-    let shown = s.show();
+    let shown = s.show("app.ini");
     assert_eq!(shown["pid"], pid, "the vassal was restarted: {shown:#}");
     assert_eq!(shown["reloads"], 0, "{shown:#}");
     assert_eq!(shown["serving"], true, "{shown:#}");
@@ -101,7 +81,7 @@ fn checked_mode_rejects_a_broken_change_before_any_reload_and_applies_a_good_one
     );
     // the throwaway start bound the same sockets without touching them
     assert_eq!(
-        std::fs::metadata(s.unix_sock()).unwrap().ino(),
+        std::fs::metadata(unix_sock(&s)).unwrap().ino(),
         inode,
         "the check replaced the running instance's UNIX socket"
     );
@@ -116,10 +96,10 @@ fn checked_mode_rejects_a_broken_change_before_any_reload_and_applies_a_good_one
     );
 
     // the next change is checked again, passes and is reloaded in place
-    s.write(port, "v3", None);
+    write(&s, port, "v3", None);
     emp.wait_log("the new config of vassal app.ini passed its check", T);
     wait_answer(port, "v3", T).expect("v3 answers after the reload");
-    let shown = s.show();
+    let shown = s.show("app.ini");
     assert_eq!(shown["pid"], pid, "{shown:#}");
     assert_eq!(shown["reloads"], 1, "{shown:#}");
     assert!(shown["rejected"].is_null(), "{shown:#}");
@@ -132,24 +112,27 @@ fn a_reload_check_command_gates_the_reload_and_force_overrides_it() {
     uwsgi_bin();
     let s = setup();
     let port = free_port();
-    s.write(port, "good-1", None);
+    write(&s, port, "good-1", None);
     let seen = s.tmp.path().join("checked.txt");
     let check = format!(
         "echo {{name}} >> {}; grep -q MARKER=good {{config}}",
         seen.display()
     );
-    let mut emp = s.start(&[
-        "--emperor-reload-mode",
-        "checked",
-        "--emperor-reload-check",
-        &check,
-        "--emperor-reload-check-no-sandbox",
-    ]);
+    let mut emp = start(
+        &s,
+        &[
+            "--emperor-reload-mode",
+            "checked",
+            "--emperor-reload-check",
+            &check,
+            "--emperor-reload-check-no-sandbox",
+        ],
+    );
     wait_answer(port, "good-1", T).expect("good-1 answers");
     // a change the command rejects: no reload
-    s.write(port, "bad-2", None);
+    write(&s, port, "bad-2", None);
     emp.wait_log("the new config of vassal app.ini was REJECTED", T);
-    let shown = s.show();
+    let shown = s.show("app.ini");
     assert_eq!(shown["reloads"], 0, "{shown:#}");
     let reason = shown["rejected"]["reason"].as_str().unwrap_or_default();
     assert!(
@@ -166,7 +149,7 @@ fn a_reload_check_command_gates_the_reload_and_force_overrides_it() {
     );
     ctl_ok(&s.ctl_sock(), &["reload", "app.ini", "--force"]);
     wait_answer(port, "bad-2", T).expect("the forced change is served");
-    let shown = s.show();
+    let shown = s.show("app.ini");
     assert_eq!(shown["reloads"], 1, "{shown:#}");
     assert!(shown["rejected"].is_null(), "{shown:#}");
     emp.stop();

@@ -4,56 +4,29 @@
 //! failed request, and is rejected; a vassal that cannot run twice is
 //! refused clearly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use testkit::servers::{free_port, wait_until};
-use testkit::uwsgi::{
-    in_netns, uwsgi_bin, vassal_ini_on, wait_answer, write_app, Load, NETNS_MIGRATE_REQ,
-};
+use testkit::uwsgi::{in_netns, uwsgi_bin, vassal_ini_on, wait_answer, Load, NETNS_MIGRATE_REQ};
 use testkit::{ctl_ok, Imperium};
 
 const T: Duration = Duration::from_secs(30);
 
-struct Setup {
-    tmp: tempfile::TempDir,
-    vassals: PathBuf,
-    app: PathBuf,
-}
+type Setup = testkit::uwsgi::AppTree;
 
 fn setup() -> Setup {
-    let tmp = tempfile::tempdir().unwrap();
-    let vassals = tmp.path().join("vassals");
-    std::fs::create_dir(&vassals).unwrap();
-    let app = write_app(tmp.path());
-    Setup { tmp, vassals, app }
+    Setup::with_app()
 }
 
-impl Setup {
-    fn ctl_sock(&self) -> PathBuf {
-        self.tmp.path().join("ctl.sock")
-    }
-
-    fn start(&self, extra: &[&str]) -> Imperium {
-        self.start_wrapped(&[], extra)
-    }
-
-    fn start_wrapped(&self, wrapper: &[&str], extra: &[&str]) -> Imperium {
-        let mut args =
-            testkit::uwsgi_emperor_args(&self.vassals, &["--emperor-reload-mode", "swap"]);
-        args.extend(extra.iter().map(Into::into));
-        args.push("--emperor-control-socket".into());
-        args.push(self.ctl_sock().into());
-        let emp = Imperium::start_wrapped(wrapper, self.tmp.path(), args, &[]);
-        assert!(wait_until(T, || self.ctl_sock().exists()));
-        emp
-    }
-
-    fn show(&self, name: &str) -> Value {
-        let out = ctl_ok(&self.ctl_sock(), &["--json", "show", name]);
-        serde_json::from_str::<Value>(&out).unwrap()["data"].clone()
-    }
+fn start(s: &Setup, wrapper: &[&str], extra: &[&str]) -> Imperium {
+    let mut args = testkit::uwsgi_emperor_args(&s.vassals, &["--emperor-reload-mode", "swap"]);
+    args.extend(extra.iter().map(Into::into));
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let emp = Imperium::start_wrapped(wrapper, s.tmp.path(), args, &[]);
+    assert!(wait_until(T, || s.ctl_sock().exists()));
+    emp
 }
 
 /// An on-demand vassal: it serves HTTP on the socket the emperor holds
@@ -133,7 +106,7 @@ fn swap_on_the_emperors_on_demand_socket_loses_no_request() {
         .unwrap();
     };
     write("v1", None);
-    let mut emp = s.start(&["--emperor-on-demand-extension", ".socket"]);
+    let mut emp = start(&s, &[], &["--emperor-on-demand-extension", ".socket"]);
     swap_under_load(&s, &mut emp, ("od.ini", port, None), &write);
     emp.stop();
 }
@@ -160,7 +133,7 @@ fn swap_with_reuse_port_loses_no_request_and_a_plain_vassal_is_refused() {
     // two listeners share the port: when the old one closes, the
     // connections queued on it move to the new one only with
     // tcp_migrate_req, set in a network namespace of the test's own
-    let mut emp = s.start_wrapped(NETNS_MIGRATE_REQ, &[]);
+    let mut emp = start(&s, NETNS_MIGRATE_REQ, &[]);
     let netns = Some(emp.pid());
     assert!(
         answers(netns, plain, "p1"),

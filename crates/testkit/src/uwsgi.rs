@@ -138,6 +138,22 @@ impl AppTree {
         std::fs::write(&app, text).expect("write the app");
         AppTree { tmp, vassals, app }
     }
+
+    /// With the app of [`write_app`] as `tmp/app.py`.
+    pub fn with_app() -> AppTree {
+        AppTree::new("app.py", APP)
+    }
+
+    /// `tmp/ctl.sock`, for `--emperor-control-socket`.
+    pub fn ctl_sock(&self) -> PathBuf {
+        self.tmp.path().join("ctl.sock")
+    }
+
+    /// `imperium ctl show NAME` on [`AppTree::ctl_sock`], as JSON.
+    pub fn show(&self, name: &str) -> serde_json::Value {
+        let out = crate::ctl_ok(&self.ctl_sock(), &["--json", "show", name]);
+        serde_json::from_str::<serde_json::Value>(&out).expect("ctl show JSON")["data"].clone()
+    }
 }
 
 /// Clients sending requests to `port` until stopped, counting failures.

@@ -33,16 +33,10 @@ impl Reconciler {
         let mut v = Vassal::new(name.clone(), a.monitor, a.spec, wall);
         let instance = self.next_instance;
         self.next_instance += 1;
-        let proc = Proc {
-            instance,
-            started: now,
-            started_wall: wall,
-            ready: true,
-            accepting: true,
-            loyal: false,
-            last_heartbeat: None,
-            health: None,
-        };
+        // it serves there, as far as a plan can tell
+        let mut proc = Proc::new(instance, now, wall);
+        proc.ready = true;
+        proc.accepting = true;
         let pid = a.pid.filter(|p| *p > 0).unwrap_or(1);
         v.phase = match a.state {
             VassalState::Starting | VassalState::Running => Phase::Running { proc, pid },

@@ -43,18 +43,29 @@ impl Reconciler {
                     self.update_zergs(name, false, now, &mut out);
                 }
             }
-            Err(reason) => {
-                let at = wall_at(self.wall_anchor, now);
-                self.emit(Event::ChangeRejected {
-                    name,
-                    reason: &reason,
-                    took,
-                });
-                if let Some(v) = self.vassals.get_mut(name) {
-                    v.rejected = Some(Box::new(Rejection { key, reason, at }));
-                }
-            }
+            Err(reason) => self.reject(name, key, reason, took, now),
         }
         out
+    }
+
+    /// Marks the change `key` of `name` rejected (`reason`), logged once:
+    /// its process goes on with the config it runs.
+    pub(super) fn reject(
+        &mut self,
+        name: &VassalName,
+        key: ChangeKey,
+        reason: String,
+        took: Duration,
+        now: Instant,
+    ) {
+        self.emit(Event::ChangeRejected {
+            name,
+            reason: &reason,
+            took,
+        });
+        let at = wall_at(self.wall_anchor, now);
+        if let Some(v) = self.vassals.get_mut(name) {
+            v.rejected = Some(Box::new(Rejection { key, reason, at }));
+        }
     }
 }

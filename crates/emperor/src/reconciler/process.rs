@@ -103,16 +103,7 @@ impl Reconciler {
         let Some(v) = self.vassals.get_mut(name) else {
             return;
         };
-        v.phase = Phase::Starting(Proc {
-            instance,
-            started: now,
-            started_wall,
-            ready: false,
-            accepting: false,
-            loyal: false,
-            last_heartbeat: None,
-            health: None,
-        });
+        v.phase = Phase::Starting(Proc::new(instance, now, started_wall));
         self.by_instance.insert(instance, name.clone());
         out.push(Action::Spawn { instance, spec });
     }

@@ -48,16 +48,7 @@ impl Reconciler {
         };
         self.next_instance += 1;
         v.successor = Some(Box::new(Successor {
-            proc: Proc {
-                instance,
-                started: now,
-                started_wall,
-                ready: false,
-                accepting: false,
-                loyal: false,
-                last_heartbeat: None,
-                health: None,
-            },
+            proc: Proc::new(instance, now, started_wall),
             pid: None,
             deadline,
         }));
@@ -172,6 +163,8 @@ impl Reconciler {
             new_pid,
             took,
         });
+        // its zergs load the new config too
+        self.update_zergs(name, false, now, out);
     }
 
     /// Tells `instance` (an old process, or a successor given up) to stop
@@ -230,45 +223,29 @@ impl Reconciler {
         let took = now.duration_since(s.proc.started);
         let key = v.applied_key;
         self.retire_successor(name, now, out);
-        self.emit(Event::ChangeRejected {
-            name,
-            reason: &why,
-            took,
-        });
-        if let Some(v) = self.vassals.get_mut(name) {
-            v.rejected = Some(Box::new(Rejection {
-                key,
-                reason: why,
-                at: wall_at(self.wall_anchor, now),
-            }));
-        }
+        self.reject(name, key, why, took, now);
     }
 
     /// The runtime cannot start the successor `instance` (the vassal cannot
     /// swap, or its spawn failed): the change is rejected.
     pub fn swap_refused(&mut self, instance: InstanceId, why: &str, now: Instant) -> Vec<Action> {
-        let mut out = Vec::new();
-        let Some(name) = self.swaps.remove(&instance) else {
-            return out;
-        };
-        if let Some(s) = self.vassals.get_mut(&name).and_then(|v| v.successor.take()) {
-            let took = now.duration_since(s.proc.started);
-            let key = self.vassals[&name].applied_key;
-            self.emit(Event::ChangeRejected {
-                name: &name,
-                reason: why,
-                took,
-            });
-            if let Some(v) = self.vassals.get_mut(&name) {
-                v.rejected = Some(Box::new(Rejection {
-                    key,
-                    reason: why.to_string(),
-                    at: wall_at(self.wall_anchor, now),
-                }));
-            }
+        if let Some(name) = self.swaps.remove(&instance) {
+            self.successor_gone(&name, why.to_string(), now);
         }
-        out.clear();
-        out
+        Vec::new()
+    }
+
+    /// The successor of `name` is gone before it served (`why`): the change
+    /// is rejected.
+    fn successor_gone(&mut self, name: &VassalName, why: String, now: Instant) {
+        let Some(v) = self.vassals.get_mut(name) else {
+            return;
+        };
+        if let Some(s) = v.successor.take() {
+            let took = now.duration_since(s.proc.started);
+            let key = v.applied_key;
+            self.reject(name, key, why, took, now);
+        }
     }
 
     /// An exit of a successor or a retiring process: `None` when
@@ -279,7 +256,6 @@ impl Reconciler {
         status: ExitStatus,
         now: Instant,
     ) -> Option<Vec<Action>> {
-        let mut out = Vec::new();
         if let Some(r) = self.retiring.remove(&instance) {
             let output = Vec::new();
             self.emit(Event::Exited {
@@ -290,7 +266,7 @@ impl Reconciler {
                 output: &output,
                 oom: false,
             });
-            return Some(out);
+            return Some(Vec::new());
         }
         let name = self.swaps.remove(&instance)?;
         // it died before it served: the old process serves on
@@ -301,24 +277,8 @@ impl Reconciler {
                 ExitStatus::Signal(s) => format!("was killed by signal {s}"),
             }
         );
-        if let Some(v) = self.vassals.get_mut(&name) {
-            if let Some(s) = v.successor.take() {
-                let took = now.duration_since(s.proc.started);
-                let key = v.applied_key;
-                v.rejected = Some(Box::new(Rejection {
-                    key,
-                    reason: why.clone(),
-                    at: wall_at(self.wall_anchor, now),
-                }));
-                self.emit(Event::ChangeRejected {
-                    name: &name,
-                    reason: &why,
-                    took,
-                });
-            }
-        }
-        out.clear();
-        Some(out)
+        self.successor_gone(&name, why, now);
+        Some(Vec::new())
     }
 
     /// The vassal's own process died during a swap: the successor takes its

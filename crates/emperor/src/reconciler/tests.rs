@@ -1462,6 +1462,21 @@ fn spawned_instances(acts: &[Action]) -> Vec<InstanceId> {
         .collect()
 }
 
+/// Starts a.ini in `r` and changes it: its first instance, and the
+/// successor's (spawned as pid 2000).
+fn swap_started(r: &mut Reconciler, t: Instant) -> (InstanceId, InstanceId) {
+    let (_, ids) = apply(r, 0, Change::Upsert(file("a.ini", 1)), t);
+    (ids[0], next_swap(r, 2, 2000, t))
+}
+
+/// Changes a.ini to mtime `to`; returns the successor, spawned as `pid`.
+fn next_swap(r: &mut Reconciler, to: i128, pid: u32, t: Instant) -> InstanceId {
+    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", to)), t);
+    let new = spawned_instances(&acts)[0];
+    r.spawned(new, pid, "uwsgi");
+    new
+}
+
 #[test]
 fn swap_mode_starts_a_successor_and_retires_the_old_process_once_it_serves() {
     let mut r = swap_rec();
@@ -1501,10 +1516,7 @@ fn swap_mode_starts_a_successor_and_retires_the_old_process_once_it_serves() {
 fn a_successor_that_never_serves_is_stopped_and_the_change_rejected() {
     let mut r = swap_rec();
     let t = Instant::now();
-    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
-    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
-    let new = spawned_instances(&acts)[0];
-    r.spawned(new, 2000, "uwsgi");
+    let (first, new) = swap_started(&mut r, t);
     assert_eq!(r.next_deadline(), Some(t + Duration::from_secs(10)));
     let acts = r.tick(t + Duration::from_secs(10));
     assert_eq!(sends(&acts), vec![(new, MSG_GRACEFUL_STOP)]);
@@ -1515,16 +1527,14 @@ fn a_successor_that_never_serves_is_stopped_and_the_change_rejected() {
         .unwrap()
         .reason
         .contains("--emperor-swap-timeout"));
-    assert_eq!(v.pid(), Some(1000 + ids[0] as u32));
+    assert_eq!(v.pid(), Some(1000 + first as u32));
     // past the curse tolerance it is killed; its exit changes nothing
     let acts = r.tick(t + Duration::from_secs(41));
     assert!(acts.contains(&Action::Kill { instance: new }), "{acts:?}");
     assert!(r.exited(new, ExitStatus::Signal(9), t).is_empty());
     assert_eq!(r.running(), 1);
     // a successor that dies is a rejection too; the next change swaps again
-    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 3)), t);
-    let third = spawned_instances(&acts)[0];
-    r.spawned(third, 3000, "uwsgi");
+    let third = next_swap(&mut r, 3, 3000, t);
     assert!(r.exited(third, ExitStatus::Code(22), t).is_empty());
     let why = &r.vassal("a.ini").unwrap().rejected.as_ref().unwrap().reason;
     assert!(why.contains("exited with code 22"), "{why}");
@@ -1538,18 +1548,13 @@ fn a_successor_that_never_serves_is_stopped_and_the_change_rejected() {
 fn the_successor_takes_over_when_the_old_process_dies_and_removal_stops_both() {
     let mut r = swap_rec();
     let t = Instant::now();
-    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
-    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
-    let new = spawned_instances(&acts)[0];
-    r.spawned(new, 2000, "uwsgi");
+    let (first, new) = swap_started(&mut r, t);
     // the old one crashes: no respawn, the successor is the process now
-    let acts = r.exited(ids[0], ExitStatus::Signal(9), t);
+    let acts = r.exited(first, ExitStatus::Signal(9), t);
     assert!(spawned_instances(&acts).is_empty(), "{acts:?}");
     assert_eq!(r.vassal("a.ini").unwrap().pid(), Some(2000));
     // another swap, then the config goes: both processes are told to stop
-    let acts = r.monitor_change(0, Change::Upsert(file("a.ini", 3)), t);
-    let third = spawned_instances(&acts)[0];
-    r.spawned(third, 3000, "uwsgi");
+    let third = next_swap(&mut r, 3, 3000, t);
     let acts = r.monitor_change(0, Change::Snapshot(vec![]), t);
     let stopped: Vec<InstanceId> = sends(&acts).iter().map(|(i, _)| *i).collect();
     assert!(

@@ -87,6 +87,21 @@ impl ProcHealth {
 }
 
 impl Proc {
+    /// A process of instance `instance` asked for at `started` (`wall` on
+    /// the wall clock), with nothing heard from it yet.
+    pub(super) fn new(instance: InstanceId, started: Instant, wall: SystemTime) -> Proc {
+        Proc {
+            instance,
+            started,
+            started_wall: wall,
+            ready: false,
+            accepting: false,
+            loyal: false,
+            last_heartbeat: None,
+            health: None,
+        }
+    }
+
     /// It serves: it said it accepts requests (byte 5) since its last
     /// (re)load and, when it has a health check, passed it since.
     pub fn serving(&self) -> bool {
