@@ -31,6 +31,9 @@ impl Reconciler {
         if v.proc().is_some() || v.stopped_by_operator {
             return;
         }
+        // a new process runs what the source says now: a check of that
+        // change has nothing left to protect
+        v.checking = None;
         if let ConfigSource::Inline(text) = &spec.config {
             if let Err(e) = protocol::check_config(text.as_bytes()) {
                 let reason = e.to_string();

@@ -1567,3 +1567,19 @@ fn the_successor_takes_over_when_the_old_process_dies_and_removal_stops_both() {
     assert_eq!(r.running(), 0);
     assert!(r.vassal("a.ini").is_none());
 }
+
+#[test]
+fn a_check_whose_vassal_restarted_meanwhile_is_ignored() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    // it crashes during the check and respawns with the new config
+    let acts = r.exited(ids[0], ExitStatus::Code(1), t);
+    assert_eq!(spawns(&acts), 1, "{acts:?}");
+    ack(&mut r, &acts);
+    let key = file("a.ini", 2).key;
+    let acts = r.check_done(&name("a.ini"), key, Err("bad".into()), Duration::ZERO, t);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert!(r.vassal("a.ini").unwrap().rejected.is_none());
+}
