@@ -128,7 +128,8 @@ fn run(args: &[OsString]) -> Result<u8> {
                         "conflict",
                         format!(
                             "also in {}, which runs it: this one is ignored",
-                            urls[v.monitor]
+                            urls.get(v.monitor)
+                                .map_or("another monitor of the running emperor", String::as_str)
                         ),
                     )),
                     _ => {}

@@ -177,6 +177,7 @@ impl Reconciler {
             let spec = v.desired.clone().expect("set above");
             v.checking = Some(spec.key);
             self.emit(Event::CheckStarted { name: &name });
+            let spec = super::process::launch_spec(&self.cfg, spec);
             out.push(Action::Check { spec });
             return;
         }

@@ -32,8 +32,9 @@ impl Reconciler {
             return;
         }
         // a new process runs what the source says now: a check of that
-        // change has nothing left to protect
+        // change has nothing left to protect, and no rejection stands
         v.checking = None;
+        v.rejected = None;
         if let ConfigSource::Inline(text) = &spec.config {
             if let Err(e) = protocol::check_config(text.as_bytes()) {
                 let reason = e.to_string();
@@ -95,11 +96,7 @@ impl Reconciler {
                 return;
             }
         }
-        let mut spec = spec;
-        if self.cfg.tyrant.is_none() {
-            // the owner a source gives matters only in tyrant mode
-            spec.owner = None;
-        }
+        let spec = launch_spec(&self.cfg, spec);
         let instance = self.next_instance;
         self.next_instance += 1;
         let started_wall = wall_at(self.wall_anchor, now);
@@ -226,7 +223,11 @@ impl Reconciler {
 
     /// The process of `instance` starts in the cgroup `group`.
     pub fn attach_cgroup(&mut self, instance: InstanceId, group: &std::path::Path) {
-        let Some(name) = self.name_of(instance) else {
+        if let Some((_, s)) = self.successor_mut(instance) {
+            s.cgroup = Some(group.into());
+            return;
+        }
+        let Some(name) = self.by_instance.get(&instance).cloned() else {
             return;
         };
         if let Some(v) = self.vassals.get_mut(&name) {
@@ -239,7 +240,7 @@ impl Reconciler {
     /// Whether the process of `instance` was killed by the OOM killer, told
     /// just before its exit is (`--vassal-memory-max`).
     pub fn note_oom(&mut self, instance: InstanceId, oom: bool) {
-        let Some(name) = self.name_of(instance) else {
+        let Some(name) = self.by_instance.get(&instance).cloned() else {
             return;
         };
         if let Some(v) = self.vassals.get_mut(&name) {
@@ -250,7 +251,7 @@ impl Reconciler {
     /// What the process of `instance` wrote last, told just before its
     /// exit is (part of the death event, `last_exit` in the stats).
     pub fn last_words(&mut self, instance: InstanceId, lines: Vec<String>) {
-        let Some(name) = self.name_of(instance) else {
+        let Some(name) = self.by_instance.get(&instance).cloned() else {
             return;
         };
         if let Some(v) = self.vassals.get_mut(&name) {
@@ -669,7 +670,7 @@ impl Reconciler {
             return out;
         }
         // an unexpected death during a swap: the successor takes over
-        if reason.is_none() && self.successor_takes_over(&name) {
+        if reason.is_none() && self.successor_takes_over(&name, now, &mut out) {
             return out;
         }
         let Some(v) = self.vassals.get_mut(&name) else {
@@ -742,4 +743,13 @@ impl Reconciler {
             });
         }
     }
+}
+
+/// What a process of `spec` is started with: the owner a source gives
+/// matters only in tyrant mode.
+pub(super) fn launch_spec(cfg: &ReconcilerConfig, mut spec: VassalSpec) -> VassalSpec {
+    if cfg.tyrant.is_none() {
+        spec.owner = None;
+    }
+    spec
 }

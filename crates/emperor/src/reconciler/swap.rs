@@ -22,6 +22,8 @@ pub struct Successor {
     pub pid: Option<u32>,
     /// When it must serve by.
     pub deadline: Instant,
+    /// Its cgroup, which becomes the vassal's when it takes over.
+    pub cgroup: Option<std::sync::Arc<std::path::Path>>,
 }
 
 /// An old process told to stop after its successor took over.
@@ -47,10 +49,12 @@ impl Reconciler {
             return;
         };
         self.next_instance += 1;
+        let spec = super::process::launch_spec(&self.cfg, spec);
         v.successor = Some(Box::new(Successor {
             proc: Proc::new(instance, now, started_wall),
             pid: None,
             deadline,
+            cgroup: None,
         }));
         self.swaps.insert(instance, name.clone());
         self.emit(Event::SwapStarted { name });
@@ -150,6 +154,9 @@ impl Reconciler {
         );
         v.reloads += 1;
         v.rejected = None;
+        if s.cgroup.is_some() {
+            v.cgroup = s.cgroup.clone();
+        }
         self.swaps.remove(&s.proc.instance);
         self.by_instance.insert(s.proc.instance, name.clone());
         let old_pid = old.pid();
@@ -284,7 +291,12 @@ impl Reconciler {
     /// The vassal's own process died during a swap: the successor takes its
     /// place at once (as a process that has not served yet), instead of a
     /// respawn. Returns whether it did.
-    pub(super) fn successor_takes_over(&mut self, name: &VassalName) -> bool {
+    pub(super) fn successor_takes_over(
+        &mut self,
+        name: &VassalName,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let Some(v) = self.vassals.get_mut(name) else {
             return false;
         };
@@ -293,10 +305,14 @@ impl Reconciler {
         };
         self.swaps.remove(&s.proc.instance);
         self.by_instance.insert(s.proc.instance, name.clone());
+        if s.cgroup.is_some() {
+            v.cgroup = s.cgroup.clone();
+        }
         v.phase = match s.pid {
             Some(pid) => Phase::Running { proc: s.proc, pid },
             None => Phase::Starting(s.proc),
         };
+        self.update_zergs(name, false, now, out);
         true
     }
 
@@ -340,6 +356,19 @@ impl Reconciler {
                 pid,
                 why: &why,
             });
+        }
+    }
+
+    /// The emperor was frozen for `paused`: the swaps and retirements get
+    /// that time back.
+    pub(super) fn swap_paused(&mut self, paused: Duration) {
+        for v in self.vassals.values_mut() {
+            if let Some(s) = v.successor.as_deref_mut() {
+                s.deadline += paused;
+            }
+        }
+        for r in self.retiring.values_mut() {
+            r.kill_at += paused;
         }
     }
 

@@ -1583,3 +1583,46 @@ fn a_check_whose_vassal_restarted_meanwhile_is_ignored() {
     assert!(acts.is_empty(), "{acts:?}");
     assert!(r.vassal("a.ini").unwrap().rejected.is_none());
 }
+
+#[test]
+fn successors_and_checks_get_no_owner_outside_tyrant_mode() {
+    let owned_file = |mtime| VassalSpec {
+        owner: Some(Owner {
+            uid: 1000,
+            gid: 1000,
+        }),
+        ..file("a.ini", mtime)
+    };
+    let t = Instant::now();
+    let mut r = swap_rec();
+    apply(&mut r, 0, Change::Upsert(owned_file(1)), t);
+    let acts = r.monitor_change(0, Change::Upsert(owned_file(2)), t);
+    assert_eq!(spawned_owner(&acts), vec![None], "{acts:?}");
+    let mut r = checked_rec();
+    apply(&mut r, 0, Change::Upsert(owned_file(1)), t);
+    let acts = r.monitor_change(0, Change::Upsert(owned_file(2)), t);
+    assert!(
+        matches!(&acts[..], [Action::Check { spec }] if spec.owner.is_none()),
+        "{acts:?}"
+    );
+}
+
+#[test]
+fn a_rejection_ends_when_the_vassal_restarts_from_its_source() {
+    let mut r = checked_rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(file("a.ini", 1)), t);
+    r.monitor_change(0, Change::Upsert(file("a.ini", 2)), t);
+    r.check_done(
+        &name("a.ini"),
+        file("a.ini", 2).key,
+        Err("bad".into()),
+        Duration::ZERO,
+        t,
+    );
+    assert!(r.vassal("a.ini").unwrap().rejected.is_some());
+    // it dies: the respawn runs what the source says, rejected or not
+    let acts = r.exited(ids[0], ExitStatus::Code(1), t);
+    assert_eq!(spawns(&acts), 1);
+    assert!(r.vassal("a.ini").unwrap().rejected.is_none());
+}

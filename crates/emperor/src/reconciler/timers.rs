@@ -48,6 +48,7 @@ impl Reconciler {
                 _ => {}
             }
         }
+        self.swap_paused(paused);
         self.emit(Event::EmperorPaused { paused, rearmed });
     }
 

@@ -154,13 +154,16 @@ impl CheckJob {
                     rand::random::<u64>()
                 ));
                 let path = dir.join(self.name.as_str());
-                tokio::fs::create_dir(&dir)
+                let failed = |e: std::io::Error| {
+                    format!("cannot write the config for --emperor-reload-check: {e}")
+                };
+                tokio::fs::create_dir(&dir).await.map_err(failed)?;
+                // removed even when the check is given up (a newer change)
+                let guard = RemoveOnDrop(dir);
+                tokio::fs::write(&path, text.as_bytes())
                     .await
-                    .and(tokio::fs::write(&path, text.as_bytes()).await)
-                    .map_err(|e| {
-                        format!("cannot write the config for --emperor-reload-check: {e}")
-                    })?;
-                Some((dir, path))
+                    .map_err(failed)?;
+                Some((guard, path))
             }
             None => None,
         };
@@ -180,9 +183,7 @@ impl CheckJob {
             .env("IMPERIUM_VASSAL", self.name.as_str())
             .env("IMPERIUM_CONFIG", &config);
         let r = run_bounded(c, None, self.opts.timeout).await;
-        if let Some((dir, _)) = tmp {
-            let _ = tokio::fs::remove_dir_all(dir).await;
-        }
+        drop(tmp);
         match r? {
             (Some(0), _) => Ok(()),
             (Some(code), out) => Err(format!(
@@ -195,6 +196,15 @@ impl CheckJob {
                 quote(&out)
             )),
         }
+    }
+}
+
+/// A directory removed with what it holds when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -233,10 +243,19 @@ async fn run_bounded(
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
+    // a group of its own: whatever it started goes with it
+    .process_group(0)
     .kill_on_drop(true);
     let mut child = c
         .spawn()
         .map_err(|e| format!("cannot run the check: {e}"))?;
+    let group = child
+        .id()
+        .map(|p| nix::unistd::Pid::from_raw(p as i32))
+        .ok_or("the check ended before it could be watched")?;
+    let kill_group = move || {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+    };
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         tokio::spawn(async move {
             let _ = pipe.write_all(&text).await;
@@ -252,15 +271,25 @@ async fn run_bounded(
         s.push_str(&String::from_utf8_lossy(&b));
         s
     };
-    // read while waiting: a check that fills its pipes would block
-    let run = async { tokio::join!(child.wait(), tails) };
-    match tokio::time::timeout(limit, run).await {
+    // read while waiting: a check that fills its pipes would block; once
+    // it exited, what it left in its group (holding its pipes) is killed
+    let run = async {
+        let wait = async {
+            let st = child.wait().await;
+            kill_group();
+            st
+        };
+        tokio::join!(wait, tails)
+    };
+    let r = tokio::time::timeout(limit, run).await;
+    kill_group();
+    match r {
         Ok((Ok(st), out)) => Ok((
             Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
             out,
         )),
         Ok((Err(e), _)) => Err(format!("cannot wait for the check: {e}")),
-        // dropping the child kills it
+        // its group is killed above
         Err(_) => Ok((None, String::new())),
     }
 }
@@ -296,6 +325,17 @@ mod tests {
         let q = quote(&out);
         assert!(q.starts_with("; its last lines: line 13 | "), "{q}");
         assert!(q.ends_with("line 20"), "{q}");
+    }
+
+    #[tokio::test]
+    async fn what_a_check_leaves_behind_neither_holds_it_up_nor_survives() {
+        let mut c = tokio::process::Command::new("/bin/sh");
+        c.arg("-c").arg("sleep 30 & echo started; exit 0");
+        let t = std::time::Instant::now();
+        let (code, out) = run_bounded(c, None, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(code, Some(0));
+        assert!(out.contains("started"), "{out:?}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[tokio::test]

@@ -118,8 +118,9 @@ pub(super) struct Executor {
     pub(super) probes: HashMap<InstanceId, (tokio::task::AbortHandle, Arc<tokio::sync::Notify>)>,
     /// How changed configs are checked (`--emperor-reload-mode checked`).
     pub(super) check: super::CheckOptions,
-    /// The check running for each vassal (a newer change replaces it).
-    pub(super) checks: HashMap<VassalName, tokio::task::AbortHandle>,
+    /// The check running for each vassal, by change (a newer change
+    /// replaces it).
+    pub(super) checks: HashMap<VassalName, (crate::spec::ChangeKey, tokio::task::AbortHandle)>,
 }
 
 /// One on-demand socket and its watch.
@@ -181,7 +182,10 @@ impl Executor {
             Report::Connection(name) => rec.on_demand_connection(&name, now),
             Report::Health(i, r) => rec.health_result(i, r, now),
             Report::CheckDone(name, key, r, took) => {
-                self.checks.remove(&name);
+                // a newer check of it may run: only this one is done
+                if self.checks.get(&name).is_some_and(|(k, _)| *k == key) {
+                    self.checks.remove(&name);
+                }
                 rec.check_done(&name, key, r, took, now)
             }
             Report::Flood(i, bytes) => rec.flooded(
@@ -747,7 +751,10 @@ impl Executor {
             let r = job.run().await;
             let _ = reports.send(Report::CheckDone(name, key, r, started.elapsed()));
         });
-        if let Some(old) = self.checks.insert(spec.name.clone(), task.abort_handle()) {
+        if let Some((_, old)) = self
+            .checks
+            .insert(spec.name.clone(), (key, task.abort_handle()))
+        {
             old.abort();
         }
     }
