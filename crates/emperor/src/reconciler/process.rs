@@ -309,15 +309,10 @@ impl Reconciler {
     /// each failure widens by `--emperor-throttle` (a binary being replaced
     /// by a package upgrade comes back on its own).
     pub fn spawn_failed(&mut self, instance: InstanceId, error: &str, now: Instant) -> Vec<Action> {
-        if self.is_successor(instance) {
-            return self.swap_refused(
-                instance,
-                &format!("swap: cannot start the new instance: {error}"),
-                now,
-            );
-        }
-        if self.retiring.remove(&instance).is_some() {
-            return Vec::new();
+        if let Some(out) =
+            self.swap_not_started(instance, "cannot start the new instance", error, now)
+        {
+            return out;
         }
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {
@@ -360,15 +355,10 @@ impl Reconciler {
         error: &str,
         now: Instant,
     ) -> Vec<Action> {
-        if self.is_successor(instance) {
-            return self.swap_refused(
-                instance,
-                &format!("swap: the new instance cannot start now: {error}"),
-                now,
-            );
-        }
-        if self.retiring.remove(&instance).is_some() {
-            return Vec::new();
+        if let Some(out) =
+            self.swap_not_started(instance, "the new instance cannot start now", error, now)
+        {
+            return out;
         }
         let mut out = Vec::new();
         let Some(name) = self.by_instance.remove(&instance) else {

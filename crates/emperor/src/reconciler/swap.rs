@@ -242,6 +242,22 @@ impl Reconciler {
         Vec::new()
     }
 
+    /// A spawn of a successor or a retiring process that did not happen
+    /// (`what`: why, `error`: the cause): the swap is rejected, a retiring
+    /// one is forgotten. `None` for the vassal's own process.
+    pub(super) fn swap_not_started(
+        &mut self,
+        instance: InstanceId,
+        what: &str,
+        error: &str,
+        now: Instant,
+    ) -> Option<Vec<Action>> {
+        if self.is_successor(instance) {
+            return Some(self.swap_refused(instance, &format!("swap: {what}: {error}"), now));
+        }
+        self.retiring.remove(&instance).map(|_| Vec::new())
+    }
+
     /// The successor of `name` is gone before it served (`why`): the change
     /// is rejected.
     fn successor_gone(&mut self, name: &VassalName, why: String, now: Instant) {
