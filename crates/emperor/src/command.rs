@@ -32,6 +32,21 @@ pub enum Command {
     /// Close and open again every vassal log file (`imperium ctl logs
     /// --reopen`, after an external logrotate).
     ReopenLogs,
+    /// Re-execute the emperor from a new binary, keeping every vassal
+    /// (`imperium ctl upgrade`, SIGUSR2; docs/upgrade.md).
+    Upgrade(UpgradeRequest),
+}
+
+/// A hot upgrade asked for.
+pub struct UpgradeRequest {
+    /// The binary to run (`None`: the one the emperor was started from).
+    pub binary: Option<std::path::PathBuf>,
+    /// The connection to answer once the new image has adopted every
+    /// vassal (a duplicate of the control client's socket).
+    pub answer: Option<std::os::fd::OwnedFd>,
+    /// Told why, when the upgrade is refused (the running emperor carries
+    /// on).
+    pub refused: Option<tokio::sync::oneshot::Sender<String>>,
 }
 
 /// The closure of [`Command::Apply`].

@@ -10,6 +10,7 @@
 //! `--emperor-control-allow-uid/-gid` are served; anybody else gets an
 //! error reply and a warning in the log.
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,15 @@ pub enum Request {
     /// Close and open again every vassal log file (after an external
     /// logrotate moved them).
     ReopenLogs,
+    /// Re-execute the emperor from `binary` (default: the binary it was
+    /// started from), keeping every vassal running (docs/upgrade.md). The
+    /// reply comes from the new image once it has adopted every vassal,
+    /// or from the running one with the reason it refused.
+    Upgrade {
+        /// The new binary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        binary: Option<String>,
+    },
 }
 
 fn default_lines() -> usize {
@@ -238,6 +248,7 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
             }
             Reply::ok("vassal log files reopened")
         }
+        Request::Upgrade { binary } => upgrade(binary, None, commands).await,
         Request::ClearBlacklist { vassal: None } => {
             let (tx, rx) = oneshot::channel();
             let r = apply(commands, move |rec, now| {
@@ -399,6 +410,20 @@ async fn session(
                         );
                         return start_follow(conn.into_inner(), &vassal, lines, commands).await;
                     }
+                    Ok(Request::Upgrade { binary }) => {
+                        tracing::info!(
+                            uid = c.uid(),
+                            pid = c.pid(),
+                            "[emperor] control request: upgrade to {}",
+                            binary
+                                .as_deref()
+                                .unwrap_or("the binary it was started from")
+                        );
+                        // the new image answers on this connection: it
+                        // inherits a duplicate of it
+                        let answer = conn.get_ref().as_fd().try_clone_to_owned().ok();
+                        upgrade(binary, answer, commands).await
+                    }
                     Ok(req) => {
                         // what only reads (`ctl wait` polls ten times a
                         // second) is not worth a line of the log
@@ -438,6 +463,28 @@ async fn session(
     text.push('\n');
     let _ = conn.get_mut().write_all(text.as_bytes()).await;
     let _ = conn.get_mut().shutdown().await;
+}
+
+/// Asks the loop for a hot upgrade. Returns only when it was refused:
+/// otherwise the new image answers on `answer` (when there is one).
+async fn upgrade(
+    binary: Option<String>,
+    answer: Option<std::os::fd::OwnedFd>,
+    commands: &mpsc::Sender<Command>,
+) -> Reply {
+    let (tx, rx) = oneshot::channel();
+    let req = crate::command::UpgradeRequest {
+        binary: binary.map(Into::into),
+        answer,
+        refused: Some(tx),
+    };
+    if commands.send(Command::Upgrade(req)).await.is_err() {
+        return Reply::err("the emperor is shutting down");
+    }
+    match rx.await {
+        Ok(why) => Reply::err(format!("upgrade refused: {why}")),
+        Err(_) => Reply::err("the emperor went away during the upgrade"),
+    }
 }
 
 /// Answers a `logs` request with `follow`, then hands the connection to a
@@ -590,6 +637,40 @@ impl CommandSocket {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         Ok(CommandSocket::Unix(s, path))
+    }
+
+    /// The socket a previous image of the emperor bound at `addr` (a hot
+    /// upgrade).
+    pub fn adopt(
+        addr: &str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<CommandSocket, crate::stats::BindError> {
+        let err = |source| crate::stats::BindError {
+            addr: addr.to_string(),
+            source,
+        };
+        crate::spawn::set_inheritable(std::os::fd::AsFd::as_fd(&fd), false).map_err(err)?;
+        if addr.contains(':') {
+            let s = std::net::UdpSocket::from(fd);
+            s.set_nonblocking(true).map_err(err)?;
+            return tokio::net::UdpSocket::from_std(s)
+                .map(CommandSocket::Udp)
+                .map_err(err);
+        }
+        let s = std::os::unix::net::UnixDatagram::from(fd);
+        s.set_nonblocking(true).map_err(err)?;
+        tokio::net::UnixDatagram::from_std(s)
+            .map(|s| CommandSocket::Unix(s, addr.into()))
+            .map_err(err)
+    }
+
+    /// A duplicate of its descriptor (close-on-exec), for a hot upgrade.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            CommandSocket::Udp(s) => s.as_fd().try_clone_to_owned(),
+            CommandSocket::Unix(s, _) => s.as_fd().try_clone_to_owned(),
+        }
     }
 
     /// Receives and carries out packets until the emperor goes away.

@@ -80,6 +80,44 @@ pub struct Counters {
     pub reaction: LatencyHistogram,
 }
 
+impl Counters {
+    /// Takes back the totals a previous image of the emperor counted (a
+    /// hot upgrade): every total by its name in `saved` (the serialized
+    /// counters); the deaths by cause and the reaction histogram start
+    /// again.
+    pub fn restore(&mut self, saved: &serde_json::Value) {
+        let get = |k: &str| {
+            saved
+                .get(k)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        };
+        let fields: [(&str, &mut u64); 18] = [
+            ("spawns", &mut self.spawns),
+            ("spawn_failures", &mut self.spawn_failures),
+            ("spawns_deferred", &mut self.spawns_deferred),
+            ("reloads", &mut self.reloads),
+            ("stops", &mut self.stops),
+            ("deaths_unexpected", &mut self.deaths_unexpected),
+            ("deaths_exiled", &mut self.deaths_exiled),
+            ("kills", &mut self.kills),
+            ("throttled_respawns", &mut self.throttled_respawns),
+            ("refused", &mut self.refused),
+            ("monitor_errors", &mut self.monitor_errors),
+            ("zergs_added", &mut self.zergs_added),
+            ("on_demand_activations", &mut self.on_demand_activations),
+            ("health_failures", &mut self.health_failures),
+            ("health_restarts", &mut self.health_restarts),
+            ("reload_checks", &mut self.reload_checks),
+            ("changes_rejected", &mut self.changes_rejected),
+            ("swaps", &mut self.swaps),
+        ];
+        for (k, v) in fields {
+            *v = get(k);
+        }
+    }
+}
+
 /// A fixed-bucket histogram of durations, in seconds (Prometheus style:
 /// each bucket counts the observations at or below its bound).
 #[derive(Debug, Clone, serde::Serialize)]

@@ -44,6 +44,7 @@ pub mod runtime;
 pub mod sandbox;
 #[allow(unsafe_code)]
 pub mod spawn;
+pub mod upgrade;
 
 // observers
 pub mod command;

@@ -20,6 +20,9 @@ pub trait Lifecycle: Send {
     fn stopping(&mut self, _rec: &Reconciler) {}
     /// Once: every vassal is gone and the emperor is about to return.
     fn buried(&mut self) {}
+    /// A hot upgrade is about to re-execute the emperor (`refused`:
+    /// it was refused after all, the emperor carries on).
+    fn reloading(&mut self, _refused: bool) {}
 }
 
 /// How long a monitor that reported `Connected` but sent no snapshot (a
@@ -255,6 +258,20 @@ impl Lifecycle for SdNotify {
 
     fn buried(&mut self) {
         self.send("STATUS=The Emperor is buried.");
+    }
+
+    fn reloading(&mut self, refused: bool) {
+        if refused {
+            self.send("READY=1\nSTATUS=Upgrade refused; the Emperor carries on");
+            return;
+        }
+        // systemd's notify-reload protocol wants the monotonic clock with it
+        let usec = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+            .unwrap_or(0);
+        self.send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=Upgrading the Emperor in place"
+        ));
     }
 }
 

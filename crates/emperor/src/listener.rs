@@ -95,8 +95,15 @@ pub enum Listener {
 }
 
 /// A connection accepted by a [`Listener`].
-pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
+pub trait Conn:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static
+{
+}
+impl<
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsFd + Unpin + Send + 'static,
+    > Conn for T
+{
+}
 
 impl Listener {
     /// Binds `addr`: TCP when it contains a colon (`127.0.0.1:9191`,
@@ -148,6 +155,38 @@ impl Listener {
                 let cred = s.peer_cred().ok();
                 Ok((Box::new(s), cred))
             }
+        }
+    }
+
+    /// The listening socket a previous image of the emperor bound at
+    /// `addr` (a hot upgrade): the same kind as [`Listener::bind`] makes
+    /// for that address, never bound again, so no connection is refused
+    /// meanwhile.
+    pub fn adopt(addr: &str, fd: std::os::fd::OwnedFd) -> Result<Listener, BindError> {
+        let err = |source| BindError {
+            addr: addr.to_string(),
+            source,
+        };
+        crate::spawn::set_inheritable(std::os::fd::AsFd::as_fd(&fd), false).map_err(err)?;
+        if addr.contains(':') {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(err)?;
+            return TcpListener::from_std(l).map(Listener::Tcp).map_err(err);
+        }
+        let l = std::os::unix::net::UnixListener::from(fd);
+        l.set_nonblocking(true).map_err(err)?;
+        let path = (!addr.starts_with('@')).then(|| PathBuf::from(addr));
+        UnixListener::from_std(l)
+            .map(|l| Listener::Unix(l, path))
+            .map_err(err)
+    }
+
+    /// A duplicate of its descriptor (close-on-exec), for a hot upgrade.
+    pub fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        match self {
+            Listener::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            Listener::Unix(l, _) => l.as_fd().try_clone_to_owned(),
         }
     }
 

@@ -171,6 +171,23 @@ impl OnDemandSocket {
         }
     }
 
+    /// The socket bound at `addr` by the emperor's previous image (a hot
+    /// upgrade): held again as it was, never bound again, so connections
+    /// queued on it stay queued.
+    pub fn adopt(fd: OwnedFd, addr: &OnDemandAddr) -> io::Result<Self> {
+        crate::spawn::set_inheritable(fd.as_fd(), false)?;
+        let unix_path = match addr {
+            OnDemandAddr::Unix(p) => Some(p.clone()),
+            _ => None,
+        };
+        Ok(OnDemandSocket { fd, unix_path })
+    }
+
+    /// Its descriptor.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
     /// A new descriptor for the same socket (for fd 0 of a vassal, or for
     /// one watch).
     pub fn dup(&self) -> io::Result<OwnedFd> {

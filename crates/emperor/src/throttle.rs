@@ -133,6 +133,11 @@ impl Blacklist {
         n
     }
 
+    /// Puts an entry back as it was (a hot upgrade's new image).
+    pub fn restore(&mut self, name: VassalName, entry: BlacklistEntry) {
+        self.entries.insert(name, entry);
+    }
+
     /// The entries, for stats.
     pub fn entries(&self) -> impl Iterator<Item = (&VassalName, &BlacklistEntry)> {
         self.entries.iter()

@@ -77,6 +77,17 @@ pub enum Action {
         #[arg(long, default_value = "cpu", value_parser = ["cpu", "mem", "restarts", "name"])]
         sort: String,
     },
+    /// Replace the emperor's own binary without restarting a vassal: the
+    /// emperor re-executes itself in place from PATH (default: the path it
+    /// was started from, which a package upgrade has replaced) and adopts
+    /// every vassal. Replies once the new image has adopted them, or with
+    /// the reason it refused (the running emperor then carries on).
+    /// See docs/upgrade.md.
+    Upgrade {
+        /// The new binary.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
     /// Show the last lines a vassal wrote (--vassal-logs prefix or dir), or
     /// reopen every vassal log file (--reopen, after logrotate moved them).
     Logs {
@@ -107,6 +118,9 @@ impl From<Action> for Request {
             Action::Resume { vassal } => Request::Resume { vassal },
             Action::ClearBlacklist { vassal } => Request::ClearBlacklist { vassal },
             Action::Top { .. } | Action::Wait { .. } => Request::List,
+            Action::Upgrade { binary } => Request::Upgrade {
+                binary: binary.map(|b| b.to_string_lossy().into_owned()),
+            },
             Action::Logs { reopen: true, .. } => Request::ReopenLogs,
             Action::Logs {
                 vassal,
@@ -132,7 +146,14 @@ pub fn call(socket: &PathBuf, req: &Request) -> Result<Reply> {
 fn call_keep(socket: &PathBuf, req: &Request) -> Result<(Reply, BufReader<UnixStream>)> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to the control socket {}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    // an upgrade answers once the new binary's check (at most 10 s) and
+    // the adoption of every vassal are done
+    let wait = if matches!(req, Request::Upgrade { .. }) {
+        60
+    } else {
+        15
+    };
+    s.set_read_timeout(Some(Duration::from_secs(wait)))?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
     // a refused peer gets its reply before it has sent anything: read it
@@ -218,6 +239,10 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
             print!("{}", top_table(vs, sort));
         }
         return Ok(());
+    }
+    if let Action::Upgrade { binary: Some(b) } = &mut args.action {
+        // the emperor runs elsewhere: a relative path is this shell's
+        *b = std::path::absolute(&*b).with_context(|| format!("--binary {}", b.display()))?;
     }
     let req: Request = std::mem::replace(&mut args.action, Action::List).into();
     if matches!(req, Request::Logs { .. }) {

@@ -38,6 +38,9 @@ fn main() -> ExitCode {
             std::process::exit(emperor::sandbox::run(&args[2..]))
         }
         Some(emperor::sandbox::INIT_ARG) => std::process::exit(emperor::sandbox::init(&args[2..])),
+        Some(emperor::upgrade::CHECK_ARG) => {
+            return check_upgrade(args.get(2).and_then(|a| a.to_str()).unwrap_or("-"));
+        }
         Some("plan") => {
             let mut argv = vec![args[0].clone()];
             argv.extend(args[2..].iter().cloned());
@@ -52,6 +55,51 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `imperium --check-upgrade STATE` (`-`: stdin): whether this binary can
+/// adopt the emperor whose state it is (a hot upgrade runs it before the
+/// exec). Reads the state, parses its command line and config files as a
+/// start would, and compares the sources; touches nothing. Prints one line;
+/// exits 0 when it can.
+fn check_upgrade(path: &str) -> ExitCode {
+    let fail = |msg: String| {
+        println!(
+            "imperium {}: cannot adopt this emperor: {msg}",
+            env!("CARGO_PKG_VERSION")
+        );
+        ExitCode::from(1)
+    };
+    let state = match emperor::upgrade::check_main(path) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    if let Err(e) = std::env::set_current_dir(&state.cwd) {
+        return fail(format!("its directory {}: {e}", state.cwd));
+    }
+    let args: Vec<OsString> = state.argv.iter().map(OsString::from).collect();
+    let cli = match parse_command_line_for(&args) {
+        Ok(Ok((cli, _))) => cli,
+        Ok(Err(e)) => return fail(format!("its command line: {}", e.render())),
+        Err(e) => return fail(format!("its command line: {}", error_chain(&e))),
+    };
+    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Plan) {
+        Ok((mons, _)) => mons.iter().map(|m| m.describe()).collect(),
+        Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
+    };
+    if urls != state.monitors {
+        return fail(format!(
+            "its config now names other sources ({urls:?}, was {:?}); a hot upgrade keeps the sources: restart the emperor to change them",
+            state.monitors
+        ));
+    }
+    println!(
+        "{}: imperium {} can adopt {}",
+        emperor::runtime::CHECK_OK,
+        env!("CARGO_PKG_VERSION"),
+        state.summary()
+    );
+    ExitCode::SUCCESS
 }
 
 /// An error and its causes on one line, each cause once (many errors
@@ -76,9 +124,26 @@ fn error_chain(e: &anyhow::Error) -> String {
 )]
 fn real_main() -> Result<()> {
     let original_args: Vec<OsString> = std::env::args_os().collect();
+    // the new image of a hot upgrade (docs/upgrade.md): the state and
+    // every descriptor it names, taken before anything else opens a file
+    let mut restored = emperor::runtime::Restored::take().context("the hot upgrade's state")?;
+    if let Some(r) = &restored {
+        // the directory the emperor was started in, not the one it is in
+        std::env::set_current_dir(&r.state.cwd)
+            .with_context(|| format!("the emperor's directory {}", r.state.cwd))?;
+    }
     let original_cwd = std::env::current_dir().context("cannot read the current directory")?;
-    // a re-exec after --touch-reload: the pidfiles stay, no second daemonize
-    let reloaded = std::env::var_os(touch::RELOADS_VAR).is_some();
+    let exe = std::env::current_exe().ok().map(|p| {
+        // a binary replaced by a package upgrade shows as "... (deleted)"
+        let s = p.to_string_lossy();
+        match s.strip_suffix(" (deleted)") {
+            Some(x) => PathBuf::from(x),
+            None => p,
+        }
+    });
+    // a re-exec after --touch-reload or a hot upgrade: the pidfiles stay,
+    // no second daemonize
+    let reloaded = std::env::var_os(touch::RELOADS_VAR).is_some() || restored.is_some();
     std::env::remove_var(touch::RELOADS_VAR);
     let mut cli = parse_command_line(&original_args)?;
     match cli.0.command.take() {
@@ -153,11 +218,21 @@ fn real_main() -> Result<()> {
         emperor::logs::journal::check(socket)?;
     }
     let capture = emperor::logs::Capture::start(&cfg.logs).context("--vassal-logs")?;
-    let cgroups = emperor::cgroup::Cgroups::setup(
-        &cli.vassal_cgroup,
-        drop.as_ref().map(process::Drop::target),
-    )
-    .context("--vassal-cgroup")?;
+    let cgroups = match restored.as_ref().map(|r| &r.state) {
+        // the groups stay where the previous image made them
+        Some(s) => match &s.cgroup_root {
+            Some(root) => Some(
+                emperor::cgroup::Cgroups::adopt(root.into(), s.cgroup_owned_root)
+                    .context("--vassal-cgroup")?,
+            ),
+            None => None,
+        },
+        None => emperor::cgroup::Cgroups::setup(
+            &cli.vassal_cgroup,
+            drop.as_ref().map(process::Drop::target),
+        )
+        .context("--vassal-cgroup")?,
+    };
     if let Some(c) = &cgroups {
         tracing::info!(
             "[emperor] each vassal process starts in a cgroup of its own under {}",
@@ -225,19 +300,29 @@ fn real_main() -> Result<()> {
     emperor::spawn::reserve_spawn_slots();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // signals reach only the loop's thread (see docs/upgrade.md)
+        .on_thread_start(emperor::spawn::block_signals_in_this_thread)
         .build()
         .context("cannot start the async runtime")?;
     let reexec = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = rt.block_on({
         let reexec = reexec.clone();
         let pidfiles = &mut pidfiles;
+        let (original_args, original_cwd) = (&original_args, &original_cwd);
         async move {
             let (tx, rx) = mpsc::channel(64);
             install_signals(tx.clone())?;
-            start_observers(&cli, &tx, drop.as_ref().map(process::Drop::target)).await?;
+            let observers = start_observers(
+                &cli,
+                &tx,
+                drop.as_ref().map(process::Drop::target),
+                restored.as_mut(),
+            )
+            .await?;
             // everything that needs the emperor's privileges is bound: drop
-            // them, then what uWSGI does after the drop
-            if let Some(d) = &drop {
+            // them, then what uWSGI does after the drop (a hot upgrade's new
+            // image has the identity the old one dropped to)
+            if let Some(d) = drop.as_ref().filter(|_| restored.is_none()) {
                 d.apply()?;
             }
             if let Some(l) = log_file.as_ref().filter(|l| l.after_drop) {
@@ -269,7 +354,16 @@ fn real_main() -> Result<()> {
             let mut emperor = Emperor::new(cfg, mons)
                 .with_capture(capture)
                 .with_cgroups(cgroups)
-                .with_limits(limits);
+                .with_limits(limits)
+                .with_restored(restored);
+            if let Some(exe) = exe {
+                emperor = emperor.with_upgrade(emperor::runtime::UpgradeSetup {
+                    exe,
+                    argv: original_args.clone(),
+                    cwd: original_cwd.clone(),
+                    observers,
+                });
+            }
             if let Some(n) = SdNotify::from_env() {
                 emperor = emperor.with_lifecycle(Box::new(n));
             }
@@ -588,7 +682,14 @@ async fn start_observers(
     cli: &Cli,
     tx: &mpsc::Sender<Command>,
     owner: Option<(Option<u32>, Option<u32>)>,
-) -> Result<()> {
+    mut restored: Option<&mut emperor::runtime::Restored>,
+) -> Result<Vec<(String, String, std::os::fd::OwnedFd)>> {
+    // each socket: the one the previous image held (a hot upgrade: never
+    // bound again, so no connection is refused meanwhile), or a new one;
+    // a duplicate of each is kept for the next upgrade
+    let mut kept = Vec::new();
+    let mut inherited =
+        |what: &str, addr: &str| restored.as_mut().and_then(|r| r.observer(what, addr));
     use emperor::stats::{Listener, StatsOptions};
     let timeout = Duration::from_secs(cli.socket_timeout);
     // --abstract-socket: UNIX paths of the stats and metrics servers go in
@@ -602,10 +703,17 @@ async fn start_observers(
     };
     if let Some(addr) = cli.emperor_stats.as_ref().map(abstract_addr) {
         let addr = &addr;
-        let l = Listener::bind(addr, cli.chmod_socket)
-            .await
-            .context("--emperor-stats")?;
-        chown_socket("--emperor-stats", addr, owner)?;
+        let l = match inherited("stats", addr) {
+            Some(fd) => Listener::adopt(addr, fd).context("--emperor-stats")?,
+            None => {
+                let l = Listener::bind(addr, cli.chmod_socket)
+                    .await
+                    .context("--emperor-stats")?;
+                chown_socket("--emperor-stats", addr, owner)?;
+                l
+            }
+        };
+        kept.push(("stats".to_string(), addr.clone(), l.dup_fd()?));
         let opts = StatsOptions {
             addr: addr.clone(),
             http: cli.stats_http,
@@ -619,10 +727,17 @@ async fn start_observers(
     }
     if let Some(addr) = cli.emperor_metrics.as_ref().map(abstract_addr) {
         let addr = &addr;
-        let l = Listener::bind(addr, cli.chmod_socket)
-            .await
-            .context("--emperor-metrics")?;
-        chown_socket("--emperor-metrics", addr, owner)?;
+        let l = match inherited("metrics", addr) {
+            Some(fd) => Listener::adopt(addr, fd).context("--emperor-metrics")?,
+            None => {
+                let l = Listener::bind(addr, cli.chmod_socket)
+                    .await
+                    .context("--emperor-metrics")?;
+                chown_socket("--emperor-metrics", addr, owner)?;
+                l
+            }
+        };
+        kept.push(("metrics".to_string(), addr.clone(), l.dup_fd()?));
         tracing::info!("*** Prometheus metrics on {addr} (GET /metrics) ***");
         tokio::spawn(emperor::metrics::serve(l, timeout, tx.clone()));
     }
@@ -631,12 +746,20 @@ async fn start_observers(
         if addr.contains(':') {
             bail!("--emperor-control-socket {addr}: must be a UNIX socket path (no colon)");
         }
-        let l = Listener::bind(&addr, Some(cli.emperor_control_socket_mode))
-            .await
-            .context("--emperor-control-socket")?;
-        // the emperor's own uid is always allowed: after the drop that is
-        // the --uid user, who must be able to connect to the socket file
-        chown_socket("--emperor-control-socket", &addr, owner)?;
+        let l = match inherited("control", &addr) {
+            Some(fd) => Listener::adopt(&addr, fd).context("--emperor-control-socket")?,
+            None => {
+                let l = Listener::bind(&addr, Some(cli.emperor_control_socket_mode))
+                    .await
+                    .context("--emperor-control-socket")?;
+                // the emperor's own uid is always allowed: after the drop
+                // that is the --uid user, who must be able to connect to
+                // the socket file
+                chown_socket("--emperor-control-socket", &addr, owner)?;
+                l
+            }
+        };
+        kept.push(("control".to_string(), addr.to_string(), l.dup_fd()?));
         let access = emperor::control::Access {
             uids: cli.emperor_control_allow_uid.clone(),
             gids: cli.emperor_control_allow_gid.clone(),
@@ -648,14 +771,22 @@ async fn start_observers(
         tokio::spawn(emperor::control::serve(l, access, tx.clone()));
     }
     if let Some(addr) = &cli.emperor_command_socket {
-        let s = emperor::control::CommandSocket::bind(addr, 0o600)
-            .await
-            .context("--emperor-command-socket")?;
-        chown_socket("--emperor-command-socket", addr, owner)?;
+        let s = match inherited("command", addr) {
+            Some(fd) => emperor::control::CommandSocket::adopt(addr, fd)
+                .context("--emperor-command-socket")?,
+            None => {
+                let s = emperor::control::CommandSocket::bind(addr, 0o600)
+                    .await
+                    .context("--emperor-command-socket")?;
+                chown_socket("--emperor-command-socket", addr, owner)?;
+                s
+            }
+        };
+        kept.push(("command".to_string(), addr.clone(), s.dup_fd()?));
         tracing::info!("*** Emperor command socket on {addr} ***");
         tokio::spawn(s.serve(tx.clone()));
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// A stats, metrics, control or command UNIX socket is bound before the
@@ -730,7 +861,7 @@ fn init_logging(format: &str, log_date: Option<&str>) {
 
 fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
     // SIGPIPE stays ignored (Rust's default, and uWSGI's).
-    let table: [(SignalKind, fn() -> Command); 7] = [
+    let table: [(SignalKind, fn() -> Command); 8] = [
         (SignalKind::hangup(), || Command::ReloadAll),
         (SignalKind::interrupt(), || Command::Shutdown),
         (SignalKind::terminate(), || Command::Shutdown),
@@ -740,19 +871,16 @@ fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
         }),
         (SignalKind::user_defined1(), || Command::LogVassals),
         (SignalKind::window_change(), || Command::Rescan),
+        // a hot upgrade from the binary the emperor was started from
+        // (uWSGI's emperor gives SIGUSR2 no meaning; docs/upgrade.md)
+        (SignalKind::user_defined2(), || {
+            Command::Upgrade(emperor::command::UpgradeRequest {
+                binary: None,
+                answer: None,
+                refused: None,
+            })
+        }),
     ];
-    // a blocked signal is inherited across exec: a parent that left SIGTERM
-    // blocked would make the emperor deaf to it. Unblock what is handled
-    // (the runtime has this one thread; threads started later inherit it).
-    let mut handled = nix::sys::signal::SigSet::empty();
-    for (kind, _) in &table {
-        if let Ok(sig) = nix::sys::signal::Signal::try_from(kind.as_raw_value()) {
-            handled.add(sig);
-        }
-    }
-    handled
-        .thread_unblock()
-        .context("cannot unblock the signals the emperor handles")?;
     for (kind, make) in table {
         let mut s =
             signal(kind).with_context(|| format!("cannot install a handler for {kind:?}"))?;
@@ -765,5 +893,14 @@ fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
             }
         });
     }
+    // a blocked signal is inherited across exec: a parent that left SIGTERM
+    // blocked would make the emperor deaf to it, and a hot upgrade's old
+    // image leaves what arrived during the exec pending. Unblock what is
+    // handled once every handler is in place (so a pending SIGTERM is
+    // handled, not fatal), in this thread only: every other thread blocks
+    // them (emperor::spawn::block_signals_in_this_thread).
+    emperor::spawn::handled_signals()
+        .thread_unblock()
+        .context("cannot unblock the signals the emperor handles")?;
     Ok(())
 }

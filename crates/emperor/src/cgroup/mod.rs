@@ -232,6 +232,7 @@ fn sweeper() -> io::Result<std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>> {
     std::thread::Builder::new()
         .name("cgroup-sweeper".into())
         .spawn(move || {
+            crate::spawn::block_signals_in_this_thread();
             for s in rx {
                 for g in std::iter::once(&s.group).chain(&s.v1) {
                     remove_group(g, s.last, Duration::from_secs(2));
@@ -295,6 +296,22 @@ impl Cgroups {
             }
         };
         Ok(Some(c))
+    }
+
+    /// The groups the emperor's previous image made under `root` (a hot
+    /// upgrade): nothing is made, moved or killed; the vassals' groups
+    /// stay where they are.
+    pub fn adopt(root: PathBuf, owned_root: bool) -> Result<Cgroups, CgroupError> {
+        Ok(Cgroups {
+            sweeper: sweeper().map_err(io_err(&root))?,
+            root,
+            owned_root,
+        })
+    }
+
+    /// Whether the emperor made its root (`auto`; removed at shutdown).
+    pub fn owns_root(&self) -> bool {
+        self.owned_root
     }
 
     /// An emperor that drops its privileges must still make groups and

@@ -577,6 +577,50 @@ impl Capture {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         // the read end stays; each instance opens its own write end
         drop(write);
+        Ok(self.reader(name, read))
+    }
+
+    /// The read end of the pipe of `name` that the emperor's previous
+    /// image read (a hot upgrade), and its reader task. Its ring of last
+    /// lines starts empty.
+    pub fn adopt(&self, name: &VassalName, read: OwnedFd) -> io::Result<Arc<LogHandle>> {
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        crate::spawn::set_inheritable(read.as_fd(), false)?;
+        Ok(self.reader(name, read))
+    }
+
+    /// The pipes' read ends, by vassal name (a hot upgrade hands them on).
+    pub fn pipes(&self) -> Vec<(VassalName, std::os::fd::RawFd)> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .filter(|l| !l.forgotten.load(Ordering::SeqCst))
+            .map(|l| (l.name.clone(), l.fd.as_raw_fd()))
+            .collect()
+    }
+
+    /// Makes every pipe's read end survive an exec (`true`, a hot
+    /// upgrade) or close at the next one again.
+    pub fn set_pipes_inheritable(&self, yes: bool) -> io::Result<()> {
+        let all: Vec<Arc<VassalLog>> = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for l in all {
+            crate::spawn::set_inheritable(l.fd.as_fd(), yes)?;
+        }
+        Ok(())
+    }
+
+    fn reader(&self, name: &VassalName, read: OwnedFd) -> Arc<LogHandle> {
         let log = Arc::new(VassalLog {
             name: name.clone(),
             fd: Arc::new(read),
@@ -595,7 +639,7 @@ impl Capture {
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(&log));
         }
-        Ok(Arc::new(LogHandle(log)))
+        Arc::new(LogHandle(log))
     }
 
     /// At shutdown, once every vassal is gone: reads what is left in every

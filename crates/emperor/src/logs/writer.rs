@@ -100,7 +100,10 @@ impl Writer {
         let q = queued.clone();
         std::thread::Builder::new()
             .name("vassal-logs".into())
-            .spawn(move || run(&rx, &q, target))?;
+            .spawn(move || {
+                crate::spawn::block_signals_in_this_thread();
+                run(&rx, &q, target);
+            })?;
         Ok(Writer { tx, queued })
     }
 

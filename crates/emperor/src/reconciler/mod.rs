@@ -34,11 +34,13 @@ mod operator;
 mod process;
 mod swap;
 mod timers;
+mod upgrade;
 mod vassal;
 
 pub use adopt::Adopted;
 pub use operator::OperatorError;
 pub use swap::Successor;
+pub use upgrade::{busy_reason, restore_exit, save_exit};
 pub use vassal::{HealthState, Phase, Proc, ProcHealth, Rejection, Vassal, VassalState};
 
 /// The shortest wait before a vassal that could not be started is tried

@@ -1626,3 +1626,59 @@ fn a_rejection_ends_when_the_vassal_restarts_from_its_source() {
     assert_eq!(spawns(&acts), 1);
     assert!(r.vassal("a.ini").unwrap().rejected.is_none());
 }
+
+#[test]
+fn a_saved_table_is_restored_as_it_was_and_the_same_scan_changes_nothing() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![file("a.ini", 1), file("b.ini", 1)]),
+        t,
+    );
+    r.vassal_message(ids[0], M::Loyal, t);
+    r.vassal_message(ids[0], M::Accepting, t);
+    // b dies and waits for its blacklist window
+    r.exited(ids[1], ExitStatus::Code(1), t);
+    r.pause("a.ini").unwrap();
+    let (table, blacklist) = r.save_table(t);
+    let mut back = rec();
+    back.restore_table(
+        &table,
+        &blacklist,
+        r.next_instance(),
+        &serde_json::to_value(r.counters()).unwrap(),
+        t,
+    )
+    .unwrap();
+    let (again, blacklist_again) = back.save_table(t);
+    assert_eq!(again, table);
+    assert_eq!(blacklist_again, blacklist);
+    assert_eq!(back.counters().spawns, r.counters().spawns);
+    let a = back.vassal("a.ini").unwrap();
+    assert!(a.paused && a.proc().is_some_and(|p| p.loyal && p.accepting));
+    assert_eq!(a.pid(), Some(1000 + ids[0] as u32));
+    // the monitor's first scan in the new image: nothing to do
+    let acts = back.monitor_change(
+        0,
+        Change::Snapshot(vec![file("a.ini", 1), file("b.ini", 1)]),
+        t,
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+    // its process is known by its instance: its exit is acted on
+    let acts = back.exited(ids[0], ExitStatus::Signal(9), t);
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Spawn { .. })),
+        "{acts:?}"
+    );
+    // and new instances never repeat an old one
+    let new = acts
+        .iter()
+        .find_map(|a| match a {
+            Action::Spawn { instance, .. } => Some(*instance),
+            _ => None,
+        })
+        .unwrap();
+    assert!(new >= r.next_instance());
+}

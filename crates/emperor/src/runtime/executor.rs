@@ -131,6 +131,23 @@ pub(super) struct Listener {
     watch: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl Listener {
+    /// The address it is bound to, as the source gave it.
+    pub(super) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Its descriptor.
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.fd()
+    }
+
+    /// Its descriptor's number.
+    pub(super) fn raw_fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.sock.fd())
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some(w) = self.watch.take() {
@@ -316,6 +333,72 @@ impl Executor {
             }
         }));
         Vec::new()
+    }
+
+    /// Holds again the on-demand socket of `name` that the emperor's
+    /// previous image held (a hot upgrade); a vassal waiting for a
+    /// connection is watched again.
+    pub(super) fn adopt_listener(
+        &mut self,
+        rec: &mut Reconciler,
+        name: VassalName,
+        address: &str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), String> {
+        let v = rec.vassal(name.as_str()).ok_or("not in the table")?;
+        let dir = v
+            .desired
+            .as_ref()
+            .and_then(|d| d.workdir.clone())
+            .unwrap_or_else(|| self.cwd.clone());
+        let waiting = matches!(v.phase, crate::reconciler::Phase::OnDemand);
+        let workdir = v.desired.as_ref().and_then(|d| d.workdir.clone());
+        let addr = OnDemandAddr::parse(address, &dir).map_err(|e| e.to_string())?;
+        let sock = OnDemandSocket::adopt(fd, &addr).map_err(|e| e.to_string())?;
+        self.listeners.insert(
+            name.clone(),
+            Listener {
+                address: address.to_string(),
+                addr,
+                sock: Arc::new(sock),
+                watch: None,
+            },
+        );
+        if waiting {
+            let actions = self.listen(rec, name, address.to_string(), workdir);
+            self.execute(rec, actions);
+        }
+        Ok(())
+    }
+
+    /// Starts the health probe of a process the emperor's previous image
+    /// watched (a hot upgrade), when its vassal has a check.
+    pub(super) fn restart_probe(
+        &mut self,
+        rec: &mut Reconciler,
+        instance: InstanceId,
+        spec: &VassalSpec,
+    ) {
+        match self.health_of(spec) {
+            Ok((_, Some(check))) => self.start_probe(rec, instance, spec, check),
+            Ok((_, None)) => {}
+            Err(e) => tracing::warn!(vassal = %spec.name, "[emperor] {}: {e}", spec.name),
+        }
+    }
+
+    /// The limits and the health check of `spec` (its `[imperium]`
+    /// section over the emperor-wide settings).
+    fn health_of(
+        &self,
+        spec: &VassalSpec,
+    ) -> Result<(crate::cgroup::v1::Limits, Option<HealthCheck>), String> {
+        self.own_settings(spec).and_then(|own| {
+            let health = own.health.over(&self.health);
+            let check = health
+                .resolve(spec.name.as_str())
+                .map_err(|e| format!("its health check: {e}"))?;
+            Ok((own.limits, check))
+        })
     }
 
     /// The vassal's own `[imperium]` section (an ini config, from its file
@@ -644,13 +727,7 @@ impl Executor {
             }
         }
         // read before anything is set up: nothing to undo
-        let (own, health) = match self.own_settings(&spec).and_then(|own| {
-            let health = own.health.over(&self.health);
-            let check = health
-                .resolve(spec.name.as_str())
-                .map_err(|e| format!("its health check: {e}"))?;
-            Ok((own.limits, check))
-        }) {
+        let (own, health) = match self.health_of(&spec) {
             Ok(o) => o,
             Err(e) => return rec.spawn_failed(instance, &e, std::time::Instant::now()),
         };

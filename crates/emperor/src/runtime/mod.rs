@@ -31,9 +31,11 @@ const PAUSE_TOLERANCE: Duration = Duration::from_secs(1);
 
 mod check;
 mod executor;
+mod upgrade;
 mod vassal;
 
 pub use check::CheckOptions;
+pub use upgrade::{Restored, UpgradeSetup, CHECK_OK};
 
 use executor::{Executor, REPORT_BATCH};
 
@@ -65,6 +67,7 @@ pub struct EmperorConfig {
 }
 
 /// What a vassal's task writes to it, in order.
+#[derive(Clone)]
 pub(super) enum VassalCmd {
     Byte(u8),
     Config(Arc<str>),
@@ -102,6 +105,8 @@ pub struct Emperor {
     capture: Option<Capture>,
     cgroups: Option<crate::cgroup::Cgroups>,
     limits: Option<crate::cgroup::v1::V1Limits>,
+    upgrade: Option<UpgradeSetup>,
+    restored: Option<Restored>,
 }
 
 impl Emperor {
@@ -114,7 +119,25 @@ impl Emperor {
             capture: None,
             cgroups: None,
             limits: None,
+            upgrade: None,
+            restored: None,
         }
+    }
+
+    /// Lets the emperor re-execute itself in place (`imperium ctl
+    /// upgrade`, SIGUSR2) with this command line and these observer
+    /// sockets.
+    pub fn with_upgrade(mut self, setup: UpgradeSetup) -> Self {
+        self.upgrade = Some(setup);
+        self
+    }
+
+    /// Starts from the state a previous image left (this image is the new
+    /// one of a hot upgrade): the table is put back before the monitors
+    /// start.
+    pub fn with_restored(mut self, restored: Option<Restored>) -> Self {
+        self.restored = restored;
+        self
     }
 
     /// Captures vassal output with `capture` (started for
@@ -166,11 +189,7 @@ impl Emperor {
         let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorMessage>(4096);
         let (rescan_tx, rescan_rx) = watch::channel(0u64);
         let opts = Arc::new(self.cfg.monitor.clone());
-        for (i, m) in self.monitors.into_iter().enumerate() {
-            let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
-            tokio::spawn(m.run(ctx));
-        }
-        drop(mon_tx);
+        let upgrade_setup = self.upgrade;
         let mut exec = Executor {
             launch: self.cfg.launch,
             base_env: std::env::vars_os().collect::<Vec<_>>().into(),
@@ -195,6 +214,24 @@ impl Emperor {
         let mut commands_open = true;
         let mut mercy_at: Option<Instant> = None;
         let mut give_up_at: Option<Instant> = None;
+        // the new image of a hot upgrade: the table first, then the
+        // monitors, whose scans are decided against it
+        if let Some(r) = self.restored {
+            let pending = upgrade::restore(&mut rec, &mut exec, r);
+            exec.execute(&mut rec, pending.actions);
+            if pending.shutdown {
+                let actions = Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy);
+                exec.execute(&mut rec, actions);
+            }
+            if let Some(l) = lifecycle.as_mut() {
+                l.ready(&rec);
+            }
+        }
+        for (i, m) in self.monitors.into_iter().enumerate() {
+            let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
+            tokio::spawn(m.run(ctx));
+        }
+        drop(mon_tx);
         loop {
             let now = Instant::now();
             if rec.is_shutting_down() && rec.running() == 0 {
@@ -243,6 +280,11 @@ impl Emperor {
                     Some(Command::Apply(f)) => f(&mut rec, Instant::now().into_std()),
                     Some(Command::Logs { vassal, reply }) => { let _ = reply.send(exec.log_lookup(&rec, &vassal)); Vec::new() }
                     Some(Command::ReopenLogs) => { exec.reopen_logs(); Vec::new() }
+                    Some(Command::Upgrade(req)) => {
+                        // returns only when refused
+                        upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, &mut commands, &mut lifecycle).await;
+                        Vec::new()
+                    }
                 },
                 m = mon_rx.recv(), if monitors_open => match m {
                     Some(m) => {

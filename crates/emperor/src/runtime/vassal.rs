@@ -77,6 +77,11 @@ impl VassalLink {
         self.waker.wake();
     }
 
+    /// What is queued and not yet written (a hot upgrade hands it on).
+    pub(super) fn queued(&self) -> Vec<VassalCmd> {
+        self.queue().iter().cloned().collect()
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<VassalCmd>> {
         // a poisoned lock only means a panic elsewhere mid-push: the queue
         // itself is still consistent

@@ -120,3 +120,70 @@ pub fn take_inherited_fd(var: &str) -> io::Result<Option<OwnedFd>> {
     // removed, so no other owner can be created for it in this process.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
+
+/// Takes ownership of descriptors a previous image of this process left
+/// open for it (a hot upgrade: their numbers are in the state it wrote).
+/// Each number must be open, above 2 and given once.
+pub fn adopt_fds(fds: &[i32]) -> io::Result<std::collections::HashMap<i32, OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    let mut out = std::collections::HashMap::with_capacity(fds.len());
+    for &fd in fds {
+        if fd <= 2 || out.contains_key(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("descriptor {fd} is a standard stream or named twice"),
+            ));
+        }
+        // SAFETY: fcntl(F_GETFD) only queries the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("descriptor {fd}: {e}")));
+        }
+        // SAFETY: the fd is open (checked above) and was left open by the
+        // image this one replaced, for this purpose; no other part of this
+        // image knows its number, and each number is taken once (checked
+        // above), so this is its only owner.
+        out.insert(fd, unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(out)
+}
+
+/// Makes `fd` survive an exec (`true`) or close at the next one.
+pub fn set_inheritable(fd: std::os::fd::BorrowedFd<'_>, yes: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let flags = if yes {
+        FdFlag::empty()
+    } else {
+        FdFlag::FD_CLOEXEC
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
+}
+
+/// The signals the emperor handles, blocked in the calling thread: every
+/// thread the emperor starts blocks them, so that they reach only the
+/// thread of the loop, which blocks them itself around a hot upgrade's
+/// exec (those that arrive meanwhile wait for the new image).
+pub fn block_signals_in_this_thread() {
+    let _ = handled_signals().thread_block();
+}
+
+/// The signals the emperor handles (SIGHUP, SIGINT, SIGTERM, SIGQUIT,
+/// SIGURG, SIGUSR1, SIGUSR2, SIGWINCH).
+pub fn handled_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut s = SigSet::empty();
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGURG,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ] {
+        s.add(sig);
+    }
+    s
+}

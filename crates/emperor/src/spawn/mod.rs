@@ -44,10 +44,13 @@ mod reap;
 mod slots;
 
 use fd::VASSAL_NOFILE;
-pub use fd::{raise_nofile_limit, register_readable, take_inherited_fd};
+pub use fd::{
+    adopt_fds, block_signals_in_this_thread, handled_signals, raise_nofile_limit,
+    register_readable, set_inheritable, take_inherited_fd,
+};
 pub use net::loopback_up;
 pub use process::{daemonize, set_cmdline};
-pub use reap::VassalProcess;
+pub use reap::{freeze_reaper, ReaperFrozen, VassalProcess};
 pub use slots::reserve_spawn_slots;
 
 /// Everything needed to start one vassal process.

@@ -94,6 +94,18 @@ impl VassalProcess {
         VassalProcess { pid, exit }
     }
 
+    /// Watches `pid`, a child this process had before it re-executed
+    /// itself (a hot upgrade). If it has exited meanwhile, it is reaped at
+    /// once and its exit is reported like any other.
+    pub fn adopt(pid: u32) -> VassalProcess {
+        Self::register(pid)
+    }
+
+    /// How it ended, once the reaper has reaped it (without reaping).
+    pub fn reaped(&self) -> Option<ExitStatus> {
+        self.exit.get()
+    }
+
     /// Its pid (always > 0).
     pub fn pid(&self) -> u32 {
         self.pid
@@ -183,6 +195,19 @@ fn reap_locked(t: &mut Table, pid: u32) -> bool {
     true
 }
 
+/// While held, no vassal is reaped (nor killed, nor spawned: do neither
+/// from the thread that holds it): a hot upgrade writes down which
+/// processes have exited and execs with it held, so no exit is recorded
+/// in an image that is about to go.
+pub struct ReaperFrozen(
+    #[allow(dead_code, reason = "held for its lock")] MutexGuard<'static, Table>,
+);
+
+/// Stops the reaper until the guard is dropped (see [`ReaperFrozen`]).
+pub fn freeze_reaper() -> ReaperFrozen {
+    ReaperFrozen(table())
+}
+
 fn start_thread() {
     THREAD.call_once(|| {
         if let Err(e) = std::thread::Builder::new()
@@ -200,6 +225,7 @@ const FOREIGN_FIRST: Duration = Duration::from_millis(10);
 const FOREIGN_MAX: Duration = Duration::from_secs(1);
 
 fn reaper_thread() {
+    crate::spawn::block_signals_in_this_thread();
     let mut foreign_wait = FOREIGN_FIRST;
     loop {
         let seen = table().registered;
