@@ -394,8 +394,11 @@ impl State {
         let mut v = Vec::new();
         for x in &self.vassals {
             if let SavedPhase::Running { proc } | SavedPhase::Stopping { proc, .. } = &x.phase {
-                v.push(proc.ctrl_fd);
-                v.extend(proc.config_fd);
+                // an exited process hands nothing on
+                if proc.exited.is_none() {
+                    v.push(proc.ctrl_fd);
+                    v.extend(proc.config_fd);
+                }
             }
         }
         v.extend(self.on_demand.iter().map(|s| s.fd));
@@ -579,6 +582,45 @@ mod tests {
         s.reply_fd = Some(6);
         let back = State::parse(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(back, s);
+    }
+
+    /// The state of the first release (kept as a fixture): every later
+    /// release reads it.
+    const V1: &str = include_str!("../../imperium/tests/fixtures/upgrade-state-v1.json");
+
+    #[test]
+    fn the_first_release_state_is_read_and_put_back() {
+        let s = State::parse(V1.as_bytes()).unwrap();
+        assert_eq!(s.version, 1);
+        assert_eq!(s.vassals.len(), 4);
+        // the exited process hands no descriptor on
+        assert_eq!(s.fds(), vec![11, 14, 15, 16, 17]);
+        let mut rec = crate::reconciler::Reconciler::new(
+            crate::reconciler::ReconcilerConfig::default(),
+            s.monitors.clone(),
+        );
+        let now = std::time::Instant::now();
+        rec.restore_table(&s.vassals, &s.blacklist, s.next_instance, &s.counters, now)
+            .unwrap();
+        let app = rec.vassal("app.ini").unwrap();
+        assert_eq!(app.pid(), Some(4300));
+        assert!(app.paused && app.proc().is_some_and(|p| p.loyal));
+        let db = rec.vassal("db.ini").unwrap();
+        assert_eq!(
+            db.phase.stopping().map(|(r, _)| r),
+            Some(crate::reconciler::StopReason::Restart)
+        );
+        assert!(db.rejected.is_some());
+        assert_eq!(
+            rec.vassal("od.ini").unwrap().phase.state(),
+            crate::reconciler::VassalState::OnDemand
+        );
+        assert!(rec
+            .blacklist()
+            .allowed_at(&crate::VassalName::derived("crashy.ini".into()))
+            .is_some());
+        assert_eq!(rec.counters().spawns, 12);
+        assert_eq!(rec.next_instance(), 9);
     }
 
     #[test]

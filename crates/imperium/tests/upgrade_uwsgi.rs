@@ -1,0 +1,401 @@
+//! Hot upgrade with real uWSGI vassals (docs/upgrade.md): `imperium ctl
+//! upgrade` re-executes the emperor in place; the emperor keeps its pid,
+//! every vassal keeps its master pid and keeps serving (0 failed requests),
+//! and the new image governs them as the old one did. A binary that is not
+//! an imperium is refused, a vassal that dies during the upgrade comes
+//! back, an on-demand socket keeps the connections queued on it, and a pg://
+//! source causes no reload.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use testkit::procs::{alive, tree, wait_all_dead};
+use testkit::servers::wait_until;
+use testkit::uwsgi::{uwsgi_bin, vassal_ini, vassal_ini_on, wait_answer, AppTree, Load};
+use testkit::{ctl, ctl_ok, imperium_bin, Imperium};
+
+const T: Duration = Duration::from_secs(30);
+
+fn start(s: &AppTree, extra: &[&str]) -> Imperium {
+    let mut args = testkit::uwsgi_emperor_args(&s.vassals, extra);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let emp = Imperium::start(s.tmp.path(), args);
+    assert!(wait_until(T, || s.ctl_sock().exists()), "{}", emp.log());
+    emp
+}
+
+/// Every vassal's pid, by name (`ctl list`).
+fn pids(s: &AppTree) -> BTreeMap<String, Option<u64>> {
+    let out = ctl_ok(&s.ctl_sock(), &["--json", "list"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap().to_string(), v["pid"].as_u64()))
+        .collect()
+}
+
+/// A copy of the imperium binary (another path: the new image shows it).
+fn binary_copy(dir: &Path) -> PathBuf {
+    let p = dir.join("imperium-new");
+    std::fs::copy(imperium_bin(), &p).unwrap();
+    p
+}
+
+/// A new "binary" that answers its `--check-upgrade` after a second (the
+/// window in which the test acts), then is imperium.
+fn slow_binary(dir: &Path) -> PathBuf {
+    let p = dir.join("imperium-slow");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --check-upgrade ]; then sleep 1; fi\nexec {} \"$@\"\n",
+            imperium_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+fn exe(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
+}
+
+fn upgrade(s: &AppTree, binary: &Path) -> std::process::Output {
+    ctl(
+        &s.ctl_sock(),
+        &["upgrade", "--binary", binary.to_str().unwrap()],
+    )
+}
+
+#[test]
+fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them() {
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let mut ports = Vec::new();
+    for i in 0..20 {
+        let (ini, port) = vassal_ini(&s.app, &format!("v{i}"));
+        std::fs::write(s.vassals.join(format!("app{i}.ini")), ini).unwrap();
+        ports.push(port);
+    }
+    let mut emp = start(&s, &[]);
+    let names: Vec<String> = (0..20).map(|i| format!("app{i}.ini")).collect();
+    let mut wait = vec!["wait", "--timeout", "60"];
+    wait.extend(names.iter().map(String::as_str));
+    ctl_ok(&s.ctl_sock(), &wait);
+    for (i, p) in ports.iter().enumerate() {
+        wait_answer(*p, &format!("v{i}"), T).expect("every vassal answers");
+    }
+    let before = pids(&s);
+    assert!(before.values().all(Option::is_some), "{before:?}");
+    let spawns = emp.count("has been spawned");
+    let new = binary_copy(s.tmp.path());
+
+    // clients on every vassal throughout
+    let loads: Vec<Load> = ports.iter().map(|p| Load::start(*p)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = upgrade(&s, &new);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.contains("upgraded in place") && said.contains("20 vassals"),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        emp.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, l) in loads.into_iter().enumerate() {
+        let (answered, failed) = l.stop();
+        assert_eq!(
+            failed,
+            0,
+            "app{i}.ini: {failed} of {} failed",
+            answered + failed
+        );
+        assert!(answered > 10, "app{i}.ini: only {answered} answered");
+    }
+    assert!(alive(emp.pid()));
+    assert_eq!(exe(emp.pid()), new, "the emperor runs the new binary");
+    assert_eq!(pids(&s), before, "every vassal kept its process");
+    assert_eq!(emp.count("has been spawned"), spawns, "{}", emp.log());
+    assert_eq!(emp.count("reload the uwsgi instance"), 0, "{}", emp.log());
+    emp.wait_log("adopted 20 vassals and 20 processes", T);
+
+    // the new image governs them: a change reloads, a removal stops, a new
+    // file starts, a killed vassal is respawned
+    std::fs::write(
+        s.vassals.join("app0.ini"),
+        vassal_ini_on(&s.app, "v0b", ports[0]),
+    )
+    .unwrap();
+    wait_answer(ports[0], "v0b", T).expect("app0.ini reloaded with its change");
+    assert_eq!(
+        pids(&s)["app0.ini"],
+        before["app0.ini"],
+        "reloaded, not restarted"
+    );
+    let gone = before["app1.ini"].unwrap() as u32;
+    std::fs::remove_file(s.vassals.join("app1.ini")).unwrap();
+    assert!(wait_all_dead(&[gone], T), "app1.ini stopped");
+    let (ini, port) = vassal_ini(&s.app, "fresh");
+    std::fs::write(s.vassals.join("fresh.ini"), ini).unwrap();
+    wait_answer(port, "fresh", T).expect("a new file starts");
+    let killed = before["app2.ini"].unwrap() as u32;
+    kill(Pid::from_raw(killed as i32), Signal::SIGKILL).unwrap();
+    assert!(
+        wait_until(T, || pids(&s)["app2.ini"]
+            .is_some_and(|p| p as u32 != killed)),
+        "{}",
+        emp.log()
+    );
+    wait_answer(ports[2], "v2", T).expect("app2.ini respawned");
+
+    // and SIGTERM leaves nothing behind
+    let all: Vec<u32> = tree(emp.pid())
+        .into_iter()
+        .filter(|p| *p != emp.pid())
+        .collect();
+    assert!(all.len() >= 40, "{all:?}");
+    assert!(emp.stop().success());
+    assert!(wait_all_dead(&all, T), "processes outlived the emperor");
+}
+
+#[test]
+fn a_binary_that_is_not_imperium_is_refused_and_nothing_changes() {
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let (ini, port) = vassal_ini(&s.app, "v1");
+    std::fs::write(s.vassals.join("app.ini"), ini).unwrap();
+    let emp = start(&s, &[]);
+    ctl_ok(&s.ctl_sock(), &["wait", "app.ini", "--timeout", "30"]);
+    let before = pids(&s);
+    for (binary, why) in [
+        ("/bin/false", "--check-upgrade failed"),
+        ("/bin/true", "is not an imperium"),
+        ("/nonexistent/imperium", "cannot run"),
+    ] {
+        let out = upgrade(&s, Path::new(binary));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary}: {err}");
+        assert!(
+            err.contains("upgrade refused") && err.contains(why),
+            "{binary}: {err}"
+        );
+    }
+    assert_eq!(exe(emp.pid()), imperium_bin().canonicalize().unwrap());
+    assert_eq!(pids(&s), before);
+    assert_eq!(emp.count("upgrade refused after"), 3, "{}", emp.log());
+    // the emperor still governs: a change reloads
+    std::fs::write(s.vassals.join("app.ini"), vassal_ini_on(&s.app, "v2", port)).unwrap();
+    wait_answer(port, "v2", T).expect("reloaded after the refusals");
+}
+
+#[test]
+fn a_vassal_killed_during_the_upgrade_comes_back_and_the_other_is_kept() {
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let (a, pa) = vassal_ini(&s.app, "a");
+    let (b, pb) = vassal_ini(&s.app, "b");
+    std::fs::write(s.vassals.join("a.ini"), a).unwrap();
+    std::fs::write(s.vassals.join("b.ini"), b).unwrap();
+    let emp = start(&s, &[]);
+    ctl_ok(
+        &s.ctl_sock(),
+        &["wait", "a.ini", "b.ini", "--timeout", "30"],
+    );
+    let before = pids(&s);
+    let victim = before["a.ini"].unwrap() as u32;
+    let slow = slow_binary(s.tmp.path());
+    let sock = s.ctl_sock();
+    let asked =
+        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
+    // while the new binary checks the state (the old image has written it)
+    emp.wait_log("upgrading in place", T);
+    std::thread::sleep(Duration::from_millis(300));
+    let victims = tree(victim);
+    for p in &victims {
+        kill(Pid::from_raw(*p as i32), Signal::SIGKILL).unwrap();
+    }
+    let out = asked.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        emp.log()
+    );
+    assert!(wait_all_dead(&victims, T));
+    wait_answer(pa, "a", T).unwrap_or_else(|| panic!("a.ini came back:\n{}", emp.log()));
+    let after = pids(&s);
+    assert_ne!(after["a.ini"], before["a.ini"]);
+    assert_eq!(after["b.ini"], before["b.ini"], "b.ini kept its process");
+    wait_answer(pb, "b", T).expect("b.ini serves");
+    assert!(
+        emp.log()
+            .contains(&format!("vassal a.ini (pid: {victim}) died unexpectedly")),
+        "{}",
+        emp.log()
+    );
+}
+
+/// A vassal that takes its socket from fd 0 (no socket of its own).
+fn on_demand_ini(app: &Path) -> String {
+    format!(
+        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nprotocol = http\nwsgi-file = {}\nenv = MARKER=od\ndie-on-term = true\nworker-reload-mercy = 5\nreload-mercy = 5\n",
+        app.display()
+    )
+}
+
+#[test]
+fn an_on_demand_socket_keeps_a_connection_queued_during_the_upgrade() {
+    use std::io::{Read, Write};
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let port = testkit::servers::free_port();
+    std::fs::write(
+        s.vassals.join("od.ini.socket"),
+        format!("127.0.0.1:{port}\n"),
+    )
+    .unwrap();
+    std::fs::write(s.vassals.join("od.ini"), on_demand_ini(&s.app)).unwrap();
+    let emp = start(&s, &["--emperor-on-demand-extension", ".socket"]);
+    emp.wait_log("od.ini -> \"on demand\" instance detected", T);
+    let slow = slow_binary(s.tmp.path());
+    let sock = s.ctl_sock();
+    let asked =
+        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
+    emp.wait_log("upgrading in place", T);
+    // connect while the old image is busy with the upgrade: the connection
+    // waits in the backlog of the socket the new image inherits
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    write!(c, "GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let out = asked.join().unwrap();
+    assert!(out.status.success(), "{}", emp.log());
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).unwrap();
+    assert!(resp.contains("marker=od"), "{resp:?}\n{}", emp.log());
+    assert_eq!(
+        emp.count("spawned uwsgi instance od.ini"),
+        1,
+        "{}",
+        emp.log()
+    );
+    // one socket all along: never bound again
+    assert_eq!(emp.count("instance detected, waiting for connections"), 1);
+}
+
+#[cfg(feature = "pg")]
+#[test]
+fn a_pg_source_is_adopted_without_a_reload_and_its_changes_still_apply() {
+    use testkit::servers::pg::PgServer;
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE vassals (name text PRIMARY KEY, config text, ts timestamptz NOT NULL DEFAULT now());");
+    pg.psql(include_str!("../../../docs/monitors/pg-notify.sql"));
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let (ini, port) = vassal_ini(&s.app, &format!("p{i}"));
+        pg.psql(&format!(
+            "INSERT INTO vassals (name, config) VALUES ('p{i}.ini', '{}');",
+            ini.replace('\'', "''")
+        ));
+        ports.push(port);
+    }
+    let url = format!("pg://{}", pg.conninfo());
+    let args: Vec<std::ffi::OsString> = vec![
+        "--emperor".into(),
+        url.into(),
+        "--emperor-freq".into(),
+        "3600".into(),
+        "--binary-path".into(),
+        uwsgi_bin().into(),
+        "--reload-mercy".into(),
+        "10".into(),
+        "--emperor-control-socket".into(),
+        s.ctl_sock().into(),
+    ];
+    let emp = Imperium::start(s.tmp.path(), args);
+    assert!(wait_until(T, || s.ctl_sock().exists()));
+    ctl_ok(
+        &s.ctl_sock(),
+        &["wait", "p0.ini", "p1.ini", "p2.ini", "--timeout", "60"],
+    );
+    let before = pids(&s);
+    let loads: Vec<Load> = ports.iter().map(|p| Load::start(*p)).collect();
+    let out = upgrade(&s, &binary_copy(s.tmp.path()));
+    assert!(out.status.success(), "{}", emp.log());
+    // the new image's monitor has read the table again
+    emp.wait_log_n("is connected", 2, T);
+    std::thread::sleep(Duration::from_millis(500));
+    for l in loads {
+        let (answered, failed) = l.stop();
+        assert_eq!(failed, 0, "{failed} of {} failed", answered + failed);
+    }
+    assert_eq!(pids(&s), before);
+    assert_eq!(emp.count("reload the uwsgi instance"), 0, "{}", emp.log());
+    // a change in the table reaches the vassal through the new image
+    let ini = vassal_ini_on(&s.app, "p0b", ports[0]);
+    pg.psql(&format!(
+        "UPDATE vassals SET config = '{}', ts = now() WHERE name = 'p0.ini';",
+        ini.replace('\'', "''")
+    ));
+    wait_answer(ports[0], "p0b", T).unwrap_or_else(|| panic!("{}", emp.log()));
+}
+
+/// `imperium --check-upgrade STATE` on a state file; (exit code, output).
+fn check_upgrade(state: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(state.as_bytes()).unwrap();
+    let out = std::process::Command::new(imperium_bin())
+        .args(["--check-upgrade".as_ref(), f.path().as_os_str()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_upgrade_adopts_the_first_release_state_and_refuses_what_it_cannot() {
+    const V1: &str = include_str!("fixtures/upgrade-state-v1.json");
+    let (code, out) = check_upgrade(V1);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("imperium-upgrade-ok") && out.contains("4 vassals, 2 processes"),
+        "{out}"
+    );
+    // an unknown newer version
+    let newer = V1.replacen("\"version\": 1", "\"version\": 2", 1);
+    let (code, out) = check_upgrade(&newer);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("state version 2") && out.contains("is not one this imperium reads"),
+        "{out}"
+    );
+    // not a state at all
+    let (code, out) = check_upgrade("GIF89a");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("not an imperium upgrade state"), "{out}");
+    // the command line now names other sources
+    let moved = V1.replacen("\"--emperor\", \"/tmp\"", "\"--emperor\", \"/var\"", 1);
+    let (code, out) = check_upgrade(&moved);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("names other sources"), "{out}");
+    // a descriptor named twice
+    let twice = V1.replacen("\"fd\": 16", "\"fd\": 14", 1);
+    let (code, out) = check_upgrade(&twice);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("descriptor 14 is named twice"), "{out}");
+}
