@@ -24,6 +24,10 @@ use emperor::{Contender, Kind, Programs};
 /// alternating) and prints medians and ratios.
 #[derive(Debug, Parser)]
 #[command(name = "imperium-bench")]
+#[allow(
+    clippy::struct_excessive_bools,
+    reason = "command-line switches, each skipping one suite"
+)]
 struct Args {
     /// Vassals per directory (N).
     #[arg(short = 'n', long, default_value_t = 100)]
@@ -56,6 +60,10 @@ struct Args {
     /// Skip the rows with 20 vassals flooding their stderr.
     #[arg(long)]
     no_log_flood: bool,
+    /// Skip replacing the emperor's binary (imperium: `ctl upgrade`, in
+    /// place; uWSGI: a restart, the only way it has).
+    #[arg(long)]
+    no_upgrade: bool,
     /// Run only these contenders (floor, imperium, uwsgi, uwsgi-1), comma
     /// separated.
     #[arg(long, value_delimiter = ',')]
@@ -105,10 +113,12 @@ const STORM_PROBE: &str = "crash storm: new config -> accepting (ms)";
 const HUP_ALL: &str = "SIGHUP: reload sent to all N (ms)";
 const DELETE_ALL: &str = "every config deleted -> all N reaped (ms)";
 
+const UPGRADE: &str = "emperor binary replaced -> all N serving again (ms)";
+
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
 
-const ROWS: [&str; 21] = [
+const ROWS: [&str; 22] = [
     COLD_TEST,
     COLD_UWSGI,
     PG_COLD,
@@ -130,6 +140,7 @@ const ROWS: [&str; 21] = [
     STORM_PROBE,
     HUP_ALL,
     DELETE_ALL,
+    UPGRADE,
 ];
 
 #[allow(
@@ -226,6 +237,20 @@ fn main() -> Result<()> {
             let r = b.test_vassal_suite(*who, round);
             keep_going(r, &format!("{} (test vassals)", who.label()), &mut failed);
         }
+        if !b.args.no_upgrade {
+            for who in order.iter().filter(|w| **w != Contender::Floor) {
+                eprintln!(
+                    "[{:>4}s] round {}/{}: {} replacing its binary with {} test vassals",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    b.args.rounds,
+                    who.label(),
+                    b.args.vassals
+                );
+                let r = b.upgrade_suite(*who);
+                keep_going(r, &format!("{} (upgrade)", who.label()), &mut failed);
+            }
+        }
         if b.pg.is_some() {
             for who in order.iter().filter(|w| **w != Contender::Floor) {
                 eprintln!(
@@ -286,6 +311,18 @@ fn main() -> Result<()> {
         bail!("{} suite(s) failed", failed.len());
     }
     Ok(())
+}
+
+/// One request on imperium's control socket; the reply line.
+fn control_request(sock: &Path, req: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .with_context(|| format!("cannot connect to {}", sock.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(format!("{req}\n").as_bytes())?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line)?;
+    Ok(line)
 }
 
 /// When `n` distinct vassals had a `kind` event after `t`, or an error
@@ -487,6 +524,78 @@ impl Bench {
                 .context("crash storm: the new config never started")?;
             self.record(STORM_PROBE, who, ms(p - t));
             self.fleet_wide(&mut em, who, &dir, &names, &probe)
+        })();
+        let stopped = em.stop(Duration::from_secs(40));
+        result?;
+        stopped
+    }
+
+    /// The emperor's binary replaced with N test vassals running, until
+    /// all N serve again: imperium re-executes itself in place (`ctl
+    /// upgrade`, timed from the request to its reply, which comes once
+    /// every vassal is adopted; no vassal stops); uWSGI can only be
+    /// restarted (SIGINT, then a new emperor, until all N accept again).
+    fn upgrade_suite(&mut self, who: Contender) -> Result<()> {
+        let (tmp, dir, names) = self.test_vassal_dir()?;
+        let sock = tmp.path().join("ctl.sock");
+        let sock_arg = sock.to_string_lossy().into_owned();
+        let extra: Vec<&str> = match who {
+            Contender::Imperium => vec!["--emperor-control-socket", &sock_arg],
+            _ => Vec::new(),
+        };
+        let start = |b: &mut Bench| {
+            let echo = b.echo(who, "upgrade");
+            emperor::start(
+                who,
+                &b.progs,
+                dir.as_os_str(),
+                &dir,
+                &b.test_vassal,
+                &extra,
+                echo,
+            )
+        };
+        let t0 = Instant::now();
+        let mut em = start(self)?;
+        let none = HashSet::new();
+        em.log
+            .wait_distinct(Kind::Accepting, names.len(), t0, &none, self.cold_timeout())
+            .map_err(|k| anyhow::anyhow!("upgrade: only {k}/{} vassals accepting", names.len()))?;
+        std::thread::sleep(Duration::from_millis(500));
+        if who != Contender::Imperium {
+            let t = Instant::now();
+            em.stop(Duration::from_secs(40))?;
+            let mut em = start(self)?;
+            let up =
+                em.log
+                    .wait_distinct(Kind::Accepting, names.len(), t, &none, self.cold_timeout());
+            let r = up
+                .map(|at| self.record(UPGRADE, who, ms(at - t)))
+                .map_err(|k| {
+                    anyhow::anyhow!("restart: only {k}/{} vassals accepting", names.len())
+                });
+            let stopped = em.stop(Duration::from_secs(40));
+            r?;
+            return stopped;
+        }
+        let result = (|| -> Result<()> {
+            let before: HashSet<u32> = em.vassals().into_iter().collect();
+            let t = Instant::now();
+            let reply = control_request(&sock, r#"{"cmd":"upgrade"}"#)?;
+            let took = t.elapsed();
+            if !reply.contains("\"ok\":true") {
+                bail!("upgrade: {reply}");
+            }
+            let after: HashSet<u32> = em.vassals().into_iter().collect();
+            if after != before {
+                bail!(
+                    "upgrade: the vassals changed ({} before, {} after)",
+                    before.len(),
+                    after.len()
+                );
+            }
+            self.record(UPGRADE, who, ms(took));
+            Ok(())
         })();
         let stopped = em.stop(Duration::from_secs(40));
         result?;

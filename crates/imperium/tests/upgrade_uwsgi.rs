@@ -399,3 +399,63 @@ fn check_upgrade_adopts_the_first_release_state_and_refuses_what_it_cannot() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("descriptor 14 is named twice"), "{out}");
 }
+
+#[test]
+fn vassal_output_and_systemd_notify_carry_on_across_the_upgrade() {
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let (ini, port) = vassal_ini(&s.app, "v1");
+    std::fs::write(s.vassals.join("app.ini"), ini).unwrap();
+    let logs = s.tmp.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let nsock = s.tmp.path().join("notify.sock");
+    let rx = std::os::unix::net::UnixDatagram::bind(&nsock).unwrap();
+    rx.set_read_timeout(Some(T)).unwrap();
+    let next = |want: &str| -> String {
+        let mut buf = [0u8; 512];
+        loop {
+            let n = rx
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {want}: {e}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if msg.starts_with(want) {
+                return msg;
+            }
+        }
+    };
+    let dir_arg = format!("dir:{}", logs.display());
+    let mut args = testkit::uwsgi_emperor_args(&s.vassals, &["--vassal-logs", &dir_arg]);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let emp = Imperium::start_with_env(
+        s.tmp.path(),
+        args,
+        &[("NOTIFY_SOCKET", nsock.to_str().unwrap())],
+    );
+    next("READY=1");
+    ctl_ok(&s.ctl_sock(), &["wait", "app.ini", "--timeout", "30"]);
+    wait_answer(port, "v1", T).unwrap();
+    let out = upgrade(&s, &binary_copy(s.tmp.path()));
+    assert!(out.status.success(), "{}", emp.log());
+    let reloading = next("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    next("READY=1");
+    // requests after the upgrade are logged through the same pipe, into
+    // the same file, and `ctl logs` shows them
+    for _ in 0..3 {
+        wait_answer(port, "v1", T).unwrap();
+    }
+    let file = logs.join("app.ini.log");
+    assert!(
+        wait_until(T, || std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("GET /"))
+            .count()
+            >= 4),
+        "{}",
+        std::fs::read_to_string(&file).unwrap_or_default()
+    );
+    let tail = ctl_ok(&s.ctl_sock(), &["logs", "app.ini", "-n", "5"]);
+    assert!(tail.contains("GET /"), "{tail}");
+}
