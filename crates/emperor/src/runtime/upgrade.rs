@@ -584,6 +584,27 @@ pub(super) fn restore(rec: &mut Reconciler, exec: &mut Executor, mut r: Restored
             exec.restart_probe(rec, proc.instance, &spec);
         }
     }
+    // what else the previous image had started (a hook, a probe command)
+    // runs on: reaped when it exits
+    let vassals: std::collections::HashSet<u32> = s
+        .vassals
+        .iter()
+        .filter_map(|v| match &v.phase {
+            SavedPhase::Running { proc } | SavedPhase::Stopping { proc, .. } => Some(proc.pid),
+            _ => None,
+        })
+        .collect();
+    let orphans: Vec<u32> = crate::spawn::children()
+        .into_iter()
+        .filter(|p| !vassals.contains(p))
+        .collect();
+    if !orphans.is_empty() {
+        tracing::info!(
+            "[emperor] {} process(es) the previous image started (hooks, probe commands) run on; they are reaped when they exit: {orphans:?}",
+            orphans.len()
+        );
+        crate::spawn::adopt_orphans(orphans);
+    }
     let took = r.since.elapsed().as_millis();
     tracing::info!(
         "[emperor] upgraded in place (state version {} from imperium {}): adopted {} vassals and {procs} processes in {took} ms",

@@ -50,7 +50,7 @@ pub use fd::{
 };
 pub use net::loopback_up;
 pub use process::{daemonize, set_cmdline};
-pub use reap::{freeze_reaper, ReaperFrozen, VassalProcess};
+pub use reap::{adopt_orphans, children, freeze_reaper, ReaperFrozen, VassalProcess};
 pub use slots::reserve_spawn_slots;
 
 /// Everything needed to start one vassal process.

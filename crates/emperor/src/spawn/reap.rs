@@ -51,6 +51,10 @@ struct Table {
     /// Counts registrations, so the thread that found no child at all
     /// knows when to look again.
     registered: u64,
+    /// Children the emperor's previous image started that are no vassal
+    /// (a hook, a probe still running at a hot upgrade): reaped silently,
+    /// since their owner is gone.
+    orphans: std::collections::HashSet<u32>,
 }
 
 struct Reaper {
@@ -168,9 +172,54 @@ impl VassalProcess {
     }
 }
 
+/// Takes over `pids`, children of this process that its previous image
+/// started and nobody here owns (a hot upgrade): each is reaped when it
+/// exits, and nothing is reported.
+pub fn adopt_orphans(pids: impl IntoIterator<Item = u32>) {
+    start_thread();
+    {
+        let mut t = table();
+        t.orphans.extend(pids);
+        t.registered += 1;
+        let all: Vec<u32> = t.orphans.iter().copied().collect();
+        for pid in all {
+            reap_locked(&mut t, pid);
+        }
+    }
+    REAPER.more.notify_all();
+}
+
+/// The children of this process now (every thread's, from /proc).
+pub fn children() -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
 /// Reaps `pid` if it is a registered vassal that has exited; true when it
-/// is a registered vassal.
+/// is a registered vassal (or an adopted orphan).
 fn reap_locked(t: &mut Table, pid: u32) -> bool {
+    if t.orphans.contains(&pid) {
+        match waitid(
+            Id::Pid(Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        ) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            _ => {
+                t.orphans.remove(&pid);
+            }
+        }
+        return true;
+    }
     let Some(exit) = t.live.get(&pid) else {
         return false;
     };
@@ -241,7 +290,10 @@ fn reaper_thread() {
                 // owner and look at ours one by one meanwhile
                 std::thread::sleep(foreign_wait);
                 foreign_wait = (foreign_wait * 2).min(FOREIGN_MAX);
-                let pids: Vec<u32> = table().live.keys().copied().collect();
+                let pids: Vec<u32> = {
+                    let t = table();
+                    t.live.keys().chain(&t.orphans).copied().collect()
+                };
                 for pid in pids {
                     reap_locked(&mut table(), pid);
                 }
