@@ -47,6 +47,9 @@ pub struct UpgradeRequest {
     /// Told why, when the upgrade is refused (the running emperor carries
     /// on).
     pub refused: Option<tokio::sync::oneshot::Sender<String>>,
+    /// Apply what changed in the emperor's config files (`ctl upgrade
+    /// --reread-config`) instead of refusing a changed config.
+    pub reread_config: bool,
 }
 
 /// The closure of [`Command::Apply`].

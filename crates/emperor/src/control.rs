@@ -92,6 +92,10 @@ pub enum Request {
         /// The new binary.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         binary: Option<String>,
+        /// Re-read the command line's config files and apply what can
+        /// change live (the same binary).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reread_config: bool,
     },
 }
 
@@ -248,7 +252,10 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
             }
             Reply::ok("vassal log files reopened")
         }
-        Request::Upgrade { binary } => upgrade(binary, None, commands).await,
+        Request::Upgrade {
+            binary,
+            reread_config,
+        } => upgrade(binary, reread_config, None, commands).await,
         Request::ClearBlacklist { vassal: None } => {
             let (tx, rx) = oneshot::channel();
             let r = apply(commands, move |rec, now| {
@@ -410,7 +417,10 @@ async fn session(
                         );
                         return start_follow(conn.into_inner(), &vassal, lines, commands).await;
                     }
-                    Ok(Request::Upgrade { binary }) => {
+                    Ok(Request::Upgrade {
+                        binary,
+                        reread_config,
+                    }) => {
                         tracing::info!(
                             uid = c.uid(),
                             pid = c.pid(),
@@ -422,7 +432,7 @@ async fn session(
                         // the new image answers on this connection: it
                         // inherits a duplicate of it
                         let answer = conn.get_ref().as_fd().try_clone_to_owned().ok();
-                        upgrade(binary, answer, commands).await
+                        upgrade(binary, reread_config, answer, commands).await
                     }
                     Ok(req) => {
                         // what only reads (`ctl wait` polls ten times a
@@ -469,6 +479,7 @@ async fn session(
 /// otherwise the new image answers on `answer` (when there is one).
 async fn upgrade(
     binary: Option<String>,
+    reread_config: bool,
     answer: Option<std::os::fd::OwnedFd>,
     commands: &mpsc::Sender<Command>,
 ) -> Reply {
@@ -477,6 +488,7 @@ async fn upgrade(
         binary: binary.map(Into::into),
         answer,
         refused: Some(tx),
+        reread_config,
     };
     if commands.send(Command::Upgrade(req)).await.is_err() {
         return Reply::err("the emperor is shutting down");

@@ -88,6 +88,15 @@ pub struct State {
     /// The emperor made that directory (`auto`) and removes it at exit.
     #[serde(default)]
     pub cgroup_owned_root: bool,
+    /// The emperor's settings as it started: its command line with its
+    /// config files expanded (the new image compares its own).
+    #[serde(default)]
+    pub settings: Vec<String>,
+    /// `ctl upgrade --reread-config`: the new image applies what changed
+    /// in the command line's config files (sources added and removed,
+    /// what applies live) instead of refusing a change.
+    #[serde(default)]
+    pub reread_config: bool,
 }
 
 /// One entry of the vassal table.
@@ -564,6 +573,8 @@ mod tests {
             counters: serde_json::Value::Null,
             cgroup_root: None,
             cgroup_owned_root: false,
+            settings: Vec::new(),
+            reread_config: false,
         }
     }
 
@@ -600,8 +611,16 @@ mod tests {
             s.monitors.clone(),
         );
         let now = std::time::Instant::now();
-        rec.restore_table(&s.vassals, &s.blacklist, s.next_instance, &s.counters, now)
+        let gone = rec
+            .restore_table(
+                &s.vassals,
+                &s.blacklist,
+                (s.next_instance, &[Some(0)]),
+                &s.counters,
+                now,
+            )
             .unwrap();
+        assert!(gone.is_empty());
         let app = rec.vassal("app.ini").unwrap();
         assert_eq!(app.pid(), Some(4300));
         assert!(app.paused && app.proc().is_some_and(|p| p.loyal));

@@ -87,6 +87,12 @@ pub enum Action {
         /// The new binary.
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
+        /// Re-read the emperor's command line and config files with the
+        /// same binary and apply what can change live (sources added and
+        /// removed, limits, logging, throttling...); the answer says which
+        /// changes need a real restart (they are kept as they are).
+        #[arg(long, conflicts_with = "binary")]
+        reread_config: bool,
     },
     /// Show the last lines a vassal wrote (--vassal-logs prefix or dir), or
     /// reopen every vassal log file (--reopen, after logrotate moved them).
@@ -118,8 +124,12 @@ impl From<Action> for Request {
             Action::Resume { vassal } => Request::Resume { vassal },
             Action::ClearBlacklist { vassal } => Request::ClearBlacklist { vassal },
             Action::Top { .. } | Action::Wait { .. } => Request::List,
-            Action::Upgrade { binary } => Request::Upgrade {
+            Action::Upgrade {
+                binary,
+                reread_config,
+            } => Request::Upgrade {
                 binary: binary.map(|b| b.to_string_lossy().into_owned()),
+                reread_config,
             },
             Action::Logs { reopen: true, .. } => Request::ReopenLogs,
             Action::Logs {
@@ -240,7 +250,10 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
         }
         return Ok(());
     }
-    if let Action::Upgrade { binary: Some(b) } = &mut args.action {
+    if let Action::Upgrade {
+        binary: Some(b), ..
+    } = &mut args.action
+    {
         // the emperor runs elsewhere: a relative path is this shell's
         *b = std::path::absolute(&*b).with_context(|| format!("--binary {}", b.display()))?;
     }

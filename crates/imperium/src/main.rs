@@ -78,8 +78,8 @@ fn check_upgrade(path: &str) -> ExitCode {
         return fail(format!("its directory {}: {e}", state.cwd));
     }
     let args: Vec<OsString> = state.argv.iter().map(OsString::from).collect();
-    let cli = match parse_command_line_for(&args) {
-        Ok(Ok((cli, _))) => cli,
+    let (cli, expanded) = match parse_command_line_for(&args) {
+        Ok(Ok((cli, _, expanded))) => (cli, expanded),
         Ok(Err(e)) => return fail(format!("its command line: {}", e.render())),
         Err(e) => return fail(format!("its command line: {}", error_chain(&e))),
     };
@@ -87,19 +87,185 @@ fn check_upgrade(path: &str) -> ExitCode {
         Ok((mons, _)) => mons.iter().map(|m| m.describe()).collect(),
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
-    if urls != state.monitors {
+    let changes = ConfigChanges::between(&state.monitors, &state.settings, &urls, &expanded);
+    // what needs a restart is kept either way: only a change that would
+    // apply needs --reread-config
+    if !state.reread_config && changes.applies() {
         return fail(format!(
-            "its config now names other sources ({urls:?}, was {:?}); a hot upgrade keeps the sources: restart the emperor to change them",
-            state.monitors
+            "the emperor's config changed since it started ({changes}); `imperium ctl upgrade --reread-config` applies it"
         ));
     }
+    let applied = if state.reread_config {
+        format!("; --reread-config: {changes}")
+    } else if !changes.is_empty() {
+        format!("; {changes}")
+    } else {
+        String::new()
+    };
     println!(
-        "{}: imperium {} can adopt {}",
+        "{}: imperium {} can adopt {}{applied}",
         emperor::runtime::CHECK_OK,
         env!("CARGO_PKG_VERSION"),
         state.summary()
     );
     ExitCode::SUCCESS
+}
+
+/// Options a running emperor cannot change: a `--reread-config` keeps them
+/// as they are (they need a real restart).
+const RESTART_ONLY: &[&str] = &[
+    "uid",
+    "gid",
+    "cap",
+    "chroot",
+    "daemonize",
+    "daemonize2",
+    "pidfile",
+    "pidfile2",
+    "emperor-pidfile",
+    "emperor-stats",
+    "emperor-stats-server",
+    "emperor-metrics",
+    "emperor-control-socket",
+    "emperor-control-socket-mode",
+    "emperor-command-socket",
+    "chmod-socket",
+    "abstract-socket",
+    "vassal-cgroup",
+    "early-emperor",
+];
+
+/// What differs between the settings an emperor started with and the ones
+/// its command line and config files give now.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ConfigChanges {
+    /// Sources now given that were not.
+    added: Vec<String>,
+    /// Sources no longer given.
+    removed: Vec<String>,
+    /// Other options that changed and apply live (to what starts next).
+    live: Vec<String>,
+    /// Options that changed and need a real restart.
+    restart: Vec<String>,
+}
+
+impl ConfigChanges {
+    /// `old_settings` empty: a state that carries none (nothing compared).
+    fn between(
+        old_sources: &[String],
+        old_settings: &[String],
+        sources: &[String],
+        settings: &[String],
+    ) -> ConfigChanges {
+        let mut c = ConfigChanges {
+            added: sources
+                .iter()
+                .filter(|s| !old_sources.contains(s))
+                .cloned()
+                .collect(),
+            removed: old_sources
+                .iter()
+                .filter(|s| !sources.contains(s))
+                .cloned()
+                .collect(),
+            ..ConfigChanges::default()
+        };
+        if old_settings.is_empty() {
+            return c;
+        }
+        let (old, new) = (options_of(old_settings), options_of(settings));
+        let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for k in keys {
+            if k == "emperor" || old.get(k) == new.get(k) {
+                continue;
+            }
+            if RESTART_ONLY.contains(&k.as_str()) {
+                c.restart.push(format!("--{k}"));
+            } else {
+                c.live.push(format!("--{k}"));
+            }
+        }
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == ConfigChanges::default()
+    }
+
+    /// A change the new image would make (not only options kept as they
+    /// are).
+    fn applies(&self) -> bool {
+        !(self.added.is_empty() && self.removed.is_empty() && self.live.is_empty())
+    }
+}
+
+impl std::fmt::Display for ConfigChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return write!(f, "nothing changed");
+        }
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("sources added", &self.added),
+            ("sources removed", &self.removed),
+            ("applied live", &self.live),
+            ("need a restart, kept as they are", &self.restart),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(" ")));
+            }
+        }
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+/// The settings a hot upgrade's new image runs with, for the next
+/// upgrade's comparison: its own (`new`), but the options that need a
+/// restart as the previous image had them (`old`), since they were kept.
+fn effective_settings(old: &[String], new: &[String]) -> Vec<String> {
+    if old.is_empty() {
+        return new.to_vec();
+    }
+    let (old_opts, mut opts) = (options_of(old), options_of(new));
+    for k in RESTART_ONLY {
+        match old_opts.get(*k) {
+            Some(v) => opts.insert(k.to_string(), v.clone()),
+            None => opts.remove(*k),
+        };
+    }
+    let mut out = vec![new.first().cloned().unwrap_or_default()];
+    for (k, values) in opts {
+        for v in values {
+            out.push(format!("--{k}"));
+            out.extend(v.split('\u{1}').filter(|p| !p.is_empty()).map(String::from));
+        }
+    }
+    out
+}
+
+/// The expanded arguments as option name -> values, in order.
+fn options_of(args: &[String]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut key: Option<String> = None;
+    for a in args.iter().skip(1) {
+        if let Some(name) = a.strip_prefix("--") {
+            let (name, value) = match name.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (name.to_string(), None),
+            };
+            let e = m.entry(name.clone()).or_default();
+            e.push(value.unwrap_or_default());
+            key = Some(name);
+        } else if let Some(k) = &key {
+            if let Some(last) = m.get_mut(k).and_then(|v| v.last_mut()) {
+                if !last.is_empty() {
+                    last.push('\u{1}');
+                }
+                last.push_str(a);
+            }
+        }
+    }
+    m
 }
 
 /// An error and its causes on one line, each cause once (many errors
@@ -152,7 +318,7 @@ fn real_main() -> Result<()> {
         Some(cli::Sub::Plan { .. }) => bail!("imperium plan: give it as the first argument"),
         None => {}
     }
-    let (cli, notes) = cli;
+    let (cli, notes, expanded) = cli;
     if cli.imperial_monitor_list {
         println!("*** uWSGI loaded imperial monitors ***");
         for s in monitors::schemes() {
@@ -212,6 +378,13 @@ fn real_main() -> Result<()> {
             drops: drop.is_some(),
         },
     )?;
+    if let Some(r) = restored.as_mut().filter(|r| r.state.reread_config) {
+        let urls: Vec<String> = mons.iter().map(|m| m.describe()).collect();
+        let changes =
+            ConfigChanges::between(&r.state.monitors, &r.state.settings, &urls, &expanded);
+        tracing::info!("[emperor] hot upgrade with --reread-config: {changes}");
+        r.note = Some(format!("--reread-config: {changes}"));
+    }
     // the log directory is opened (and journald checked) before any drop
     // of privileges, and a bad one stops the emperor here
     if let LogMode::Journal(socket) = &cfg.logs.mode {
@@ -312,6 +485,7 @@ fn real_main() -> Result<()> {
         async move {
             let (tx, rx) = mpsc::channel(64);
             install_signals(tx.clone())?;
+            let restored_settings = restored.as_ref().map(|r| r.state.settings.clone());
             let observers = start_observers(
                 &cli,
                 &tx,
@@ -362,6 +536,10 @@ fn real_main() -> Result<()> {
                     argv: original_args.clone(),
                     cwd: original_cwd.clone(),
                     observers,
+                    settings: match restored_settings {
+                        Some(old) => effective_settings(&old, &expanded),
+                        None => expanded,
+                    },
                 });
             }
             if let Some(n) = SdNotify::from_env() {
@@ -386,10 +564,10 @@ fn real_main() -> Result<()> {
 
 /// The command line and the config files it names, through uWSGI's config
 /// language, into imperium's options; `imperium ctl ...` is parsed as it is.
-fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
+fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>, Vec<String>)> {
     if args.get(1).is_some_and(|a| a == "ctl") {
         return match Cli::try_parse_from(args) {
-            Ok(c) => Ok((c, Vec::new())),
+            Ok(c) => Ok((c, Vec::new(), Vec::new())),
             Err(e) => e.exit(),
         };
     }
@@ -399,11 +577,13 @@ fn parse_command_line(args: &[OsString]) -> Result<(Cli, Vec<config::Note>)> {
     }
 }
 
-/// The emperor's command line with its config files expanded; a clap
+/// The options, their notes, and the expanded arguments they came from.
+type Parsed = (Cli, Vec<config::Note>, Vec<String>);
+
+/// The emperor's command line with its config files expanded (the options,
+/// their notes, and the expanded arguments they were parsed from); a clap
 /// error (or help) is returned, not printed.
-fn parse_command_line_for(
-    args: &[OsString],
-) -> Result<std::result::Result<(Cli, Vec<config::Note>), clap::Error>> {
+fn parse_command_line_for(args: &[OsString]) -> Result<std::result::Result<Parsed, clap::Error>> {
     let (settings, warnings) = cli::settings_from_args(args)?;
     let mut prepared = config::prepare(
         args.first().cloned().unwrap_or_else(|| "imperium".into()),
@@ -412,7 +592,12 @@ fn parse_command_line_for(
     prepared
         .notes
         .splice(0..0, warnings.into_iter().map(config::Note::Config));
-    Ok(Cli::try_parse_from(&prepared.args).map(|c| (c, prepared.notes)))
+    let expanded = prepared
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    Ok(Cli::try_parse_from(&prepared.args).map(|c| (c, prepared.notes, expanded)))
 }
 
 /// What the emperor's settings are built for.
@@ -678,19 +863,39 @@ fn on_demand_source(cli: &Cli) -> Result<OnDemandSource> {
 
 /// Binds the stats, metrics, control and command sockets and starts their
 /// tasks. A socket that cannot be bound is a start-up error.
+#[allow(
+    clippy::too_many_lines,
+    reason = "each observer socket in turn: inherited or bound, then served"
+)]
 async fn start_observers(
     cli: &Cli,
     tx: &mpsc::Sender<Command>,
     owner: Option<(Option<u32>, Option<u32>)>,
     mut restored: Option<&mut emperor::runtime::Restored>,
 ) -> Result<Vec<(String, String, std::os::fd::OwnedFd)>> {
+    use emperor::stats::{Listener, StatsOptions};
     // each socket: the one the previous image held (a hot upgrade: never
     // bound again, so no connection is refused meanwhile), or a new one;
     // a duplicate of each is kept for the next upgrade
     let mut kept = Vec::new();
-    let mut inherited =
-        |what: &str, addr: &str| restored.as_mut().and_then(|r| r.observer(what, addr));
-    use emperor::stats::{Listener, StatsOptions};
+    let upgraded = restored.is_some();
+    let mut inherited = |what: &str, flag: &str, addr: &str| {
+        let (old, fd) = restored.as_mut()?.observer(what)?;
+        if old != addr {
+            tracing::warn!("{flag} is {addr} in the config now, but a hot upgrade keeps the socket on {old}: restart the emperor to move it");
+        }
+        Some((old, fd))
+    };
+    // a socket the new image of a hot upgrade cannot bind is not worth
+    // the fleet: it is logged and left out
+    let new_bind = |flag: &str, e: anyhow::Error| -> Result<()> {
+        if upgraded {
+            tracing::error!("{flag}: {}; left out until a restart", error_chain(&e));
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
     let timeout = Duration::from_secs(cli.socket_timeout);
     // --abstract-socket: UNIX paths of the stats and metrics servers go in
     // the abstract namespace (`@name`, which Listener::bind understands)
@@ -701,90 +906,104 @@ async fn start_observers(
             a.clone()
         }
     };
-    if let Some(addr) = cli.emperor_stats.as_ref().map(abstract_addr) {
-        let addr = &addr;
-        let l = match inherited("stats", addr) {
-            Some(fd) => Listener::adopt(addr, fd).context("--emperor-stats")?,
-            None => {
-                let l = Listener::bind(addr, cli.chmod_socket)
-                    .await
-                    .context("--emperor-stats")?;
-                chown_socket("--emperor-stats", addr, owner)?;
-                l
+    for (what, flag, addr) in [
+        ("stats", "--emperor-stats", cli.emperor_stats.as_ref()),
+        ("metrics", "--emperor-metrics", cli.emperor_metrics.as_ref()),
+    ] {
+        let Some(addr) = addr.map(abstract_addr) else {
+            continue;
+        };
+        let (addr, l) = match inherited(what, flag, &addr) {
+            Some((old, fd)) => {
+                let l = Listener::adopt(&old, fd).context(flag)?;
+                (old, l)
             }
+            None => match Listener::bind(&addr, cli.chmod_socket).await {
+                Ok(l) => {
+                    chown_socket(flag, &addr, owner)?;
+                    (addr, l)
+                }
+                Err(e) => {
+                    new_bind(flag, anyhow::Error::from(e).context(flag))?;
+                    continue;
+                }
+            },
         };
-        kept.push(("stats".to_string(), addr.clone(), l.dup_fd()?));
-        let opts = StatsOptions {
-            addr: addr.clone(),
-            http: cli.stats_http,
-            minified: cli.stats_minified,
-            timeout,
-            mode: cli.chmod_socket,
-            tyrant: cli.emperor_tyrant,
-        };
-        tracing::info!("*** Emperor stats server enabled on {addr} ***");
-        tokio::spawn(emperor::stats::serve(l, opts, tx.clone()));
-    }
-    if let Some(addr) = cli.emperor_metrics.as_ref().map(abstract_addr) {
-        let addr = &addr;
-        let l = match inherited("metrics", addr) {
-            Some(fd) => Listener::adopt(addr, fd).context("--emperor-metrics")?,
-            None => {
-                let l = Listener::bind(addr, cli.chmod_socket)
-                    .await
-                    .context("--emperor-metrics")?;
-                chown_socket("--emperor-metrics", addr, owner)?;
-                l
-            }
-        };
-        kept.push(("metrics".to_string(), addr.clone(), l.dup_fd()?));
-        tracing::info!("*** Prometheus metrics on {addr} (GET /metrics) ***");
-        tokio::spawn(emperor::metrics::serve(l, timeout, tx.clone()));
+        kept.push((what.to_string(), addr.clone(), l.dup_fd()?));
+        if what == "stats" {
+            let opts = StatsOptions {
+                addr: addr.clone(),
+                http: cli.stats_http,
+                minified: cli.stats_minified,
+                timeout,
+                mode: cli.chmod_socket,
+                tyrant: cli.emperor_tyrant,
+            };
+            tracing::info!("*** Emperor stats server enabled on {addr} ***");
+            tokio::spawn(emperor::stats::serve(l, opts, tx.clone()));
+        } else {
+            tracing::info!("*** Prometheus metrics on {addr} (GET /metrics) ***");
+            tokio::spawn(emperor::metrics::serve(l, timeout, tx.clone()));
+        }
     }
     if let Some(path) = &cli.emperor_control_socket {
-        let addr = path.to_string_lossy();
+        let flag = "--emperor-control-socket";
+        let addr = path.to_string_lossy().into_owned();
         if addr.contains(':') {
             bail!("--emperor-control-socket {addr}: must be a UNIX socket path (no colon)");
         }
-        let l = match inherited("control", &addr) {
-            Some(fd) => Listener::adopt(&addr, fd).context("--emperor-control-socket")?,
-            None => {
-                let l = Listener::bind(&addr, Some(cli.emperor_control_socket_mode))
-                    .await
-                    .context("--emperor-control-socket")?;
-                // the emperor's own uid is always allowed: after the drop
-                // that is the --uid user, who must be able to connect to
-                // the socket file
-                chown_socket("--emperor-control-socket", &addr, owner)?;
-                l
-            }
+        let got = match inherited("control", flag, &addr) {
+            Some((old, fd)) => Some((Listener::adopt(&old, fd).context(flag)?, old)),
+            None => match Listener::bind(&addr, Some(cli.emperor_control_socket_mode)).await {
+                Ok(l) => {
+                    // the emperor's own uid is always allowed: after the
+                    // drop that is the --uid user, who must be able to
+                    // connect to the socket file
+                    chown_socket(flag, &addr, owner)?;
+                    Some((l, addr))
+                }
+                Err(e) => {
+                    new_bind(flag, anyhow::Error::from(e).context(flag))?;
+                    None
+                }
+            },
         };
-        kept.push(("control".to_string(), addr.to_string(), l.dup_fd()?));
-        let access = emperor::control::Access {
-            uids: cli.emperor_control_allow_uid.clone(),
-            gids: cli.emperor_control_allow_gid.clone(),
-        };
-        tracing::info!(
-            "*** control socket on {addr} (mode {:o}) ***",
-            cli.emperor_control_socket_mode
-        );
-        tokio::spawn(emperor::control::serve(l, access, tx.clone()));
+        if let Some((l, addr)) = got {
+            kept.push(("control".to_string(), addr.clone(), l.dup_fd()?));
+            let access = emperor::control::Access {
+                uids: cli.emperor_control_allow_uid.clone(),
+                gids: cli.emperor_control_allow_gid.clone(),
+            };
+            tracing::info!(
+                "*** control socket on {addr} (mode {:o}) ***",
+                cli.emperor_control_socket_mode
+            );
+            tokio::spawn(emperor::control::serve(l, access, tx.clone()));
+        }
     }
     if let Some(addr) = &cli.emperor_command_socket {
-        let s = match inherited("command", addr) {
-            Some(fd) => emperor::control::CommandSocket::adopt(addr, fd)
-                .context("--emperor-command-socket")?,
-            None => {
-                let s = emperor::control::CommandSocket::bind(addr, 0o600)
-                    .await
-                    .context("--emperor-command-socket")?;
-                chown_socket("--emperor-command-socket", addr, owner)?;
-                s
-            }
+        let flag = "--emperor-command-socket";
+        let got = match inherited("command", flag, addr) {
+            Some((old, fd)) => Some((
+                emperor::control::CommandSocket::adopt(&old, fd).context(flag)?,
+                old,
+            )),
+            None => match emperor::control::CommandSocket::bind(addr, 0o600).await {
+                Ok(s) => {
+                    chown_socket(flag, addr, owner)?;
+                    Some((s, addr.clone()))
+                }
+                Err(e) => {
+                    new_bind(flag, anyhow::Error::from(e).context(flag))?;
+                    None
+                }
+            },
         };
-        kept.push(("command".to_string(), addr.clone(), s.dup_fd()?));
-        tracing::info!("*** Emperor command socket on {addr} ***");
-        tokio::spawn(s.serve(tx.clone()));
+        if let Some((s, addr)) = got {
+            kept.push(("command".to_string(), addr.clone(), s.dup_fd()?));
+            tracing::info!("*** Emperor command socket on {addr} ***");
+            tokio::spawn(s.serve(tx.clone()));
+        }
     }
     Ok(kept)
 }
@@ -878,6 +1097,7 @@ fn install_signals(tx: mpsc::Sender<Command>) -> Result<()> {
                 binary: None,
                 answer: None,
                 refused: None,
+                reread_config: false,
             })
         }),
     ];

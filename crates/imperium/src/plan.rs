@@ -56,7 +56,7 @@ pub fn main(args: &[OsString]) -> std::process::ExitCode {
 }
 
 fn run(args: &[OsString]) -> Result<u8> {
-    let (cli, _notes) = match crate::parse_command_line_for(args)? {
+    let (cli, _notes, _) = match crate::parse_command_line_for(args)? {
         Ok(c) => c,
         Err(e) if e.use_stderr() => {
             eprint!("{e}");

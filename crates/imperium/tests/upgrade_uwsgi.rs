@@ -459,3 +459,95 @@ fn vassal_output_and_systemd_notify_carry_on_across_the_upgrade() {
     let tail = ctl_ok(&s.ctl_sock(), &["logs", "app.ini", "-n", "5"]);
     assert!(tail.contains("GET /"), "{tail}");
 }
+
+#[test]
+fn reread_config_adds_and_removes_sources_and_keeps_what_needs_a_restart() {
+    use std::io::Read;
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let more = s.tmp.path().join("more");
+    std::fs::create_dir(&more).unwrap();
+    let (a, pa) = vassal_ini(&s.app, "a");
+    std::fs::write(s.vassals.join("a.ini"), a).unwrap();
+    let (b, pb) = vassal_ini(&s.app, "b");
+    std::fs::write(more.join("b.ini"), b).unwrap();
+    let (stats, stats2) = (testkit::servers::free_port(), testkit::servers::free_port());
+    let ini = s.tmp.path().join("emperor.ini");
+    let write_ini = |sources: &[&Path], stats: u16, throttle: u32| {
+        let mut text = format!(
+            "[uwsgi]\nbinary-path = {}\nreload-mercy = 10\nemperor-control-socket = {}\nemperor-stats = 127.0.0.1:{stats}\nemperor-throttle = {throttle}\n",
+            uwsgi_bin().display(),
+            s.ctl_sock().display()
+        );
+        for src in sources {
+            text.push_str(&format!("emperor = {}\n", src.display()));
+        }
+        std::fs::write(&ini, text).unwrap();
+    };
+    write_ini(&[&s.vassals], stats, 1000);
+    let emp = Imperium::start(s.tmp.path(), ["--ini".as_ref(), ini.as_os_str()]);
+    assert!(wait_until(T, || s.ctl_sock().exists()), "{}", emp.log());
+    ctl_ok(&s.ctl_sock(), &["wait", "a.ini", "--timeout", "30"]);
+    let before = pids(&s);
+    let stats_answers = |port: u16| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        c.set_read_timeout(Some(T)).ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+
+    // a second source, another throttle, the stats elsewhere
+    write_ini(&[&s.vassals, &more], stats2, 2000);
+    let out = upgrade(&s, &binary_copy(s.tmp.path()));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("config changed since it started")
+            && err.contains("--reread-config"),
+        "{err}"
+    );
+    assert_eq!(pids(&s), before);
+    let out = ctl(&s.ctl_sock(), &["upgrade", "--reread-config"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{said}{}", emp.log());
+    assert!(
+        said.contains(&format!("sources added: {}", more.display()))
+            && said.contains("applied live: --emperor-throttle")
+            && said.contains("need a restart, kept as they are: --emperor-stats"),
+        "{said}"
+    );
+    wait_answer(pb, "b", T).unwrap_or_else(|| panic!("the new source's vassal:\n{}", emp.log()));
+    assert_eq!(pids(&s)["a.ini"], before["a.ini"], "a.ini kept its process");
+    // the stats stay where they were: a restart moves them
+    assert!(stats_answers(stats).is_some_and(|t| t.contains("\"vassals\"")));
+    assert!(TcpStream::connect(("127.0.0.1", stats2)).is_err());
+
+    // the first source goes: its vassal stops, the other stays
+    let a_pid = before["a.ini"].unwrap() as u32;
+    let b_pid = pids(&s)["b.ini"];
+    write_ini(&[&more], stats2, 2000);
+    let out = ctl(&s.ctl_sock(), &["upgrade", "--reread-config"]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && said.contains(&format!("sources removed: {}", s.vassals.display())),
+        "{said}{}",
+        emp.log()
+    );
+    assert!(wait_all_dead(&[a_pid], T), "a.ini stopped");
+    assert!(wait_until(T, || !pids(&s).contains_key("a.ini")));
+    assert_eq!(pids(&s)["b.ini"], b_pid);
+    assert!(http_refused(pa));
+    // only the kept stats address differs now: a plain upgrade goes ahead
+    let out = upgrade(&s, &binary_copy(s.tmp.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pids(&s)["b.ini"], b_pid);
+}
+
+fn http_refused(port: u16) -> bool {
+    wait_until(T, || TcpStream::connect(("127.0.0.1", port)).is_err())
+}

@@ -293,7 +293,7 @@ impl Reconciler {
 
     /// Forgets what `name` should run: stops its process (deleted when the
     /// exit is seen) or deletes it now.
-    fn drop_vassal(&mut self, name: &VassalName, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn drop_vassal(&mut self, name: &VassalName, now: Instant, out: &mut Vec<Action>) {
         let Some(v) = self.vassals.get_mut(name) else {
             return;
         };

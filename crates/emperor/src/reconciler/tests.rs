@@ -1644,14 +1644,16 @@ fn a_saved_table_is_restored_as_it_was_and_the_same_scan_changes_nothing() {
     r.pause("a.ini").unwrap();
     let (table, blacklist) = r.save_table(t);
     let mut back = rec();
-    back.restore_table(
-        &table,
-        &blacklist,
-        r.next_instance(),
-        &serde_json::to_value(r.counters()).unwrap(),
-        t,
-    )
-    .unwrap();
+    let gone = back
+        .restore_table(
+            &table,
+            &blacklist,
+            (r.next_instance(), &[Some(0), Some(1)]),
+            &serde_json::to_value(r.counters()).unwrap(),
+            t,
+        )
+        .unwrap();
+    assert!(gone.is_empty());
     let (again, blacklist_again) = back.save_table(t);
     assert_eq!(again, table);
     assert_eq!(blacklist_again, blacklist);
@@ -1681,4 +1683,28 @@ fn a_saved_table_is_restored_as_it_was_and_the_same_scan_changes_nothing() {
         })
         .unwrap();
     assert!(new >= r.next_instance());
+}
+
+#[test]
+fn a_restored_vassal_whose_source_is_gone_is_stopped_and_removed() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 1, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    let (table, blacklist) = r.save_table(t);
+    // the new image has one monitor: the old monitor 1 is gone
+    let mut back = Reconciler::new(ReconcilerConfig::default(), vec!["m0".into()]);
+    let gone = back
+        .restore_table(
+            &table,
+            &blacklist,
+            (r.next_instance(), &[Some(0), None]),
+            &serde_json::Value::Null,
+            t,
+        )
+        .unwrap();
+    assert_eq!(gone, vec![name("a.ini")]);
+    let acts = back.source_gone(&gone, t);
+    assert!(sends(&acts).contains(&(ids[0], MSG_STOP)), "{acts:?}");
+    back.exited(ids[0], ExitStatus::Code(0), t);
+    assert!(back.vassal("a.ini").is_none());
 }

@@ -234,16 +234,30 @@ impl Reconciler {
     /// the runtime watches the processes again, and the monitors' next
     /// scans are decided against this table (an unchanged source changes
     /// nothing).
+    ///
+    /// `monitors[i]` is the monitor here of the previous image's monitor
+    /// `i` (`None`: that source is no longer configured); the vassals of
+    /// such a source are returned, for [`Reconciler::source_gone`].
     pub fn restore_table(
         &mut self,
         vassals: &[SavedVassal],
         blacklist: &[SavedBlacklist],
-        next_instance: InstanceId,
+        (next_instance, monitors): (InstanceId, &[Option<MonitorId>]),
         counters: &serde_json::Value,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<Vec<VassalName>, String> {
+        let mut sourceless = Vec::new();
         for s in vassals {
-            let v = restore_vassal(s, now)?;
+            let mut v = restore_vassal(s, now)?;
+            match monitors.get(s.monitor).copied().flatten() {
+                Some(m) => v.monitor = m,
+                None => {
+                    v.monitor = 0;
+                    if !v.is_zerg() {
+                        sourceless.push(v.name.clone());
+                    }
+                }
+            }
             if let Some(p) = v.phase.proc() {
                 if self
                     .by_instance
@@ -271,7 +285,20 @@ impl Reconciler {
         }
         self.next_instance = self.next_instance.max(next_instance);
         self.counters.restore(counters);
-        Ok(())
+        Ok(sourceless)
+    }
+
+    /// Stops and removes vassals whose source is no longer configured (a
+    /// hot upgrade with `--reread-config`), with their zergs.
+    pub fn source_gone(&mut self, names: &[VassalName], now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        for name in names {
+            for z in self.zergs_of(name) {
+                self.drop_vassal(&z, now, &mut out);
+            }
+            self.drop_vassal(name, now, &mut out);
+        }
+        out
     }
 
     /// Attaches a restored output pipe to every vassal that writes into it

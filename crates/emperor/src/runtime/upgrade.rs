@@ -52,6 +52,8 @@ pub struct UpgradeSetup {
     /// Its observers' listening sockets (duplicates): what each serves,
     /// its address, the descriptor.
     pub observers: Vec<(String, String, OwnedFd)>,
+    /// Its command line with its config files expanded.
+    pub settings: Vec<String>,
 }
 
 /// The state a previous image of the emperor left for this one.
@@ -63,6 +65,9 @@ pub struct Restored {
     pub fds: HashMap<i32, OwnedFd>,
     /// When this image began reading it.
     pub since: std::time::Instant,
+    /// What the answer to the client that asked adds (what a
+    /// `--reread-config` changed).
+    pub note: Option<String>,
 }
 
 impl Restored {
@@ -78,18 +83,22 @@ impl Restored {
         f.rewind()?;
         let state = crate::upgrade::read_state(&mut f)?;
         let fds = crate::spawn::adopt_fds(&state.fds())?;
-        Ok(Some(Restored { state, fds, since }))
+        Ok(Some(Restored {
+            state,
+            fds,
+            since,
+            note: None,
+        }))
     }
 
-    /// The listening socket of the observer `what` at `addr`, if the
-    /// previous image had it bound (it is then not bound again).
-    pub fn observer(&mut self, what: &str, addr: &str) -> Option<OwnedFd> {
-        let o = self
-            .state
-            .observers
-            .iter()
-            .find(|o| o.what == what && o.addr == addr)?;
-        self.fds.remove(&o.fd)
+    /// The listening socket of the observer `what` (`stats`, `metrics`,
+    /// `control`, `command`) and its address, if the previous image had one
+    /// (it is then not bound again: its address stays, whatever the config
+    /// says now).
+    pub fn observer(&mut self, what: &str) -> Option<(String, OwnedFd)> {
+        let o = self.state.observers.iter().find(|o| o.what == what)?;
+        let fd = self.fds.remove(&o.fd)?;
+        Some((o.addr.clone(), fd))
     }
 }
 
@@ -153,6 +162,9 @@ async fn attempt(
     if let Some(why) = busy(rec, exec) {
         return Err(why);
     }
+    if req.reread_config && req.binary.is_some() {
+        return Err("--reread-config re-executes the same binary: give no --binary with it".into());
+    }
     let binary = req.binary.clone().unwrap_or_else(|| setup.exe.clone());
     if !binary.is_absolute() {
         return Err(format!("{}: give an absolute path", binary.display()));
@@ -181,7 +193,13 @@ async fn attempt(
     }
     let frozen = crate::spawn::freeze_reaper();
     let answer = req.answer.take();
-    let state = save(rec, exec, setup, answer.as_ref(), pending);
+    let state = save(
+        rec,
+        exec,
+        setup,
+        answer.as_ref(),
+        (pending, req.reread_config),
+    );
     let memfd = state
         .to_memfd()
         .map_err(|e| format!("cannot write the state: {e}"))?;
@@ -289,7 +307,7 @@ fn save(
     exec: &Executor,
     setup: &UpgradeSetup,
     answer: Option<&OwnedFd>,
-    pending: Vec<String>,
+    (pending, reread_config): (Vec<String>, bool),
 ) -> State {
     let now = std::time::Instant::now();
     let (mut vassals, blacklist) = rec.save_table(now);
@@ -386,6 +404,8 @@ fn save(
             .as_ref()
             .map(|c| c.root().to_string_lossy().into_owned()),
         cgroup_owned_root: exec.cgroups.as_ref().is_some_and(|c| c.owns_root()),
+        settings: setup.settings.clone(),
+        reread_config,
     }
 }
 
@@ -536,16 +556,27 @@ pub(super) struct Pending {
 pub(super) fn restore(rec: &mut Reconciler, exec: &mut Executor, mut r: Restored) -> Pending {
     let now = std::time::Instant::now();
     let s = &r.state;
+    // each vassal keeps its source, found by URL (--reread-config may
+    // have added and removed sources)
     let urls: Vec<String> = rec.monitors().iter().map(|m| m.url.clone()).collect();
-    if s.monitors != urls {
-        tracing::warn!(
-            "[emperor] the monitors differ from the previous image's ({:?}); its vassals keep their monitor by position",
-            s.monitors
-        );
-    }
-    if let Err(e) = rec.restore_table(&s.vassals, &s.blacklist, s.next_instance, &s.counters, now) {
-        tracing::error!("[emperor] the upgrade state cannot be put back: {e}");
-    }
+    let map: Vec<Option<usize>> = s
+        .monitors
+        .iter()
+        .map(|u| urls.iter().position(|n| n == u))
+        .collect();
+    let sourceless = match rec.restore_table(
+        &s.vassals,
+        &s.blacklist,
+        (s.next_instance, &map),
+        &s.counters,
+        now,
+    ) {
+        Ok(gone) => gone,
+        Err(e) => {
+            tracing::error!("[emperor] the upgrade state cannot be put back: {e}");
+            Vec::new()
+        }
+    };
     exec.broodlord_num = s.broodlord_num;
     let logs = restore_logs(rec, exec, s, &mut r.fds);
     for o in &s.on_demand {
@@ -584,8 +615,45 @@ pub(super) fn restore(rec: &mut Reconciler, exec: &mut Executor, mut r: Restored
             exec.restart_probe(rec, proc.instance, &spec);
         }
     }
-    // what else the previous image had started (a hook, a probe command)
-    // runs on: reaped when it exits
+    adopt_orphans(s);
+    let took = r.since.elapsed().as_millis();
+    tracing::info!(
+        "[emperor] upgraded in place (state version {} from imperium {}): adopted {} vassals and {procs} processes in {took} ms",
+        s.version,
+        s.writer,
+        s.vassals.len(),
+    );
+    if let Some(fd) = s.reply_fd.and_then(|fd| r.fds.remove(&fd)) {
+        let reply = crate::control::Reply {
+            ok: true,
+            message: Some(format!(
+                "upgraded in place: pid {}, {} vassals and {procs} processes adopted in {took} ms{}",
+                std::process::id(),
+                s.vassals.len(),
+                r.note.as_ref().map(|n| format!("; {n}")).unwrap_or_default()
+            )),
+            ..Default::default()
+        };
+        answer(fd, &reply);
+    }
+    let mut pending = act_on_pending(rec, exec, &s.pending);
+    if !sourceless.is_empty() {
+        tracing::info!(
+            "[emperor] --reread-config: {} vassal(s) of sources no longer configured are stopped",
+            sourceless.len()
+        );
+        pending
+            .actions
+            .extend(rec.source_gone(&sourceless, std::time::Instant::now()));
+    }
+    // descriptors nobody claimed (an observer no longer configured)
+    r.fds.clear();
+    pending
+}
+
+/// What else the previous image had started (a hook, a probe command)
+/// runs on: reaped when it exits.
+fn adopt_orphans(s: &State) {
     let vassals: std::collections::HashSet<u32> = s
         .vassals
         .iter()
@@ -605,29 +673,6 @@ pub(super) fn restore(rec: &mut Reconciler, exec: &mut Executor, mut r: Restored
         );
         crate::spawn::adopt_orphans(orphans);
     }
-    let took = r.since.elapsed().as_millis();
-    tracing::info!(
-        "[emperor] upgraded in place (state version {} from imperium {}): adopted {} vassals and {procs} processes in {took} ms",
-        s.version,
-        s.writer,
-        s.vassals.len(),
-    );
-    if let Some(fd) = s.reply_fd.and_then(|fd| r.fds.remove(&fd)) {
-        let reply = crate::control::Reply {
-            ok: true,
-            message: Some(format!(
-                "upgraded in place: pid {}, {} vassals and {procs} processes adopted in {took} ms",
-                std::process::id(),
-                s.vassals.len(),
-            )),
-            ..Default::default()
-        };
-        answer(fd, &reply);
-    }
-    let pending = act_on_pending(rec, exec, &s.pending);
-    // descriptors nobody claimed (an observer no longer configured)
-    r.fds.clear();
-    pending
 }
 
 /// The output pipes the previous image read, read again.
