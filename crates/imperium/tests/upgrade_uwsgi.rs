@@ -392,7 +392,24 @@ fn check_upgrade_adopts_the_first_release_state_and_refuses_what_it_cannot() {
     let moved = V1.replacen("\"--emperor\", \"/tmp\"", "\"--emperor\", \"/var\"", 1);
     let (code, out) = check_upgrade(&moved);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("names other sources"), "{out}");
+    assert!(
+        out.contains("config changed since it started")
+            && out.contains("sources added: /var; sources removed: /tmp")
+            && out.contains("--reread-config"),
+        "{out}"
+    );
+    // which --reread-config applies
+    let reread = moved.replacen(
+        "\"version\": 1,",
+        "\"version\": 1,\n  \"reread_config\": true,",
+        1,
+    );
+    let (code, out) = check_upgrade(&reread);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("--reread-config: sources added: /var"),
+        "{out}"
+    );
     // a descriptor named twice
     let twice = V1.replacen("\"fd\": 16", "\"fd\": 14", 1);
     let (code, out) = check_upgrade(&twice);
