@@ -83,7 +83,13 @@ fn check_upgrade(path: &str) -> ExitCode {
         Ok(Err(e)) => return fail(format!("its command line: {}", e.render())),
         Err(e) => return fail(format!("its command line: {}", error_chain(&e))),
     };
-    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Plan) {
+    // built as the new image builds them: a setting it would refuse is
+    // refused here, before the exec
+    let drops = match process::Drop::from_cli(&cli) {
+        Ok(d) => d.is_some() && !cli.early_emperor,
+        Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
+    };
+    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Run { drops }) {
         Ok((mons, _)) => mons.iter().map(|m| m.describe()).collect(),
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
@@ -352,10 +358,19 @@ fn real_main() -> Result<()> {
     } else {
         process::Drop::from_cli(&cli)?
     };
+    // the new image of a hot upgrade must not fail where the old one had
+    // succeeded as root: its output already goes to the log file
+    let upgraded = restored.is_some();
     if let Some(l) = log_file.as_ref().filter(|l| !l.after_drop) {
-        let f = process::redirect_output(&l.path, cli.log_truncate && !reloaded)?;
-        if cli.logfile_chown {
-            process::chown_log(&f, drop.as_ref())?;
+        match process::redirect_output(&l.path, cli.log_truncate && !reloaded) {
+            Ok(f) if cli.logfile_chown && !upgraded => process::chown_log(&f, drop.as_ref())?,
+            Ok(_) => {}
+            Err(e) if upgraded => eprintln!(
+                "imperium: hot upgrade: {}: {}; the log stays where it was",
+                l.path.display(),
+                error_chain(&e)
+            ),
+            Err(e) => return Err(e),
         }
     }
     init_logging(&cli.log_format, cli.log_date.as_deref());
@@ -418,31 +433,17 @@ fn real_main() -> Result<()> {
         pids_max: cli.vassal_pids_max,
     };
     // with cgroups, a vassal's own [imperium] section may set limits too
-    let limits = if cgroups.is_none() && !limits.any() {
-        None
-    } else if cgroups.is_none() {
-        bail!(
-            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
-            match &cli.vassal_cgroup {
-                emperor::cgroup::CgroupMode::Off => "off".to_string(),
-                emperor::cgroup::CgroupMode::Auto => "auto".to_string(),
-                emperor::cgroup::CgroupMode::Path(p) => p.display().to_string(),
-            }
-        )
-    } else {
-        let l =
-            emperor::cgroup::v1::V1Limits::setup(limits, drop.as_ref().map(process::Drop::target))
-                .context("--vassal-memory-max/--vassal-cpu-max/--vassal-pids-max")?;
-        if let Some(m) = limits.memory_max {
-            tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", m >> 20);
+    let limits = match vassal_limits(&cli, limits, cgroups.is_some(), drop.as_ref()) {
+        Ok(l) => l,
+        // the new image of a hot upgrade does not stop the fleet for it
+        Err(e) if upgraded => {
+            tracing::error!(
+                "hot upgrade: {}; processes started from now on are not limited until a restart",
+                error_chain(&e)
+            );
+            None
         }
-        if let Some(c) = limits.cpu_max {
-            tracing::info!("[emperor] each vassal process may use at most {c} cores (cgroup v1 cpu controller)");
-        }
-        if let Some(p) = limits.pids_max {
-            tracing::info!("[emperor] each vassal process may have at most {p} processes and threads (cgroup v1 pids controller)");
-        }
-        Some(l)
+        Err(e) => return Err(e),
     };
     if let Some(name) = &cli.emperor_procname {
         set_procname(name);
@@ -500,7 +501,15 @@ fn real_main() -> Result<()> {
                 d.apply()?;
             }
             if let Some(l) = log_file.as_ref().filter(|l| l.after_drop) {
-                process::redirect_output(&l.path, cli.log_truncate && !reloaded)?;
+                match process::redirect_output(&l.path, cli.log_truncate && !reloaded) {
+                    Ok(_) => {}
+                    Err(e) if upgraded => tracing::error!(
+                        "hot upgrade: {}: {}; the log stays where it was",
+                        l.path.display(),
+                        error_chain(&e)
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
             if let Some(p) = &cli.pidfile2 {
                 if !reloaded {
@@ -748,6 +757,43 @@ fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::Reloa
         }
     }
     Ok(ReloadMode::Checked)
+}
+
+/// The emperor-wide limits of every vassal process (`--vassal-memory-max`,
+/// `-cpu-max`, `-pids-max`), set up; an error where vassals get no cgroup.
+fn vassal_limits(
+    cli: &Cli,
+    limits: emperor::cgroup::v1::Limits,
+    cgroups: bool,
+    drop: Option<&process::Drop>,
+) -> Result<Option<emperor::cgroup::v1::V1Limits>> {
+    if !cgroups && !limits.any() {
+        return Ok(None);
+    }
+    if !cgroups {
+        bail!(
+            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
+            match &cli.vassal_cgroup {
+                emperor::cgroup::CgroupMode::Off => "off".to_string(),
+                emperor::cgroup::CgroupMode::Auto => "auto".to_string(),
+                emperor::cgroup::CgroupMode::Path(p) => p.display().to_string(),
+            }
+        );
+    }
+    let l = emperor::cgroup::v1::V1Limits::setup(limits, drop.map(process::Drop::target))
+        .context("--vassal-memory-max/--vassal-cpu-max/--vassal-pids-max")?;
+    if let Some(m) = limits.memory_max {
+        tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", m >> 20);
+    }
+    if let Some(c) = limits.cpu_max {
+        tracing::info!(
+            "[emperor] each vassal process may use at most {c} cores (cgroup v1 cpu controller)"
+        );
+    }
+    if let Some(p) = limits.pids_max {
+        tracing::info!("[emperor] each vassal process may have at most {p} processes and threads (cgroup v1 pids controller)");
+    }
+    Ok(Some(l))
 }
 
 /// `--stop PIDFILE`, `--reload PIDFILE`: signal the emperor whose pid the

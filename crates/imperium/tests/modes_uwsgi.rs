@@ -14,7 +14,9 @@ use testkit::servers::{free_port, wait_until};
 use testkit::users::{
     assert_runs_as, own, proc_status_field, proc_uids, readable_tempdir, test_user, write_owned,
 };
-use testkit::uwsgi::{master_of, parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app};
+use testkit::uwsgi::{
+    master_of, on_demand_ini, parse_answer, uwsgi_bin, vassal_ini, wait_answer, write_app,
+};
 use testkit::Imperium;
 
 const T: Duration = Duration::from_secs(25);
@@ -206,15 +208,6 @@ fn a_tyrant_vassal_cannot_become_root_or_another_user() {
 }
 
 // ----- on demand ---------------------------------------------------------------
-
-/// A vassal that takes its socket from fd 0 (no socket of its own) and
-/// exits after `idle` seconds without requests.
-fn on_demand_ini(app: &Path, marker: &str, idle: u32) -> String {
-    format!(
-        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nprotocol = http\nwsgi-file = {}\nenv = MARKER={marker}\nidle = {idle}\ndie-on-idle = true\ndie-on-term = true\nworker-reload-mercy = 5\nreload-mercy = 5\n",
-        app.display()
-    )
-}
 
 fn get(addr: SocketAddr) -> Option<(u32, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;

@@ -15,7 +15,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use testkit::procs::{alive, tree, wait_all_dead};
 use testkit::servers::wait_until;
-use testkit::uwsgi::{uwsgi_bin, vassal_ini, vassal_ini_on, wait_answer, AppTree, Load};
+use testkit::uwsgi::{
+    on_demand_ini, uwsgi_bin, vassal_ini, vassal_ini_on, wait_answer, AppTree, Load,
+};
 use testkit::{ctl, ctl_ok, imperium_bin, Imperium};
 
 const T: Duration = Duration::from_secs(30);
@@ -198,7 +200,7 @@ fn a_binary_that_is_not_imperium_is_refused_and_nothing_changes() {
 }
 
 #[test]
-fn a_vassal_killed_during_the_upgrade_comes_back_and_the_other_is_kept() {
+fn a_vassal_killed_and_a_sighup_sent_during_the_upgrade_are_acted_on_by_the_new_image() {
     uwsgi_bin();
     let s = AppTree::with_app();
     let (a, pa) = vassal_ini(&s.app, "a");
@@ -223,6 +225,8 @@ fn a_vassal_killed_during_the_upgrade_comes_back_and_the_other_is_kept() {
     for p in &victims {
         kill(Pid::from_raw(*p as i32), Signal::SIGKILL).unwrap();
     }
+    // a signal meanwhile waits for the new image, which acts on it
+    emp.signal(Signal::SIGHUP);
     let out = asked.join().unwrap();
     assert!(
         out.status.success(),
@@ -237,20 +241,20 @@ fn a_vassal_killed_during_the_upgrade_comes_back_and_the_other_is_kept() {
     assert_ne!(after["a.ini"], before["a.ini"]);
     assert_eq!(after["b.ini"], before["b.ini"], "b.ini kept its process");
     wait_answer(pb, "b", T).expect("b.ini serves");
+    // the SIGHUP sent during the upgrade reloaded b.ini in the new image
+    emp.wait_log("reload the uwsgi instance b.ini", T);
+    assert!(
+        emp.log().find("upgraded in place").unwrap()
+            < emp.log().find("reload the uwsgi instance b.ini").unwrap(),
+        "{}",
+        emp.log()
+    );
     assert!(
         emp.log()
             .contains(&format!("vassal a.ini (pid: {victim}) died unexpectedly")),
         "{}",
         emp.log()
     );
-}
-
-/// A vassal that takes its socket from fd 0 (no socket of its own).
-fn on_demand_ini(app: &Path) -> String {
-    format!(
-        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nprotocol = http\nwsgi-file = {}\nenv = MARKER=od\ndie-on-term = true\nworker-reload-mercy = 5\nreload-mercy = 5\n",
-        app.display()
-    )
 }
 
 #[test]
@@ -264,7 +268,7 @@ fn an_on_demand_socket_keeps_a_connection_queued_during_the_upgrade() {
         format!("127.0.0.1:{port}\n"),
     )
     .unwrap();
-    std::fs::write(s.vassals.join("od.ini"), on_demand_ini(&s.app)).unwrap();
+    std::fs::write(s.vassals.join("od.ini"), on_demand_ini(&s.app, "od", 3600)).unwrap();
     let emp = start(&s, &["--emperor-on-demand-extension", ".socket"]);
     emp.wait_log("od.ini -> \"on demand\" instance detected", T);
     let slow = slow_binary(s.tmp.path());

@@ -69,6 +69,16 @@ pub fn vassal_ini_on(app: &Path, marker: &str, port: u16) -> String {
     )
 }
 
+/// A vassal that takes its socket from fd 0 (an on-demand socket: it has
+/// none of its own), answers with `marker`, and exits after `idle` seconds
+/// without requests.
+pub fn on_demand_ini(app: &Path, marker: &str, idle: u32) -> String {
+    format!(
+        "[uwsgi]\nplugins = python3\nmaster = true\nprocesses = 1\nprotocol = http\nwsgi-file = {}\nenv = MARKER={marker}\nidle = {idle}\ndie-on-idle = true\ndie-on-term = true\nworker-reload-mercy = 5\nreload-mercy = 5\n",
+        app.display()
+    )
+}
+
 /// The uWSGI master of a worker that answered (its parent).
 pub fn master_of(worker: u32) -> u32 {
     crate::procs::ppid(worker).expect("worker has a parent")

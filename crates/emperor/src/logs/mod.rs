@@ -594,28 +594,31 @@ impl Capture {
 
     /// The pipes' read ends, by vassal name (a hot upgrade hands them on).
     pub fn pipes(&self) -> Vec<(VassalName, std::os::fd::RawFd)> {
-        self.logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
+        self.live()
+            .into_iter()
             .filter(|l| !l.forgotten.load(Ordering::SeqCst))
             .map(|l| (l.name.clone(), l.fd.as_raw_fd()))
             .collect()
     }
 
-    /// Makes every pipe's read end survive an exec (`true`, a hot
-    /// upgrade) or close at the next one again.
-    pub fn set_pipes_inheritable(&self, yes: bool) -> io::Result<()> {
-        let all: Vec<Arc<VassalLog>> = self
-            .logs
+    /// Every pipe still read.
+    fn live(&self) -> Vec<Arc<VassalLog>> {
+        self.logs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter_map(std::sync::Weak::upgrade)
-            .collect();
-        for l in all {
-            crate::spawn::set_inheritable(l.fd.as_fd(), yes)?;
+            .collect()
+    }
+
+    /// Makes every pipe's read end survive an exec (`true`, a hot
+    /// upgrade) or close at the next one again.
+    /// (Exactly the pipes of [`Capture::pipes`].)
+    pub fn set_pipes_inheritable(&self, yes: bool) -> io::Result<()> {
+        for l in self.live() {
+            if !l.forgotten.load(Ordering::SeqCst) {
+                crate::spawn::set_inheritable(l.fd.as_fd(), yes)?;
+            }
         }
         Ok(())
     }
@@ -645,14 +648,7 @@ impl Capture {
     /// At shutdown, once every vassal is gone: reads what is left in every
     /// pipe and waits (at most `wait`) until the writer has written it all.
     pub fn finish(&self, wait: Duration) {
-        let all: Vec<Arc<VassalLog>> = self
-            .logs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect();
-        for log in &all {
+        for log in &self.live() {
             let _ = log.drain(16 * READ_PER_TURN);
             log.flush_partial();
         }
