@@ -92,7 +92,13 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
     let names: Vec<String> = (0..20).map(|i| format!("app{i}.ini")).collect();
     let mut wait = vec!["wait", "--timeout", "60"];
     wait.extend(names.iter().map(String::as_str));
-    ctl_ok(&s.ctl_sock(), &wait);
+    let out = ctl(&s.ctl_sock(), &wait);
+    assert!(
+        out.status.success(),
+        "not every vassal serves: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        emp.log()
+    );
     for (i, p) in ports.iter().enumerate() {
         wait_answer(*p, &format!("v{i}"), T).expect("every vassal answers");
     }

@@ -282,7 +282,8 @@ impl Emperor {
                     Some(Command::ReopenLogs) => { exec.reopen_logs(); Vec::new() }
                     Some(Command::Upgrade(req)) => {
                         // returns only when refused
-                        upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, &mut commands, &mut lifecycle).await;
+                        let inputs = upgrade::Inputs { commands: &mut commands, monitors: &mut mon_rx };
+                        upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, inputs, &mut lifecycle).await;
                         Vec::new()
                     }
                 },

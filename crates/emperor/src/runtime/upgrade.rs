@@ -102,6 +102,14 @@ impl Restored {
     }
 }
 
+/// The loop's inputs an upgrade takes in before the exec.
+pub(super) struct Inputs<'a> {
+    /// Operators' and observers' commands.
+    pub(super) commands: &'a mut mpsc::Receiver<Command>,
+    /// Monitor changes.
+    pub(super) monitors: &'a mut mpsc::Receiver<crate::monitor::MonitorMessage>,
+}
+
 /// Undoes the steps of an upgrade that did not happen: the signals
 /// blocked, the directory changed for the exec.
 struct Undo {
@@ -124,11 +132,11 @@ pub(super) async fn perform(
     exec: &mut Executor,
     setup: Option<&UpgradeSetup>,
     mut req: UpgradeRequest,
-    commands: &mut mpsc::Receiver<Command>,
+    inputs: Inputs<'_>,
     lifecycle: &mut Option<Box<dyn Lifecycle>>,
 ) {
     let began = std::time::Instant::now();
-    let why = match attempt(rec, exec, setup, &mut req, commands, lifecycle).await {
+    let why = match attempt(rec, exec, setup, &mut req, inputs, lifecycle).await {
         Ok(never) => match never {},
         Err(why) => why,
     };
@@ -146,7 +154,7 @@ async fn attempt(
     exec: &mut Executor,
     setup: Option<&UpgradeSetup>,
     req: &mut UpgradeRequest,
-    commands: &mut mpsc::Receiver<Command>,
+    mut inputs: Inputs<'_>,
     lifecycle: &mut Option<Box<dyn Lifecycle>>,
 ) -> Result<std::convert::Infallible, String> {
     let Some(setup) = setup else {
@@ -184,7 +192,7 @@ async fn attempt(
         tokio::task::yield_now().await;
     }
     let mut pending = Vec::new();
-    drain(rec, exec, commands, &mut pending);
+    drain(rec, exec, &mut inputs, &mut pending);
     if let Some(why) = busy(rec, exec) {
         return Err(why);
     }
@@ -254,17 +262,23 @@ fn set_all(fds: &[std::os::fd::BorrowedFd<'_>], yes: bool) -> std::io::Result<()
 fn drain(
     rec: &mut Reconciler,
     exec: &mut Executor,
-    commands: &mut mpsc::Receiver<Command>,
+    inputs: &mut Inputs<'_>,
     pending: &mut Vec<String>,
 ) {
     for _ in 0..64 {
         let mut any = false;
+        // what a push source (amqp://, zmq://) sent is not sent again
+        while let Ok(m) = inputs.monitors.try_recv() {
+            any = true;
+            let actions = rec.monitor_change(m.monitor, m.change, std::time::Instant::now());
+            exec.execute(rec, actions);
+        }
         while let Ok(r) = exec.reports.1.try_recv() {
             any = true;
             let actions = exec.report(rec, r);
             exec.execute(rec, actions);
         }
-        while let Ok(c) = commands.try_recv() {
+        while let Ok(c) = inputs.commands.try_recv() {
             any = true;
             let name = match c {
                 Command::ReloadAll => "reload-all",
