@@ -88,6 +88,10 @@ pub struct State {
     /// The emperor made that directory (`auto`) and removes it at exit.
     #[serde(default)]
     pub cgroup_owned_root: bool,
+    /// Each monitor's source identity (what it shows, or the URL itself
+    /// for zmq://), in order: vassals keep their source by it.
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// The emperor's settings as it started: its command line with its
     /// config files expanded (the new image compares its own).
     #[serde(default)]
@@ -573,6 +577,7 @@ mod tests {
             counters: serde_json::Value::Null,
             cgroup_root: None,
             cgroup_owned_root: false,
+            sources: Vec::new(),
             settings: Vec::new(),
             reread_config: false,
         }

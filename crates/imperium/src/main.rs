@@ -89,11 +89,19 @@ fn check_upgrade(path: &str) -> ExitCode {
         Ok(d) => d.is_some() && !cli.early_emperor,
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
-    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Run { drops }) {
-        Ok((mons, _)) => mons.iter().map(|m| m.describe()).collect(),
+    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Check { drops }) {
+        Ok((mons, _)) => source_ids(
+            &cli.emperor,
+            &mons.iter().map(|m| m.describe()).collect::<Vec<_>>(),
+        ),
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
-    let changes = ConfigChanges::between(&state.monitors, &state.settings, &urls, &expanded);
+    let old_sources = if state.sources.is_empty() {
+        &state.monitors
+    } else {
+        &state.sources
+    };
+    let changes = ConfigChanges::between(old_sources, &state.settings, &urls, &expanded);
     // what needs a restart is kept either way: only a change that would
     // apply needs --reread-config
     if !state.reread_config && changes.applies() {
@@ -393,10 +401,17 @@ fn real_main() -> Result<()> {
             drops: drop.is_some(),
         },
     )?;
+    let sources = source_ids(
+        &cli.emperor,
+        &mons.iter().map(|m| m.describe()).collect::<Vec<_>>(),
+    );
     if let Some(r) = restored.as_mut().filter(|r| r.state.reread_config) {
-        let urls: Vec<String> = mons.iter().map(|m| m.describe()).collect();
-        let changes =
-            ConfigChanges::between(&r.state.monitors, &r.state.settings, &urls, &expanded);
+        let old = if r.state.sources.is_empty() {
+            &r.state.monitors
+        } else {
+            &r.state.sources
+        };
+        let changes = ConfigChanges::between(old, &r.state.settings, &sources, &expanded);
         tracing::info!("[emperor] hot upgrade with --reread-config: {changes}");
         r.note = Some(format!("--reread-config: {changes}"));
     }
@@ -545,6 +560,7 @@ fn real_main() -> Result<()> {
                     argv: original_args.clone(),
                     cwd: original_cwd.clone(),
                     observers,
+                    sources,
                     settings: match restored_settings {
                         Some(old) => effective_settings(&old, &expanded),
                         None => expanded,
@@ -617,6 +633,33 @@ enum Purpose {
     Run { drops: bool },
     /// `imperium plan`: nothing is started, so nothing needs root.
     Plan,
+    /// `imperium --check-upgrade`: as the new image's real run, but no
+    /// monitor that binds a socket at once (zmq://: the running emperor
+    /// holds it) is built.
+    Check {
+        /// As in [`Purpose::Run`].
+        drops: bool,
+    },
+}
+
+/// Each source's identity across a hot upgrade, in `--emperor` order: what
+/// its monitor shows (passwords masked), but the URL itself for zmq://,
+/// whose monitor shows the port it bound (`tcp://*:*` binds a new one).
+/// `shown` holds the monitors built, those of zmq:// left out or not.
+fn source_ids(urls: &[String], shown: &[String]) -> Vec<String> {
+    let skip_zmq = shown.len() < urls.len();
+    let mut shown = shown.iter();
+    urls.iter()
+        .map(|u| {
+            let zmq = u.starts_with("zmq://");
+            let s = if zmq && skip_zmq { None } else { shown.next() };
+            if zmq {
+                u.clone()
+            } else {
+                s.cloned().unwrap_or_default()
+            }
+        })
+        .collect()
 }
 
 /// The monitors (one per `--emperor` URL) and the emperor's settings, from
@@ -647,6 +690,9 @@ fn emperor_parts(
     }
     let mut mons = Vec::new();
     for (i, url) in cli.emperor.iter().enumerate() {
+        if matches!(purpose, Purpose::Check { .. }) && url.starts_with("zmq://") {
+            continue;
+        }
         // the monitor's error names the URL with any password masked; the
         // raw value must not be repeated here
         mons.push(
@@ -751,7 +797,7 @@ fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::Reloa
         if cli.emperor_reload_check.is_none() {
             bail!("--emperor-reload-mode checked with --emperor-reload-check-no-sandbox checks nothing: give --emperor-reload-check COMMAND");
         }
-    } else if let Purpose::Run { drops } = purpose {
+    } else if let Purpose::Run { drops } | Purpose::Check { drops } = purpose {
         if !nix::unistd::geteuid().is_root() || drops {
             bail!("--emperor-reload-mode checked loads each changed config in a sandbox (namespaces and mounts), which needs an emperor that stays root; without root, give --emperor-reload-check COMMAND with --emperor-reload-check-no-sandbox");
         }

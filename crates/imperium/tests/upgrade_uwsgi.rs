@@ -578,3 +578,37 @@ fn reread_config_adds_and_removes_sources_and_keeps_what_needs_a_restart() {
 fn http_refused(port: u16) -> bool {
     wait_until(T, || TcpStream::connect(("127.0.0.1", port)).is_err())
 }
+
+#[cfg(feature = "zmq")]
+#[test]
+fn a_zmq_source_is_adopted_and_its_socket_bound_again_by_the_new_image() {
+    use testkit::zmq_push::{parts, zmq_push};
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let ep = format!("tcp://127.0.0.1:{}", testkit::servers::free_port());
+    let url = format!("zmq://{ep}");
+    let mut args = testkit::uwsgi_emperor_args(Path::new(&url), &[]);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let emp = Imperium::start(s.tmp.path(), args);
+    emp.wait_log(" is connected", T);
+    let (ini, port) = vassal_ini(&s.app, "z1");
+    zmq_push(&ep, &[parts(&["touch", "z1.ini", &ini])]);
+    wait_answer(port, "z1", T).unwrap_or_else(|| panic!("{}", emp.log()));
+    let before = pids(&s);
+    // the check must not bind the socket the running emperor holds
+    let out = upgrade(&s, &binary_copy(s.tmp.path()));
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        emp.log()
+    );
+    assert_eq!(pids(&s), before, "z1.ini kept its process and its source");
+    emp.wait_log_n(" is connected", 2, T);
+    let (ini, port2) = vassal_ini(&s.app, "z2");
+    zmq_push(&ep, &[parts(&["touch", "z2.ini", &ini])]);
+    wait_answer(port2, "z2", T).unwrap_or_else(|| panic!("{}", emp.log()));
+    wait_answer(port, "z1", T).expect("z1.ini still serves");
+}

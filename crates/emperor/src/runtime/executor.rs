@@ -912,6 +912,7 @@ impl Executor {
             queue: std::sync::Mutex::new(VecDeque::new()),
             waker: AtomicWaker::new(),
             overflowed: Default::default(),
+            partial: Default::default(),
             log,
             cgroup,
             v1,

@@ -217,7 +217,8 @@ impl Emperor {
         // the new image of a hot upgrade: the table first, then the
         // monitors, whose scans are decided against it
         if let Some(r) = self.restored {
-            let pending = upgrade::restore(&mut rec, &mut exec, r);
+            let ids = upgrade_setup.as_ref().map(|u| u.sources.as_slice());
+            let pending = upgrade::restore(&mut rec, &mut exec, r, ids);
             exec.execute(&mut rec, pending.actions);
             if pending.shutdown {
                 let actions = Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy);
@@ -283,8 +284,12 @@ impl Emperor {
                     Some(Command::Upgrade(req)) => {
                         // returns only when refused
                         let inputs = upgrade::Inputs { commands: &mut commands, monitors: &mut mon_rx };
-                        upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, inputs, &mut lifecycle).await;
-                        Vec::new()
+                        let pending = upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, inputs, &mut lifecycle).await;
+                        let mut actions = pending.actions;
+                        if pending.shutdown {
+                            actions.extend(Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy));
+                        }
+                        actions
                     }
                 },
                 m = mon_rx.recv(), if monitors_open => match m {

@@ -52,6 +52,9 @@ pub struct UpgradeSetup {
     /// Its observers' listening sockets (duplicates): what each serves,
     /// its address, the descriptor.
     pub observers: Vec<(String, String, OwnedFd)>,
+    /// Each monitor's source identity, in order (see
+    /// [`crate::upgrade::State::sources`]).
+    pub sources: Vec<String>,
     /// Its command line with its config files expanded.
     pub settings: Vec<String>,
 }
@@ -126,7 +129,8 @@ impl Drop for Undo {
 }
 
 /// Carries out (or refuses) one upgrade request. Returns only when it was
-/// refused (the reason has been sent back and logged).
+/// refused (the reason has been sent back and logged), with what the
+/// signals taken meanwhile ask for.
 pub(super) async fn perform(
     rec: &mut Reconciler,
     exec: &mut Executor,
@@ -134,9 +138,19 @@ pub(super) async fn perform(
     mut req: UpgradeRequest,
     inputs: Inputs<'_>,
     lifecycle: &mut Option<Box<dyn Lifecycle>>,
-) {
+) -> Pending {
     let began = std::time::Instant::now();
-    let why = match attempt(rec, exec, setup, &mut req, inputs, lifecycle).await {
+    let mut pending = Vec::new();
+    let why = match attempt(
+        rec,
+        exec,
+        setup,
+        &mut req,
+        (inputs, &mut pending),
+        lifecycle,
+    )
+    .await
+    {
         Ok(never) => match never {},
         Err(why) => why,
     };
@@ -147,6 +161,7 @@ pub(super) async fn perform(
     if let Some(tx) = req.refused.take() {
         let _ = tx.send(why);
     }
+    act_on_pending(rec, exec, &pending)
 }
 
 async fn attempt(
@@ -154,7 +169,7 @@ async fn attempt(
     exec: &mut Executor,
     setup: Option<&UpgradeSetup>,
     req: &mut UpgradeRequest,
-    mut inputs: Inputs<'_>,
+    (mut inputs, pending): (Inputs<'_>, &mut Vec<String>),
     lifecycle: &mut Option<Box<dyn Lifecycle>>,
 ) -> Result<std::convert::Infallible, String> {
     let Some(setup) = setup else {
@@ -191,10 +206,19 @@ async fn attempt(
     for _ in 0..4 {
         tokio::task::yield_now().await;
     }
-    let mut pending = Vec::new();
-    drain(rec, exec, &mut inputs, &mut pending);
+    drain(rec, exec, &mut inputs, pending);
     if let Some(why) = busy(rec, exec) {
         return Err(why);
+    }
+    if let Some(l) = exec
+        .handles
+        .values()
+        .find(|l| l.partial.load(std::sync::atomic::Ordering::SeqCst))
+    {
+        return Err(format!(
+            "vassal {} has not read a config push the emperor began to write on its socket; try again once it reads it",
+            l.name
+        ));
     }
     if let Some(c) = &exec.capture {
         c.finish(Duration::from_secs(2));
@@ -206,7 +230,7 @@ async fn attempt(
         exec,
         setup,
         answer.as_ref(),
-        (pending, req.reread_config),
+        (pending.clone(), req.reread_config),
     );
     let memfd = state
         .to_memfd()
@@ -418,6 +442,7 @@ fn save(
             .as_ref()
             .map(|c| c.root().to_string_lossy().into_owned()),
         cgroup_owned_root: exec.cgroups.as_ref().is_some_and(|c| c.owns_root()),
+        sources: setup.sources.clone(),
         settings: setup.settings.clone(),
         reread_config,
     }
@@ -567,16 +592,24 @@ pub(super) struct Pending {
 
 /// The new image: puts the saved table back and watches every process
 /// again; answers the control client that asked.
-pub(super) fn restore(rec: &mut Reconciler, exec: &mut Executor, mut r: Restored) -> Pending {
+pub(super) fn restore(
+    rec: &mut Reconciler,
+    exec: &mut Executor,
+    mut r: Restored,
+    sources: Option<&[String]>,
+) -> Pending {
     let now = std::time::Instant::now();
     let s = &r.state;
-    // each vassal keeps its source, found by URL (--reread-config may
-    // have added and removed sources)
-    let urls: Vec<String> = rec.monitors().iter().map(|m| m.url.clone()).collect();
-    let map: Vec<Option<usize>> = s
-        .monitors
+    // each vassal keeps its source, found by its identity (--reread-config
+    // may have added and removed sources)
+    let shown: Vec<String> = rec.monitors().iter().map(|m| m.url.clone()).collect();
+    let (old, new) = match sources {
+        Some(ids) if !s.sources.is_empty() => (&s.sources, ids.to_vec()),
+        _ => (&s.monitors, shown),
+    };
+    let map: Vec<Option<usize>> = old
         .iter()
-        .map(|u| urls.iter().position(|n| n == u))
+        .map(|u| new.iter().position(|n| n == u))
         .collect();
     let sourceless = match rec.restore_table(
         &s.vassals,
@@ -773,6 +806,7 @@ fn watch_again(
         queue: std::sync::Mutex::new(queue),
         waker: AtomicWaker::new(),
         overflowed: Default::default(),
+        partial: Default::default(),
         log,
         cgroup: proc.cgroup.as_ref().map(PathBuf::from),
         v1: proc.v1.iter().map(PathBuf::from).collect(),
@@ -790,7 +824,8 @@ fn watch_again(
     tokio::spawn(vassal_task(proc.instance, link, exec.reports.0.clone()));
 }
 
-/// Acts on the signals the previous image had taken but not acted on.
+/// Acts on the signals taken during an upgrade but not acted on (by the
+/// previous image, or by this one when the upgrade was refused).
 fn act_on_pending(rec: &mut Reconciler, exec: &mut Executor, names: &[String]) -> Pending {
     let mut pending = Pending {
         actions: Vec::new(),

@@ -44,6 +44,9 @@ pub(super) struct VassalLink {
     pub(super) waker: AtomicWaker,
     /// [`MAX_PENDING`] was reached (logged once).
     pub(super) overflowed: std::sync::atomic::AtomicBool,
+    /// The first queued command is partly written (a config push to a
+    /// vassal that does not read it): a hot upgrade waits for it.
+    pub(super) partial: std::sync::atomic::AtomicBool,
     /// Its output pipe (`--vassal-logs` prefix or dir) and the sequence
     /// number of the first line it can have written.
     pub(super) log: Option<LogFrom>,
@@ -137,11 +140,13 @@ impl VassalLink {
     async fn carry_out(&self, cmd: VassalCmd) {
         match cmd {
             VassalCmd::Byte(b) => {
-                if let Err(e) = write_all(&self.ctrl, &[b]).await {
+                if let Err(e) = write_all(&self.ctrl, &[b], &self.partial).await {
                     tracing::debug!(vassal = %self.name, error = %e, "cannot write to the vassal's control socket");
                 }
             }
-            VassalCmd::Config(text) => push_config(&self.name, self.config.as_ref(), &text).await,
+            VassalCmd::Config(text) => {
+                push_config(&self.name, self.config.as_ref(), &text, &self.partial).await
+            }
         }
     }
 
@@ -155,12 +160,27 @@ impl VassalLink {
     }
 }
 
-/// Writes all of `data` to a non-blocking socket shared by reference.
-async fn write_all(sock: &UnixStream, mut data: &[u8]) -> std::io::Result<()> {
+/// Writes all of `data` to a non-blocking socket shared by reference;
+/// `partial` is set while some of it is written and the rest is not.
+async fn write_all(
+    sock: &UnixStream,
+    mut data: &[u8],
+    partial: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<()> {
+    struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _done = Done(partial);
     while !data.is_empty() {
         sock.writable().await?;
         match sock.try_write(data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                partial.store(!data.is_empty(), std::sync::atomic::Ordering::SeqCst);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -334,11 +354,14 @@ pub(super) async fn vassal_task(
             }
             Wake::Commands => {
                 // the guard is dropped before each write is awaited
+                // a command leaves the queue once written, so that a hot
+                // upgrade hands on what is not
                 loop {
-                    let Some(cmd) = link.queue().pop_front() else {
+                    let Some(cmd) = link.queue().front().cloned() else {
                         break;
                     };
                     Box::pin(link.carry_out(cmd)).await;
+                    link.queue().pop_front();
                 }
             }
         }
@@ -350,14 +373,19 @@ pub(super) async fn vassal_task(
     let _ = reports.send(Report::Exited(instance, status));
 }
 
-async fn push_config(name: &VassalName, sock: Option<&UnixStream>, text: &str) {
+async fn push_config(
+    name: &VassalName,
+    sock: Option<&UnixStream>,
+    text: &str,
+    partial: &std::sync::atomic::AtomicBool,
+) {
     let Some(sock) = sock else {
         tracing::debug!(vassal = %name, "no config socket to push to");
         return;
     };
     match encode_config(text.as_bytes()) {
         Ok(pkt) => {
-            if let Err(e) = write_all(sock, &pkt).await {
+            if let Err(e) = write_all(sock, &pkt, partial).await {
                 tracing::warn!(vassal = %name, error = %e, "cannot push the config to the vassal");
             }
         }
