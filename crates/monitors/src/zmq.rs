@@ -122,6 +122,8 @@ async fn run(mon: ZmqMonitor, ctx: MonitorContext) {
     let reader = std::thread::Builder::new()
         .name("imperium-zmq".into())
         .spawn(move || {
+            // the emperor's signals go to its loop's thread only
+            emperor::spawn::block_signals_in_this_thread();
             receive_loop(socket, _context, tx, thread_shown);
             drop(done_tx);
         });

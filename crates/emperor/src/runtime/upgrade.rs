@@ -201,6 +201,13 @@ async fn attempt(
     crate::spawn::handled_signals()
         .thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
+    let open = threads_taking_signals();
+    if !open.is_empty() {
+        tracing::warn!(
+            "[emperor] thread(s) started by a library do not block the emperor's signals ({}): a signal they take before the exec is lost",
+            open.join(", ")
+        );
+    }
     // the signals already taken become commands, the vassals' tasks write
     // what is queued for them, and what they report is taken in
     for _ in 0..4 {
@@ -278,6 +285,39 @@ fn set_all(fds: &[std::os::fd::BorrowedFd<'_>], yes: bool) -> std::io::Result<()
         crate::spawn::set_inheritable(*fd, yes)?;
     }
     Ok(())
+}
+
+/// The threads other than the loop's that may take a handled signal (their
+/// `SigBlk` in /proc lacks one), by name.
+fn threads_taking_signals() -> Vec<String> {
+    // SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGUSR2, SIGTERM, SIGURG, SIGWINCH
+    let handled: u64 = [1u32, 2, 3, 10, 12, 15, 23, 28]
+        .iter()
+        .fold(0, |m, s| m | 1 << (s - 1));
+    let me = nix::unistd::gettid().as_raw().to_string();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        if t.file_name().to_string_lossy() == me {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        let blocked = field("SigBlk:")
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .unwrap_or(0);
+        if blocked & handled != handled {
+            out.push(field("Name:").unwrap_or_default());
+        }
+    }
+    out
 }
 
 /// Takes in what the vassals' tasks reported and the commands queued,
