@@ -89,13 +89,30 @@ fn check_upgrade(path: &str) -> ExitCode {
         Ok(d) => d.is_some() && !cli.early_emperor,
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
-    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Check { drops }) {
-        Ok((mons, _)) => source_ids(
+    let urls: Vec<String> = match emperor_parts(&cli, Purpose::Check { drops })
+        .and_then(|(mons, cfg)| new_image_steps(&cli, &cfg).map(|()| mons))
+    {
+        Ok(mons) => source_ids(
             &cli.emperor,
             &mons.iter().map(|m| m.describe()).collect::<Vec<_>>(),
         ),
         Err(e) => return fail(format!("its settings: {}", error_chain(&e))),
     };
+    // the table must go back whole: on a throwaway reconciler first
+    let mut rec = emperor::reconciler::Reconciler::new(
+        emperor::reconciler::ReconcilerConfig::default(),
+        state.monitors.clone(),
+    );
+    let all: Vec<Option<usize>> = (0..state.monitors.len()).map(Some).collect();
+    if let Err(e) = rec.restore_table(
+        &state.vassals,
+        &state.blacklist,
+        (state.next_instance, &all),
+        &state.counters,
+        std::time::Instant::now(),
+    ) {
+        return fail(format!("its vassal table: {e}"));
+    }
     let old_sources = if state.sources.is_empty() {
         &state.monitors
     } else {
@@ -123,6 +140,28 @@ fn check_upgrade(path: &str) -> ExitCode {
         state.summary()
     );
     ExitCode::SUCCESS
+}
+
+/// What the new image of a hot upgrade does at start-up that could fail,
+/// done here first (the check runs as the same user, and is thrown away).
+fn new_image_steps(cli: &Cli, cfg: &EmperorConfig) -> Result<()> {
+    process::apply_env_and_umask(cli)?;
+    if let Some(dir) = &cli.chdir {
+        std::fs::read_dir(dir).with_context(|| format!("--chdir {}", dir.display()))?;
+    }
+    if let Some(p) = &cli.emperor_control_socket {
+        if p.to_string_lossy().contains(':') {
+            bail!(
+                "--emperor-control-socket {}: must be a UNIX socket path (no colon)",
+                p.display()
+            );
+        }
+    }
+    if let LogMode::Journal(socket) = &cfg.logs.mode {
+        emperor::logs::journal::check(socket)?;
+    }
+    emperor::logs::Capture::start(&cfg.logs).context("--vassal-logs")?;
+    Ok(())
 }
 
 /// Options a running emperor cannot change: a `--reread-config` keeps them
@@ -193,7 +232,18 @@ impl ConfigChanges {
             if k == "emperor" || old.get(k) == new.get(k) {
                 continue;
             }
-            if RESTART_ONLY.contains(&k.as_str()) {
+            // a socket no longer configured is closed by the new image:
+            // that applies
+            let closed = !new.contains_key(k)
+                && matches!(
+                    k.as_str(),
+                    "emperor-stats"
+                        | "emperor-stats-server"
+                        | "emperor-metrics"
+                        | "emperor-control-socket"
+                        | "emperor-command-socket"
+                );
+            if RESTART_ONLY.contains(&k.as_str()) && !closed {
                 c.restart.push(format!("--{k}"));
             } else {
                 c.live.push(format!("--{k}"));

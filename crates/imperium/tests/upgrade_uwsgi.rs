@@ -420,6 +420,11 @@ fn check_upgrade_adopts_the_first_release_state_and_refuses_what_it_cannot() {
         out.contains("--reread-config: sources added: /var"),
         "{out}"
     );
+    // a table that cannot go back whole
+    let dup = V1.replacen("\"instance\": 8", "\"instance\": 7", 1);
+    let (code, out) = check_upgrade(&dup);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("instance 7 is named twice"), "{out}");
     // a descriptor named twice
     let twice = V1.replacen("\"fd\": 16", "\"fd\": 14", 1);
     let (code, out) = check_upgrade(&twice);

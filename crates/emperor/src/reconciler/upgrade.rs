@@ -143,6 +143,17 @@ impl Reconciler {
         let vassals = self
             .vassals
             .values()
+            // removed before its process began: its exit would delete it
+            .filter(|v| {
+                !matches!(
+                    v.phase,
+                    Phase::Stopping {
+                        pid: None,
+                        reason: StopReason::Removed,
+                        ..
+                    }
+                )
+            })
             .map(|v| {
                 let phase = match &v.phase {
                     Phase::Running { proc, pid } => SavedPhase::Running {
@@ -161,12 +172,23 @@ impl Reconciler {
                         kill_in_ms: rel_ms(*kill_at, now),
                     },
                     // no process yet (its start hook runs): started again
-                    Phase::Starting(_) | Phase::Stopping { pid: None, .. } => {
-                        SavedPhase::Throttled {
-                            respawn_in_ms: 0,
-                            activated: false,
-                        }
-                    }
+                    Phase::Starting(_)
+                    | Phase::Stopping {
+                        pid: None,
+                        reason: StopReason::Restart | StopReason::PipeClosed,
+                        ..
+                    } => SavedPhase::Throttled {
+                        respawn_in_ms: 0,
+                        activated: false,
+                    },
+                    // stopped before its process began: where its exit
+                    // would have left it
+                    Phase::Stopping {
+                        pid: None, reason, ..
+                    } => match reason {
+                        StopReason::Idle => SavedPhase::Idle,
+                        _ => SavedPhase::Stopped,
+                    },
                     Phase::Throttled {
                         respawn_at,
                         activated,
@@ -246,9 +268,24 @@ impl Reconciler {
         counters: &serde_json::Value,
         now: Instant,
     ) -> Result<Vec<VassalName>, String> {
-        let mut sourceless = Vec::new();
+        // all or nothing: every entry is read before any goes in
+        let mut entries = Vec::with_capacity(vassals.len());
+        let mut instances = HashSet::new();
         for s in vassals {
-            let mut v = restore_vassal(s, now)?;
+            let v = restore_vassal(s, now)?;
+            if let Some(p) = v.phase.proc() {
+                let taken = self.by_instance.contains_key(&p.instance);
+                if taken || !instances.insert(p.instance) {
+                    return Err(format!(
+                        "vassal {}: instance {} is named twice",
+                        s.name, p.instance
+                    ));
+                }
+            }
+            entries.push((s, v));
+        }
+        let mut sourceless = Vec::new();
+        for (s, mut v) in entries {
             match monitors.get(s.monitor).copied().flatten() {
                 Some(m) => v.monitor = m,
                 None => {
@@ -259,16 +296,7 @@ impl Reconciler {
                 }
             }
             if let Some(p) = v.phase.proc() {
-                if self
-                    .by_instance
-                    .insert(p.instance, v.name.clone())
-                    .is_some()
-                {
-                    return Err(format!(
-                        "vassal {}: instance {} is named twice",
-                        s.name, p.instance
-                    ));
-                }
+                self.by_instance.insert(p.instance, v.name.clone());
             }
             self.vassals.insert(v.name.clone(), Box::new(v));
         }

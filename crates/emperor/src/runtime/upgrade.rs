@@ -175,13 +175,6 @@ async fn attempt(
     let Some(setup) = setup else {
         return Err("this emperor was not given its command line to re-execute".into());
     };
-    let busy = |rec: &Reconciler, exec: &Executor| {
-        busy_reason(rec).or_else(|| {
-            (!exec.checks.is_empty()).then(|| {
-                "a reload check is running (--emperor-reload-mode checked); try again once it is done".to_string()
-            })
-        })
-    };
     if let Some(why) = busy(rec, exec) {
         return Err(why);
     }
@@ -201,31 +194,15 @@ async fn attempt(
     crate::spawn::handled_signals()
         .thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
-    let open = threads_taking_signals();
-    if !open.is_empty() {
-        tracing::warn!(
-            "[emperor] thread(s) started by a library do not block the emperor's signals ({}): a signal they take before the exec is lost",
-            open.join(", ")
-        );
-    }
+    warn_threads_taking_signals();
     // the signals already taken become commands, the vassals' tasks write
     // what is queued for them, and what they report is taken in
     for _ in 0..4 {
         tokio::task::yield_now().await;
     }
     drain(rec, exec, &mut inputs, pending);
-    if let Some(why) = busy(rec, exec) {
+    if let Some(why) = busy(rec, exec).or_else(|| half_written(exec)) {
         return Err(why);
-    }
-    if let Some(l) = exec
-        .handles
-        .values()
-        .find(|l| l.partial.load(std::sync::atomic::Ordering::SeqCst))
-    {
-        return Err(format!(
-            "vassal {} has not read a config push the emperor began to write on its socket; try again once it reads it",
-            l.name
-        ));
     }
     if let Some(c) = &exec.capture {
         c.finish(Duration::from_secs(2));
@@ -285,6 +262,39 @@ fn set_all(fds: &[std::os::fd::BorrowedFd<'_>], yes: bool) -> std::io::Result<()
         crate::spawn::set_inheritable(*fd, yes)?;
     }
     Ok(())
+}
+
+/// Why no upgrade can start now (a check, a swap, Ragnarok), if so.
+fn busy(rec: &Reconciler, exec: &Executor) -> Option<String> {
+    busy_reason(rec).or_else(|| {
+        (!exec.checks.is_empty()).then(|| {
+            "a reload check is running (--emperor-reload-mode checked); try again once it is done"
+                .to_string()
+        })
+    })
+}
+
+/// A vassal whose config push is half written (it does not read its
+/// socket): the rest would be lost.
+fn half_written(exec: &Executor) -> Option<String> {
+    let l = exec
+        .handles
+        .values()
+        .find(|l| l.partial.load(std::sync::atomic::Ordering::SeqCst))?;
+    Some(format!(
+        "vassal {} has not read a config push the emperor began to write on its socket; try again once it reads it",
+        l.name
+    ))
+}
+
+fn warn_threads_taking_signals() {
+    let open = threads_taking_signals();
+    if !open.is_empty() {
+        tracing::warn!(
+            "[emperor] thread(s) started by a library do not block the emperor's signals ({}): a signal they take before the exec is lost",
+            open.join(", ")
+        );
+    }
 }
 
 /// The threads other than the loop's that may take a handled signal (their
