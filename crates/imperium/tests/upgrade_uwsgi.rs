@@ -617,3 +617,46 @@ fn a_zmq_source_is_adopted_and_its_socket_bound_again_by_the_new_image() {
     wait_answer(port2, "z2", T).unwrap_or_else(|| panic!("{}", emp.log()));
     wait_answer(port, "z1", T).expect("z1.ini still serves");
 }
+
+#[cfg(feature = "amqp")]
+#[test]
+fn an_amqp_message_published_during_the_upgrade_reaches_the_new_image() {
+    use testkit::amqp_publish::amqp_publish;
+    use testkit::servers::rabbitmq::RabbitMq;
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let mq = RabbitMq::shared();
+    let url = mq.add_vhost("upgrade");
+    let mut args = testkit::uwsgi_emperor_args(Path::new(&url), &[]);
+    args.push("--emperor-control-socket".into());
+    args.push(s.ctl_sock().into());
+    let mut emp = Imperium::start(s.tmp.path(), args);
+    emp.wait_log(" is connected", T);
+    let (ini, port) = vassal_ini(&s.app, "q1");
+    amqp_publish(&url, &[("q1.ini", ini.as_bytes())]);
+    wait_answer(port, "q1", T).unwrap_or_else(|| panic!("{}", emp.log()));
+    let before = pids(&s);
+    let slow = slow_binary(s.tmp.path());
+    let sock = s.ctl_sock();
+    let asked =
+        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
+    emp.wait_log("upgrading in place", T);
+    // the old image is busy with the upgrade and never reads this: it waits
+    // in the emperor's queue for the new image
+    let (ini2, port2) = vassal_ini(&s.app, "q2");
+    amqp_publish(&url, &[("q2.ini", ini2.as_bytes())]);
+    let out = asked.join().unwrap();
+    assert!(out.status.success(), "{}", emp.log());
+    wait_answer(port2, "q2", T).unwrap_or_else(|| panic!("q2.ini never started:\n{}", emp.log()));
+    assert_eq!(pids(&s)["q1.ini"], before["q1.ini"]);
+    assert_eq!(
+        emp.count("spawned uwsgi instance q2.ini"),
+        1,
+        "{}",
+        emp.log()
+    );
+    // at shutdown the queue goes with the emperor
+    assert!(emp.stop().success());
+    let queues = mq.ctl(&["list_queues", "-p", "upgrade", "name"]);
+    assert!(!queues.contains("imperium.emperor."), "{queues}");
+}

@@ -1,10 +1,14 @@
 //! `amqp://[user:password@]host[:port][/vhost]`: vassals announced on the
 //! `uwsgi.emperor` fanout exchange of an AMQP 0-9-1 broker (docs/monitors/amqp.md).
 //!
-//! The monitor declares the fanout exchange `uwsgi.emperor`, binds a private
-//! auto-delete queue to it and consumes with acks. Every emperor bound to the
-//! exchange gets its own copy of every message, so one publish reaches a
-//! whole fleet of hosts.
+//! The monitor declares the fanout exchange `uwsgi.emperor`, binds a queue of
+//! its own to it and consumes with acks. Every emperor bound to the exchange
+//! gets its own copy of every message, so one publish reaches a whole fleet
+//! of hosts. The queue is named after the emperor process (see
+//! [`queue_name`]), so the new image of a hot upgrade consumes the same
+//! queue and gets what was published meanwhile; the broker deletes it 60 s
+//! after its last consumer went ([`QUEUE_EXPIRES`]), and the emperor deletes
+//! it at shutdown.
 //!
 //! * Empty routing key: the body is a config file path (absolute, or relative
 //!   to the emperor's working directory) or an `http://` / `https://` URL.
@@ -133,21 +137,48 @@ impl Monitor for AmqpMonitor {
         let shown = self.shown.clone();
         let src = AmqpSource {
             mon: *self,
+            queue: queue_name(ctx.id),
             clock: StampClock::default(),
         };
         Box::pin(session::run(src, ctx, shown, session::RETRY_AMQP))
     }
 }
 
+/// The broker deletes an emperor's queue this long after its last consumer
+/// went (`x-expires`): longer than a hot upgrade, short after a crash.
+pub const QUEUE_EXPIRES: Duration = Duration::from_secs(60);
+
+/// The queue of monitor `id` of this emperor process: the same for the
+/// process across a hot upgrade (an exec keeps its pid and its start
+/// time), and another for any other process: the boot id tells hosts
+/// apart, the pid and start time processes on one host.
+pub fn queue_name(id: emperor::MonitorId) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot: String = boot.trim().chars().filter(|c| *c != '-').take(12).collect();
+    // field 22 of /proc/self/stat, counted after the command's ')'
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let start = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .unwrap_or("0")
+        .to_string();
+    format!(
+        "imperium.emperor.{boot}.{}.{start}.{id}",
+        std::process::id()
+    )
+}
+
 struct AmqpSource {
     mon: AmqpMonitor,
+    /// Its queue ([`queue_name`]).
+    queue: String,
     /// Change keys that grow across reconnects.
     clock: StampClock,
 }
 
 impl Source for AmqpSource {
     async fn session(&mut self, link: &mut Link) -> End {
-        match session(&self.mon, link, &mut self.clock).await {
+        match session(&self.mon, &self.queue, link, &mut self.clock).await {
             End::Lost(reason) => End::Lost(format!("amqp broker: {reason}")),
             end => end,
         }
@@ -160,7 +191,7 @@ impl Source for AmqpSource {
     clippy::too_many_lines,
     reason = "one AMQP session: connect, declare, bind, consume"
 )]
-async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> End {
+async fn session(mon: &AmqpMonitor, queue: &str, link: &mut Link, clock: &mut StampClock) -> End {
     let setup = async {
         let conn = Connection::connect_uri(
             mon.uri.clone(),
@@ -183,18 +214,17 @@ async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> 
             )
             .await
             .map_err(|e| format!("cannot declare exchange {EXCHANGE}: {e}"))?;
+        // not exclusive, so that it outlives this connection for the new
+        // image of a hot upgrade; the broker removes it once unused
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-expires".into(),
+            lapin::types::AMQPValue::LongUInt(QUEUE_EXPIRES.as_millis() as u32),
+        );
         let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare(queue.into(), QueueDeclareOptions::default(), args)
             .await
-            .map_err(|e| format!("cannot declare the private queue: {e}"))?;
+            .map_err(|e| format!("cannot declare the queue {queue}: {e}"))?;
         channel
             .queue_bind(
                 queue.name().clone(),
@@ -220,7 +250,7 @@ async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> 
             .map_err(|e| format!("cannot consume: {e}"))?;
         Ok::<_, String>((conn, channel, queue.name().as_str().to_string(), consumer))
     };
-    let (conn, _channel, queue, mut consumer) =
+    let (conn, channel, queue, mut consumer) =
         match tokio::time::timeout(SETUP_TIMEOUT, setup).await {
             Ok(Ok(parts)) => parts,
             Ok(Err(reason)) => return End::Lost(reason),
@@ -233,12 +263,12 @@ async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> 
         "[emperor-amqp] connected, consuming exchange {EXCHANGE}"
     );
     if !link.connected().await {
-        return close(conn).await;
+        return close(conn, &channel, &queue).await;
     }
     loop {
         let delivery = tokio::select! {
             d = consumer.next() => d,
-            _ = link.closed() => return close(conn).await,
+            _ = link.closed() => return close(conn, &channel, &queue).await,
         };
         let delivery = match delivery {
             Some(Ok(d)) => d,
@@ -256,7 +286,7 @@ async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> 
                     describe_change(&change)
                 );
                 if !link.send(change).await {
-                    return close(conn).await;
+                    return close(conn, &channel, &queue).await;
                 }
             }
             Err(reason) => tracing::warn!(
@@ -272,7 +302,14 @@ async fn session(mon: &AmqpMonitor, link: &mut Link, clock: &mut StampClock) -> 
     }
 }
 
-async fn close(conn: Connection) -> End {
+/// The emperor goes away: its queue goes with it (a hot upgrade's exec
+/// never gets here, so the new image finds the queue).
+async fn close(conn: Connection, channel: &lapin::Channel, queue: &str) -> End {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        channel.queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default()),
+    )
+    .await;
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
         conn.close(200, "emperor shutting down".into()),

@@ -228,9 +228,10 @@ impl Emperor {
                 l.ready(&rec);
             }
         }
+        let mut monitor_tasks = Vec::new();
         for (i, m) in self.monitors.into_iter().enumerate() {
             let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
-            tokio::spawn(m.run(ctx));
+            monitor_tasks.push(tokio::spawn(m.run(ctx)));
         }
         drop(mon_tx);
         loop {
@@ -369,6 +370,16 @@ impl Emperor {
                 }
                 l.step(&rec);
             }
+        }
+        // the monitors see the emperor go and close their sessions (the
+        // amqp:// queue is deleted, connections are closed cleanly)
+        drop(mon_rx);
+        let closing = futures::future::join_all(monitor_tasks);
+        if tokio::time::timeout(Duration::from_secs(2), closing)
+            .await
+            .is_err()
+        {
+            tracing::debug!("a monitor did not end within 2 s of the shutdown");
         }
         // --vassals-stop-hook runs for every vassal of the Ragnarok too;
         // they get the shutdown's mercy to finish
