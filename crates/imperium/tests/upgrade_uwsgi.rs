@@ -88,7 +88,9 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
         std::fs::write(s.vassals.join(format!("app{i}.ini")), ini).unwrap();
         ports.push(port);
     }
-    let mut emp = start(&s, &[]);
+    let stats = testkit::servers::free_port();
+    let stats_arg = format!("127.0.0.1:{stats}");
+    let mut emp = start(&s, &["--emperor-stats", &stats_arg]);
     let names: Vec<String> = (0..20).map(|i| format!("app{i}.ini")).collect();
     let mut wait = vec!["wait", "--timeout", "60"];
     wait.extend(names.iter().map(String::as_str));
@@ -107,8 +109,27 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
     let spawns = emp.count("has been spawned");
     let new = binary_copy(s.tmp.path());
 
-    // clients on every vassal throughout
+    // clients on every vassal throughout, and connections to the stats
+    // and control sockets, none of which may be refused
     let loads: Vec<Load> = ports.iter().map(|p| Load::start(*p)).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let observers = {
+        let (stop, sock) = (stop.clone(), s.ctl_sock());
+        std::thread::spawn(move || {
+            let (mut tries, mut refused) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                if let Err(e) = TcpStream::connect(("127.0.0.1", stats)) {
+                    refused.push(format!("stats: {e}"));
+                }
+                if let Err(e) = std::os::unix::net::UnixStream::connect(&sock) {
+                    refused.push(format!("control: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (tries, refused)
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     let out = upgrade(&s, &new);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
@@ -129,6 +150,13 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
         );
         assert!(answered > 10, "app{i}.ini: only {answered} answered");
     }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (tries, refused) = observers.join().unwrap();
+    assert!(tries > 20, "only {tries} rounds of connections");
+    assert!(
+        refused.is_empty(),
+        "refused during the upgrade: {refused:?}"
+    );
     assert!(alive(emp.pid()));
     assert_eq!(exe(emp.pid()), new, "the emperor runs the new binary");
     assert_eq!(pids(&s), before, "every vassal kept its process");
