@@ -67,6 +67,52 @@ fn slow_binary(dir: &Path) -> PathBuf {
     p
 }
 
+/// `ctl upgrade` to [`slow_binary`] from a thread, once the emperor has
+/// begun it: the caller acts while the new binary checks the state.
+fn upgrade_slowly(s: &AppTree, emp: &Imperium) -> std::thread::JoinHandle<std::process::Output> {
+    let slow = slow_binary(s.tmp.path());
+    let sock = s.ctl_sock();
+    let asked =
+        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
+    emp.wait_log("upgrading in place", T);
+    asked
+}
+
+/// Connects to the stats and control sockets every 2 ms from a thread
+/// until stopped, keeping what was refused.
+struct Knocker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u32, Vec<String>)>,
+}
+
+impl Knocker {
+    fn start(stats: u16, sock: PathBuf) -> Knocker {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut tries, mut refused) = (0u32, Vec::new());
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                tries += 1;
+                if let Err(e) = TcpStream::connect(("127.0.0.1", stats)) {
+                    refused.push(format!("stats: {e}"));
+                }
+                if let Err(e) = std::os::unix::net::UnixStream::connect(&sock) {
+                    refused.push(format!("control: {e}"));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (tries, refused)
+        });
+        Knocker { stop, thread }
+    }
+
+    /// (rounds, what was refused).
+    fn stop(self) -> (u32, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 fn exe(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
@@ -112,24 +158,7 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
     // clients on every vassal throughout, and connections to the stats
     // and control sockets, none of which may be refused
     let loads: Vec<Load> = ports.iter().map(|p| Load::start(*p)).collect();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let observers = {
-        let (stop, sock) = (stop.clone(), s.ctl_sock());
-        std::thread::spawn(move || {
-            let (mut tries, mut refused) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                tries += 1;
-                if let Err(e) = TcpStream::connect(("127.0.0.1", stats)) {
-                    refused.push(format!("stats: {e}"));
-                }
-                if let Err(e) = std::os::unix::net::UnixStream::connect(&sock) {
-                    refused.push(format!("control: {e}"));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            (tries, refused)
-        })
-    };
+    let knocker = Knocker::start(stats, s.ctl_sock());
     std::thread::sleep(Duration::from_millis(300));
     let out = upgrade(&s, &new);
     let said = String::from_utf8_lossy(&out.stdout).to_string();
@@ -150,8 +179,7 @@ fn an_upgrade_keeps_twenty_uwsgi_vassals_serving_and_the_new_image_governs_them(
         );
         assert!(answered > 10, "app{i}.ini: only {answered} answered");
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (tries, refused) = observers.join().unwrap();
+    let (tries, refused) = knocker.stop();
     assert!(tries > 20, "only {tries} rounds of connections");
     assert!(
         refused.is_empty(),
@@ -248,12 +276,8 @@ fn a_vassal_killed_and_a_sighup_sent_during_the_upgrade_are_acted_on_by_the_new_
     );
     let before = pids(&s);
     let victim = before["a.ini"].unwrap() as u32;
-    let slow = slow_binary(s.tmp.path());
-    let sock = s.ctl_sock();
-    let asked =
-        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
     // while the new binary checks the state (the old image has written it)
-    emp.wait_log("upgrading in place", T);
+    let asked = upgrade_slowly(&s, &emp);
     std::thread::sleep(Duration::from_millis(300));
     let victims = tree(victim);
     for p in &victims {
@@ -305,11 +329,7 @@ fn an_on_demand_socket_keeps_a_connection_queued_during_the_upgrade() {
     std::fs::write(s.vassals.join("od.ini"), on_demand_ini(&s.app, "od", 3600)).unwrap();
     let emp = start(&s, &["--emperor-on-demand-extension", ".socket"]);
     emp.wait_log("od.ini -> \"on demand\" instance detected", T);
-    let slow = slow_binary(s.tmp.path());
-    let sock = s.ctl_sock();
-    let asked =
-        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
-    emp.wait_log("upgrading in place", T);
+    let asked = upgrade_slowly(&s, &emp);
     // connect while the old image is busy with the upgrade: the connection
     // waits in the backlog of the socket the new image inherits
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -664,11 +684,7 @@ fn an_amqp_message_published_during_the_upgrade_reaches_the_new_image() {
     amqp_publish(&url, &[("q1.ini", ini.as_bytes())]);
     wait_answer(port, "q1", T).unwrap_or_else(|| panic!("{}", emp.log()));
     let before = pids(&s);
-    let slow = slow_binary(s.tmp.path());
-    let sock = s.ctl_sock();
-    let asked =
-        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", slow.to_str().unwrap()]));
-    emp.wait_log("upgrading in place", T);
+    let asked = upgrade_slowly(&s, &emp);
     // the old image is busy with the upgrade and never reads this: it waits
     // in the emperor's queue for the new image
     let (ini2, port2) = vassal_ini(&s.app, "q2");
