@@ -23,10 +23,16 @@ use testkit::{ctl, ctl_ok, imperium_bin, Imperium};
 const T: Duration = Duration::from_secs(30);
 
 fn start(s: &AppTree, extra: &[&str]) -> Imperium {
-    let mut args = testkit::uwsgi_emperor_args(&s.vassals, extra);
+    start_on(s, &s.vassals, extra, &[])
+}
+
+/// The emperor on `source` (a directory or a URL) with `s`'s control
+/// socket, `extra` options and `env`.
+fn start_on(s: &AppTree, source: &Path, extra: &[&str], env: &[(&str, &str)]) -> Imperium {
+    let mut args = testkit::uwsgi_emperor_args(source, extra);
     args.push("--emperor-control-socket".into());
     args.push(s.ctl_sock().into());
-    let emp = Imperium::start(s.tmp.path(), args);
+    let emp = Imperium::start_with_env(s.tmp.path(), args, env);
     assert!(wait_until(T, || s.ctl_sock().exists()), "{}", emp.log());
     emp
 }
@@ -370,20 +376,7 @@ fn a_pg_source_is_adopted_without_a_reload_and_its_changes_still_apply() {
         ports.push(port);
     }
     let url = format!("pg://{}", pg.conninfo());
-    let args: Vec<std::ffi::OsString> = vec![
-        "--emperor".into(),
-        url.into(),
-        "--emperor-freq".into(),
-        "3600".into(),
-        "--binary-path".into(),
-        uwsgi_bin().into(),
-        "--reload-mercy".into(),
-        "10".into(),
-        "--emperor-control-socket".into(),
-        s.ctl_sock().into(),
-    ];
-    let emp = Imperium::start(s.tmp.path(), args);
-    assert!(wait_until(T, || s.ctl_sock().exists()));
+    let emp = start_on(&s, Path::new(&url), &["--emperor-freq", "3600"], &[]);
     ctl_ok(
         &s.ctl_sock(),
         &["wait", "p0.ini", "p1.ini", "p2.ini", "--timeout", "60"],
@@ -504,12 +497,10 @@ fn vassal_output_and_systemd_notify_carry_on_across_the_upgrade() {
         }
     };
     let dir_arg = format!("dir:{}", logs.display());
-    let mut args = testkit::uwsgi_emperor_args(&s.vassals, &["--vassal-logs", &dir_arg]);
-    args.push("--emperor-control-socket".into());
-    args.push(s.ctl_sock().into());
-    let emp = Imperium::start_with_env(
-        s.tmp.path(),
-        args,
+    let emp = start_on(
+        &s,
+        &s.vassals,
+        &["--vassal-logs", &dir_arg],
         &[("NOTIFY_SOCKET", nsock.to_str().unwrap())],
     );
     next("READY=1");
@@ -640,10 +631,7 @@ fn a_zmq_source_is_adopted_and_its_socket_bound_again_by_the_new_image() {
     let s = AppTree::with_app();
     let ep = format!("tcp://127.0.0.1:{}", testkit::servers::free_port());
     let url = format!("zmq://{ep}");
-    let mut args = testkit::uwsgi_emperor_args(Path::new(&url), &[]);
-    args.push("--emperor-control-socket".into());
-    args.push(s.ctl_sock().into());
-    let emp = Imperium::start(s.tmp.path(), args);
+    let emp = start_on(&s, Path::new(&url), &[], &[]);
     emp.wait_log(" is connected", T);
     let (ini, port) = vassal_ini(&s.app, "z1");
     zmq_push(&ep, &[parts(&["touch", "z1.ini", &ini])]);
@@ -675,10 +663,7 @@ fn an_amqp_message_published_during_the_upgrade_reaches_the_new_image() {
     let s = AppTree::with_app();
     let mq = RabbitMq::shared();
     let url = mq.add_vhost("upgrade");
-    let mut args = testkit::uwsgi_emperor_args(Path::new(&url), &[]);
-    args.push("--emperor-control-socket".into());
-    args.push(s.ctl_sock().into());
-    let mut emp = Imperium::start(s.tmp.path(), args);
+    let mut emp = start_on(&s, Path::new(&url), &[], &[]);
     emp.wait_log(" is connected", T);
     let (ini, port) = vassal_ini(&s.app, "q1");
     amqp_publish(&url, &[("q1.ini", ini.as_bytes())]);
