@@ -150,9 +150,13 @@ pub const QUEUE_EXPIRES: Duration = Duration::from_secs(60);
 
 /// The queue of monitor `id` of this emperor process: the same for the
 /// process across a hot upgrade (an exec keeps its pid and its start
-/// time), and another for any other process: the boot id tells hosts
-/// apart, the pid and start time processes on one host.
+/// time, and the new image starts its monitors in the same order), and
+/// another for any other process (the boot id tells hosts apart, the pid
+/// and start time processes on one host) or any other monitor of this one
+/// (a count of the amqp:// monitors this image has started).
 pub fn queue_name(id: emperor::MonitorId) -> String {
+    static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let boot: String = boot.trim().chars().filter(|c| *c != '-').take(12).collect();
     // field 22 of /proc/self/stat, counted after the command's ')'
@@ -163,7 +167,7 @@ pub fn queue_name(id: emperor::MonitorId) -> String {
         .unwrap_or("0")
         .to_string();
     format!(
-        "imperium.emperor.{boot}.{}.{start}.{id}",
+        "imperium.emperor.{boot}.{}.{start}.{id}.{nth}",
         std::process::id()
     )
 }
