@@ -597,7 +597,10 @@ impl Reconciler {
         let mut out = Vec::new();
         // a successor or a retiring process: its exit tells
         if let Some(name) = self.by_instance.get(&instance).cloned() {
-            self.stop(&name, StopReason::PipeClosed, now, &mut out);
+            // the old process of a swap went deaf: its successor takes over
+            if !self.old_went_deaf(&name, instance, now, &mut out) {
+                self.stop(&name, StopReason::PipeClosed, now, &mut out);
+            }
         }
         out
     }

@@ -332,6 +332,34 @@ impl Reconciler {
         true
     }
 
+    /// The vassal's own process (`instance`) closed its emperor socket
+    /// during a swap: the successor takes over (as at its death) and the
+    /// old process retires, killed past the curse tolerance. Without a
+    /// swap, false: it is cursed as usual.
+    pub(super) fn old_went_deaf(
+        &mut self,
+        name: &VassalName,
+        instance: InstanceId,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(v) = self.vassals.get(name) else {
+            return false;
+        };
+        let mine = v.phase.proc().is_some_and(|p| p.instance == instance);
+        if !mine || v.successor.is_none() || v.phase.stopping().is_some() {
+            return false;
+        }
+        let pid = v.phase.pid();
+        self.by_instance.remove(&instance);
+        if !self.successor_takes_over(name, now, out) {
+            self.by_instance.insert(instance, name.clone());
+            return false;
+        }
+        self.retire(name, instance, pid, now, out);
+        true
+    }
+
     /// The swap deadlines and retirement kills due at `now`.
     pub(super) fn swap_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         let late: Vec<VassalName> = self

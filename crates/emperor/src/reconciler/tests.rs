@@ -1708,3 +1708,24 @@ fn a_restored_vassal_whose_source_is_gone_is_stopped_and_removed() {
     back.exited(ids[0], ExitStatus::Code(0), t);
     assert!(back.vassal("a.ini").is_none());
 }
+
+#[test]
+fn an_old_process_that_closes_its_socket_during_a_swap_hands_over_to_the_successor() {
+    let mut r = swap_rec();
+    let t = Instant::now();
+    let (old, new) = swap_started(&mut r, t);
+    let acts = r.pipe_closed(old, t);
+    // the successor is kept, not retired; the old one retires
+    assert_eq!(sends(&acts), vec![(old, MSG_GRACEFUL_STOP)], "{acts:?}");
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.pid(), Some(2000));
+    assert!(v.successor.is_none());
+    // its exit is expected: nothing respawns, the successor runs on
+    let acts = r.exited(old, ExitStatus::Code(0), t);
+    assert!(spawned_instances(&acts).is_empty(), "{acts:?}");
+    assert_eq!(r.vassal("a.ini").unwrap().pid(), Some(2000));
+    assert_eq!(r.running(), 1);
+    // and the successor is the vassal now
+    let acts = r.exited(new, ExitStatus::Signal(9), t);
+    assert!(!spawned_instances(&acts).is_empty(), "{acts:?}");
+}
