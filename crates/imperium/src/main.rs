@@ -363,14 +363,7 @@ fn real_main() -> Result<()> {
             .with_context(|| format!("the emperor's directory {}", r.state.cwd))?;
     }
     let original_cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let exe = std::env::current_exe().ok().map(|p| {
-        // a binary replaced by a package upgrade shows as "... (deleted)"
-        let s = p.to_string_lossy();
-        match s.strip_suffix(" (deleted)") {
-            Some(x) => PathBuf::from(x),
-            None => p,
-        }
-    });
+    let exe = touch::own_binary().ok();
     // a re-exec after --touch-reload or a hot upgrade: the pidfiles stay,
     // no second daemonize
     let reloaded = std::env::var_os(touch::RELOADS_VAR).is_some() || restored.is_some();

@@ -52,19 +52,22 @@ pub fn watch(files: Vec<PathBuf>, tx: mpsc::Sender<Command>, reexec: Arc<AtomicB
     });
 }
 
+/// The path the emperor's binary was started from. A binary replaced by a
+/// package upgrade shows as "PATH (deleted)": PATH now holds the new one.
+pub fn own_binary() -> std::io::Result<PathBuf> {
+    let p = std::env::current_exe()?;
+    Ok(match p.to_string_lossy().strip_suffix(" (deleted)") {
+        Some(x) => PathBuf::from(x),
+        None => p,
+    })
+}
+
 /// Re-executes the emperor's own binary with `args` from `cwd` (the
 /// directory it was started in, so relative config paths still resolve).
 /// Returns only on failure.
 pub fn reexec(args: &[OsString], cwd: &std::path::Path) -> anyhow::Error {
-    let exe = match std::env::current_exe() {
-        Ok(p) => {
-            // a binary replaced by a package upgrade shows as "... (deleted)"
-            let s = p.to_string_lossy();
-            match s.strip_suffix(" (deleted)") {
-                Some(x) => PathBuf::from(x),
-                None => p,
-            }
-        }
+    let exe = match own_binary() {
+        Ok(p) => p,
         Err(e) => return anyhow::anyhow!("--touch-reload: cannot find the emperor's binary: {e}"),
     };
     let reloads: u64 = std::env::var(RELOADS_VAR)
