@@ -268,6 +268,35 @@ fn a_binary_that_is_not_imperium_is_refused_and_nothing_changes() {
 }
 
 #[test]
+fn a_sighup_sent_during_a_refused_upgrade_is_acted_on() {
+    uwsgi_bin();
+    let s = AppTree::with_app();
+    let (ini, _) = vassal_ini(&s.app, "v1");
+    std::fs::write(s.vassals.join("app.ini"), ini).unwrap();
+    let emp = start(&s, &[]);
+    ctl_ok(&s.ctl_sock(), &["wait", "app.ini", "--timeout", "30"]);
+    // a "binary" whose check takes a second, then fails
+    let bad = s.tmp.path().join("imperium-bad");
+    std::fs::write(&bad, "#!/bin/sh\nsleep 1\necho no\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = s.ctl_sock();
+    let asked =
+        std::thread::spawn(move || ctl(&sock, &["upgrade", "--binary", bad.to_str().unwrap()]));
+    emp.wait_log("upgrading in place", T);
+    emp.signal(Signal::SIGHUP);
+    let out = asked.join().unwrap();
+    assert!(!out.status.success(), "{}", emp.log());
+    emp.wait_log("reload the uwsgi instance app.ini", T);
+    assert!(
+        emp.log().find("upgrade refused after").unwrap()
+            < emp.log().find("reload the uwsgi instance app.ini").unwrap(),
+        "{}",
+        emp.log()
+    );
+}
+
+#[test]
 fn a_vassal_killed_and_a_sighup_sent_during_the_upgrade_are_acted_on_by_the_new_image() {
     uwsgi_bin();
     let s = AppTree::with_app();

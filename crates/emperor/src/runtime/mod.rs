@@ -287,6 +287,9 @@ impl Emperor {
                         let inputs = upgrade::Inputs { commands: &mut commands, monitors: &mut mon_rx };
                         let pending = upgrade::perform(&mut rec, &mut exec, upgrade_setup.as_ref(), req, inputs, &mut lifecycle).await;
                         let mut actions = pending.actions;
+                        if pending.rescan {
+                            rescan_tx.send_modify(|n| *n += 1);
+                        }
                         if pending.shutdown {
                             actions.extend(Self::begin_shutdown(&mut rec, &mut mercy_at, self.cfg.reload_mercy));
                         }

@@ -643,6 +643,9 @@ pub(super) struct Pending {
     pub(super) actions: Vec<crate::reconciler::Action>,
     /// A shutdown was asked for.
     pub(super) shutdown: bool,
+    /// A rescan was asked for (SIGWINCH; the new image's monitors scan
+    /// anew anyway).
+    pub(super) rescan: bool,
 }
 
 /// The new image: puts the saved table back and watches every process
@@ -885,6 +888,7 @@ fn act_on_pending(rec: &mut Reconciler, exec: &mut Executor, names: &[String]) -
     let mut pending = Pending {
         actions: Vec::new(),
         shutdown: false,
+        rescan: false,
     };
     for p in names {
         let now = std::time::Instant::now();
@@ -895,8 +899,7 @@ fn act_on_pending(rec: &mut Reconciler, exec: &mut Executor, names: &[String]) -
             "clear-blacklist" => pending.actions.extend(rec.clear_blacklist_all(now).1),
             "log-vassals" => rec.log_vassals(),
             "reopen-logs" => exec.reopen_logs(),
-            // the monitors scan their sources anew anyway
-            "rescan" => {}
+            "rescan" => pending.rescan = true,
             other => {
                 tracing::warn!("[emperor] unknown pending command {other:?} in the upgrade state")
             }
