@@ -455,6 +455,16 @@ impl State {
         Ok(())
     }
 
+    /// Each monitor's source identity: [`State::sources`], or the
+    /// monitors' URLs in a state that carries none.
+    pub fn source_ids(&self) -> &[String] {
+        if self.sources.is_empty() {
+            &self.monitors
+        } else {
+            &self.sources
+        }
+    }
+
     /// A one-line summary (`--check-upgrade` prints it).
     pub fn summary(&self) -> String {
         let procs = self

@@ -113,12 +113,7 @@ fn check_upgrade(path: &str) -> ExitCode {
     ) {
         return fail(format!("its vassal table: {e}"));
     }
-    let old_sources = if state.sources.is_empty() {
-        &state.monitors
-    } else {
-        &state.sources
-    };
-    let changes = ConfigChanges::between(old_sources, &state.settings, &urls, &expanded);
+    let changes = ConfigChanges::between(state.source_ids(), &state.settings, &urls, &expanded);
     // what needs a restart is kept either way: only a change that would
     // apply needs --reread-config
     if !state.reread_config && changes.applies() {
@@ -449,12 +444,8 @@ fn real_main() -> Result<()> {
         &mons.iter().map(|m| m.describe()).collect::<Vec<_>>(),
     );
     if let Some(r) = restored.as_mut().filter(|r| r.state.reread_config) {
-        let old = if r.state.sources.is_empty() {
-            &r.state.monitors
-        } else {
-            &r.state.sources
-        };
-        let changes = ConfigChanges::between(old, &r.state.settings, &sources, &expanded);
+        let changes =
+            ConfigChanges::between(r.state.source_ids(), &r.state.settings, &sources, &expanded);
         tracing::info!("[emperor] hot upgrade with --reread-config: {changes}");
         r.note = Some(format!("--reread-config: {changes}"));
     }

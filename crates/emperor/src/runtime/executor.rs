@@ -346,14 +346,10 @@ impl Executor {
         fd: std::os::fd::OwnedFd,
     ) -> Result<(), String> {
         let v = rec.vassal(name.as_str()).ok_or("not in the table")?;
-        let dir = v
-            .desired
-            .as_ref()
-            .and_then(|d| d.workdir.clone())
-            .unwrap_or_else(|| self.cwd.clone());
         let waiting = matches!(v.phase, crate::reconciler::Phase::OnDemand);
         let workdir = v.desired.as_ref().and_then(|d| d.workdir.clone());
-        let addr = OnDemandAddr::parse(address, &dir).map_err(|e| e.to_string())?;
+        let dir = workdir.as_ref().unwrap_or(&self.cwd);
+        let addr = OnDemandAddr::parse(address, dir).map_err(|e| e.to_string())?;
         let sock = OnDemandSocket::adopt(fd, &addr).map_err(|e| e.to_string())?;
         self.listeners.insert(
             name.clone(),
