@@ -28,6 +28,9 @@ use crate::stats::{Listener, Snapshot};
 pub enum Request {
     /// Every vassal.
     List,
+    /// `--emperor-cluster`: the members, their leases and the vassals each
+    /// holds ([`crate::cluster::ClusterView`]).
+    Cluster,
     /// One vassal.
     Show {
         /// The vassal.
@@ -207,6 +210,19 @@ pub async fn handle(req: Request, commands: &mpsc::Sender<Command>) -> Reply {
             Reply {
                 ok: true,
                 data: data.ok(),
+                ..Reply::default()
+            }
+        }
+        Request::Cluster => {
+            let Some(snap) = Snapshot::request(commands).await else {
+                return Reply::err("the emperor is shutting down");
+            };
+            let Some(view) = snap.cluster else {
+                return Reply::err("this emperor is not in a cluster (--emperor-cluster)");
+            };
+            Reply {
+                ok: true,
+                data: serde_json::to_value(view).ok(),
                 ..Reply::default()
             }
         }

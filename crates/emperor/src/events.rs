@@ -71,6 +71,11 @@ pub struct Counters {
     pub changes_rejected: u64,
     /// Swaps done: a new instance took over from the old one.
     pub swaps: u64,
+    /// `--emperor-cluster`: vassals placed on this emperor.
+    pub placements: u64,
+    /// `--emperor-cluster`: vassals that left this emperor (moved, or the
+    /// lease was lost).
+    pub unplacements: u64,
     /// Every exit, by cause: `requested` (the emperor asked it to stop),
     /// `exile` (code 26), `exit` (any other code), `signal`.
     pub deaths: BTreeMap<&'static str, u64>,
@@ -421,6 +426,20 @@ pub enum Event<'a> {
         /// The vassal.
         name: &'a VassalName,
     },
+    /// `--emperor-cluster`: this emperor holds a claim on the vassal and
+    /// runs it.
+    Placed {
+        /// The vassal.
+        name: &'a VassalName,
+    },
+    /// `--emperor-cluster`: this emperor no longer holds a claim on the
+    /// vassal (it moves, or the lease was lost): it is stopped here.
+    Unplaced {
+        /// The vassal.
+        name: &'a VassalName,
+        /// Why.
+        why: &'a str,
+    },
     /// An operator cleared the blacklist entry of one vassal.
     Unblacklisted {
         /// The vassal.
@@ -710,6 +729,14 @@ impl Event<'_> {
             }
             Event::Held { name } => {
                 info!(vassal = %name, "[emperor] vassal {name} stopped by the operator: it stays down until started")
+            }
+            Event::Placed { name } => {
+                c.placements += 1;
+                info!(vassal = %name, "[emperor] cluster: vassal {name} is placed on this emperor");
+            }
+            Event::Unplaced { name, why } => {
+                c.unplacements += 1;
+                info!(vassal = %name, "[emperor] cluster: vassal {name} leaves this emperor: {why}");
             }
             Event::Unblacklisted { name } => {
                 info!(vassal = %name, "[emperor] blacklist entry of vassal {name} cleared")

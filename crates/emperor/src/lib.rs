@@ -29,6 +29,7 @@ pub mod spec;
 // the pure core
 pub mod argv;
 pub mod backoff;
+pub mod cluster;
 pub mod events;
 pub mod health;
 pub mod own;

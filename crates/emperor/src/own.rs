@@ -5,7 +5,8 @@
 //! vassal (checked with uWSGI 2.0.21). Keys: the limits `memory-max`,
 //! `cpu-max`, `pids-max` ([`crate::cgroup::v1::Limits::set`]) and the
 //! health check `health`, `health-interval`, `health-timeout`,
-//! `health-failures`, `health-grace` ([`HealthSettings::set`]). An unknown
+//! `health-failures`, `health-grace` ([`HealthSettings::set`]) and, for
+//! `--emperor-cluster`, `replicas` (a count or `all`). An unknown
 //! key or a bad value is an error: the vassal is not started, and the log
 //! says which line is wrong.
 
@@ -19,10 +20,13 @@ pub struct OwnSettings {
     pub limits: Limits,
     /// Its health check.
     pub health: HealthSettings,
+    /// How many cluster members run it (`--emperor-cluster`; `None`: the
+    /// emperor's `--emperor-replicas`).
+    pub replicas: Option<crate::cluster::Replicas>,
 }
 
 /// Every key an `[imperium]` section may hold.
-pub const KEYS: &str = "memory-max, cpu-max, pids-max, health, health-interval, health-timeout, health-failures, health-grace";
+pub const KEYS: &str = "memory-max, cpu-max, pids-max, health, health-interval, health-timeout, health-failures, health-grace, replicas";
 
 impl OwnSettings {
     /// Reads the `[imperium]` section of an ini text (none: the defaults).
@@ -49,6 +53,10 @@ impl OwnSettings {
             };
             let (k, v) = (k.trim(), v.trim());
             let bad = |e: String| format!("[imperium] {k} = {v}: {e}");
+            if k == "replicas" {
+                own.replicas = Some(crate::cluster::Replicas::parse(v).map_err(bad)?);
+                continue;
+            }
             if !own.limits.set(k, v).map_err(bad)? && !own.health.set(k, v).map_err(bad)? {
                 return Err(format!(
                     "[imperium] line {}: unknown key {k:?} ({KEYS})",
@@ -81,6 +89,10 @@ mod tests {
         );
         assert_eq!(own.health.check.as_deref(), Some("tcp://127.0.0.1:9"));
         assert_eq!(own.health.grace, Some(Duration::from_secs(2)));
+        let own = OwnSettings::from_ini("[imperium]\nreplicas = all\n").unwrap();
+        assert_eq!(own.replicas, Some(crate::cluster::Replicas::All));
+        let own = OwnSettings::from_ini("[imperium]\nreplicas = 2\n").unwrap();
+        assert_eq!(own.replicas, Some(crate::cluster::Replicas::Count(2)));
         assert_eq!(
             OwnSettings::from_ini("[uwsgi]\nmaster = 1\n").unwrap(),
             OwnSettings::default()
@@ -94,6 +106,8 @@ mod tests {
             "health = ftp://x",
             "health-failures = 0",
             "health-interval = soon",
+            "replicas = 0",
+            "replicas = some",
         ] {
             let e = OwnSettings::from_ini(&format!("[imperium]\n{bad}\n"));
             assert!(e.is_err(), "{bad:?}");

@@ -312,6 +312,35 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = emperor::health::parse_duration)]
     pub emperor_swap_timeout: Option<std::time::Duration>,
 
+    /// Spread the vassals over the emperors that share their sources: each
+    /// vassal runs on --emperor-replicas of the members registered at
+    /// etcd://HOST:PORT[,HOST:PORT...]/PREFIX (off: every emperor runs
+    /// every vassal, as uWSGI's do). See docs/cluster.md.
+    #[arg(long, value_name = "URL")]
+    pub emperor_cluster: Option<String>,
+
+    /// This emperor's name in the cluster, unique per emperor [default: the
+    /// host name].
+    #[arg(long, value_name = "NAME")]
+    pub emperor_cluster_node: Option<String>,
+
+    /// How many cluster members run each vassal (a vassal's `replicas` in
+    /// its [imperium] section overrides it; `all` runs it everywhere)
+    /// [default: 1].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub emperor_replicas: Option<u32>,
+
+    /// The cluster lease time, in seconds: a member silent this long is
+    /// presumed dead and its vassals move [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub emperor_cluster_ttl: Option<u64>,
+
+    /// After a member left, how long no new claim is made (so a member that
+    /// lost its lease finishes stopping its vassals first), in seconds
+    /// [default: 2].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub emperor_cluster_claim_delay: Option<u64>,
+
     /// checked mode: run this command (by /bin/sh, in the vassal's
     /// directory) before the reload; an exit code other than 0 rejects the
     /// change. {name} is replaced by the vassal's name and {config} by the

@@ -32,6 +32,9 @@ pub enum Action {
     List,
     /// Show one vassal.
     Show { vassal: String },
+    /// The cluster (--emperor-cluster): this emperor's lease, every live
+    /// member and the vassal slots each one holds.
+    Cluster,
     /// Gracefully reload one vassal. A vassal whose last change was
     /// rejected by its check (--emperor-reload-mode checked) is reloaded
     /// only with --force.
@@ -117,6 +120,7 @@ impl From<Action> for Request {
         match a {
             Action::List => Request::List,
             Action::Show { vassal } => Request::Show { vassal },
+            Action::Cluster => Request::Cluster,
             Action::Reload { vassal, force } => Request::Reload { vassal, force },
             Action::Stop { vassal } => Request::Stop { vassal },
             Action::Start { vassal } => Request::Start { vassal },
@@ -273,6 +277,7 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
     }
     match (&req, reply.data) {
         (Request::List, Some(Value::Array(vs))) => print!("{}", table(&vs)),
+        (Request::Cluster, Some(v)) => print!("{}", cluster_table(&v)),
         (Request::Show { .. }, Some(Value::Object(o))) => {
             for (k, mut v) in o {
                 // the last lines a vassal wrote before it died: one per line
@@ -286,6 +291,65 @@ pub fn run(mut args: CtlArgs) -> Result<()> {
         _ => println!("{}", reply.message.unwrap_or_default()),
     }
     Ok(())
+}
+
+/// `imperium ctl cluster` for humans: this member, then one line per
+/// member with the slots it holds.
+fn cluster_table(v: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "engine {}  node {}  lease {}  ttl {}s  {}",
+        plain(&v["engine"]),
+        plain(&v["node"]),
+        plain(&v["lease"]),
+        plain(&v["ttl"]),
+        plain(&v["state"]),
+    );
+    let _ = writeln!(
+        out,
+        "{} vassal(s) wanted, {} placed here",
+        plain(&v["wanted"]),
+        plain(&v["held_here"])
+    );
+    let _ = writeln!(
+        out,
+        "{:<24} {:<5} {:>5}  VASSALS",
+        "MEMBER", "LEASE", "HOLDS"
+    );
+    for m in v["members"].as_array().into_iter().flatten() {
+        let holds = m["holds"].as_array().cloned().unwrap_or_default();
+        let names: Vec<String> = holds
+            .iter()
+            .map(|h| {
+                let mut s = plain(&h["vassal"]);
+                if h["running"] != Value::Bool(true) {
+                    s.push_str(" (starting)");
+                }
+                s
+            })
+            .collect();
+        let me = if m["me"] == Value::Bool(true) {
+            " *"
+        } else {
+            ""
+        };
+        let live = if m["live"] == Value::Bool(true) {
+            "live"
+        } else {
+            "gone"
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<5} {:>5}  {}",
+            format!("{}{me}", plain(&m["node"])),
+            live,
+            holds.len(),
+            names.join(" ")
+        );
+    }
+    out
 }
 
 /// Why a vassal does not serve yet, or `None` when it does.

@@ -584,6 +584,7 @@ fn real_main() -> Result<()> {
                 "*** starting imperium, the uWSGI-compatible Emperor ***"
             );
             let mut emperor = Emperor::new(cfg, mons)
+                .with_cluster(cluster_engine(&cli)?)
                 .with_capture(capture)
                 .with_cgroups(cgroups)
                 .with_limits(limits)
@@ -755,6 +756,7 @@ fn emperor_parts(
             stop_hook: cli.vassals_stop_hook.is_some(),
             reload_mode: reload_mode(cli, purpose)?,
             swap_timeout: cli.emperor_swap_timeout.unwrap_or(Duration::from_secs(60)),
+            cluster: cli.emperor_cluster.is_some(),
         },
         launch: LaunchOptions {
             binary: cli.binary_path.clone(),
@@ -800,6 +802,43 @@ fn emperor_parts(
         },
     };
     Ok((mons, cfg))
+}
+
+/// The `--emperor-cluster` engine, with its options checked.
+fn cluster_engine(cli: &Cli) -> Result<Option<Box<dyn emperor::cluster::ClusterEngine>>> {
+    let Some(url) = &cli.emperor_cluster else {
+        if cli.emperor_cluster_node.is_some()
+            || cli.emperor_replicas.is_some()
+            || cli.emperor_cluster_ttl.is_some()
+            || cli.emperor_cluster_claim_delay.is_some()
+        {
+            bail!("--emperor-cluster-node, --emperor-replicas, --emperor-cluster-ttl and --emperor-cluster-claim-delay need --emperor-cluster");
+        }
+        return Ok(None);
+    };
+    let node = match &cli.emperor_cluster_node {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("--emperor-cluster: cannot read the host name for the node name (give --emperor-cluster-node)")?
+            .trim()
+            .to_string(),
+    };
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (url, node);
+        bail!("--emperor-cluster: this imperium was built without the etcd feature");
+    }
+    #[cfg(feature = "etcd")]
+    let settings = monitors::cluster::ClusterSettings {
+        node,
+        replicas: cli.emperor_replicas.unwrap_or(1),
+        ttl: Duration::from_secs(cli.emperor_cluster_ttl.unwrap_or(10)),
+        claim_delay: Duration::from_secs(cli.emperor_cluster_claim_delay.unwrap_or(2)),
+    };
+    #[cfg(feature = "etcd")]
+    Ok(Some(
+        monitors::cluster::build(url, settings).context("--emperor-cluster")?,
+    ))
 }
 
 /// `--emperor-reload-mode`, with its options checked: the sandbox of the

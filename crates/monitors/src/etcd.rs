@@ -104,22 +104,56 @@ struct EtcdSource {
 }
 
 async fn connect(mon: &EtcdMonitor) -> Result<etcd::Client, String> {
+    connect_endpoints(&mon.endpoints, mon.auth.as_ref()).await
+}
+
+/// A client of the etcd at `endpoints` (`host:port` each), with the
+/// timeouts every etcd user here shares.
+pub(crate) async fn connect_endpoints(
+    endpoints: &[String],
+    auth: Option<&(String, String)>,
+) -> Result<etcd::Client, String> {
+    connect_raw(endpoints, auth)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", endpoints.join(",")))
+}
+
+/// [`connect_endpoints`], with the error itself (a cluster member tells a
+/// refused connection from a lost one).
+pub(crate) async fn connect_raw(
+    endpoints: &[String],
+    auth: Option<&(String, String)>,
+) -> Result<etcd::Client, ConnectError> {
     let mut opts = etcd::ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
         .with_keep_alive_while_idle(true);
-    if let Some((user, pass)) = &mon.auth {
+    if let Some((user, pass)) = auth {
         opts = opts.with_user(user.clone(), pass.clone());
     }
-    let urls: Vec<String> = mon
-        .endpoints
-        .iter()
-        .map(|e| format!("http://{e}"))
-        .collect();
+    let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
     match tokio::time::timeout(REQUEST_TIMEOUT, etcd::Client::connect(urls, Some(opts))).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(format!("connect to {}: {e}", mon.endpoints.join(","))),
-        Err(_) => Err(format!("connect to {}: timed out", mon.endpoints.join(","))),
+        Ok(Err(e)) => Err(ConnectError::Etcd(e)),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// Why no client could be made.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// The client's error.
+    Etcd(etcd::Error),
+    /// No answer in time.
+    TimedOut,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Etcd(e) => write!(f, "{e}"),
+            ConnectError::TimedOut => f.write_str("timed out"),
+        }
     }
 }
 

@@ -19,6 +19,8 @@ mod session;
 
 pub use args::{MonitorArgs, MonitorOption, OptionKind};
 
+#[cfg(feature = "etcd")]
+pub mod cluster;
 #[cfg(feature = "dir")]
 pub mod dir;
 #[cfg(feature = "etcd")]

@@ -101,7 +101,10 @@ impl Imperium {
         };
         cmd.args(args)
             .current_dir(cwd)
-            .env("IMPERIUM_LOG", "debug")
+            .env(
+                "IMPERIUM_LOG",
+                std::env::var("IMPERIUM_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(f.try_clone().expect("dup"))
             .stderr(f);

@@ -2,6 +2,7 @@
 //! into spawns, reloads, restarts and stops.
 
 use super::*;
+use crate::cluster::ClusterInput;
 use crate::spec::Change;
 
 impl Reconciler {
@@ -94,10 +95,11 @@ impl Reconciler {
         let tyrant = self.cfg.tyrant.is_some();
         let Some(v) = self.vassals.get_mut(&name) else {
             let born = wall_at(self.wall_anchor, now);
-            self.vassals.insert(
-                name.clone(),
-                Box::new(Vassal::new(name.clone(), monitor, spec, born)),
-            );
+            let mut v = Vassal::new(name.clone(), monitor, spec, born);
+            // in a cluster it waits until this emperor holds a claim
+            v.unplaced = self.cfg.cluster.then_some(0);
+            self.vassals.insert(name.clone(), Box::new(v));
+            self.note_cluster(false, ClusterInput::Want(name.clone(), None));
             self.start(&name, now, false, out);
             return;
         };
@@ -154,6 +156,10 @@ impl Reconciler {
         };
         v.applied_key = spec.key;
         v.desired = Some(spec);
+        self.note_cluster(false, ClusterInput::Want(name.clone(), None));
+        let Some(v) = self.vassals.get_mut(&name) else {
+            return;
+        };
         // a new config ends an exile, an idle stop or a refusal
         if matches!(v.phase, Phase::Exiled | Phase::Idle | Phase::Refused(_)) {
             v.phase = Phase::Stopped;
@@ -308,6 +314,7 @@ impl Reconciler {
     /// Takes `name` out of the table.
     pub(super) fn delete(&mut self, name: &VassalName, out: &mut Vec<Action>) {
         if let Some(v) = self.vassals.remove(name) {
+            self.note_cluster(v.is_zerg(), ClusterInput::Unwant(name.clone()));
             if let Some(p) = v.proc() {
                 self.by_instance.remove(&p.instance);
             }

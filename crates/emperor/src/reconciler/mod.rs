@@ -31,6 +31,7 @@ mod changes;
 mod check;
 mod health;
 mod operator;
+mod placement;
 mod process;
 mod swap;
 mod timers;
@@ -101,6 +102,10 @@ pub struct ReconcilerConfig {
     pub reload_mode: ReloadMode,
     /// `--emperor-swap-timeout`: how long a successor may take to serve.
     pub swap_timeout: Duration,
+    /// `--emperor-cluster`: a vassal runs only once the cluster placed it
+    /// here ([`Reconciler::place`]); the cluster is told what the table
+    /// wants ([`Reconciler::take_cluster_notes`]).
+    pub cluster: bool,
 }
 
 /// How a changed config reaches a running vassal (`--emperor-reload-mode`,
@@ -149,6 +154,7 @@ impl Default for ReconcilerConfig {
             stop_hook: false,
             reload_mode: ReloadMode::Inplace,
             swap_timeout: Duration::from_secs(60),
+            cluster: false,
         }
     }
 }
@@ -240,6 +246,8 @@ pub enum StopReason {
     Shutdown,
     /// An operator stopped it (`imperium ctl stop`): it stays down.
     Operator,
+    /// `--emperor-cluster`: this emperor holds no claim on it any more.
+    Unplaced,
 }
 
 /// Health of one monitor as the emperor knows it.
@@ -275,6 +283,10 @@ pub struct Reconciler {
     swaps: HashMap<InstanceId, VassalName>,
     /// Old processes told to stop after a swap, by instance.
     retiring: HashMap<InstanceId, swap::Retiring>,
+    /// `--emperor-cluster`: what the cluster must be told.
+    cluster_notes: Vec<crate::cluster::ClusterInput>,
+    /// `--emperor-cluster`: the cluster as its engine sees it.
+    cluster_view: Option<crate::cluster::SharedView>,
 }
 
 /// The wall-clock time of `now`, from an anchor pair.
@@ -306,6 +318,8 @@ impl Reconciler {
             deferred: DeferBurst::default(),
             swaps: HashMap::new(),
             retiring: HashMap::new(),
+            cluster_notes: Vec::new(),
+            cluster_view: None,
         }
     }
 
@@ -361,6 +375,33 @@ impl Reconciler {
     /// limits).
     pub fn zergs(&self) -> usize {
         self.vassals.values().filter(|v| v.is_zerg()).count()
+    }
+
+    /// What the cluster must be told since the last call
+    /// (`--emperor-cluster`): vassals wanted and gone, processes running
+    /// and stopped after an unplace.
+    pub fn take_cluster_notes(&mut self) -> Vec<crate::cluster::ClusterInput> {
+        std::mem::take(&mut self.cluster_notes)
+    }
+
+    /// The cluster view observers see (`--emperor-cluster`).
+    pub fn set_cluster_view(&mut self, view: crate::cluster::SharedView) {
+        self.cluster_view = Some(view);
+    }
+
+    /// The cluster as its engine sees it now, with `--emperor-cluster`.
+    pub fn cluster_view(&self) -> Option<crate::cluster::ClusterView> {
+        self.cluster_view.as_ref().map(|v| {
+            v.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    fn note_cluster(&mut self, zerg: bool, input: crate::cluster::ClusterInput) {
+        if self.cfg.cluster && !zerg {
+            self.cluster_notes.push(input);
+        }
     }
 
     fn emit(&mut self, e: Event<'_>) {

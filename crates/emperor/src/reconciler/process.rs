@@ -28,7 +28,7 @@ impl Reconciler {
         let Some(spec) = v.desired.clone() else {
             return;
         };
-        if v.proc().is_some() || v.stopped_by_operator {
+        if v.proc().is_some() || v.stopped_by_operator || v.unplaced.is_some() {
             return;
         }
         // a new process runs what the source says now: a check of that
@@ -185,6 +185,7 @@ impl Reconciler {
                 StopReason::Idle => "idle shutdown requested by the vassal",
                 StopReason::Shutdown => "emperor shutdown",
                 StopReason::Operator => "stopped by the operator",
+                StopReason::Unplaced => "the cluster placed it elsewhere",
                 StopReason::PipeClosed => "",
             };
             self.emit(Event::Stop { name, pid, why });
@@ -271,8 +272,12 @@ impl Reconciler {
             return;
         };
         if let Some(v) = self.vassals.get_mut(&name) {
+            let zerg = v.is_zerg();
             match std::mem::replace(&mut v.phase, Phase::Stopped) {
-                Phase::Starting(proc) => v.phase = Phase::Running { proc, pid },
+                Phase::Starting(proc) => {
+                    v.phase = Phase::Running { proc, pid };
+                    self.note_cluster(zerg, crate::cluster::ClusterInput::Running(name.clone()));
+                }
                 Phase::Stopping {
                     proc,
                     reason,
@@ -643,6 +648,7 @@ impl Reconciler {
                     | StopReason::Idle
                     | StopReason::Shutdown
                     | StopReason::Operator
+                    | StopReason::Unplaced
             )
         );
         let output = v.last_output.clone();
@@ -680,6 +686,14 @@ impl Reconciler {
             }
             Some(StopReason::Idle) => v.phase = Phase::Idle,
             Some(StopReason::Operator) => v.phase = Phase::Stopped,
+            Some(StopReason::Unplaced) => {
+                v.phase = Phase::Stopped;
+                let (zerg, epoch) = (v.is_zerg(), v.unplaced.unwrap_or(0));
+                self.note_cluster(
+                    zerg,
+                    crate::cluster::ClusterInput::Stopped(name.clone(), epoch),
+                );
+            }
             Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name, &mut out),
             None | Some(StopReason::PipeClosed) => {
                 self.after_death(&name, &p, status, now, &mut out)

@@ -1729,3 +1729,55 @@ fn an_old_process_that_closes_its_socket_during_a_swap_hands_over_to_the_success
     let acts = r.exited(new, ExitStatus::Signal(9), t);
     assert!(!spawned_instances(&acts).is_empty(), "{acts:?}");
 }
+
+#[test]
+fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
+    use crate::cluster::ClusterInput as C;
+    let mut r = Reconciler::new(
+        ReconcilerConfig {
+            cluster: true,
+            ..ReconcilerConfig::default()
+        },
+        vec!["m0".into()],
+    );
+    let t = Instant::now();
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    assert!(acts.is_empty(), "not started before it is placed: {acts:?}");
+    assert_eq!(r.take_cluster_notes(), vec![C::Want(name("a.ini"), None)]);
+    let acts = r.place(&name("a.ini"), None, "", t);
+    let ids = ack(&mut r, &acts);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(r.take_cluster_notes(), vec![C::Running(name("a.ini"))]);
+    // a change is told again (its replicas may have changed) and reloads
+    let (acts, _) = apply(&mut r, 0, Change::Upsert(file("a.ini", 2)), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_RELOAD)]);
+    assert_eq!(r.take_cluster_notes(), vec![C::Want(name("a.ini"), None)]);
+    // unplaced: stopped; noted once its exit is seen, and not respawned
+    let acts = r.place(&name("a.ini"), Some(7), "it moves", t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    assert!(r.take_cluster_notes().is_empty());
+    let acts = r.exited(ids[0], ExitStatus::Code(0), t);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert_eq!(r.take_cluster_notes(), vec![C::Stopped(name("a.ini"), 7)]);
+    assert_eq!(
+        r.vassal("a.ini").unwrap().phase.state(),
+        VassalState::Stopped
+    );
+    // placed again: started again; removed: the cluster hears it is gone
+    let acts = r.place(&name("a.ini"), None, "", t);
+    let ids = ack(&mut r, &acts);
+    assert_eq!(ids.len(), 1);
+    r.take_cluster_notes();
+    let (_, _) = apply(&mut r, 0, Change::Snapshot(vec![]), t);
+    r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(r.take_cluster_notes(), vec![C::Unwant(name("a.ini"))]);
+    // unplaced while it has no process: noted at once
+    apply(&mut r, 0, Change::Upsert(file("b.ini", 1)), t);
+    r.place(&name("b.ini"), None, "", t);
+    let acts = r.place(&name("b.ini"), Some(8), "lease lost", t);
+    // the spawn was asked for: it is stopped as soon as it is reported
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Send { .. })),
+        "{acts:?}"
+    );
+}

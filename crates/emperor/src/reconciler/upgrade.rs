@@ -16,6 +16,10 @@ pub fn busy_reason(rec: &Reconciler) -> Option<String> {
     if rec.shutting_down {
         return Some("the emperor is shutting down".into());
     }
+    if rec.cfg.cluster {
+        // the lease and the claims would have to be handed over too
+        return Some("a hot upgrade of a cluster member (--emperor-cluster) is not supported yet: restart it instead (its vassals move to the other members meanwhile)".into());
+    }
     if !rec.swaps.is_empty() || !rec.retiring.is_empty() {
         return Some(format!(
             "{} swap(s) of a changed config are in progress (--emperor-reload-mode swap); try again once they are done",
@@ -85,6 +89,7 @@ fn reason_name(r: StopReason) -> &'static str {
         StopReason::Idle => "idle",
         StopReason::Shutdown => "shutdown",
         StopReason::Operator => "operator",
+        StopReason::Unplaced => "unplaced",
     }
 }
 
@@ -96,6 +101,7 @@ fn reason_from(s: &str) -> Result<StopReason, String> {
         "idle" => StopReason::Idle,
         "shutdown" => StopReason::Shutdown,
         "operator" => StopReason::Operator,
+        "unplaced" => StopReason::Unplaced,
         other => return Err(format!("unknown stop reason {other:?}")),
     })
 }
@@ -407,6 +413,7 @@ fn restore_vassal(s: &SavedVassal, now: Instant) -> Result<Vassal, String> {
         zergs_started: s.zergs_started,
         listening: s.listening.clone(),
         stopped_by_operator: s.stopped_by_operator,
+        unplaced: None,
         paused: s.paused,
         held_change: s
             .held_change

@@ -304,6 +304,10 @@ pub struct Vassal {
     /// Overlay: stopped by an operator (`imperium ctl stop`): not started
     /// again, whatever its source says, until `imperium ctl start`.
     pub stopped_by_operator: bool,
+    /// Overlay (`--emperor-cluster`): this emperor holds no claim on it, so
+    /// it is not started here (and is stopped if it runs); the epoch of the
+    /// cluster's unplace (0 before it was ever placed). `None`: it may run.
+    pub unplaced: Option<u64>,
     /// Overlay: automatic reloads are paused (`imperium ctl pause`): config
     /// changes are held in [`Vassal::held_change`] until resumed.
     pub paused: bool,
@@ -360,6 +364,7 @@ impl Vassal {
             zergs_started: 0,
             listening: None,
             stopped_by_operator: false,
+            unplaced: None,
             paused: false,
             held_change: None,
             checking: None,

@@ -400,7 +400,7 @@ impl Executor {
     /// The vassal's own `[imperium]` section (an ini config, from its file
     /// or inline; other formats carry none), with limits it sets refused
     /// where vassals get no cgroup.
-    fn own_settings(&self, spec: &VassalSpec) -> Result<OwnSettings, String> {
+    pub(super) fn own_settings(&self, spec: &VassalSpec) -> Result<OwnSettings, String> {
         // the config's format follows the vassal's name (uWSGI's rule)
         if !spec.name.as_str().ends_with(".ini") {
             return Ok(OwnSettings::default());

@@ -107,6 +107,7 @@ pub struct Emperor {
     limits: Option<crate::cgroup::v1::V1Limits>,
     upgrade: Option<UpgradeSetup>,
     restored: Option<Restored>,
+    cluster: Option<Box<dyn crate::cluster::ClusterEngine>>,
 }
 
 impl Emperor {
@@ -121,7 +122,15 @@ impl Emperor {
             limits: None,
             upgrade: None,
             restored: None,
+            cluster: None,
         }
+    }
+
+    /// Runs only the vassals `engine` places on this emperor
+    /// (`--emperor-cluster`; needs [`ReconcilerConfig::cluster`]).
+    pub fn with_cluster(mut self, engine: Option<Box<dyn crate::cluster::ClusterEngine>>) -> Self {
+        self.cluster = engine;
+        self
     }
 
     /// Lets the emperor re-execute itself in place (`imperium ctl
@@ -228,6 +237,9 @@ impl Emperor {
                 l.ready(&rec);
             }
         }
+        let mut cluster = self
+            .cluster
+            .map(|engine| ClusterLink::start(engine, &mut rec));
         let mut monitor_tasks = Vec::new();
         for (i, m) in self.monitors.into_iter().enumerate() {
             let ctx = MonitorContext::new(i, opts.clone(), mon_tx.clone(), rescan_rx.clone());
@@ -296,6 +308,13 @@ impl Emperor {
                         actions
                     }
                 },
+                Some(o) = recv_cluster(&mut cluster) => {
+                    let now = Instant::now().into_std();
+                    match o {
+                        crate::cluster::ClusterOutput::Place(n) => rec.place(&n, None, "", now),
+                        crate::cluster::ClusterOutput::Unplace(n, why, epoch) => rec.place(&n, Some(epoch), why, now),
+                    }
+                }
                 m = mon_rx.recv(), if monitors_open => match m {
                     Some(m) => {
                         readiness.observe(m.monitor, &m.change, Instant::now().into_std());
@@ -339,6 +358,9 @@ impl Emperor {
             let _ = now;
             let n_actions = actions.len();
             exec.execute(&mut rec, actions);
+            if let Some(c) = cluster.as_mut() {
+                c.tell(&mut rec, &exec);
+            }
             if rec.take_rescan_wanted() {
                 rescan_tx.send_modify(|n| *n += 1);
             }
@@ -375,8 +397,12 @@ impl Emperor {
             }
         }
         // the monitors see the emperor go and close their sessions (the
-        // amqp:// queue is deleted, connections are closed cleanly)
+        // amqp:// queue is deleted, connections are closed cleanly); the
+        // cluster engine gives its lease up, now that nothing runs here
         drop(mon_rx);
+        if let Some(c) = cluster.take() {
+            monitor_tasks.push(c.finish());
+        }
         let closing = futures::future::join_all(monitor_tasks);
         if tokio::time::timeout(Duration::from_secs(2), closing)
             .await
@@ -429,6 +455,67 @@ impl Emperor {
         }
         *mercy_at = Some(Instant::now() + mercy);
         rec.shutdown(Instant::now().into_std())
+    }
+}
+
+/// The loop's side of the cluster engine (`--emperor-cluster`).
+struct ClusterLink {
+    inputs: mpsc::UnboundedSender<crate::cluster::ClusterInput>,
+    outputs: mpsc::UnboundedReceiver<crate::cluster::ClusterOutput>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ClusterLink {
+    fn start(engine: Box<dyn crate::cluster::ClusterEngine>, rec: &mut Reconciler) -> ClusterLink {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let view = Arc::new(std::sync::Mutex::new(crate::cluster::ClusterView {
+            engine: engine.describe(),
+            ..Default::default()
+        }));
+        rec.set_cluster_view(view.clone());
+        tracing::info!(engine = %engine.describe(), "[emperor] cluster: vassals are placed through {}", engine.describe());
+        let task = tokio::spawn(engine.run(crate::cluster::ClusterContext {
+            inputs: in_rx,
+            outputs: out_tx,
+            view,
+        }));
+        ClusterLink {
+            inputs: in_tx,
+            outputs: out_rx,
+            task,
+        }
+    }
+
+    /// Passes on what the reconciler noted; a wanted vassal's replicas come
+    /// from its `[imperium]` section.
+    fn tell(&mut self, rec: &mut Reconciler, exec: &Executor) {
+        for note in rec.take_cluster_notes() {
+            let note = match note {
+                crate::cluster::ClusterInput::Want(name, _) => {
+                    let replicas = rec
+                        .vassal(name.as_str())
+                        .and_then(|v| v.desired.as_ref())
+                        .and_then(|spec| exec.own_settings(spec).ok())
+                        .and_then(|own| own.replicas);
+                    crate::cluster::ClusterInput::Want(name, replicas)
+                }
+                other => other,
+            };
+            let _ = self.inputs.send(note);
+        }
+    }
+
+    fn finish(self) -> tokio::task::JoinHandle<()> {
+        drop(self.inputs);
+        self.task
+    }
+}
+
+async fn recv_cluster(c: &mut Option<ClusterLink>) -> Option<crate::cluster::ClusterOutput> {
+    match c {
+        Some(c) => c.outputs.recv().await,
+        None => std::future::pending().await,
     }
 }
 

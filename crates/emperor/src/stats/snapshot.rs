@@ -118,6 +118,10 @@ pub struct VassalSnap {
     /// beside the running one, until it takes over (0: not reported yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub swap_pid: Option<u32>,
+    /// `--emperor-cluster`: `here` (this emperor holds a claim on it) or
+    /// `elsewhere`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<&'static str>,
 }
 
 /// A change that failed its check, in a snapshot.
@@ -204,6 +208,9 @@ pub struct Snapshot {
     pub blacklist: Vec<BlacklistSnap>,
     /// The event counters.
     pub counters: Counters,
+    /// `--emperor-cluster`: the members and what each holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterView>,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -216,6 +223,8 @@ fn unix(t: SystemTime) -> f64 {
 struct Clock {
     now: Instant,
     wall: SystemTime,
+    /// `--emperor-cluster` is on.
+    cluster: bool,
 }
 
 impl Clock {
@@ -293,6 +302,11 @@ fn vassal_snap(v: &crate::reconciler::Vassal, clock: &Clock) -> VassalSnap {
             at: unix(r.at),
         }),
         swap_pid: v.successor.as_ref().map(|s| s.pid.unwrap_or(0)),
+        placement: clock.cluster.then_some(if v.unplaced.is_some() {
+            "elsewhere"
+        } else {
+            "here"
+        }),
     }
 }
 
@@ -348,9 +362,11 @@ pub fn redact(s: &str) -> String {
 impl Snapshot {
     /// Copies what observers may see out of the reconciler.
     pub fn take(rec: &Reconciler) -> Snapshot {
+        let cluster = rec.cluster_view();
         let clock = Clock {
             now: Instant::now(),
             wall: SystemTime::now(),
+            cluster: cluster.is_some(),
         };
         let monitors = rec
             .monitors()
@@ -396,6 +412,7 @@ impl Snapshot {
             vassals,
             blacklist,
             counters: rec.counters().clone(),
+            cluster,
         }
     }
 

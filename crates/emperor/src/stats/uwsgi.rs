@@ -78,6 +78,7 @@ impl Snapshot {
                     checking: v.checking,
                     rejected: v.rejected.as_ref(),
                     swap_pid: v.swap_pid,
+                    placement: v.placement,
                 })
                 .collect(),
             blacklist: self
@@ -93,6 +94,7 @@ impl Snapshot {
                 .collect(),
             monitors: &self.monitors,
             counters: &self.counters,
+            cluster: self.cluster.as_ref(),
         }
     }
 }
@@ -112,6 +114,8 @@ struct UwsgiStats<'a> {
     blacklist: Vec<UwsgiBlacklist<'a>>,
     monitors: &'a [MonitorSnap],
     counters: &'a Counters,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<&'a crate::cluster::ClusterView>,
 }
 
 #[derive(Serialize)]
@@ -162,6 +166,8 @@ struct UwsgiVassal<'a> {
     rejected: Option<&'a super::snapshot::RejectedSnap>,
     #[serde(skip_serializing_if = "Option::is_none")]
     swap_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<&'static str>,
 }
 
 #[derive(Serialize)]
