@@ -55,6 +55,17 @@ impl Fleet {
     }
 
     fn start(&mut self, node: &str, extra: &[&str]) {
+        let url = self.url.clone();
+        self.start_with(&[], node, &url, extra);
+    }
+
+    /// A member run through `wrapper` (a network namespace) on its own URL
+    /// of the engine.
+    fn start_wrapped(&mut self, wrapper: &[&str], node: &str, url: &str) {
+        self.start_with(wrapper, node, url, &[]);
+    }
+
+    fn start_with(&mut self, wrapper: &[&str], node: &str, url: &str, extra: &[&str]) {
         let hostdir = self.tmp.path().join(node);
         std::fs::create_dir_all(&hostdir).unwrap();
         let ctl = self.tmp.path().join(format!("{node}.ctl"));
@@ -68,7 +79,7 @@ impl Fleet {
             "--reload-mercy",
             "10",
             "--emperor-cluster",
-            &self.url,
+            url,
             "--emperor-cluster-node",
             node,
             "--emperor-cluster-ttl",
@@ -79,7 +90,8 @@ impl Fleet {
             ctl.to_str().unwrap(),
         ];
         args.extend(extra);
-        let imp = Imperium::start_with_env(
+        let imp = Imperium::start_wrapped(
+            wrapper,
             self.tmp.path(),
             args,
             &[("HOSTDIR", hostdir.to_str().unwrap())],
@@ -260,4 +272,395 @@ fn each_vassal_runs_once_and_a_killed_member_is_replaced_within_ttl() {
             );
         }
     }
+}
+
+/// The master pid of every copy, by vassal and node.
+fn masters(f: &Fleet) -> BTreeMap<(String, String), u32> {
+    let mut out = BTreeMap::new();
+    for m in &f.members {
+        for c in children(m.imp.pid()) {
+            let Ok(cmd) = std::fs::read(format!("/proc/{c}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if let Some(n) = cmd.split(' ').find(|a| a.ends_with(".ini")) {
+                let n = Path::new(n)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert((n, m.node.clone()), c);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_frozen_member_is_replaced_and_stops_its_copies_after_sigcont() {
+    let etcd = Etcd::start();
+    let mut f = Fleet::new(&etcd, 9);
+    for node in ["a", "b", "c"] {
+        f.start(node, &[]);
+    }
+    let all = names(9);
+    let (c, _) = f.settle(&all, |_| 1, |_| 1, Duration::from_secs(60));
+    let on_b: Vec<String> = c
+        .iter()
+        .filter(|(_, on)| on[0] == "b")
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(!on_b.is_empty(), "{c:?}");
+    let b_pid = f.member("b").imp.pid();
+    let frozen = Instant::now();
+    f.member("b").imp.signal(Signal::SIGSTOP);
+    // a frozen emperor cannot stop its vassals: they keep running, and the
+    // others start theirs once its lease expired
+    let replaced = wait_until(Duration::from_secs(TTL + 5), || {
+        let c = f.copies();
+        all.iter().all(|n| {
+            c.get(n)
+                .is_some_and(|on| on.iter().filter(|m| *m != "b").count() == 1)
+        })
+    });
+    let took = frozen.elapsed();
+    assert!(
+        replaced,
+        "not re-placed within TTL + 5 s: {:?}\n{}",
+        f.copies(),
+        f.logs()
+    );
+    eprintln!(
+        "frozen member's {} vassals re-placed in {took:?}",
+        on_b.len()
+    );
+    assert_eq!(
+        testkit::procs::ppid(masters(&f)[&(on_b[0].clone(), "b".into())]),
+        Some(b_pid)
+    );
+    // thawed: it sees its lease gone and stops its copies within seconds
+    let thawed = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(b_pid as i32), Signal::SIGCONT).unwrap();
+    let stopped = wait_until(Duration::from_secs(5), || {
+        f.copies().values().all(|on| on.len() == 1)
+    });
+    assert!(
+        stopped,
+        "duplicates after SIGCONT: {:?}\n{}",
+        f.copies(),
+        f.logs()
+    );
+    eprintln!("duplicates gone {:?} after SIGCONT", thawed.elapsed());
+    f.member("b")
+        .imp
+        .wait_log("stopping the", Duration::from_secs(1));
+    // then it takes its share back, one copy at a time
+    f.settle(&all, |_| 1, |_| 1, Duration::from_secs(30));
+}
+
+#[test]
+fn replicas_two_stay_on_distinct_members_through_a_join_and_a_death() {
+    let etcd = Etcd::start();
+    let mut f = Fleet::new(&etcd, 4);
+    std::fs::write(
+        f.vassals.join("everywhere.ini"),
+        vassal("[imperium]\nreplicas = all\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        f.vassals.join("single.ini"),
+        vassal("[imperium]\nreplicas = 1\n"),
+    )
+    .unwrap();
+    for node in ["a", "b", "c"] {
+        f.start(node, &["--emperor-replicas", "2"]);
+    }
+    let mut all = names(4);
+    all.push("everywhere.ini".into());
+    all.push("single.ini".into());
+    let want = |members: usize| {
+        move |n: &str| match n {
+            "everywhere.ini" => members,
+            "single.ini" => 1,
+            _ => 2,
+        }
+    };
+    // while the members come up a move may run one copy more
+    let surge = |members: usize| {
+        move |n: &str| match n {
+            "everywhere.ini" => members,
+            "single.ini" => 1,
+            _ => 3,
+        }
+    };
+    f.settle(&all, want(3), surge(3), Duration::from_secs(60));
+    // d joins: it takes its share, and a vassal with two replicas never
+    // runs fewer than two copies meanwhile (make before break)
+    f.start("d", &["--emperor-replicas", "2"]);
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut seen_on_d = false;
+    loop {
+        let c = f.copies();
+        for n in names(4) {
+            let k = c.get(&n).map_or(0, Vec::len);
+            assert!(
+                (2..=3).contains(&k),
+                "{n} runs {k} times during the join: {c:?}\n{}",
+                f.logs()
+            );
+        }
+        assert!(c.get("single.ini").map_or(0, Vec::len) <= 1, "{c:?}");
+        seen_on_d |= c.values().any(|on| on.iter().any(|m| m == "d"));
+        if seen_on_d
+            && c.get("everywhere.ini").map_or(0, Vec::len) == 4
+            && names(4).iter().all(|n| c[n].len() == 2)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "d never got its share: {c:?}\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (c, _) = f.settle(&all, want(4), surge(4), Duration::from_secs(30));
+    // a dies: its copies run on the others, still two on distinct members
+    let on_a = c.values().filter(|on| on.iter().any(|m| m == "a")).count();
+    f.member("a").imp.signal(Signal::SIGKILL);
+    f.members.retain(|m| m.node != "a");
+    let (c, _) = f.settle(&all, want(3), surge(4), Duration::from_secs(TTL + 7));
+    assert!(c.values().all(|on| !on.iter().any(|m| m == "a")));
+    eprintln!("a held {on_a} copies; re-placed");
+}
+
+#[test]
+fn the_engine_restarted_under_the_cluster_loses_nothing() {
+    let mut etcd = Etcd::start();
+    let mut f = Fleet::new(&etcd, 6);
+    for node in ["a", "b", "c"] {
+        f.start(node, &[]);
+    }
+    let all = names(6);
+    f.settle(&all, |_| 1, |_| 1, Duration::from_secs(60));
+    let before = masters(&f);
+    // down for twice the lease time: nobody fences, nothing restarts
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(2 * TTL));
+    assert_eq!(masters(&f), before, "{}", f.logs());
+    for m in &f.members {
+        let v = ctl_cluster(m);
+        assert_eq!(v["online"], false, "{v}");
+    }
+    etcd.restart();
+    let back = wait_until(Duration::from_secs(20), || {
+        f.members.iter().all(|m| ctl_cluster(m)["online"] == true)
+    });
+    assert!(back, "{}", f.logs());
+    std::thread::sleep(Duration::from_secs(TTL));
+    assert_eq!(masters(&f), before, "a vassal was restarted\n{}", f.logs());
+    for m in &f.members {
+        assert!(
+            !m.imp.log().contains("stopping the"),
+            "{} fenced\n{}",
+            m.node,
+            f.logs()
+        );
+    }
+}
+
+/// A network namespace linked to this one by a veth pair, with a TCP
+/// forwarder from the host side of the link to etcd on loopback: an
+/// emperor in the namespace reaches etcd only through the link, and
+/// [`Partition::cut`] cuts it.
+struct Partition {
+    ns: String,
+    host_if: String,
+    /// `ADDR:PORT` of the forwarder, as seen from the namespace.
+    endpoint: String,
+}
+
+impl Partition {
+    /// `None` (after saying why) where namespaces cannot be made.
+    fn new(etcd_port: u16) -> Option<Partition> {
+        let id = std::process::id() % 250;
+        let ns = format!("imp-part-{}", std::process::id());
+        let host_if = format!("impa{id}");
+        let (host, inner) = (format!("10.213.{id}.1"), format!("10.213.{id}.2"));
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host_if.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                format!("impb{id}"),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                format!("impb{id}"),
+                "netns".into(),
+                ns.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{host}/30"),
+                "dev".into(),
+                host_if.clone(),
+            ],
+            vec!["link".into(), "set".into(), host_if.clone(), "up".into()],
+            vec![
+                "-n".into(),
+                ns.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{inner}/30"),
+                "dev".into(),
+                format!("impb{id}"),
+            ],
+            vec![
+                "-n".into(),
+                ns.clone(),
+                "link".into(),
+                "set".into(),
+                format!("impb{id}"),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+        ];
+        let p = Partition {
+            ns,
+            host_if,
+            endpoint: String::new(),
+        };
+        for s in steps {
+            let o = std::process::Command::new("ip").args(&s).output();
+            if !o.as_ref().is_ok_and(|o| o.status.success()) {
+                eprintln!(
+                    "SKIPPED: cannot make a network namespace here (ip {}: {:?}); the partition test needs root and iproute2",
+                    s.join(" "),
+                    o.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                );
+                return None;
+            }
+        }
+        let listener = std::net::TcpListener::bind((host.as_str(), 0)).expect("bind the forwarder");
+        let endpoint = format!("{host}:{}", listener.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", etcd_port)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (conn.try_clone().unwrap(), up.try_clone().unwrap()),
+                    (up, conn),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        let mut p = p;
+        p.endpoint = endpoint;
+        Some(p)
+    }
+
+    fn wrapper(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", self.ns.as_str()]
+    }
+
+    fn set_link(&self, up: bool) {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", &self.host_if, if up { "up" } else { "down" }])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[test]
+fn a_member_cut_off_from_etcd_fences_itself_before_its_lease_expires() {
+    let etcd = Etcd::start();
+    let Some(part) = Partition::new(etcd.port) else {
+        return;
+    };
+    let mut f = Fleet::new(&etcd, 9);
+    f.start("a", &[]);
+    f.start("c", &[]);
+    // b runs in the namespace and reaches etcd only through the link
+    let url = format!("etcd://{}/fleet", part.endpoint);
+    f.start_wrapped(&part.wrapper(), "b", &url);
+    let all = names(9);
+    let (c, _) = f.settle(&all, |_| 1, |_| 1, Duration::from_secs(60));
+    let on_b = c.values().filter(|on| on[0] == "b").count();
+    assert!(on_b > 0, "{c:?}");
+    // cut: b stops its copies at its local deadline, before its lease can
+    // expire, so no sample ever shows a vassal twice
+    let cut = Instant::now();
+    part.set_link(false);
+    let mut fenced_at = None;
+    loop {
+        let c = f.copies();
+        assert!(
+            c.values().all(|on| on.len() <= 1),
+            "a vassal runs twice: {c:?}\n{}",
+            f.logs()
+        );
+        if fenced_at.is_none() && c.values().all(|on| on[0] != "b") {
+            fenced_at = Some(cut.elapsed());
+        }
+        if fenced_at.is_some() && all.iter().all(|n| c.contains_key(n)) {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(TTL + 5),
+            "not re-placed within TTL + 5 s: {c:?}\n{}",
+            f.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = cut.elapsed();
+    let fenced = fenced_at.unwrap();
+    assert!(
+        fenced < Duration::from_secs(TTL),
+        "b stopped its copies only after {fenced:?}"
+    );
+    eprintln!("a partitioned member stopped its {on_b} vassals {fenced:?} after the cut; they ran elsewhere {took:?} after it, never twice");
+    f.settle(&all, |_| 1, |_| 1, Duration::from_secs(10));
+    f.member("b")
+        .imp
+        .wait_log("before its lease can expire", Duration::from_secs(1));
+    // healed: b joins again and takes its share back, one copy at a time
+    part.set_link(true);
+    let (c, _) = f.settle(&all, |_| 1, |_| 1, Duration::from_secs(40));
+    assert!(
+        c.values().any(|on| on[0] == "b"),
+        "b never came back: {c:?}\n{}",
+        f.logs()
+    );
 }
