@@ -305,6 +305,9 @@ impl Collector for SnapshotCollector {
                 labelled(&mut m, &l)?.encode_counter::<Labels, u64, u64>(&v, NoExemplar::None)?;
             }
         }
+        if let Some(cl) = &s.cluster {
+            cluster_metrics(&mut e, cl, s, c)?;
+        }
         {
             let mut m = e.encode_descriptor(
                 "imperium_reaction_seconds",
@@ -323,6 +326,70 @@ impl Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// `--emperor-cluster`: the lease, the members, where each vassal runs.
+fn cluster_metrics(
+    e: &mut DescriptorEncoder,
+    cl: &crate::cluster::ClusterView,
+    s: &Snapshot,
+    c: &crate::events::Counters,
+) -> std::fmt::Result {
+    {
+        let mut m = e.encode_descriptor(
+            "imperium_cluster_online",
+            "1 while this member's lease is valid and the cluster engine reachable, else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        let l = vec![("node".to_string(), cl.node.clone())];
+        labelled(&mut m, &l)?.encode_gauge(&i64::from(cl.online))?;
+    }
+    {
+        let mut m = e.encode_descriptor(
+            "imperium_cluster_members",
+            "Live members of the cluster, as this member sees them.",
+            None,
+            MetricType::Gauge,
+        )?;
+        m.encode_gauge(&(cl.members.iter().filter(|m| m.live).count() as i64))?;
+    }
+    {
+        let mut m = e.encode_descriptor(
+            "imperium_cluster_member_slots",
+            "Vassal slots each member holds.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for mem in &cl.members {
+            let l = vec![("member".to_string(), mem.node.clone())];
+            labelled(&mut m, &l)?.encode_gauge(&(mem.holds.len() as i64))?;
+        }
+    }
+    {
+        let mut m = e.encode_descriptor(
+            "imperium_vassal_placed_here",
+            "1 when the cluster placed the vassal on this member, else 0.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for v in s.vassals.iter().filter(|v| !v.zerg) {
+            let l = vec![("vassal".to_string(), v.name.clone())];
+            labelled(&mut m, &l)?.encode_gauge(&i64::from(v.placement == Some("here")))?;
+        }
+    }
+    counter(
+        e,
+        "imperium_cluster_placements",
+        "Vassals placed on this member.",
+        c.placements,
+    )?;
+    counter(
+        e,
+        "imperium_cluster_unplacements",
+        "Vassals that left this member (moved, or its lease was lost).",
+        c.unplacements,
+    )
 }
 
 /// The OpenMetrics text of a snapshot.
@@ -417,6 +484,70 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[test]
+    fn a_cluster_member_exposes_its_lease_members_and_placements() {
+        let mut rec = Reconciler::new(
+            ReconcilerConfig {
+                cluster: true,
+                ..ReconcilerConfig::default()
+            },
+            vec!["dir:///v".into()],
+        );
+        let t = Instant::now();
+        let n = |s: &str| VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap();
+        rec.monitor_change(
+            0,
+            Change::Snapshot(vec![
+                VassalSpec::inline(n("a.ini"), "x", ChangeKey::Stamp(1)),
+                VassalSpec::inline(n("b.ini"), "x", ChangeKey::Stamp(1)),
+            ]),
+            t,
+        );
+        rec.place(&n("a.ini"), None, "", t);
+        let view = crate::cluster::ClusterView {
+            node: "n1".into(),
+            online: true,
+            members: ["n1", "n2"]
+                .iter()
+                .map(|m| crate::cluster::MemberView {
+                    node: (*m).into(),
+                    live: true,
+                    me: *m == "n1",
+                    holds: vec![crate::cluster::Holding {
+                        vassal: "a.ini".into(),
+                        slot: u32::from(*m == "n2"),
+                        running: true,
+                    }],
+                })
+                .collect(),
+            ..Default::default()
+        };
+        rec.set_cluster_view(std::sync::Arc::new(std::sync::Mutex::new(view)));
+        let text = render(Snapshot::take(&rec));
+        assert_eq!(
+            value(&text, "imperium_cluster_online{node=\"n1\"} "),
+            1.0,
+            "{text}"
+        );
+        assert_eq!(value(&text, "imperium_cluster_members "), 2.0);
+        assert_eq!(
+            value(&text, "imperium_cluster_member_slots{member=\"n2\"} "),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "imperium_vassal_placed_here{vassal=\"a.ini\"} "),
+            1.0
+        );
+        assert_eq!(
+            value(&text, "imperium_vassal_placed_here{vassal=\"b.ini\"} "),
+            0.0
+        );
+        assert_eq!(value(&text, "imperium_cluster_placements_total "), 1.0);
+        // without a cluster, none of it
+        let plain = Reconciler::new(ReconcilerConfig::default(), vec![]);
+        assert!(!render(Snapshot::take(&plain)).contains("imperium_cluster"));
     }
 
     #[test]
