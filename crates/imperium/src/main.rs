@@ -823,19 +823,19 @@ fn cluster_engine(cli: &Cli) -> Result<Option<Box<dyn emperor::cluster::ClusterE
             .trim()
             .to_string(),
     };
-    #[cfg(not(feature = "etcd"))]
+    #[cfg(not(any(feature = "etcd", feature = "zoo")))]
     {
         let _ = (url, node);
-        bail!("--emperor-cluster: this imperium was built without the etcd feature");
+        bail!("--emperor-cluster: this imperium was built without the etcd and zoo features");
     }
-    #[cfg(feature = "etcd")]
+    #[cfg(any(feature = "etcd", feature = "zoo"))]
     let settings = monitors::cluster::ClusterSettings {
         node,
         replicas: cli.emperor_replicas.unwrap_or(1),
         ttl: Duration::from_secs(cli.emperor_cluster_ttl.unwrap_or(10)),
         claim_delay: Duration::from_secs(cli.emperor_cluster_claim_delay.unwrap_or(2)),
     };
-    #[cfg(feature = "etcd")]
+    #[cfg(any(feature = "etcd", feature = "zoo"))]
     Ok(Some(
         monitors::cluster::build(url, settings).context("--emperor-cluster")?,
     ))

@@ -113,17 +113,6 @@ pub(crate) async fn connect_endpoints(
     endpoints: &[String],
     auth: Option<&(String, String)>,
 ) -> Result<etcd::Client, String> {
-    connect_raw(endpoints, auth)
-        .await
-        .map_err(|e| format!("connect to {}: {e}", endpoints.join(",")))
-}
-
-/// [`connect_endpoints`], with the error itself (a cluster member tells a
-/// refused connection from a lost one).
-pub(crate) async fn connect_raw(
-    endpoints: &[String],
-    auth: Option<&(String, String)>,
-) -> Result<etcd::Client, ConnectError> {
     let mut opts = etcd::ConnectOptions::new()
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(10), REQUEST_TIMEOUT)
@@ -134,26 +123,8 @@ pub(crate) async fn connect_raw(
     let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
     match tokio::time::timeout(REQUEST_TIMEOUT, etcd::Client::connect(urls, Some(opts))).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(ConnectError::Etcd(e)),
-        Err(_) => Err(ConnectError::TimedOut),
-    }
-}
-
-/// Why no client could be made.
-#[derive(Debug)]
-pub(crate) enum ConnectError {
-    /// The client's error.
-    Etcd(etcd::Error),
-    /// No answer in time.
-    TimedOut,
-}
-
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Etcd(e) => write!(f, "{e}"),
-            ConnectError::TimedOut => f.write_str("timed out"),
-        }
+        Ok(Err(e)) => Err(format!("connect to {}: {e}", endpoints.join(","))),
+        Err(_) => Err(format!("connect to {}: timed out", endpoints.join(","))),
     }
 }
 

@@ -19,7 +19,7 @@ mod session;
 
 pub use args::{MonitorArgs, MonitorOption, OptionKind};
 
-#[cfg(feature = "etcd")]
+#[cfg(any(feature = "etcd", feature = "zoo"))]
 pub mod cluster;
 #[cfg(feature = "dir")]
 pub mod dir;

@@ -43,7 +43,8 @@ impl ZooKeeper {
         std::fs::create_dir(dir.path().join("data")).expect("create data dir");
         let port = free_port();
         let cfg = format!(
-            "tickTime=2000\n\
+            "tickTime=500\n\
+             maxSessionTimeout=60000\n\
              dataDir={data}\n\
              clientPort={port}\n\
              clientPortAddress=127.0.0.1\n\
