@@ -5,6 +5,7 @@
 //! measurement and the ratios imperium/uWSGI. See docs/performance.md for
 //! the method.
 
+mod cluster;
 mod emperor;
 mod floor;
 mod interrupt;
@@ -75,6 +76,17 @@ struct Args {
     /// Keep every emperor's log in this directory.
     #[arg(long)]
     logs: Option<PathBuf>,
+    /// Also measure `--emperor-cluster` failover and the duplicate window
+    /// of a frozen member (three imperium emperors, a private etcd) at
+    /// each `--cluster-ttl`.
+    #[arg(long)]
+    cluster: bool,
+    /// Measure only `--emperor-cluster` (implies --cluster).
+    #[arg(long)]
+    cluster_only: bool,
+    /// The lease times of the cluster rows, in seconds, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,5,10")]
+    cluster_ttl: Vec<u64>,
 }
 
 /// Samples of one measurement for one contender.
@@ -222,7 +234,41 @@ fn main() -> Result<()> {
         .map(|(c, _)| c)
         .collect();
     let mut failed = Vec::new();
-    for round in 0..b.args.rounds {
+    let mut clusters: BTreeMap<u64, Vec<cluster::Round>> = BTreeMap::new();
+    if b.args.cluster || b.args.cluster_only {
+        eprintln!("starting a private etcd for the --emperor-cluster rows");
+        let etcd = testkit::servers::etcd::Etcd::start();
+        for round in 0..b.args.rounds {
+            for ttl in b.args.cluster_ttl.clone() {
+                eprintln!(
+                    "[{:>4}s] round {}/{}: --emperor-cluster, 3 imperium emperors, {} test vassals, TTL {ttl} s",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    b.args.rounds,
+                    b.args.vassals
+                );
+                let tag = format!("{ttl}-{round}");
+                match cluster::round(
+                    &b.progs.imperium,
+                    &b.test_vassal,
+                    &etcd.endpoint(),
+                    b.args.vassals,
+                    ttl,
+                    &tag,
+                    b.args.logs.clone(),
+                ) {
+                    Ok(r) => clusters.entry(ttl).or_default().push(r),
+                    Err(e) => keep_going(Err(e), &format!("cluster (TTL {ttl} s)"), &mut failed),
+                }
+            }
+        }
+    }
+    let rounds = if b.args.cluster_only {
+        0
+    } else {
+        b.args.rounds
+    };
+    for round in 0..rounds {
         let mut order = contenders.to_vec();
         order.rotate_left(round % contenders.len());
         for who in &order {
@@ -302,7 +348,10 @@ fn main() -> Result<()> {
             }
         }
     }
-    print_report(&b, &contenders, started.elapsed());
+    if !b.args.cluster_only {
+        print_report(&b, &contenders, started.elapsed());
+    }
+    print_cluster(&b, &clusters);
     if !failed.is_empty() {
         println!("\nNot measured to the end (the rows above hold what was measured before):");
         for f in &failed {
@@ -988,6 +1037,49 @@ fn print_report(b: &Bench, contenders: &[Contender], took: Duration) {
             ratio(imp, med(row, Contender::Uwsgi(Some(1)))),
             ratio(imp, med(row, Contender::Floor)),
         ));
+        println!("{s}");
+    }
+}
+
+/// The `--emperor-cluster` rows: medians by lease time.
+fn print_cluster(b: &Bench, rows: &BTreeMap<u64, Vec<cluster::Round>>) {
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "--emperor-cluster: 3 imperium emperors, {} test vassals, a private etcd, claim delay 2 s (uWSGI: no equivalent, every emperor runs every vassal)",
+        b.args.vassals
+    );
+    println!();
+    let mut head = String::from("| measurement (median, ms) |");
+    let mut line = String::from("|---|");
+    for ttl in rows.keys() {
+        head.push_str(&format!(" TTL {ttl} s |"));
+        line.push_str("---:|");
+    }
+    println!("{head}");
+    println!("{line}");
+    type Pick = fn(&cluster::Round) -> f64;
+    let picks: [(&str, Pick); 3] = [
+        (
+            "SIGKILL of a member -> its vassals running elsewhere",
+            |r| r.killed,
+        ),
+        (
+            "SIGSTOP of a member -> its vassals running elsewhere too",
+            |r| r.frozen,
+        ),
+        ("SIGCONT -> the frozen member's duplicates gone", |r| {
+            r.thawed
+        }),
+    ];
+    for (what, pick) in picks {
+        let mut s = format!("| {what} |");
+        for rs in rows.values() {
+            let v: Vec<f64> = rs.iter().map(pick).collect();
+            s.push_str(&format!(" {} |", fmt(median(&v))));
+        }
         println!("{s}");
     }
 }

@@ -181,6 +181,12 @@ const RESTART_ONLY: &[&str] = &[
     "abstract-socket",
     "vassal-cgroup",
     "early-emperor",
+    // the reconciler's cluster mode and the engine's lease
+    "emperor-cluster",
+    "emperor-cluster-node",
+    "emperor-replicas",
+    "emperor-cluster-ttl",
+    "emperor-cluster-claim-delay",
 ];
 
 /// What differs between the settings an emperor started with and the ones

@@ -159,26 +159,35 @@ fn a_member_leaving_moves_only_its_share_after_the_claim_delay() {
     assert_eq!(total, 60);
 }
 
-#[test]
-fn a_joining_member_takes_its_share_break_before_make_with_one_replica() {
-    let mut ps = placers(&["a", "b"], 1, 40);
+/// a and b settled with `vassals` of `k` replicas, then c joins: the
+/// three placers (claims read, nothing decided yet) and the claim table.
+fn c_joins_a_and_b(
+    k: u32,
+    vassals: usize,
+    now: Instant,
+) -> (Vec<Placer>, BTreeMap<VassalName, BTreeMap<u32, Claim>>) {
+    let mut ps = placers(&["a", "b"], k, vassals);
     let mut table = BTreeMap::new();
-    let now = Instant::now();
     settle(&mut ps, &mut table, now);
-    let mut c = Placer::new("c", 1, Duration::from_secs(2));
+    let mut c = Placer::new("c", k, Duration::from_secs(2));
     c.set_online(true);
-    for i in 0..40 {
+    for i in 0..vassals {
         c.input(ClusterInput::Want(n(&format!("v{i}.ini")), None));
     }
     ps.push(c);
     for p in &mut ps {
         p.set_members(members(&["a", "b", "c"]), now);
-    }
-    // one round: the displaced holders stop and release; nobody else
-    // claims a slot still held
-    for p in ps.iter_mut() {
         p.reset_claims(table.clone());
     }
+    (ps, table)
+}
+
+#[test]
+fn a_joining_member_takes_its_share_break_before_make_with_one_replica() {
+    let now = Instant::now();
+    let (mut ps, mut table) = c_joins_a_and_b(1, 40, now);
+    // one round: the displaced holders stop and release; nobody else
+    // claims a slot still held
     let ops = ps[2].decide(now);
     assert!(
         ops.is_empty(),
@@ -203,20 +212,8 @@ fn a_joining_member_takes_its_share_break_before_make_with_one_replica() {
 
 #[test]
 fn with_two_replicas_a_move_is_make_before_break() {
-    let mut ps = placers(&["a", "b"], 2, 30);
-    let mut table = BTreeMap::new();
     let now = Instant::now();
-    settle(&mut ps, &mut table, now);
-    let mut c = Placer::new("c", 2, Duration::from_secs(2));
-    c.set_online(true);
-    for i in 0..30 {
-        c.input(ClusterInput::Want(n(&format!("v{i}.ini")), None));
-    }
-    ps.push(c);
-    for p in &mut ps {
-        p.set_members(members(&["a", "b", "c"]), now);
-        p.reset_claims(table.clone());
-    }
+    let (mut ps, mut table) = c_joins_a_and_b(2, 30, now);
     // c's first step is the surge slot; a and b keep running everything
     let ops = ps[2].decide(now);
     assert!(!ops.is_empty());

@@ -37,6 +37,11 @@ pub enum OperatorError {
     /// Ragnarok has begun.
     #[error("the emperor is shutting down")]
     ShuttingDown,
+    /// `start` of a vassal the cluster placed on other emperors.
+    #[error(
+        "vassal {0} is placed on another emperor of the cluster (imperium ctl cluster shows which)"
+    )]
+    Elsewhere(String),
     /// `reload` of a vassal whose last change was rejected, or is being
     /// checked, without `--force`.
     #[error("vassal {name} was not reloaded: {why}; the running instance keeps its config (reload it with --force to apply the change anyway)")]
@@ -202,6 +207,9 @@ impl Reconciler {
         }
         if v.desired.is_none() {
             return Err(OperatorError::Removed(name.to_string()));
+        }
+        if v.unplaced.is_some() {
+            return Err(OperatorError::Elsewhere(name.to_string()));
         }
         v.stopped_by_operator = false;
         let mut out = Vec::new();

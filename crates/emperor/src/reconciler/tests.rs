@@ -1744,6 +1744,10 @@ fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
     let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     assert!(acts.is_empty(), "not started before it is placed: {acts:?}");
     assert_eq!(r.take_cluster_notes(), vec![C::Want(name("a.ini"), None)]);
+    assert_eq!(
+        r.start_one("a.ini", t),
+        Err(OperatorError::Elsewhere("a.ini".into()))
+    );
     let acts = r.place(&name("a.ini"), None, "", t);
     let ids = ack(&mut r, &acts);
     assert_eq!(ids.len(), 1);

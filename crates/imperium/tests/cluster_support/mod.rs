@@ -34,49 +34,33 @@ pub trait Engine {
     fn restart(&mut self);
 }
 
-#[cfg(feature = "etcd")]
-impl Engine for testkit::servers::etcd::Etcd {
-    fn start() -> Self {
-        testkit::servers::etcd::Etcd::start()
-    }
-    fn url(&self, endpoint: Option<&str>) -> String {
-        format!(
-            "etcd://{}/fleet",
-            endpoint.map_or_else(|| self.endpoint(), str::to_string)
-        )
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn stop(&mut self) {
-        testkit::servers::etcd::Etcd::stop(self);
-    }
-    fn restart(&mut self) {
-        testkit::servers::etcd::Etcd::restart(self);
-    }
+/// The [`Engine`] of a testkit server type: `$scheme://$endpoint()/fleet`.
+macro_rules! engine {
+    ($feature:literal, $t:ty, $scheme:literal, $endpoint:ident) => {
+        #[cfg(feature = $feature)]
+        impl Engine for $t {
+            fn start() -> Self {
+                <$t>::start()
+            }
+            fn url(&self, endpoint: Option<&str>) -> String {
+                let at = endpoint.map_or_else(|| self.$endpoint(), str::to_string);
+                format!("{}://{at}/fleet", $scheme)
+            }
+            fn port(&self) -> u16 {
+                self.port
+            }
+            fn stop(&mut self) {
+                <$t>::stop(self);
+            }
+            fn restart(&mut self) {
+                <$t>::restart(self);
+            }
+        }
+    };
 }
 
-#[cfg(feature = "zoo")]
-impl Engine for testkit::servers::zookeeper::ZooKeeper {
-    fn start() -> Self {
-        testkit::servers::zookeeper::ZooKeeper::start()
-    }
-    fn url(&self, endpoint: Option<&str>) -> String {
-        format!(
-            "zoo://{}/fleet",
-            endpoint.map_or_else(|| self.hosts(), str::to_string)
-        )
-    }
-    fn port(&self) -> u16 {
-        self.port
-    }
-    fn stop(&mut self) {
-        testkit::servers::zookeeper::ZooKeeper::stop(self);
-    }
-    fn restart(&mut self) {
-        testkit::servers::zookeeper::ZooKeeper::restart(self);
-    }
-}
+engine!("etcd", testkit::servers::etcd::Etcd, "etcd", endpoint);
+engine!("zoo", testkit::servers::zookeeper::ZooKeeper, "zoo", hosts);
 
 /// A vassal: a uWSGI master with one worker and no app, on a socket in its
 /// emperor's directory.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use emperor::{MonitorError, VassalName};
 use etcd_client as etcd;
 
-use super::{claim_value, member_value, parse_claim, Claims, Lease, Seen, Store, Write};
+use super::{claim_value, member_value, parse_claim, timed, Claims, Lease, Seen, Store, Write};
 
 /// The etcd store.
 pub(crate) struct EtcdStore {
@@ -29,17 +29,6 @@ struct Conn {
     keeper: etcd::LeaseKeeper,
     renewals: etcd::LeaseKeepAliveStream,
     watch: Option<etcd::WatchStream>,
-}
-
-async fn timed<T>(
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, etcd::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(super::REQUEST_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: timed out")),
-    }
 }
 
 impl EtcdStore {

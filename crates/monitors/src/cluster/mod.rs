@@ -225,6 +225,18 @@ pub(crate) fn member_value(node: &str) -> String {
 /// How long one request may take.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `f` within [`REQUEST_TIMEOUT`], its error as text naming `what`.
+pub(crate) async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: timed out")),
+    }
+}
+
 /// Whether every endpoint refuses connections (the engine is down on
 /// hosts that answer), checked with a plain TCP connection to each.
 async fn engine_refuses(endpoints: &[String]) -> bool {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use emperor::{MonitorError, VassalName};
 use zookeeper_client as zk;
 
-use super::{claim_value, member_value, parse_claim, Claims, Lease, Seen, Store, Write};
+use super::{claim_value, member_value, parse_claim, timed, Claims, Lease, Seen, Store, Write};
 
 /// The ZooKeeper store.
 pub(crate) struct ZooStore {
@@ -67,17 +67,6 @@ fn parse_claim_node(node: &str) -> Option<(VassalName, u32)> {
         .replace("%40", "@")
         .replace("%25", "%");
     (!name.is_empty()).then(|| (VassalName::derived(name), slot))
-}
-
-async fn timed<T>(
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, zk::Error>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(super::REQUEST_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: timed out")),
-    }
 }
 
 impl ZooStore {
