@@ -1,6 +1,6 @@
 //! `--cluster`: `--emperor-cluster` failover and duplicate window against
 //! the lease time. Three imperium emperors share one directory of N test
-//! vassals and one private etcd; each measurement is taken from the
+//! vassals and one private etcd or ZooKeeper; each measurement is taken from the
 //! processes (a copy of a vassal is a child of an emperor whose command
 //! line names the config). uWSGI has nothing to compare with: its emperors
 //! that share a source each run every vassal.
@@ -80,7 +80,11 @@ impl Fleet<'_> {
                     let f = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(d.join(format!("cluster-{}-{node}.log", self.ttl)))?;
+                        .open(d.join(format!(
+                            "cluster-{}-{}-{node}.log",
+                            self.url.split(':').next().unwrap_or("engine"),
+                            self.ttl
+                        )))?;
                     Stdio::from(f)
                 }
                 None => Stdio::null(),
@@ -175,10 +179,9 @@ impl Fleet<'_> {
 pub fn round(
     imperium: &Path,
     vassal: &Path,
-    etcd: &str,
+    url: &str,
     n: usize,
     ttl: u64,
-    tag: &str,
     logs: Option<PathBuf>,
 ) -> Result<Round> {
     let tmp = tempfile::Builder::new()
@@ -193,7 +196,7 @@ pub fn round(
         logs,
         vassal,
         dir: tmp.path().to_path_buf(),
-        url: format!("etcd://{etcd}/bench-{tag}"),
+        url: url.to_string(),
         ttl,
         members: Vec::new(),
     };

@@ -77,8 +77,8 @@ struct Args {
     #[arg(long)]
     logs: Option<PathBuf>,
     /// Also measure `--emperor-cluster` failover and the duplicate window
-    /// of a frozen member (three imperium emperors, a private etcd) at
-    /// each `--cluster-ttl`.
+    /// of a frozen member (three imperium emperors, a private engine) at
+    /// each `--cluster-ttl`, with each `--cluster-engine`.
     #[arg(long)]
     cluster: bool,
     /// Measure only `--emperor-cluster` (implies --cluster).
@@ -87,6 +87,10 @@ struct Args {
     /// The lease times of the cluster rows, in seconds, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "2,5,10")]
     cluster_ttl: Vec<u64>,
+    /// The engines of the cluster rows: etcd, zoo (ZooKeeper), comma
+    /// separated.
+    #[arg(long, value_delimiter = ',', default_value = "etcd", value_parser = ["etcd", "zoo"])]
+    cluster_engine: Vec<String>,
 }
 
 /// Samples of one measurement for one contender.
@@ -234,35 +238,11 @@ fn main() -> Result<()> {
         .map(|(c, _)| c)
         .collect();
     let mut failed = Vec::new();
-    let mut clusters: BTreeMap<u64, Vec<cluster::Round>> = BTreeMap::new();
-    if b.args.cluster || b.args.cluster_only {
-        eprintln!("starting a private etcd for the --emperor-cluster rows");
-        let etcd = testkit::servers::etcd::Etcd::start();
-        for round in 0..b.args.rounds {
-            for ttl in b.args.cluster_ttl.clone() {
-                eprintln!(
-                    "[{:>4}s] round {}/{}: --emperor-cluster, 3 imperium emperors, {} test vassals, TTL {ttl} s",
-                    started.elapsed().as_secs(),
-                    round + 1,
-                    b.args.rounds,
-                    b.args.vassals
-                );
-                let tag = format!("{ttl}-{round}");
-                match cluster::round(
-                    &b.progs.imperium,
-                    &b.test_vassal,
-                    &etcd.endpoint(),
-                    b.args.vassals,
-                    ttl,
-                    &tag,
-                    b.args.logs.clone(),
-                ) {
-                    Ok(r) => clusters.entry(ttl).or_default().push(r),
-                    Err(e) => keep_going(Err(e), &format!("cluster (TTL {ttl} s)"), &mut failed),
-                }
-            }
-        }
-    }
+    let clusters = if b.args.cluster || b.args.cluster_only {
+        cluster_suite(&b, started, &mut failed)
+    } else {
+        Clusters::new()
+    };
     let rounds = if b.args.cluster_only {
         0
     } else {
@@ -1041,21 +1021,69 @@ fn print_report(b: &Bench, contenders: &[Contender], took: Duration) {
     }
 }
 
-/// The `--emperor-cluster` rows: medians by lease time.
-fn print_cluster(b: &Bench, rows: &BTreeMap<u64, Vec<cluster::Round>>) {
+/// The `--emperor-cluster` rounds, by engine and lease time.
+type Clusters = BTreeMap<(String, u64), Vec<cluster::Round>>;
+
+/// Every `--emperor-cluster` round: each engine, each lease time.
+fn cluster_suite(b: &Bench, started: Instant, failed: &mut Vec<String>) -> Clusters {
+    let mut out = Clusters::new();
+    for engine in &b.args.cluster_engine {
+        eprintln!("starting a private {engine} for the --emperor-cluster rows");
+        // kept running for the rounds of this engine
+        let (_etcd, _zoo, base) = if engine == "zoo" {
+            let z = testkit::servers::zookeeper::ZooKeeper::start();
+            let base = format!("zoo://{}", z.hosts());
+            (None, Some(z), base)
+        } else {
+            let e = testkit::servers::etcd::Etcd::start();
+            let base = format!("etcd://{}", e.endpoint());
+            (Some(e), None, base)
+        };
+        for round in 0..b.args.rounds {
+            for ttl in b.args.cluster_ttl.clone() {
+                eprintln!(
+                    "[{:>4}s] round {}/{}: --emperor-cluster {engine}, 3 imperium emperors, {} test vassals, TTL {ttl} s",
+                    started.elapsed().as_secs(),
+                    round + 1,
+                    b.args.rounds,
+                    b.args.vassals
+                );
+                let url = format!("{base}/bench-{ttl}-{round}");
+                let r = cluster::round(
+                    &b.progs.imperium,
+                    &b.test_vassal,
+                    &url,
+                    b.args.vassals,
+                    ttl,
+                    b.args.logs.clone(),
+                );
+                match r {
+                    Ok(r) => out.entry((engine.clone(), ttl)).or_default().push(r),
+                    Err(e) => {
+                        keep_going(Err(e), &format!("cluster {engine} (TTL {ttl} s)"), failed)
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The `--emperor-cluster` rows: medians by engine and lease time.
+fn print_cluster(b: &Bench, rows: &Clusters) {
     if rows.is_empty() {
         return;
     }
     println!();
     println!(
-        "--emperor-cluster: 3 imperium emperors, {} test vassals, a private etcd, claim delay 2 s (uWSGI: no equivalent, every emperor runs every vassal)",
+        "--emperor-cluster: 3 imperium emperors, {} test vassals, claim delay 2 s (uWSGI: no equivalent, every emperor runs every vassal)",
         b.args.vassals
     );
     println!();
     let mut head = String::from("| measurement (median, ms) |");
     let mut line = String::from("|---|");
-    for ttl in rows.keys() {
-        head.push_str(&format!(" TTL {ttl} s |"));
+    for (engine, ttl) in rows.keys() {
+        head.push_str(&format!(" {engine}, TTL {ttl} s |"));
         line.push_str("---:|");
     }
     println!("{head}");

@@ -26,7 +26,7 @@
 //! - **Fencing** is the engine's: when it cannot renew its lease before a
 //!   local deadline shorter than the lease, it calls [`Placer::fence`].
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -184,6 +184,16 @@ pub struct Placer {
     hold_until: Option<Instant>,
     /// The last unplace epoch given out.
     epoch: u64,
+    /// Vassals whose decision may have changed since the last
+    /// [`Placer::decide`] (a claim, an input), so that one event costs one
+    /// decision, not one per vassal.
+    dirty: BTreeSet<VassalName>,
+    /// Every vassal must be decided again (members, the lease, the claim
+    /// delay changed).
+    all_dirty: bool,
+    /// Each vassal's members by weight, highest first, while the members
+    /// stay the same.
+    ranking: HashMap<VassalName, Vec<String>>,
 }
 
 impl Placer {
@@ -201,6 +211,9 @@ impl Placer {
             online: false,
             hold_until: None,
             epoch: 0,
+            dirty: BTreeSet::new(),
+            all_dirty: true,
+            ranking: HashMap::new(),
         }
     }
 
@@ -213,6 +226,7 @@ impl Placer {
     /// made (`false`: the engine cannot be reached; what is held keeps
     /// running, nothing new is claimed).
     pub fn set_online(&mut self, online: bool) {
+        self.all_dirty |= online != self.online;
         self.online = online;
         if !online {
             self.inflight.clear();
@@ -227,28 +241,36 @@ impl Placer {
     /// The live members are `members` (read or watched). A member that
     /// left holds new claims back for the claim delay.
     pub fn set_members(&mut self, members: BTreeSet<String>, now: Instant) {
+        if members == self.members {
+            return;
+        }
         let left = self.members.difference(&members).next().is_some();
         if left && !self.members.is_empty() {
             self.hold_until = Some(now + self.claim_delay);
         }
         self.members = members;
+        self.ranking.clear();
+        self.all_dirty = true;
     }
 
     /// Every claim, as read from the engine (after a reconnection).
     pub fn reset_claims(&mut self, claims: BTreeMap<VassalName, BTreeMap<u32, Claim>>) {
         self.claims = claims;
         self.inflight.clear();
+        self.all_dirty = true;
     }
 
     /// Slot `slot` of `name` is now held as `claim`.
     pub fn claim_put(&mut self, name: VassalName, slot: u32, claim: Claim) {
         self.inflight.remove(&(name.clone(), slot));
+        self.dirty.insert(name.clone());
         self.claims.entry(name).or_default().insert(slot, claim);
     }
 
     /// Slot `slot` of `name` is free.
     pub fn claim_deleted(&mut self, name: &VassalName, slot: u32) {
         self.inflight.remove(&(name.clone(), slot));
+        self.dirty.insert(name.clone());
         if let Some(c) = self.claims.get_mut(name) {
             c.remove(&slot);
             if c.is_empty() {
@@ -261,10 +283,16 @@ impl Placer {
     /// again.
     pub fn op_done(&mut self, name: &VassalName, slot: u32) {
         self.inflight.remove(&(name.clone(), slot));
+        self.dirty.insert(name.clone());
     }
 
     /// What the loop reported.
     pub fn input(&mut self, i: ClusterInput) {
+        let (ClusterInput::Want(n, _)
+        | ClusterInput::Unwant(n)
+        | ClusterInput::Running(n)
+        | ClusterInput::Stopped(n, _)) = &i;
+        self.dirty.insert(n.clone());
         match i {
             ClusterInput::Want(n, r) => {
                 self.wants.insert(n.clone(), r);
@@ -273,6 +301,7 @@ impl Placer {
             ClusterInput::Unwant(n) => {
                 self.wants.remove(&n);
                 self.local.remove(&n);
+                self.ranking.remove(&n);
             }
             ClusterInput::Running(n) => {
                 if let Some(l) = self.local.get_mut(&n) {
@@ -295,6 +324,7 @@ impl Placer {
     /// The claims went with the lease.
     pub fn fence(&mut self, why: &'static str) -> Vec<Op> {
         self.set_online(false);
+        self.all_dirty = true;
         let me = self.me.clone();
         for c in self.claims.values_mut() {
             c.retain(|_, cl| cl.node != me);
@@ -331,27 +361,59 @@ impl Placer {
     pub fn decide(&mut self, now: Instant) -> Vec<Op> {
         if self.hold_until.is_some_and(|t| now >= t) {
             self.hold_until = None;
+            self.all_dirty = true;
         }
         let mut out = Vec::new();
-        let names: Vec<VassalName> = self.wants.keys().cloned().collect();
+        let names: Vec<VassalName> = if std::mem::take(&mut self.all_dirty) {
+            self.dirty.clear();
+            self.wants
+                .keys()
+                .chain(self.claims.keys())
+                .cloned()
+                .collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
         for name in &names {
-            self.decide_one(name, &mut out);
-        }
-        // claims of vassals no source wants here any more
-        let me = self.me.clone();
-        if self.online {
-            for (name, slots) in &self.claims {
-                if self.wants.contains_key(name) {
-                    continue;
-                }
-                for (slot, c) in slots {
-                    if c.node == me && self.inflight.insert((name.clone(), *slot)) {
-                        out.push(Op::Release(name.clone(), *slot));
-                    }
-                }
+            if self.wants.contains_key(name) {
+                self.decide_one(name, &mut out);
+            } else {
+                self.release_unwanted(name, &mut out);
             }
         }
         out
+    }
+
+    /// The claims of a vassal no source wants here any more are released.
+    fn release_unwanted(&mut self, name: &VassalName, out: &mut Vec<Op>) {
+        if !self.online {
+            return;
+        }
+        let Some(slots) = self.claims.get(name) else {
+            return;
+        };
+        for (slot, c) in slots {
+            if c.node == self.me && self.inflight.insert((name.clone(), *slot)) {
+                out.push(Op::Release(name.clone(), *slot));
+            }
+        }
+    }
+
+    /// The `k` members with the highest weights for `name` (cached while
+    /// the members stay the same).
+    fn targets_of(&mut self, name: &VassalName, k: usize) -> Vec<String> {
+        if !self.ranking.contains_key(name) {
+            let all = targets(
+                self.members.iter().map(String::as_str),
+                name.as_str(),
+                self.members.len(),
+            )
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+            self.ranking.insert(name.clone(), all);
+        }
+        self.ranking[name].iter().take(k).cloned().collect()
     }
 
     fn place(&mut self, name: &VassalName, out: &mut Vec<Op>) {
@@ -382,14 +444,7 @@ impl Placer {
             Replicas::All => return self.place(name, out),
             Replicas::Count(k) => k,
         };
-        let targets: Vec<String> = targets(
-            self.members.iter().map(String::as_str),
-            name.as_str(),
-            k as usize,
-        )
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+        let targets = self.targets_of(name, k as usize);
         let is_target = targets.contains(&self.me);
         let empty = BTreeMap::new();
         let slots = self.claims.get(name).unwrap_or(&empty);

@@ -14,7 +14,7 @@ fn each_vassal_runs_once_and_a_killed_member_is_replaced_within_ttl() {
 
 #[test]
 fn a_frozen_member_is_replaced_and_stops_its_copies_after_sigcont() {
-    frozen_member::<Etcd>();
+    frozen_member::<Etcd>(1);
 }
 
 #[test]
@@ -24,10 +24,25 @@ fn replicas_two_stay_on_distinct_members_through_a_join_and_a_death() {
 
 #[test]
 fn the_engine_restarted_under_the_cluster_loses_nothing() {
-    engine_restarted::<Etcd>();
+    engine_restarted::<Etcd>(1);
 }
 
 #[test]
 fn a_member_cut_off_from_etcd_fences_itself_before_its_lease_expires() {
-    partitioned_member::<Etcd>();
+    partitioned_member::<Etcd>(1);
+}
+
+#[test]
+fn two_replicas_through_a_frozen_member() {
+    frozen_member::<Etcd>(2);
+}
+
+#[test]
+fn two_replicas_through_a_member_cut_off() {
+    partitioned_member::<Etcd>(2);
+}
+
+#[test]
+fn two_replicas_through_an_engine_restart() {
+    engine_restarted::<Etcd>(2);
 }

@@ -237,6 +237,22 @@ pub(crate) async fn timed<T, E: std::fmt::Display>(
     }
 }
 
+/// `f`, given up at `deadline` (the fence deadline: no request may hold
+/// the member past it) and after [`REQUEST_TIMEOUT`].
+async fn within<T>(
+    deadline: Option<Instant>,
+    f: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let wait = deadline.map_or(REQUEST_TIMEOUT, |d| {
+        d.saturating_duration_since(Instant::now())
+            .min(REQUEST_TIMEOUT)
+    });
+    match tokio::time::timeout(wait, f).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer from the engine in time".into()),
+    }
+}
+
 /// Whether every endpoint refuses connections (the engine is down on
 /// hosts that answer), checked with a plain TCP connection to each.
 async fn engine_refuses(endpoints: &[String]) -> bool {
@@ -279,6 +295,8 @@ impl<S: Store + 'static> ClusterEngine for Engine<S> {
                 refused: false,
                 state: "connecting".into(),
                 shown,
+                published: Instant::now(),
+                view_stale: false,
             }
             .run(),
         )
@@ -308,9 +326,26 @@ struct Driver<S> {
     /// What the view's `state` says.
     state: String,
     shown: String,
+    /// When the view was last published.
+    published: Instant,
+    /// The view lags behind: publish it at `published` + [`VIEW_EVERY`].
+    view_stale: bool,
 }
 
+/// The view is published at most this often while claims change (each
+/// publication copies every claim).
+const VIEW_EVERY: Duration = Duration::from_millis(100);
+
 impl<S: Store> Driver<S> {
+    /// Publishes the view now, or soon when it was published a moment ago.
+    fn publish_soon(&mut self) {
+        if self.published.elapsed() >= VIEW_EVERY {
+            self.publish();
+        } else {
+            self.view_stale = true;
+        }
+    }
+
     /// The instant the member fences itself unless a renewal succeeds.
     fn fence_at(&self) -> Option<Instant> {
         self.renewed.map(|t| t + self.ttl * 3 / 4)
@@ -401,7 +436,9 @@ impl<S: Store> Driver<S> {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.published = Instant::now();
+        self.view_stale = false;
         let mut v = self.placer.view();
         v.engine = self.shown.clone();
         v.lease = self.store.lease_id();
@@ -422,7 +459,10 @@ impl<S: Store> Driver<S> {
     /// everything. `Ok(false)`: the emperor went meanwhile.
     async fn open(&mut self) -> Result<bool, String> {
         let sent = Instant::now();
-        match self.store.connect().await? {
+        // past the deadline only when the engine refused connections: the
+        // lease cannot have expired, reconnecting may take its time
+        let deadline = self.fence_at().filter(|t| *t > sent);
+        match within(deadline, self.store.connect()).await? {
             Lease::Kept => {}
             Lease::Replaced => {
                 self.unplace_all("the lease expired while the engine could not be reached");
@@ -431,7 +471,7 @@ impl<S: Store> Driver<S> {
         }
         self.renewed = Some(sent);
         let mut warned = false;
-        while !self.store.register(self.placer.me()).await? {
+        while !within(self.fence_at(), self.store.register(self.placer.me())).await? {
             if !warned {
                 warned = true;
                 tracing::warn!(engine = %self.shown, "[emperor] cluster: the node name {} is held by another lease (another emperor with this --emperor-cluster-node, or this one's previous run): waiting until it is free", self.placer.me());
@@ -449,16 +489,18 @@ impl<S: Store> Driver<S> {
                 },
             }
             // the wait must not outlast the lease it registers with
-            if !self.store.renew().await? {
+            let sent = Instant::now();
+            if !within(self.fence_at(), self.store.renew()).await? {
                 return Err("the lease expired while waiting for the node name".into());
             }
+            self.renewed = Some(sent);
         }
         self.resync().await?;
         Ok(true)
     }
 
     async fn resync(&mut self) -> Result<(), String> {
-        let (members, claims) = self.store.read_all().await?;
+        let (members, claims) = within(self.fence_at(), self.store.read_all()).await?;
         self.members = members;
         self.placer
             .set_members(self.members.clone(), Instant::now().into_std());
@@ -493,10 +535,12 @@ impl<S: Store> Driver<S> {
             }
             let hold = self.placer.next_deadline().map(Instant::from_std);
             let fence = self.fence_at();
+            let view_at = self.view_stale.then(|| self.published + VIEW_EVERY);
             let mut event = None;
             tokio::select! {
                 biased;
                 () = sleep_until(fence) => continue,
+                () = sleep_until(view_at) => self.publish(),
                 i = self.ctx.inputs.recv() => match i {
                     Some(i) => {
                         self.placer.input(i);
@@ -532,7 +576,7 @@ impl<S: Store> Driver<S> {
                 () = sleep_until(hold) => {}
             }
             if let Some(e) = event {
-                match self.store.resolve(e).await {
+                match within(self.fence_at(), self.store.resolve(e)).await {
                     Ok(seen) => {
                         if let Err(e) = self.apply(seen).await {
                             return End::Lost(e);
@@ -578,7 +622,7 @@ impl<S: Store> Driver<S> {
                 self.execute(op).await?;
             }
         }
-        self.publish();
+        self.publish_soon();
         Ok(())
     }
 
@@ -596,10 +640,7 @@ impl<S: Store> Driver<S> {
             Op::Release(n, s) => (n, *s, Write::Release(n, *s)),
             Op::Move(n, from, to) => (n, *to, Write::Move(n, *from, *to)),
         };
-        let done = match tokio::time::timeout(REQUEST_TIMEOUT, self.store.write(&me, w)).await {
-            Ok(r) => r?,
-            Err(_) => return Err("a claim request timed out".into()),
-        };
+        let done = within(self.fence_at(), self.store.write(&me, w)).await?;
         if !done {
             // lost the race (or the claim is not ours any more): the
             // store's events show who holds it
