@@ -46,3 +46,8 @@ fn two_replicas_through_a_member_cut_off() {
 fn two_replicas_through_an_engine_restart() {
     engine_restarted::<Etcd>(2);
 }
+
+#[test]
+fn a_config_from_etcd_carries_its_own_replicas() {
+    etcd_source_carries_replicas();
+}

@@ -77,6 +77,8 @@ struct Member {
 pub struct Fleet {
     tmp: tempfile::TempDir,
     vassals: PathBuf,
+    /// The `--emperor` source when it is not the directory `vassals`.
+    source: Option<String>,
     url: String,
     members: Vec<Member>,
 }
@@ -93,6 +95,7 @@ impl Fleet {
             url: engine.url(None),
             tmp,
             vassals,
+            source: None,
             members: Vec::new(),
         }
     }
@@ -114,9 +117,13 @@ impl Fleet {
         let ctl = self.tmp.path().join(format!("{node}.ctl"));
         let ttl = TTL.to_string();
         let uwsgi = uwsgi_bin();
+        let source = self
+            .source
+            .clone()
+            .unwrap_or_else(|| self.vassals.to_str().unwrap().to_string());
         let mut args: Vec<&str> = vec![
             "--emperor",
-            self.vassals.to_str().unwrap(),
+            &source,
             "--binary-path",
             uwsgi.to_str().unwrap(),
             "--reload-mercy",
@@ -725,4 +732,58 @@ pub fn partitioned_member<E: Engine>(k: usize) {
     });
     assert!(back, "b never came back: {:?}\n{}", f.copies(), f.logs());
     f.settle(&all, |_| k, |_| surge(k), Duration::from_secs(30));
+}
+
+/// Any source works, and a config from a database or a store carries its
+/// own `replicas` in its `[imperium]` section: etcd is the source here as
+/// well as the engine.
+#[cfg(feature = "etcd")]
+pub fn etcd_source_carries_replicas() {
+    let engine = testkit::servers::etcd::Etcd::start();
+    let mut f = Fleet::new(&engine, 0);
+    f.source = Some(format!("etcd://{}/vassals", engine.endpoint()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut kv = rt
+        .block_on(etcd_client::Client::connect(
+            [format!("http://{}", engine.endpoint())],
+            None,
+        ))
+        .unwrap();
+    let config = |name: &str, own: &str| {
+        format!("[uwsgi]\nmaster = true\nprocesses = 1\nsocket = $(HOSTDIR)/{name}.sock\n{own}")
+    };
+    let mut put = |name: &str, own: &str| {
+        rt.block_on(kv.put(format!("/vassals/{name}.ini"), config(name, own), None))
+            .unwrap();
+    };
+    put("everywhere", "[imperium]\nreplicas = all\n");
+    put("twice", "[imperium]\nreplicas = 2\n");
+    put("once", "");
+    for node in ["a", "b", "c"] {
+        f.start(node, &[]);
+    }
+    let all: Vec<String> = ["everywhere.ini", "twice.ini", "once.ini"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let k = |n: &str| match n {
+        "everywhere.ini" => 3,
+        "twice.ini" => 2,
+        _ => 1,
+    };
+    let max = |n: &str| match n {
+        "once.ini" => 1,
+        _ => 3,
+    };
+    f.settle(&all, k, max, Duration::from_secs(60));
+    // the record changes its replicas: the cluster follows
+    put("twice", "[imperium]\nreplicas = 1\n");
+    let k2 = |n: &str| match n {
+        "everywhere.ini" => 3,
+        _ => 1,
+    };
+    f.settle(&all, k2, max, Duration::from_secs(30));
 }
