@@ -787,3 +787,49 @@ pub fn etcd_source_carries_replicas() {
     };
     f.settle(&all, k2, max, Duration::from_secs(30));
 }
+
+/// Every scenario as a test, with the engine `$engine`.
+#[macro_export]
+macro_rules! scenarios {
+    ($engine:ty) => {
+        #[test]
+        fn each_vassal_runs_once_and_a_killed_member_is_replaced_within_ttl() {
+            killed_member::<$engine>();
+        }
+
+        #[test]
+        fn a_frozen_member_is_replaced_and_stops_its_copies_after_sigcont() {
+            frozen_member::<$engine>(1);
+        }
+
+        #[test]
+        fn replicas_two_stay_on_distinct_members_through_a_join_and_a_death() {
+            replicas_two::<$engine>();
+        }
+
+        #[test]
+        fn the_engine_restarted_under_the_cluster_loses_nothing() {
+            engine_restarted::<$engine>(1);
+        }
+
+        #[test]
+        fn a_member_cut_off_from_the_engine_fences_itself_before_its_lease_expires() {
+            partitioned_member::<$engine>(1);
+        }
+
+        #[test]
+        fn two_replicas_through_a_frozen_member() {
+            frozen_member::<$engine>(2);
+        }
+
+        #[test]
+        fn two_replicas_through_a_member_cut_off() {
+            partitioned_member::<$engine>(2);
+        }
+
+        #[test]
+        fn two_replicas_through_an_engine_restart() {
+            engine_restarted::<$engine>(2);
+        }
+    };
+}
