@@ -331,8 +331,15 @@ impl Placer {
         }
         self.claims.retain(|_, c| !c.is_empty());
         let mut out = Vec::new();
+        // a vassal that runs everywhere holds no claim: it keeps running
+        let everywhere: HashSet<VassalName> = self
+            .wants
+            .iter()
+            .filter(|(_, r)| matches!(r, Some(Replicas::All)))
+            .map(|(n, _)| n.clone())
+            .collect();
         for (n, l) in &mut self.local {
-            if l.placed {
+            if l.placed && !everywhere.contains(n) {
                 self.epoch += 1;
                 l.placed = false;
                 l.epoch = self.epoch;
@@ -366,11 +373,8 @@ impl Placer {
         let mut out = Vec::new();
         let names: Vec<VassalName> = if std::mem::take(&mut self.all_dirty) {
             self.dirty.clear();
-            self.wants
-                .keys()
-                .chain(self.claims.keys())
-                .cloned()
-                .collect()
+            let all: BTreeSet<&VassalName> = self.wants.keys().chain(self.claims.keys()).collect();
+            all.into_iter().cloned().collect()
         } else {
             std::mem::take(&mut self.dirty).into_iter().collect()
         };
@@ -456,10 +460,22 @@ impl Placer {
         let free_regular =
             (0..k).find(|s| !slots.contains_key(s) && !self.inflight.contains(&(name.clone(), *s)));
         let surge_taken = slots.contains_key(&k);
-        // a target runs in an extra slot (>= k) and is ready to take over
-        let handover_ready = slots
+        // a target runs in an extra slot (>= k) and is ready to take over:
+        // it replaces one displaced holder, the one of lowest weight, so the
+        // copies never drop below k
+        let surge_runs = slots
             .iter()
             .any(|(s, c)| *s >= k && c.running && c.node != self.me && targets.contains(&c.node));
+        let first_displaced = slots
+            .iter()
+            .filter(|(s, c)| **s < k && !targets.contains(&c.node))
+            .min_by_key(|(_, c)| (weight(&c.node, name.as_str()), c.node.clone()))
+            .map(|(_, c)| c.node.clone());
+        // once a regular slot is free the surge copy moves into it: it has
+        // replaced someone already
+        let regular_full = (0..k).all(|s| slots.contains_key(&s));
+        let handover_ready =
+            surge_runs && regular_full && first_displaced.as_deref() == Some(self.me.as_str());
         let local = self.local.get(name).cloned().unwrap_or_default();
         let Some((&(slot, running_marked), extra)) = mine.split_first() else {
             if local.placed {
@@ -491,7 +507,7 @@ impl Placer {
             if !self.online {
                 return;
             }
-            if slot >= k {
+            if slot >= k && running_marked {
                 if let Some(to) = free_regular {
                     if self.inflight.insert((name.clone(), to)) {
                         out.push(Op::Move(name.clone(), slot, to));

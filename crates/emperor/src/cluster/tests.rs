@@ -19,6 +19,17 @@ fn members(m: &[&str]) -> BTreeSet<String> {
 /// claim table, as an engine with compare-and-create would, until nothing
 /// changes; returns the vassals each one was told to run.
 fn settle(ps: &mut [Placer], table: &mut BTreeMap<VassalName, BTreeMap<u32, Claim>>, now: Instant) {
+    settle_min(ps, table, now, 0);
+}
+
+/// [`settle`], checking after every op that each vassal runs on at least
+/// `min` placers.
+fn settle_min(
+    ps: &mut [Placer],
+    table: &mut BTreeMap<VassalName, BTreeMap<u32, Claim>>,
+    now: Instant,
+    min: usize,
+) {
     for _ in 0..50 {
         let mut changed = false;
         for i in 0..ps.len() {
@@ -57,6 +68,12 @@ fn settle(ps: &mut [Placer], table: &mut BTreeMap<VassalName, BTreeMap<u32, Clai
                     Op::Tell(ClusterOutput::Place(v)) => ps[i].input(ClusterInput::Running(v)),
                     Op::Tell(ClusterOutput::Unplace(v, _, e)) => {
                         ps[i].input(ClusterInput::Stopped(v, e))
+                    }
+                }
+                if min > 0 {
+                    for v in table.keys() {
+                        let on = ps.iter().filter(|p| placed(p).contains(v.as_str())).count();
+                        assert!(on >= min, "{v} runs on {on} placers only: {table:?}");
                     }
                 }
             }
@@ -298,4 +315,43 @@ fn an_unwanted_claim_is_released() {
     ps[0].input(ClusterInput::Unwant(n("v0.ini")));
     settle(&mut ps, &mut table, Instant::now());
     assert!(table.is_empty());
+}
+
+#[test]
+fn two_members_joining_never_leave_a_two_replica_vassal_with_one_copy() {
+    let now = Instant::now();
+    let mut ps = placers(&["a", "b"], 2, 30);
+    let mut table = BTreeMap::new();
+    settle(&mut ps, &mut table, now);
+    for node in ["c", "d"] {
+        let mut p = Placer::new(node, 2, Duration::from_secs(2));
+        p.set_online(true);
+        for i in 0..30 {
+            p.input(ClusterInput::Want(n(&format!("v{i}.ini")), None));
+        }
+        ps.push(p);
+    }
+    for p in &mut ps {
+        p.set_members(members(&["a", "b", "c", "d"]), now);
+    }
+    settle_min(&mut ps, &mut table, now, 2);
+    for i in 0..30 {
+        let v = format!("v{i}.ini");
+        assert_eq!(
+            ps.iter().filter(|p| placed(p).contains(&v)).count(),
+            2,
+            "{v}"
+        );
+    }
+    assert!(placed(&ps[3]).len() >= 5, "d took {}", placed(&ps[3]).len());
+}
+
+#[test]
+fn a_fence_keeps_vassals_that_run_everywhere() {
+    let mut p = Placer::new("a", 1, Duration::ZERO);
+    p.set_online(true);
+    p.input(ClusterInput::Want(n("x.ini"), Some(Replicas::All)));
+    p.decide(Instant::now());
+    assert!(p.fence("lease lost").is_empty());
+    assert!(placed(&p).contains("x.ini"));
 }

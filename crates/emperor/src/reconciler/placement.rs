@@ -44,9 +44,7 @@ impl Reconciler {
         if v.unplaced.is_some() {
             // unplaced already: the new epoch is the one its stop answers
             v.unplaced = Some(epoch);
-            if v.proc().is_none() {
-                self.note_cluster(false, ClusterInput::Stopped(name.clone(), epoch));
-            }
+            self.note_stopped_when_gone(name);
             return out;
         }
         v.unplaced = Some(epoch);
@@ -75,9 +73,28 @@ impl Reconciler {
         }
         if running {
             self.stop(name, StopReason::Unplaced, now, &mut out);
-        } else {
+        }
+        self.note_stopped_when_gone(name);
+        out
+    }
+
+    /// Notes [`ClusterInput::Stopped`] for an unplaced vassal once no
+    /// process of it is left here: its own, a swap's successor, an old one
+    /// still retiring (the cluster releases its claim then).
+    pub(super) fn note_stopped_when_gone(&mut self, name: &VassalName) {
+        let Some(v) = self.vassals.get(name) else {
+            return;
+        };
+        let Some(epoch) = v.unplaced else {
+            return;
+        };
+        let busy = v.is_zerg()
+            || v.proc().is_some()
+            || v.successor.is_some()
+            || self.swaps.values().any(|n| n == name)
+            || self.retiring.values().any(|r| &r.name == name);
+        if !busy {
             self.note_cluster(false, ClusterInput::Stopped(name.clone(), epoch));
         }
-        out
     }
 }

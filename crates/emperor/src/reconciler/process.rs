@@ -685,14 +685,11 @@ impl Reconciler {
                 self.start(&name, now, false, &mut out);
             }
             Some(StopReason::Idle) => v.phase = Phase::Idle,
-            Some(StopReason::Operator) => v.phase = Phase::Stopped,
-            Some(StopReason::Unplaced) => {
+            // stopped by an operator or unplaced: the cluster hears it is
+            // gone once nothing of it runs here
+            Some(StopReason::Operator | StopReason::Unplaced) => {
                 v.phase = Phase::Stopped;
-                let (zerg, epoch) = (v.is_zerg(), v.unplaced.unwrap_or(0));
-                self.note_cluster(
-                    zerg,
-                    crate::cluster::ClusterInput::Stopped(name.clone(), epoch),
-                );
+                self.note_stopped_when_gone(&name);
             }
             Some(StopReason::Removed | StopReason::Shutdown) => self.delete(&name, &mut out),
             None | Some(StopReason::PipeClosed) => {

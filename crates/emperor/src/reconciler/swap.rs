@@ -289,6 +289,7 @@ impl Reconciler {
                 output: &output,
                 oom: false,
             });
+            self.note_stopped_when_gone(&r.name);
             return Some(Vec::new());
         }
         let name = self.swaps.remove(&instance)?;
@@ -301,6 +302,7 @@ impl Reconciler {
             }
         );
         self.successor_gone(&name, why, now);
+        self.note_stopped_when_gone(&name);
         Some(Vec::new())
     }
 

@@ -1785,3 +1785,24 @@ fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
         "{acts:?}"
     );
 }
+
+#[test]
+fn an_operator_stop_then_an_unplace_still_tells_the_cluster_it_stopped() {
+    use crate::cluster::ClusterInput as C;
+    let mut r = Reconciler::new(
+        ReconcilerConfig {
+            cluster: true,
+            ..ReconcilerConfig::default()
+        },
+        vec!["m0".into()],
+    );
+    let t = Instant::now();
+    apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
+    let acts = r.place(&name("a.ini"), None, "", t);
+    let ids = ack(&mut r, &acts);
+    r.stop_one("a.ini", t).unwrap();
+    r.place(&name("a.ini"), Some(3), "it moves", t);
+    r.take_cluster_notes();
+    r.exited(ids[0], ExitStatus::Code(0), t);
+    assert_eq!(r.take_cluster_notes(), vec![C::Stopped(name("a.ini"), 3)]);
+}

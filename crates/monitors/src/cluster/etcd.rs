@@ -109,6 +109,12 @@ enum Key {
     Claim(VassalName, u32),
 }
 
+/// Whether a request's error says the lease is gone (etcd: "requested
+/// lease not found").
+fn lease_gone(e: &str) -> bool {
+    e.contains("lease not found")
+}
+
 impl Store for EtcdStore {
     type Event = etcd::WatchResponse;
 
@@ -135,16 +141,28 @@ impl Store for EtcdStore {
             crate::etcd::connect_endpoints(&self.endpoints, self.auth.as_ref()).await?;
         let mut outcome = Lease::New;
         if let Some(id) = self.lease {
-            let (keeper, renewals) = timed("renew the lease", client.lease_keep_alive(id)).await?;
-            let mut conn = Conn {
-                client: client.clone(),
-                keeper,
-                renewals,
-                watch: None,
+            let kept = match timed("renew the lease", client.lease_keep_alive(id)).await {
+                Ok((keeper, renewals)) => {
+                    let mut conn = Conn {
+                        client: client.clone(),
+                        keeper,
+                        renewals,
+                        watch: None,
+                    };
+                    let alive = Self::renew_on(&mut conn, id).await;
+                    alive.map(|alive| alive.then_some(conn))
+                }
+                Err(e) => Err(e),
             };
-            if Self::renew_on(&mut conn, id).await? {
-                self.conn = Some(conn);
-                return Ok(Lease::Kept);
+            match kept {
+                Ok(Some(conn)) => {
+                    self.conn = Some(conn);
+                    return Ok(Lease::Kept);
+                }
+                // an expired lease is "not found"
+                Ok(None) => {}
+                Err(e) if lease_gone(&e) => {}
+                Err(e) => return Err(e),
             }
             self.lease = None;
             outcome = Lease::Replaced;
@@ -249,7 +267,10 @@ impl Store for EtcdStore {
     async fn renew(&mut self) -> Result<bool, String> {
         let id = self.lease.ok_or("no lease")?;
         let c = self.conn()?;
-        Self::renew_on(c, id).await
+        match Self::renew_on(c, id).await {
+            Err(e) if lease_gone(&e) => Ok(false),
+            r => r,
+        }
     }
 
     async fn write(&mut self, node: &str, w: Write<'_>) -> Result<bool, String> {

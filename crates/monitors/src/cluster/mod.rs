@@ -117,6 +117,9 @@ pub(crate) enum Seen {
     Claim(VassalName, u32, Option<Claim>),
     /// What was missed cannot be told: read everything again.
     Resync,
+    /// The session ended on the server (ZooKeeper: expired or closed): what
+    /// this member held is gone now, not at the fence deadline.
+    SessionEnded,
 }
 
 /// What a store's connection (re)found of the lease held before.
@@ -259,15 +262,16 @@ async fn engine_refuses(endpoints: &[String]) -> bool {
     if endpoints.is_empty() {
         return false;
     }
-    for e in endpoints {
+    // every endpoint at once: the answer comes within one connect timeout
+    let looks = endpoints.iter().map(|e| async move {
         let c =
             tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(e)).await;
-        match c {
-            Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
-            _ => return false,
-        }
-    }
-    true
+        matches!(c, Ok(Err(err)) if err.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    futures::future::join_all(looks)
+        .await
+        .into_iter()
+        .all(|r| r)
 }
 
 /// An engine: a store and the settings.
@@ -297,6 +301,7 @@ impl<S: Store + 'static> ClusterEngine for Engine<S> {
                 shown,
                 published: Instant::now(),
                 view_stale: false,
+                next_renew: Instant::now(),
             }
             .run(),
         )
@@ -330,6 +335,8 @@ struct Driver<S> {
     published: Instant,
     /// The view lags behind: publish it at `published` + [`VIEW_EVERY`].
     view_stale: bool,
+    /// When the lease is renewed next.
+    next_renew: Instant,
 }
 
 /// The view is published at most this often while claims change (each
@@ -358,14 +365,19 @@ impl<S: Store> Driver<S> {
                 End::Shutdown => return self.store.give_up(self.placer.me()).await,
                 End::Lost(reason) => {
                     // a look at the endpoints, never past the fence deadline
+                    // (once refused, a look may take its time: the lease
+                    // cannot expire while the engine is down)
                     let left = self.fence_at().map_or(Duration::ZERO, |t| {
                         t.saturating_duration_since(Instant::now())
                     });
+                    let budget = if self.refused {
+                        Duration::from_secs(1)
+                    } else {
+                        left.min(Duration::from_secs(1))
+                    };
                     let endpoints = self.store.endpoints();
                     let probe = engine_refuses(&endpoints);
-                    self.refused = tokio::time::timeout(left.min(Duration::from_secs(1)), probe)
-                        .await
-                        .unwrap_or(false);
+                    self.refused = tokio::time::timeout(budget, probe).await.unwrap_or(false);
                     if self.placer.is_online() || self.state != reason {
                         let what = if self.refused {
                             "the engine refuses connections (down for every member): the vassals held keep running"
@@ -521,12 +533,10 @@ impl<S: Store> Driver<S> {
         self.state = "online".into();
         let lease = self.store.lease_id().unwrap_or_default();
         tracing::info!(engine = %self.shown, node = %self.placer.me(), lease = %lease, "[emperor] cluster: member {} online (lease {lease}, ttl {}s)", self.placer.me(), self.ttl.as_secs());
-        if let Err(e) = self.act().await {
-            return End::Lost(e);
+        self.next_renew = Instant::now() + self.ttl / 3;
+        if let Err(end) = self.act().await {
+            return end;
         }
-        let every = self.ttl / 3;
-        let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // a frozen emperor sees the deadline passed as soon as it runs
             if self.fence_at().is_some_and(|t| Instant::now() >= t) {
@@ -540,6 +550,13 @@ impl<S: Store> Driver<S> {
             tokio::select! {
                 biased;
                 () = sleep_until(fence) => continue,
+                // before the loop's inputs: a flood of them must not starve
+                // the renewals
+                () = tokio::time::sleep_until(self.next_renew) => {
+                    if let Err(end) = self.renew_once().await {
+                        return end;
+                    }
+                }
                 () = sleep_until(view_at) => self.publish(),
                 i = self.ctx.inputs.recv() => match i {
                     Some(i) => {
@@ -550,25 +567,6 @@ impl<S: Store> Driver<S> {
                     }
                     None => return End::Shutdown,
                 },
-                _ = tick.tick() => {
-                    let sent = Instant::now();
-                    // a renewal that does not come back soon ends the
-                    // session early enough to look at the endpoints
-                    // before the fence deadline
-                    let left = fence.map_or(REQUEST_TIMEOUT, |f| f.saturating_duration_since(sent));
-                    let wait = left.min(REQUEST_TIMEOUT).min(self.ttl / 4);
-                    match tokio::time::timeout(wait, self.store.renew()).await {
-                        Ok(Ok(true)) => self.renewed = Some(sent),
-                        Ok(Ok(false)) => {
-                            self.fence("the lease expired");
-                            return End::Lost("the lease expired".into());
-                        }
-                        Ok(Err(e)) => return End::Lost(format!("renew the lease: {e}")),
-                        // no answer by the fence deadline: fenced above
-                        Err(_) if fence.is_some_and(|f| Instant::now() >= f) => continue,
-                        Err(_) => return End::Lost("renew the lease: timed out".into()),
-                    }
-                }
                 e = self.store.next_event() => match e {
                     Ok(e) => event = Some(e),
                     Err(e) => return End::Lost(e),
@@ -578,20 +576,47 @@ impl<S: Store> Driver<S> {
             if let Some(e) = event {
                 match within(self.fence_at(), self.store.resolve(e)).await {
                     Ok(seen) => {
-                        if let Err(e) = self.apply(seen).await {
-                            return End::Lost(e);
+                        if let Err(end) = self.apply(seen).await {
+                            return end;
                         }
                     }
                     Err(e) => return End::Lost(e),
                 }
             }
-            if let Err(e) = self.act().await {
-                return End::Lost(e);
+            if let Err(end) = self.act().await {
+                return end;
             }
         }
     }
 
-    async fn apply(&mut self, seen: Vec<Seen>) -> Result<(), String> {
+    /// Renews the lease once, and schedules the next renewal. A renewal
+    /// that does not come back soon ends the session early enough to look
+    /// at the endpoints before the fence deadline.
+    async fn renew_once(&mut self) -> Result<(), End> {
+        let sent = Instant::now();
+        self.next_renew = sent + self.ttl / 3;
+        let fence = self.fence_at();
+        let left = fence.map_or(REQUEST_TIMEOUT, |f| f.saturating_duration_since(sent));
+        let wait = left.min(REQUEST_TIMEOUT).min(self.ttl / 4);
+        match tokio::time::timeout(wait, self.store.renew()).await {
+            Ok(Ok(true)) => {
+                self.renewed = Some(sent);
+                Ok(())
+            }
+            Ok(Ok(false)) => {
+                self.fence("the lease expired");
+                Err(End::Lost("the lease expired".into()))
+            }
+            Ok(Err(e)) => Err(End::Lost(format!("renew the lease: {e}"))),
+            Err(_) if fence.is_some_and(|f| Instant::now() >= f) => {
+                self.fence("the lease could not be renewed in time");
+                Err(End::Lost("the lease could not be renewed in time".into()))
+            }
+            Err(_) => Err(End::Lost("renew the lease: timed out".into())),
+        }
+    }
+
+    async fn apply(&mut self, seen: Vec<Seen>) -> Result<(), End> {
         let mut members_changed = false;
         for s in seen {
             tracing::trace!(engine = %self.shown, "[emperor] cluster: seen {s:?}");
@@ -600,7 +625,11 @@ impl<S: Store> Driver<S> {
                 Seen::MemberDown(m) => members_changed |= self.members.remove(&m),
                 Seen::Claim(n, slot, Some(c)) => self.placer.claim_put(n, slot, c),
                 Seen::Claim(n, slot, None) => self.placer.claim_deleted(&n, slot),
-                Seen::Resync => self.resync().await?,
+                Seen::Resync => self.resync().await.map_err(End::Lost)?,
+                Seen::SessionEnded => {
+                    self.fence("the session ended");
+                    return Err(End::Lost("the session ended".into()));
+                }
             }
         }
         if members_changed {
@@ -612,14 +641,24 @@ impl<S: Store> Driver<S> {
 
     /// Decides and carries out the ops until nothing is left (each
     /// success is applied at once; the store's events repeat it).
-    async fn act(&mut self) -> Result<(), String> {
+    async fn act(&mut self) -> Result<(), End> {
         for _ in 0..8 {
             let ops = self.placer.decide(Instant::now().into_std());
             if ops.is_empty() {
                 break;
             }
-            for op in ops {
-                self.execute(op).await?;
+            // the loop hears every start and stop the placer decided, even
+            // when a claim write below fails
+            let (tells, writes): (Vec<Op>, Vec<Op>) =
+                ops.into_iter().partition(|o| matches!(o, Op::Tell(_)));
+            for op in tells {
+                self.execute(op).await.map_err(End::Lost)?;
+            }
+            for op in writes {
+                if Instant::now() >= self.next_renew {
+                    self.renew_once().await?;
+                }
+                self.execute(op).await.map_err(End::Lost)?;
             }
         }
         self.publish_soon();

@@ -38,6 +38,8 @@ pub(crate) struct ZooStore {
 pub(crate) enum ZooEvent {
     Node(zk::EventType, String),
     Resync,
+    /// The session expired or was closed.
+    Ended,
 }
 
 fn persistent() -> zk::CreateOptions<'static> {
@@ -114,7 +116,11 @@ impl ZooStore {
         let mut connector = zk::Client::connector()
             .with_session_timeout(self.ttl)
             .with_connection_timeout((self.ttl / 3).max(Duration::from_millis(500)))
-            .with_fail_eagerly();
+            .with_fail_eagerly()
+            // a client dropped (a lost connection, a fence) must not close
+            // the session: that would delete every claim at once, ahead of
+            // the time the others wait for
+            .with_detached();
         if let Some((user, pass)) = &self.auth {
             connector = connector.with_auth("digest", format!("{user}:{pass}").as_bytes());
         }
@@ -271,7 +277,8 @@ impl Store for ZooStore {
                 other => {
                     // terminal: the watcher must not be polled again
                     self.watcher = None;
-                    return Err(format!("the ZooKeeper session ended ({other})"));
+                    tracing::warn!(engine = %self.shown(), "[emperor] cluster: the ZooKeeper session ended ({other})");
+                    return Ok(ZooEvent::Ended);
                 }
             }
         }
@@ -280,6 +287,7 @@ impl Store for ZooStore {
     async fn resolve(&mut self, e: ZooEvent) -> Result<Vec<Seen>, String> {
         let (t, path) = match e {
             ZooEvent::Resync => return Ok(vec![Seen::Resync]),
+            ZooEvent::Ended => return Ok(vec![Seen::SessionEnded]),
             ZooEvent::Node(t, p) => (t, p),
         };
         let Some(rest) = path.strip_prefix(self.path.as_str()) else {
