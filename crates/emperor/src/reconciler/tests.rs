@@ -1730,16 +1730,21 @@ fn an_old_process_that_closes_its_socket_during_a_swap_hands_over_to_the_success
     assert!(!spawned_instances(&acts).is_empty(), "{acts:?}");
 }
 
-#[test]
-fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
-    use crate::cluster::ClusterInput as C;
-    let mut r = Reconciler::new(
+/// A reconciler in a cluster (`--emperor-cluster`), with one monitor.
+fn cluster_rec() -> Reconciler {
+    Reconciler::new(
         ReconcilerConfig {
             cluster: true,
             ..ReconcilerConfig::default()
         },
         vec!["m0".into()],
-    );
+    )
+}
+
+#[test]
+fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
+    use crate::cluster::ClusterInput as C;
+    let mut r = cluster_rec();
     let t = Instant::now();
     let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     assert!(acts.is_empty(), "not started before it is placed: {acts:?}");
@@ -1789,13 +1794,7 @@ fn in_a_cluster_a_vassal_runs_only_while_placed_here() {
 #[test]
 fn an_operator_stop_then_an_unplace_still_tells_the_cluster_it_stopped() {
     use crate::cluster::ClusterInput as C;
-    let mut r = Reconciler::new(
-        ReconcilerConfig {
-            cluster: true,
-            ..ReconcilerConfig::default()
-        },
-        vec!["m0".into()],
-    );
+    let mut r = cluster_rec();
     let t = Instant::now();
     apply(&mut r, 0, Change::Snapshot(vec![file("a.ini", 1)]), t);
     let acts = r.place(&name("a.ini"), None, "", t);
