@@ -330,23 +330,23 @@ impl Placer {
             c.retain(|_, cl| cl.node != me);
         }
         self.claims.retain(|_, c| !c.is_empty());
-        let mut out = Vec::new();
         // a vassal that runs everywhere holds no claim: it keeps running
-        let everywhere: HashSet<VassalName> = self
-            .wants
+        let held: Vec<VassalName> = self
+            .local
             .iter()
-            .filter(|(_, r)| matches!(r, Some(Replicas::All)))
+            .filter(|(n, l)| l.placed && self.replicas(n) != Replicas::All)
             .map(|(n, _)| n.clone())
             .collect();
-        for (n, l) in &mut self.local {
-            if l.placed && !everywhere.contains(n) {
-                self.epoch += 1;
-                l.placed = false;
-                l.epoch = self.epoch;
-                out.push(Op::Tell(ClusterOutput::Unplace(n.clone(), why, self.epoch)));
-            }
+        let mut out = Vec::new();
+        for n in &held {
+            self.unplace(n, why, &mut out);
         }
         out
+    }
+
+    /// The live members.
+    pub fn members(&self) -> &BTreeSet<String> {
+        &self.members
     }
 
     /// When [`Placer::decide`] must run again though nothing changed (the
@@ -515,27 +515,28 @@ impl Placer {
                     return;
                 }
             }
-            if local.running && !running_marked && self.inflight.insert((name.clone(), slot)) {
-                out.push(Op::MarkRunning(name.clone(), slot));
-            }
+            self.mark_running(name, slot, local.running && !running_marked, out);
             return;
         }
         // displaced: a member ranked higher should run it
         let must_go = k == 1 || slot >= k || handover_ready;
         if !must_go {
             // keeps running until a target's copy runs; its claim says so
-            if self.online
-                && local.running
-                && !running_marked
-                && self.inflight.insert((name.clone(), slot))
-            {
-                out.push(Op::MarkRunning(name.clone(), slot));
-            }
+            let due = self.online && local.running && !running_marked;
+            self.mark_running(name, slot, due, out);
             return;
         }
         self.unplace(name, "it moves to another emperor", out);
         if !local.maybe_running && self.online && self.inflight.insert((name.clone(), slot)) {
             out.push(Op::Release(name.clone(), slot));
+        }
+    }
+
+    /// Marks this member's claim of `slot` as running when `due` (and no
+    /// op on it is in flight).
+    fn mark_running(&mut self, name: &VassalName, slot: u32, due: bool, out: &mut Vec<Op>) {
+        if due && self.inflight.insert((name.clone(), slot)) {
+            out.push(Op::MarkRunning(name.clone(), slot));
         }
     }
 

@@ -33,19 +33,12 @@ struct Conn {
 
 impl EtcdStore {
     pub(crate) fn new(url: &str, rest: &str, ttl: Duration) -> Result<Self, MonitorError> {
-        let parts = crate::kv::split_url(
+        let (parts, path) = super::split_cluster_url(
             url,
             rest,
             crate::etcd::DEFAULT_PORT,
-            "missing the key prefix (etcd://host:port/prefix)",
+            ("key prefix", "prefix"),
         )?;
-        let path = parts.path.trim_end_matches('/');
-        if path.is_empty() || path.contains(['?', '#']) {
-            return Err(crate::kv::bad_url(
-                url,
-                "the cluster needs a key prefix of its own (etcd://host:port/prefix), with no query or fragment".into(),
-            ));
-        }
         Ok(EtcdStore {
             endpoints: parts.hosts,
             auth: parts.auth,

@@ -103,6 +103,33 @@ pub fn build(url: &str, s: ClusterSettings) -> Result<Box<dyn ClusterEngine>, Mo
     ))
 }
 
+/// What follows `scheme://` in a cluster URL: the user info, the hosts
+/// and the prefix or path (no trailing `/`), which must be there: the
+/// fleet's keys live under it. `what` names it in the errors ("key
+/// prefix"), `slot` is its place in the URL shown (`prefix`).
+pub(crate) fn split_cluster_url<'a>(
+    url: &str,
+    rest: &'a str,
+    default_port: u16,
+    (what, slot): (&str, &str),
+) -> Result<(crate::kv::UrlParts<'a>, &'a str), MonitorError> {
+    let scheme = url.split("://").next().unwrap_or_default();
+    let parts = crate::kv::split_url(
+        url,
+        rest,
+        default_port,
+        &format!("missing the {what} ({scheme}://host:port/{slot})"),
+    )?;
+    let path = parts.path.trim_end_matches('/');
+    if path.is_empty() || path.contains(['?', '#']) {
+        return Err(crate::kv::bad_url(
+            url,
+            format!("the cluster needs a {what} of its own ({scheme}://host:port/{slot}), with no query or fragment"),
+        ));
+    }
+    Ok((parts, path))
+}
+
 /// Every claim, by vassal and slot.
 pub(crate) type Claims = BTreeMap<VassalName, BTreeMap<u32, Claim>>;
 
@@ -294,7 +321,6 @@ impl<S: Store + 'static> ClusterEngine for Engine<S> {
                 ttl: self.s.ttl,
                 placer,
                 ctx,
-                members: BTreeSet::new(),
                 renewed: None,
                 refused: false,
                 state: "connecting".into(),
@@ -321,8 +347,6 @@ struct Driver<S> {
     ttl: Duration,
     placer: Placer,
     ctx: ClusterContext,
-    /// The live members, as the store shows them.
-    members: BTreeSet<String>,
     /// When the last good renewal (or the grant) was sent, while the lease
     /// may be valid.
     renewed: Option<Instant>,
@@ -420,10 +444,17 @@ impl<S: Store> Driver<S> {
     fn tell_local(&mut self) {
         for op in self.placer.decide(Instant::now().into_std()) {
             if let Op::Tell(o) = op {
-                let _ = self.ctx.outputs.send(o);
+                self.tell(o);
             }
         }
         self.publish();
+    }
+
+    /// Tells the emperor's loop to start or stop a vassal.
+    fn tell(&self, o: ClusterOutput) {
+        let (ClusterOutput::Place(n) | ClusterOutput::Unplace(n, _, _)) = &o;
+        tracing::debug!(vassal = %n, "[emperor] cluster: {o:?}");
+        let _ = self.ctx.outputs.send(o);
     }
 
     /// The lease is lost or could be: stop everything held, take a new one
@@ -443,9 +474,15 @@ impl<S: Store> Driver<S> {
         }
         for op in ops {
             if let Op::Tell(o) = op {
-                let _ = self.ctx.outputs.send(o);
+                self.tell(o);
             }
         }
+    }
+
+    /// Fences (see [`Driver::fence`]) and ends the session saying why.
+    fn fenced(&mut self, why: &'static str) -> End {
+        self.fence(why);
+        End::Lost(why.into())
     }
 
     fn publish(&mut self) {
@@ -513,9 +550,7 @@ impl<S: Store> Driver<S> {
 
     async fn resync(&mut self) -> Result<(), String> {
         let (members, claims) = within(self.fence_at(), self.store.read_all()).await?;
-        self.members = members;
-        self.placer
-            .set_members(self.members.clone(), Instant::now().into_std());
+        self.placer.set_members(members, Instant::now().into_std());
         self.placer.reset_claims(claims);
         Ok(())
     }
@@ -540,8 +575,7 @@ impl<S: Store> Driver<S> {
         loop {
             // a frozen emperor sees the deadline passed as soon as it runs
             if self.fence_at().is_some_and(|t| Instant::now() >= t) {
-                self.fence("the lease could not be renewed in time");
-                return End::Lost("the lease could not be renewed in time".into());
+                return self.fenced("the lease could not be renewed in time");
             }
             let hold = self.placer.next_deadline().map(Instant::from_std);
             let fence = self.fence_at();
@@ -603,38 +637,43 @@ impl<S: Store> Driver<S> {
                 self.renewed = Some(sent);
                 Ok(())
             }
-            Ok(Ok(false)) => {
-                self.fence("the lease expired");
-                Err(End::Lost("the lease expired".into()))
-            }
+            Ok(Ok(false)) => Err(self.fenced("the lease expired")),
             Ok(Err(e)) => Err(End::Lost(format!("renew the lease: {e}"))),
             Err(_) if fence.is_some_and(|f| Instant::now() >= f) => {
-                self.fence("the lease could not be renewed in time");
-                Err(End::Lost("the lease could not be renewed in time".into()))
+                Err(self.fenced("the lease could not be renewed in time"))
             }
             Err(_) => Err(End::Lost("renew the lease: timed out".into())),
         }
     }
 
     async fn apply(&mut self, seen: Vec<Seen>) -> Result<(), End> {
-        let mut members_changed = false;
+        let mut members: Option<BTreeSet<String>> = None;
         for s in seen {
             tracing::trace!(engine = %self.shown, "[emperor] cluster: seen {s:?}");
             match s {
-                Seen::MemberUp(m) => members_changed |= self.members.insert(m),
-                Seen::MemberDown(m) => members_changed |= self.members.remove(&m),
+                Seen::MemberUp(m) => {
+                    members
+                        .get_or_insert_with(|| self.placer.members().clone())
+                        .insert(m);
+                }
+                Seen::MemberDown(m) => {
+                    members
+                        .get_or_insert_with(|| self.placer.members().clone())
+                        .remove(&m);
+                }
                 Seen::Claim(n, slot, Some(c)) => self.placer.claim_put(n, slot, c),
                 Seen::Claim(n, slot, None) => self.placer.claim_deleted(&n, slot),
-                Seen::Resync => self.resync().await.map_err(End::Lost)?,
-                Seen::SessionEnded => {
-                    self.fence("the session ended");
-                    return Err(End::Lost("the session ended".into()));
+                Seen::Resync => {
+                    self.resync().await.map_err(End::Lost)?;
+                    // the full read supersedes what was seen before it
+                    members = None;
                 }
+                Seen::SessionEnded => return Err(self.fenced("the session ended")),
             }
         }
-        if members_changed {
-            self.placer
-                .set_members(self.members.clone(), Instant::now().into_std());
+        // (the placer ignores a set equal to the one it has)
+        if let Some(m) = members {
+            self.placer.set_members(m, Instant::now().into_std());
         }
         Ok(())
     }
@@ -669,9 +708,7 @@ impl<S: Store> Driver<S> {
         let me = self.placer.me().to_string();
         let (name, slot, w) = match &op {
             Op::Tell(o) => {
-                let (ClusterOutput::Place(n) | ClusterOutput::Unplace(n, _, _)) = o;
-                tracing::debug!(vassal = %n, "[emperor] cluster: {o:?}");
-                let _ = self.ctx.outputs.send(o.clone());
+                self.tell(o.clone());
                 return Ok(());
             }
             Op::Claim(n, s) => (n, *s, Write::Claim(n, *s)),

@@ -50,6 +50,25 @@ fn ephemeral() -> zk::CreateOptions<'static> {
     zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all())
 }
 
+/// A write that found the claim taken, gone or changed by someone else
+/// (it lost its race, or the claim is not this member's any more).
+fn lost(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::NodeExists | zk::Error::NoNode | zk::Error::BadVersion
+    )
+}
+
+/// A claim write's outcome: done, lost its race ([`lost`]), or an error
+/// naming `what`.
+fn written<T>(r: Result<T, zk::Error>, what: impl FnOnce() -> String) -> Result<bool, String> {
+    match r {
+        Ok(_) => Ok(true),
+        Err(e) if lost(&e) => Ok(false),
+        Err(e) => Err(format!("{}: {e}", what())),
+    }
+}
+
 /// `name@slot`, escaped for one path component.
 fn claim_node(name: &VassalName, slot: u32) -> String {
     let esc = name
@@ -73,19 +92,8 @@ fn parse_claim_node(node: &str) -> Option<(VassalName, u32)> {
 
 impl ZooStore {
     pub(crate) fn new(url: &str, rest: &str, ttl: Duration) -> Result<Self, MonitorError> {
-        let parts = crate::kv::split_url(
-            url,
-            rest,
-            crate::zoo::DEFAULT_PORT,
-            "missing the path (zoo://host:port/path)",
-        )?;
-        let path = parts.path.trim_end_matches('/');
-        if path.is_empty() || path.contains(['?', '#']) {
-            return Err(crate::kv::bad_url(
-                url,
-                "the cluster needs a path of its own (zoo://host:port/path), with no query or fragment".into(),
-            ));
-        }
+        let (parts, path) =
+            super::split_cluster_url(url, rest, crate::zoo::DEFAULT_PORT, ("path", "path"))?;
         Ok(ZooStore {
             hosts: parts.hosts.join(","),
             endpoints: parts.hosts,
@@ -327,23 +335,11 @@ impl Store for ZooStore {
     async fn write(&mut self, node: &str, w: Write<'_>) -> Result<bool, String> {
         let dir = format!("{}/claims", self.path);
         let c = self.client()?;
-        let failed = |e: &zk::Error| {
-            matches!(
-                e,
-                zk::Error::NodeExists | zk::Error::NoNode | zk::Error::BadVersion
-            )
-        };
         match w {
             Write::Claim(n, s) => {
                 let p = format!("{dir}/{}", claim_node(n, s));
-                match c
-                    .create(&p, claim_value(node, false).as_bytes(), &ephemeral())
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(e) if failed(&e) => Ok(false),
-                    Err(e) => Err(format!("claim {p}: {e}")),
-                }
+                let r = c.create(&p, claim_value(node, false).as_bytes(), &ephemeral());
+                written(r.await, || format!("claim {p}"))
             }
             Write::MarkRunning(n, s) => {
                 let p = format!("{dir}/{}", claim_node(n, s));
@@ -351,22 +347,17 @@ impl Store for ZooStore {
                     return Ok(false);
                 };
                 let value = claim_value(node, true);
-                match c.set_data(&p, value.as_bytes(), Some(st.version)).await {
-                    Ok(_) => Ok(true),
-                    Err(e) if failed(&e) => Ok(false),
-                    Err(e) => Err(format!("mark {p}: {e}")),
-                }
+                let r = c.set_data(&p, value.as_bytes(), Some(st.version)).await;
+                written(r, || format!("mark {p}"))
             }
             Write::Release(n, s) => {
                 let p = format!("{dir}/{}", claim_node(n, s));
                 let Some(st) = self.own(&p).await? else {
                     return Ok(false);
                 };
-                match c.delete(&p, Some(st.version)).await {
-                    Ok(()) => Ok(true),
-                    Err(e) if failed(&e) => Ok(false),
-                    Err(e) => Err(format!("release {p}: {e}")),
-                }
+                written(c.delete(&p, Some(st.version)).await, || {
+                    format!("release {p}")
+                })
             }
             Write::Move(n, from, to) => {
                 let (f, t) = (
@@ -384,7 +375,7 @@ impl Store for ZooStore {
                     .map_err(|e| e.to_string())?;
                 match m.commit().await {
                     Ok(_) => Ok(true),
-                    Err(zk::MultiWriteError::OperationFailed { source, .. }) if failed(&source) => {
+                    Err(zk::MultiWriteError::OperationFailed { source, .. }) if lost(&source) => {
                         Ok(false)
                     }
                     Err(e) => Err(format!("move {f} to {t}: {e}")),
