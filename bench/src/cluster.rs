@@ -103,17 +103,8 @@ impl Fleet<'_> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for m in &self.members {
             for c in procfs::children(m.pid()) {
-                let Ok(cmd) = std::fs::read(format!("/proc/{c}/cmdline")) else {
-                    continue;
-                };
-                if let Some(name) = cmd
-                    .split(|b| *b == 0)
-                    .map(String::from_utf8_lossy)
-                    .find(|a| a.ends_with(".ini"))
-                {
-                    out.entry(name.into_owned())
-                        .or_default()
-                        .push(m.node.clone());
+                if let Some(name) = testkit::procs::vassal_config(c) {
+                    out.entry(name).or_default().push(m.node.clone());
                 }
             }
         }

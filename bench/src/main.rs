@@ -252,26 +252,26 @@ fn main() -> Result<()> {
         let mut order = contenders.to_vec();
         order.rotate_left(round % contenders.len());
         for who in &order {
-            eprintln!(
-                "[{:>4}s] round {}/{}: {} with {} test vassals",
-                started.elapsed().as_secs(),
-                round + 1,
+            progress(
+                started,
+                round,
                 b.args.rounds,
-                who.label(),
-                b.args.vassals
+                &format!("{} with {} test vassals", who.label(), b.args.vassals),
             );
             let r = b.test_vassal_suite(*who, round);
             keep_going(r, &format!("{} (test vassals)", who.label()), &mut failed);
         }
         if !b.args.no_upgrade {
             for who in order.iter().filter(|w| **w != Contender::Floor) {
-                eprintln!(
-                    "[{:>4}s] round {}/{}: {} replacing its binary with {} test vassals",
-                    started.elapsed().as_secs(),
-                    round + 1,
+                progress(
+                    started,
+                    round,
                     b.args.rounds,
-                    who.label(),
-                    b.args.vassals
+                    &format!(
+                        "{} replacing its binary with {} test vassals",
+                        who.label(),
+                        b.args.vassals
+                    ),
                 );
                 let r = b.upgrade_suite(*who);
                 keep_going(r, &format!("{} (upgrade)", who.label()), &mut failed);
@@ -279,13 +279,11 @@ fn main() -> Result<()> {
         }
         if b.pg.is_some() {
             for who in order.iter().filter(|w| **w != Contender::Floor) {
-                eprintln!(
-                    "[{:>4}s] round {}/{}: {} with {} pg:// test vassals",
-                    started.elapsed().as_secs(),
-                    round + 1,
+                progress(
+                    started,
+                    round,
                     b.args.rounds,
-                    who.label(),
-                    b.args.vassals
+                    &format!("{} with {} pg:// test vassals", who.label(), b.args.vassals),
                 );
                 let r = b.pg_suite(*who);
                 keep_going(r, &format!("{} (pg://)", who.label()), &mut failed);
@@ -299,14 +297,20 @@ fn main() -> Result<()> {
                     &[false]
                 };
                 for dir_mode in modes {
-                    eprintln!(
-                        "[{:>4}s] round {}/{}: {} with {} test vassals and 20 flooding their stderr{}",
-                        started.elapsed().as_secs(),
-                        round + 1,
+                    progress(
+                        started,
+                        round,
                         b.args.rounds,
-                        who.label(),
-                        b.args.vassals,
-                        if *dir_mode { " (--vassal-logs dir:)" } else { "" }
+                        &format!(
+                            "{} with {} test vassals and 20 flooding their stderr{}",
+                            who.label(),
+                            b.args.vassals,
+                            if *dir_mode {
+                                " (--vassal-logs dir:)"
+                            } else {
+                                ""
+                            }
+                        ),
                     );
                     let r = b.log_flood_suite(*who, round, *dir_mode);
                     keep_going(r, &format!("{} (log flood)", who.label()), &mut failed);
@@ -315,13 +319,11 @@ fn main() -> Result<()> {
         }
         if !b.args.no_uwsgi_vassals {
             for who in &order {
-                eprintln!(
-                    "[{:>4}s] round {}/{}: {} with {} uWSGI vassals",
-                    started.elapsed().as_secs(),
-                    round + 1,
+                progress(
+                    started,
+                    round,
                     b.args.rounds,
-                    who.label(),
-                    b.args.vassals
+                    &format!("{} with {} uWSGI vassals", who.label(), b.args.vassals),
                 );
                 let r = b.uwsgi_vassal_suite(*who);
                 keep_going(r, &format!("{} (uWSGI vassals)", who.label()), &mut failed);
@@ -366,6 +368,15 @@ fn all_within(
 ) -> Result<Instant> {
     log.wait_distinct(kind, n, t, &HashSet::new(), timeout)
         .map_err(|k| anyhow::anyhow!("{what}: {k}/{n} within {timeout:?}"))
+}
+
+/// Says which round of which suite starts, and when.
+fn progress(started: Instant, round: usize, rounds: usize, what: &str) {
+    eprintln!(
+        "[{:>4}s] round {}/{rounds}: {what}",
+        started.elapsed().as_secs(),
+        round + 1
+    );
 }
 
 /// A suite that fails is reported at the end; the others still run, and
@@ -1041,12 +1052,11 @@ fn cluster_suite(b: &Bench, started: Instant, failed: &mut Vec<String>) -> Clust
         };
         for round in 0..b.args.rounds {
             for ttl in b.args.cluster_ttl.clone() {
-                eprintln!(
-                    "[{:>4}s] round {}/{}: --emperor-cluster {engine}, 3 imperium emperors, {} test vassals, TTL {ttl} s",
-                    started.elapsed().as_secs(),
-                    round + 1,
+                progress(
+                    started,
+                    round,
                     b.args.rounds,
-                    b.args.vassals
+                    &format!("--emperor-cluster {engine}, 3 imperium emperors, {} test vassals, TTL {ttl} s", b.args.vassals),
                 );
                 let url = format!("{base}/bench-{ttl}-{round}");
                 let r = cluster::round(

@@ -53,6 +53,21 @@ pub fn tree(pid: u32) -> Vec<u32> {
     out
 }
 
+/// The config a vassal process runs: the file name of the first argument
+/// of its command line that ends with `.ini` (`emperor://NAME.ini` gives
+/// `NAME.ini` too).
+pub fn vassal_config(pid: u32) -> Option<String> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmd.split(|b| *b == 0)
+        .map(String::from_utf8_lossy)
+        .find(|a| a.ends_with(".ini"))
+        .and_then(|a| {
+            std::path::Path::new(&*a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+}
+
 /// Every live process whose command line contains `needle`.
 pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();

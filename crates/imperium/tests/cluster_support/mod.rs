@@ -7,11 +7,11 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use testkit::procs::{alive, children};
+use testkit::procs::{alive, children, vassal_config};
 use testkit::servers::wait_until;
 use testkit::uwsgi::uwsgi_bin;
 use testkit::Imperium;
@@ -163,18 +163,8 @@ impl Fleet {
         for m in &self.members {
             let pid = m.imp.pid();
             for c in children(pid) {
-                let Ok(cmd) = std::fs::read(format!("/proc/{c}/cmdline")) else {
-                    continue;
-                };
-                for arg in cmd.split(|b| *b == 0) {
-                    let arg = String::from_utf8_lossy(arg);
-                    if let Some(name) = Path::new(&*arg).file_name().and_then(|f| f.to_str()) {
-                        if name.ends_with(".ini") {
-                            out.entry(name.to_string())
-                                .or_default()
-                                .push(m.node.clone());
-                        }
-                    }
+                if let Some(name) = vassal_config(c) {
+                    out.entry(name).or_default().push(m.node.clone());
                 }
             }
         }
@@ -339,16 +329,7 @@ fn masters(f: &Fleet) -> BTreeMap<(String, String), u32> {
     let mut out = BTreeMap::new();
     for m in &f.members {
         for c in children(m.imp.pid()) {
-            let Ok(cmd) = std::fs::read(format!("/proc/{c}/cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if let Some(n) = cmd.split(' ').find(|a| a.ends_with(".ini")) {
-                let n = Path::new(n)
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
+            if let Some(n) = vassal_config(c) {
                 out.insert((n, m.node.clone()), c);
             }
         }
