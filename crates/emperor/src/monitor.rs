@@ -212,6 +212,20 @@ impl MonitorContext {
             .is_ok()
     }
 
+    /// The fingerprint of the last snapshot sent through
+    /// [`MonitorContext::send_if_changed`] while it is still the emperor's
+    /// view of this source: `None` once anything else was sent or a rescan
+    /// was requested. A source that can tell cheaply that it holds what it
+    /// held at that snapshot may then skip building the next one.
+    pub fn current_snapshot(&self) -> Option<u64> {
+        let s = self.sync();
+        if s.forced {
+            None
+        } else {
+            s.last
+        }
+    }
+
     fn sync(&self) -> std::sync::MutexGuard<'_, SnapshotSync> {
         // a poisoned lock only means a panic elsewhere mid-update of two
         // plain fields

@@ -105,3 +105,66 @@ fn a_config_written_in_steps_starts_once_and_whole() {
     );
     emp.stop();
 }
+
+/// What inotify cannot see, the safety rescan does, even though a rescan
+/// that finds nothing new builds nothing (it compares a fingerprint of the
+/// files first): a `current` symlink swapped to another release directory
+/// is followed within a rescan period or two, and the unchanged rescans
+/// before and after it change nothing.
+#[test]
+fn a_rescan_follows_a_swapped_directory_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    for r in ["r1", "r2"] {
+        let d = tmp.path().join(r);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("a.ini"), "[vassal]\nloyal = 1\n").unwrap();
+    }
+    std::fs::write(tmp.path().join("r2/b.ini"), "[vassal]\nloyal = 1\n").unwrap();
+    let cur = tmp.path().join("current");
+    std::os::unix::fs::symlink("r1", &cur).unwrap();
+    let mut emp = Imperium::start(
+        tmp.path(),
+        [
+            "--emperor".as_ref(),
+            cur.as_os_str(),
+            "--binary-path".as_ref(),
+            test_vassal_bin().as_os_str(),
+            "--emperor-freq".as_ref(),
+            "1".as_ref(),
+        ],
+    );
+    emp.wait_log(
+        "vassal a.ini is ready to accept requests",
+        Duration::from_secs(20),
+    );
+    // a few idle rescans
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        emp.count("reload the uwsgi instance a.ini"),
+        0,
+        "{}",
+        emp.log()
+    );
+    std::os::unix::fs::symlink("r2", tmp.path().join("next")).unwrap();
+    std::fs::rename(tmp.path().join("next"), &cur).unwrap();
+    emp.wait_log(
+        "vassal b.ini is ready to accept requests",
+        Duration::from_secs(5),
+    );
+    // r2's a.ini is another file (another inode): a reload, once
+    emp.wait_log("reload the uwsgi instance a.ini", Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        emp.count("reload the uwsgi instance a.ini"),
+        1,
+        "{}",
+        emp.log()
+    );
+    assert_eq!(
+        emp.count("spawned uwsgi instance b.ini"),
+        1,
+        "{}",
+        emp.log()
+    );
+    emp.stop();
+}

@@ -604,6 +604,17 @@ pub(crate) trait FileSource: Send + 'static {
     fn dirs(&self) -> BTreeSet<PathBuf>;
     /// The changes a batch of names means, or `None` for "rescan all".
     fn changes(&mut self, batch: &Batch, opts: &MonitorOptions) -> Option<Vec<emperor::Change>>;
+    /// A fingerprint of what [`FileSource::scan`] would find, keyed by
+    /// `state`, computed without building any spec (and without
+    /// allocating per file), or `None` when this source cannot tell
+    /// cheaply. Equal fingerprints must mean equal scans.
+    fn fingerprint(
+        &mut self,
+        _opts: &MonitorOptions,
+        _state: &std::hash::RandomState,
+    ) -> Option<u64> {
+        None
+    }
 }
 
 /// The loop shared by dir:// and glob://: a full scan at start, on every
@@ -622,28 +633,25 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
     let mut ticker = RescanClock::new(opts.freq);
     let mut full = true;
     let blocking = matches!(opts.on_demand, emperor::OnDemandSource::Exec(_));
+    // the fingerprint of the files at the last full scan, and of the
+    // snapshot that scan sent: while both still hold, a safety rescan
+    // would send nothing, so it builds nothing either
+    let prints = std::hash::RandomState::new();
+    let mut last: Option<(u64, u64)> = None;
     loop {
         if full {
             full = false;
-            let o = opts.clone();
-            let result;
-            (src, result) = off_runtime(src, blocking, move |s| s.scan(&o)).await;
-            if let Some(w) = watcher.as_mut() {
-                w.set_dirs(&src.dirs());
-            }
-            let sent = match result {
-                Ok(specs) => {
-                    health.connected(&ctx).await;
-                    ctx.send_if_changed(specs).await
+            let files = src.fingerprint(&opts, &prints);
+            let unchanged = files.is_some_and(|f| {
+                last.is_some_and(|(lf, ls)| f == lf && ctx.current_snapshot() == Some(ls))
+            });
+            if !unchanged {
+                let sent;
+                (src, sent) = full_scan(src, &ctx, blocking, &mut health, watcher.as_mut()).await;
+                if !sent {
+                    return;
                 }
-                Err(e) => {
-                    health
-                        .degraded(&ctx, e.to_string(), Report::FirstOfOutage)
-                        .await
-                }
-            };
-            if !sent {
-                return;
+                last = files.zip(ctx.current_snapshot());
             }
         }
         tokio::select! {
@@ -687,6 +695,35 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
             return;
         }
     }
+}
+
+/// Scans the whole source, watches its directories and sends the snapshot
+/// if it differs from the last one (or the error). False once the emperor
+/// is gone.
+async fn full_scan<S: FileSource>(
+    src: S,
+    ctx: &emperor::MonitorContext,
+    blocking: bool,
+    health: &mut Health,
+    watcher: Option<&mut DirWatcher>,
+) -> (S, bool) {
+    let o = ctx.options.clone();
+    let (src, result) = off_runtime(src, blocking, move |s| s.scan(&o)).await;
+    if let Some(w) = watcher {
+        w.set_dirs(&src.dirs());
+    }
+    let sent = match result {
+        Ok(specs) => {
+            health.connected(ctx).await;
+            ctx.send_if_changed(specs).await
+        }
+        Err(e) => {
+            health
+                .degraded(ctx, e.to_string(), Report::FirstOfOutage)
+                .await
+        }
+    };
+    (src, sent)
 }
 
 /// Runs `f` on the source: inline, or with `blocking` on tokio's blocking
