@@ -4,12 +4,18 @@
 //! order rotates from round to round), then prints the median of every
 //! measurement and the ratios imperium/uWSGI. See docs/performance.md for
 //! the method.
+//!
+//! `--scaling 100,1000,10000` runs a reduced suite instead at each N: the
+//! cold start of N test vassals, then the emperor's RSS and open fds per
+//! vassal, one table per measurement with a row per N; `--plots DIR` also
+//! draws them against N as SVG charts (plot.rs).
 
 mod cluster;
 mod emperor;
 mod floor;
 mod interrupt;
 mod pg;
+mod plot;
 mod procfs;
 
 use std::collections::{BTreeMap, HashSet};
@@ -91,6 +97,18 @@ struct Args {
     /// separated.
     #[arg(long, value_delimiter = ',', default_value = "etcd", value_parser = ["etcd", "zoo"])]
     cluster_engine: Vec<String>,
+    /// Instead of the suites at `-n`: at each of these N (comma
+    /// separated, e.g. 100,1000,5000,10000) the cold start of N test
+    /// vassals, then after 1 s the emperor's RSS and open fds per vassal;
+    /// a table per measurement, a row per N. Contenders: floor, imperium,
+    /// uwsgi, unless `--only` says otherwise.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "cluster_only")]
+    scaling: Vec<u64>,
+    /// With --scaling: also draw cold-start.svg, rss.svg and
+    /// fds-per-vassal.svg (each against N, log scale) into this
+    /// directory.
+    #[arg(long, requires = "scaling")]
+    plots: Option<PathBuf>,
 }
 
 /// Samples of one measurement for one contender.
@@ -100,6 +118,8 @@ struct Bench {
     args: Args,
     progs: Programs,
     test_vassal: PathBuf,
+    /// N for the suites now running: `-n`, or each `--scaling` N in turn.
+    vassals: usize,
     samples: Samples,
     rng: u64,
     run_no: usize,
@@ -133,6 +153,14 @@ const UPGRADE: &str = "emperor binary replaced -> all N serving again (ms)";
 
 const PG_COLD: &str = "pg://: cold start, N test vassals (ms)";
 const PG_UPDATE: &str = "pg://: row update -> reload sent (ms)";
+
+/// Every contender, in the order of `--only`'s keys and of the columns.
+const CONTENDERS: [Contender; 4] = [
+    Contender::Floor,
+    Contender::Imperium,
+    Contender::Uwsgi(None),
+    Contender::Uwsgi(Some(1)),
+];
 
 const ROWS: [&str; 22] = [
     COLD_TEST,
@@ -187,7 +215,12 @@ fn main() -> Result<()> {
             bail!("{} not found: build or install {what}", p.display());
         }
     }
-    if !args.no_uwsgi_vassals && !Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so").exists() {
+    // --scaling runs test vassals only, and no pg://
+    let full = args.scaling.is_empty();
+    if full
+        && !args.no_uwsgi_vassals
+        && !Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so").exists()
+    {
         bail!("uWSGI's python3 plugin is missing (apt-get install uwsgi-plugin-python3), or pass --no-uwsgi-vassals");
     }
     if let Some(l) = &args.logs {
@@ -205,13 +238,14 @@ fn main() -> Result<()> {
             imperium_args: args.imperium_arg.clone(),
         },
         test_vassal,
+        vassals: args.vassals,
         args,
         samples: Samples::new(),
         rng: seed,
         run_no: 0,
         pg: None,
     };
-    if !b.args.no_pg {
+    if full && !b.args.no_pg {
         if !Path::new("/usr/lib/uwsgi/plugins/emperor_pg_plugin.so").exists() {
             bail!("uWSGI's emperor_pg plugin is missing (apt-get install uwsgi-plugin-emperor-pg), or pass --no-pg");
         }
@@ -219,22 +253,24 @@ fn main() -> Result<()> {
         b.pg = Some(pg::Pg::start()?);
     }
     let started = Instant::now();
-    let contenders = [
-        Contender::Floor,
-        Contender::Imperium,
-        Contender::Uwsgi(None),
-        Contender::Uwsgi(Some(1)),
-    ];
     let keys = ["floor", "imperium", "uwsgi", "uwsgi-1"];
     for o in &b.args.only {
         if !keys.contains(&o.as_str()) {
             bail!("--only {o}: expected one of {}", keys.join(", "));
         }
     }
-    let contenders: Vec<Contender> = contenders
+    // --scaling leaves uWSGI at freq 1 out unless --only names it
+    let scaling = !full;
+    let contenders: Vec<Contender> = CONTENDERS
         .into_iter()
         .zip(keys)
-        .filter(|(_, k)| b.args.only.is_empty() || b.args.only.iter().any(|o| o == k))
+        .filter(|(_, k)| {
+            if b.args.only.is_empty() {
+                !(scaling && *k == "uwsgi-1")
+            } else {
+                b.args.only.iter().any(|o| o == k)
+            }
+        })
         .map(|(c, _)| c)
         .collect();
     let mut failed = Vec::new();
@@ -243,14 +279,18 @@ fn main() -> Result<()> {
     } else {
         Clusters::new()
     };
-    let rounds = if b.args.cluster_only {
+    let scaled = if scaling {
+        scaling_suite(&mut b, &contenders, started, &mut failed)
+    } else {
+        Scaled::new()
+    };
+    let rounds = if b.args.cluster_only || scaling {
         0
     } else {
         b.args.rounds
     };
     for round in 0..rounds {
-        let mut order = contenders.to_vec();
-        order.rotate_left(round % contenders.len());
+        let order = rotated(&contenders, round);
         for who in &order {
             progress(
                 started,
@@ -330,7 +370,13 @@ fn main() -> Result<()> {
             }
         }
     }
-    if !b.args.cluster_only {
+    if scaling {
+        print_scaling(&b, &scaled, &contenders, started.elapsed());
+        if let Some(dir) = &b.args.plots {
+            let r = write_plots(dir, &scaled, &contenders);
+            keep_going(r, "--plots", &mut failed);
+        }
+    } else if !b.args.cluster_only {
         print_report(&b, &contenders, started.elapsed());
     }
     print_cluster(&b, &clusters);
@@ -379,6 +425,14 @@ fn progress(started: Instant, round: usize, rounds: usize, what: &str) {
     );
 }
 
+/// The contenders in the order of round `round`: rotated one place per
+/// round, so that none always runs first or last.
+fn rotated(contenders: &[Contender], round: usize) -> Vec<Contender> {
+    let mut order = contenders.to_vec();
+    order.rotate_left(round % contenders.len().max(1));
+    order
+}
+
 /// A suite that fails is reported at the end; the others still run, and
 /// what it measured before failing is kept.
 fn keep_going(r: Result<()>, what: &str, failed: &mut Vec<String>) {
@@ -415,7 +469,7 @@ impl Bench {
     }
 
     fn cold_timeout(&self) -> Duration {
-        Duration::from_secs(60) + Duration::from_millis(100 * self.args.vassals as u64)
+        Duration::from_secs(60) + Duration::from_millis(100 * self.vassals as u64)
     }
 
     /// A temporary directory with `vassals/` holding the N test vassals
@@ -426,7 +480,7 @@ impl Bench {
             .tempdir()?;
         let dir = tmp.path().join("vassals");
         std::fs::create_dir(&dir)?;
-        let names = names(self.args.vassals);
+        let names = names(self.vassals);
         for n in &names {
             std::fs::write(dir.join(n), TEST_VASSAL_INI)?;
         }
@@ -439,32 +493,11 @@ impl Bench {
     )]
     fn test_vassal_suite(&mut self, who: Contender, round: usize) -> Result<()> {
         let (_tmp, dir, names) = self.test_vassal_dir()?;
-        if who == Contender::Floor {
-            let t = floor::cold_start(&dir, &names, &self.test_vassal, self.cold_timeout())?;
-            self.record(COLD_TEST, who, ms(t));
+        let bin = self.test_vassal.clone();
+        let Some(mut em) = self.cold_start(who, &dir, &names, &bin, COLD_TEST, "test")? else {
             return Ok(());
-        }
-        let echo = self.echo(who, "test");
-        let t0 = Instant::now();
-        let mut em = emperor::start(
-            who,
-            &self.progs,
-            dir.as_os_str(),
-            &dir,
-            &self.test_vassal,
-            &[],
-            echo,
-        )?;
-        let none = HashSet::new();
-        let all_up =
-            em.log
-                .wait_distinct(Kind::Accepting, names.len(), t0, &none, self.cold_timeout());
+        };
         let result = (|| -> Result<()> {
-            let t = all_up.map_err(|k| {
-                anyhow::anyhow!("cold start: only {k}/{} vassals accepting", names.len())
-            })?;
-            self.record(COLD_TEST, who, ms(t - t0));
-
             // idle cost: let the start-up settle, then a fixed window
             std::thread::sleep(Duration::from_secs(1));
             let (c0, w0) = (procfs::cpu_ns(em.pid), procfs::ctx_switches(em.pid));
@@ -474,12 +507,7 @@ impl Bench {
             let per_min = 60.0 / w.as_secs_f64();
             self.record(IDLE_CPU, who, (c1 - c0) as f64 / 1e6 * per_min);
             self.record(IDLE_WAKE, who, (w1 - w0) as f64 * per_min);
-            self.record(RSS, who, procfs::rss_kib(em.pid) as f64 / 1024.0);
-            self.record(
-                FDS,
-                who,
-                procfs::open_fds(em.pid) as f64 / names.len() as f64,
-            );
+            self.footprint(em.pid, who);
             em.log.clear();
 
             // touch -> reload: whole seconds forward, so that uWSGI's
@@ -568,6 +596,67 @@ impl Bench {
         let stopped = em.stop(Duration::from_secs(40));
         result?;
         stopped
+    }
+
+    /// The reduced suite of `--scaling` at N: the cold start of N test
+    /// vassals, then after 1 s the emperor's RSS and fds.
+    fn scaling_suite(&mut self, who: Contender) -> Result<()> {
+        let (_tmp, dir, names) = self.test_vassal_dir()?;
+        let bin = self.test_vassal.clone();
+        let Some(em) = self.cold_start(who, &dir, &names, &bin, COLD_TEST, "scaling")? else {
+            return Ok(());
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        self.footprint(em.pid, who);
+        em.stop(Duration::from_secs(40))
+    }
+
+    /// The cold start of the vassals `names` in `dir`, run with `bin`,
+    /// into `row`: the floor's (then `None`: there is no emperor), or
+    /// `who`'s, whose emperor is returned running with all of them
+    /// accepting (and stopped if they are not within the timeout).
+    fn cold_start(
+        &mut self,
+        who: Contender,
+        dir: &Path,
+        names: &[String],
+        bin: &Path,
+        row: &'static str,
+        tag: &str,
+    ) -> Result<Option<emperor::Running>> {
+        if who == Contender::Floor {
+            let t = floor::cold_start(dir, names, bin, self.cold_timeout())?;
+            self.record(row, who, ms(t));
+            return Ok(None);
+        }
+        let echo = self.echo(who, tag);
+        let t0 = Instant::now();
+        let mut em = emperor::start(who, &self.progs, dir.as_os_str(), dir, bin, &[], echo)?;
+        let all_up = em.log.wait_distinct(
+            Kind::Accepting,
+            names.len(),
+            t0,
+            &HashSet::new(),
+            self.cold_timeout(),
+        );
+        match all_up {
+            Ok(t) => {
+                self.record(row, who, ms(t - t0));
+                Ok(Some(em))
+            }
+            Err(k) => {
+                // the timeout is the error to report, not the stop's
+                let _ = em.stop(Duration::from_secs(40));
+                bail!("cold start: only {k}/{} vassals accepting", names.len())
+            }
+        }
+    }
+
+    /// The emperor's RSS and its open fds per vassal, now.
+    fn footprint(&mut self, pid: u32, who: Contender) {
+        self.record(RSS, who, procfs::rss_kib(pid) as f64 / 1024.0);
+        let fds = procfs::open_fds(pid) as f64 / self.vassals as f64;
+        self.record(FDS, who, fds);
     }
 
     /// The emperor's binary replaced with N test vassals running, until
@@ -762,9 +851,7 @@ impl Bench {
     }
 
     fn pg_suite(&mut self, who: Contender) -> Result<()> {
-        let names: Vec<String> = (0..self.args.vassals)
-            .map(|i| format!("p{i:04}.ini"))
-            .collect();
+        let names: Vec<String> = (0..self.vassals).map(|i| format!("p{i:04}.ini")).collect();
         let Some(pg) = self.pg.as_mut() else {
             return Ok(());
         };
@@ -883,7 +970,7 @@ impl Bench {
         match who {
             // uWSGI's scan of the directory takes seconds at N = 10,000
             Contender::Uwsgi(f) => {
-                Duration::from_secs(f.unwrap_or(3) * 3 + 5 + self.args.vassals as u64 / 250)
+                Duration::from_secs(f.unwrap_or(3) * 3 + 5 + self.vassals as u64 / 250)
             }
             _ => Duration::from_secs(10),
         }
@@ -897,32 +984,15 @@ impl Bench {
         std::fs::create_dir(&dir)?;
         let app = tmp.path().join("app.py");
         std::fs::write(&app, APP)?;
-        let names = names(self.args.vassals);
+        let names = names(self.vassals);
         for n in &names {
             std::fs::write(dir.join(n), uwsgi_vassal_ini(tmp.path(), &app))?;
         }
         let bin = self.progs.uwsgi.clone();
-        if who == Contender::Floor {
-            let t = floor::cold_start(&dir, &names, &bin, self.cold_timeout())?;
-            self.record(COLD_UWSGI, who, ms(t));
-            return Ok(());
+        match self.cold_start(who, &dir, &names, &bin, COLD_UWSGI, "uwsgi")? {
+            Some(em) => em.stop(Duration::from_secs(40)),
+            None => Ok(()),
         }
-        let echo = self.echo(who, "uwsgi");
-        let t0 = Instant::now();
-        let mut em = emperor::start(who, &self.progs, dir.as_os_str(), &dir, &bin, &[], echo)?;
-        let got = em.log.wait_distinct(
-            Kind::Accepting,
-            names.len(),
-            t0,
-            &HashSet::new(),
-            self.cold_timeout(),
-        );
-        let stopped = em.stop(Duration::from_secs(40));
-        let t = got.map_err(|k| {
-            anyhow::anyhow!("cold start: only {k}/{} vassals accepting", names.len())
-        })?;
-        self.record(COLD_UWSGI, who, ms(t - t0));
-        stopped
     }
 }
 
@@ -987,11 +1057,6 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 }
 
 fn print_report(b: &Bench, contenders: &[Contender], took: Duration) {
-    let med = |metric: &'static str, who: Contender| {
-        b.samples
-            .get(&(metric, who.label()))
-            .and_then(|v| median(v))
-    };
     let a = &b.args;
     println!();
     println!(
@@ -1003,33 +1068,221 @@ fn print_report(b: &Bench, contenders: &[Contender], took: Duration) {
         took.as_secs()
     );
     println!();
-    let mut head = String::from("| measurement (median) |");
-    let mut line = String::from("|---|");
-    for c in contenders {
-        head.push_str(&format!(" {} |", c.label()));
-        line.push_str("---:|");
-    }
-    head.push_str(" imperium / uWSGI (freq 3) | imperium / uWSGI (freq 1) | imperium / floor |");
-    line.push_str("---:|---:|---:|");
-    println!("{head}");
-    println!("{line}");
+    println!(
+        "{}",
+        table_head("measurement (median)", contenders, &VERSUS)
+    );
     for row in ROWS {
         if b.samples.keys().all(|(m, _)| *m != row) {
             continue;
         }
-        let mut s = format!("| {} |", row.replace('N', &a.vassals.to_string()));
-        for c in contenders {
-            s.push_str(&format!(" {} |", fmt(med(row, *c))));
-        }
-        let imp = med(row, Contender::Imperium);
-        s.push_str(&format!(
-            " {} | {} | {} |",
-            ratio(imp, med(row, Contender::Uwsgi(None))),
-            ratio(imp, med(row, Contender::Uwsgi(Some(1)))),
-            ratio(imp, med(row, Contender::Floor)),
-        ));
-        println!("{s}");
+        let name = row.replace('N', &a.vassals.to_string());
+        println!(
+            "{}",
+            table_row(&name, contenders, &VERSUS, |c| median_of(
+                &b.samples, row, c
+            ))
+        );
     }
+}
+
+/// What imperium is compared with in the ratio columns.
+const VERSUS: [Contender; 3] = [
+    Contender::Uwsgi(None),
+    Contender::Uwsgi(Some(1)),
+    Contender::Floor,
+];
+
+/// A table's head and rule: `first`, a column per contender, then a
+/// column imperium / X for each X in `versus`.
+fn table_head(first: &str, columns: &[Contender], versus: &[Contender]) -> String {
+    let mut head = format!("| {first} |");
+    let mut line = String::from("|---|");
+    for c in columns {
+        head.push_str(&format!(" {} |", c.label()));
+        line.push_str("---:|");
+    }
+    for v in versus {
+        let label = match v {
+            Contender::Floor => "floor".into(),
+            _ => v.label(),
+        };
+        head.push_str(&format!(" imperium / {label} |"));
+        line.push_str("---:|");
+    }
+    format!("{head}\n{line}")
+}
+
+/// A table's row under [`table_head`]: `first`, then `med` of each
+/// contender and the ratios.
+fn table_row(
+    first: &str,
+    columns: &[Contender],
+    versus: &[Contender],
+    med: impl Fn(Contender) -> Option<f64>,
+) -> String {
+    let mut s = format!("| {first} |");
+    for c in columns {
+        s.push_str(&format!(" {} |", fmt(med(*c))));
+    }
+    let imp = med(Contender::Imperium);
+    for v in versus {
+        s.push_str(&format!(" {} |", ratio(imp, med(*v))));
+    }
+    s
+}
+
+/// The `--scaling` samples, by N.
+type Scaled = BTreeMap<usize, Samples>;
+
+/// The measurements of `--scaling`: each a table and a chart.
+const SCALED: [(&str, &str, &str, &str, bool); 3] = [
+    // row, file, chart title, y axis, log y
+    (
+        COLD_TEST,
+        "cold-start.svg",
+        "Cold start: all N test vassals accepting",
+        "ms (log scale)",
+        true,
+    ),
+    (
+        RSS,
+        "rss.svg",
+        "Emperor RSS with N vassals",
+        "MiB (VmRSS)",
+        false,
+    ),
+    (
+        FDS,
+        "fds-per-vassal.svg",
+        "Emperor open fds per vassal",
+        "open fds / N",
+        false,
+    ),
+];
+
+/// Every `--scaling` N in turn, `--rounds` rounds of each contender (the
+/// order rotating), the samples kept by N.
+fn scaling_suite(
+    b: &mut Bench,
+    contenders: &[Contender],
+    started: Instant,
+    failed: &mut Vec<String>,
+) -> Scaled {
+    let mut ns: Vec<usize> = b.args.scaling.iter().map(|&n| n as usize).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let mut out = Scaled::new();
+    for n in ns {
+        b.vassals = n;
+        for round in 0..b.args.rounds {
+            for who in rotated(contenders, round) {
+                progress(
+                    started,
+                    round,
+                    b.args.rounds,
+                    &format!(
+                        "{} with {n} test vassals (--scaling: cold start, RSS, fds)",
+                        who.label()
+                    ),
+                );
+                let r = b.scaling_suite(who);
+                keep_going(r, &format!("{} (--scaling, N = {n})", who.label()), failed);
+            }
+        }
+        out.insert(n, std::mem::take(&mut b.samples));
+    }
+    out
+}
+
+/// The median of `row` for `who` in `s`.
+fn median_of(s: &Samples, row: &'static str, who: Contender) -> Option<f64> {
+    s.get(&(row, who.label())).and_then(|v| median(v))
+}
+
+/// The contenders measured in `row` at some N, and the ratio columns that
+/// then make sense (imperium against each other one measured).
+fn scaled_columns(
+    scaled: &Scaled,
+    contenders: &[Contender],
+    row: &'static str,
+) -> (Vec<Contender>, Vec<Contender>) {
+    let columns: Vec<Contender> = contenders
+        .iter()
+        .copied()
+        .filter(|c| scaled.values().any(|s| median_of(s, row, *c).is_some()))
+        .collect();
+    let versus = if columns.contains(&Contender::Imperium) {
+        VERSUS
+            .iter()
+            .copied()
+            .filter(|v| columns.contains(v))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (columns, versus)
+}
+
+/// The `--scaling` tables: one per measurement, a row per N.
+fn print_scaling(b: &Bench, scaled: &Scaled, contenders: &[Contender], took: Duration) {
+    let ns: Vec<String> = scaled.keys().map(ToString::to_string).collect();
+    println!();
+    println!(
+        "imperium-bench --scaling: N = {} test vassals, {} rounds ({} s in all)",
+        ns.join(", "),
+        b.args.rounds,
+        took.as_secs()
+    );
+    for (row, ..) in SCALED {
+        let (columns, versus) = scaled_columns(scaled, contenders, row);
+        if columns.is_empty() {
+            continue;
+        }
+        println!();
+        println!("{row}, median:");
+        println!();
+        println!("{}", table_head("N", &columns, &versus));
+        for (n, s) in scaled {
+            let first = n.to_string();
+            println!(
+                "{}",
+                table_row(&first, &columns, &versus, |c| median_of(s, row, c))
+            );
+        }
+    }
+}
+
+/// `--plots`: a chart per `--scaling` measurement, a line per contender.
+fn write_plots(dir: &Path, scaled: &Scaled, contenders: &[Contender]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (row, file, title, y_desc, log_y) in SCALED {
+        let (columns, _) = scaled_columns(scaled, contenders, row);
+        let series: Vec<plot::Series> = columns
+            .iter()
+            .map(|c| plot::Series {
+                label: c.label(),
+                colour: CONTENDERS.iter().position(|a| a == c).unwrap_or(0),
+                points: scaled
+                    .iter()
+                    .filter_map(|(n, s)| Some((*n as f64, median_of(s, row, *c)?)))
+                    .collect(),
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let path = dir.join(file);
+        let chart = plot::Chart {
+            title,
+            y_desc,
+            log_y,
+            series: &series,
+        };
+        plot::write(&path, &chart).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("imperium-bench: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// The `--emperor-cluster` rounds, by engine and lease time.
