@@ -217,33 +217,49 @@ impl Collector for SnapshotCollector {
             (
                 "imperium_vassal_rss_bytes",
                 "Resident memory of each vassal's processes (its cgroup, or its process tree), summed per process.",
-                (|u: &crate::stats::Usage| u.rss_bytes as i64) as fn(&crate::stats::Usage) -> i64,
+                (|u: &crate::stats::Usage| Some(u.rss_bytes as i64)) as fn(&crate::stats::Usage) -> Option<i64>,
             ),
             (
                 "imperium_vassal_processes",
                 "Processes of each vassal (its cgroup, or its process tree).",
-                |u: &crate::stats::Usage| i64::from(u.processes),
+                |u: &crate::stats::Usage| Some(i64::from(u.processes)),
+            ),
+            (
+                "imperium_vassal_memory_current_bytes",
+                "Memory each vassal's cgroup is charged for now, page cache included (where the memory controller covers it: on a v1 host, a vassal with a memory limit).",
+                |u: &crate::stats::Usage| u.memory_current_bytes.map(|b| b as i64),
+            ),
+            (
+                "imperium_vassal_memory_peak_bytes",
+                "The most each vassal's cgroup was ever charged for.",
+                |u: &crate::stats::Usage| u.memory_peak_bytes.map(|b| b as i64),
             ),
         ] {
             let mut m = e.encode_descriptor(family, help, None, MetricType::Gauge)?;
             for v in &s.vassals {
-                let Some(u) = &v.usage else { continue };
+                let Some(x) = v.usage.as_ref().and_then(pick) else { continue };
                 let l = vec![("vassal".to_string(), v.name.clone())];
-                labelled(&mut m, &l)?.encode_gauge(&pick(u))?;
+                labelled(&mut m, &l)?.encode_gauge(&x)?;
             }
         }
-        {
-            let mut m = e.encode_descriptor(
+        for (family, help, pick) in [
+            (
                 "imperium_vassal_cpu_seconds",
                 "CPU time of each vassal: of its cgroup (every process that ran in it), or of its live processes without one.",
-                None,
-                MetricType::Counter,
-            )?;
+                (|u: &crate::stats::Usage| Some(u.cpu_seconds)) as fn(&crate::stats::Usage) -> Option<f64>,
+            ),
+            (
+                "imperium_vassal_cpu_throttled_seconds",
+                "Time each vassal's processes were held back by its CPU limit (where the CPU controller covers its cgroup: on a v1 host, a vassal with a CPU limit).",
+                |u: &crate::stats::Usage| u.cpu_throttled_seconds,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(family, help, None, MetricType::Counter)?;
             for v in &s.vassals {
-                let Some(u) = &v.usage else { continue };
+                let Some(x) = v.usage.as_ref().and_then(pick) else { continue };
                 let l = vec![("vassal".to_string(), v.name.clone())];
                 labelled(&mut m, &l)?
-                    .encode_counter::<Labels, f64, u64>(&u.cpu_seconds, NoExemplar::None)?;
+                    .encode_counter::<Labels, f64, u64>(&x, NoExemplar::None)?;
             }
         }
         for (family, help, pick) in [
@@ -620,5 +636,58 @@ mod tests {
             1.0
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The cgroup figures appear for the vassals that have them, and only
+    /// for those.
+    #[test]
+    fn cgroup_figures_per_vassal() {
+        let mut rec = Reconciler::new(ReconcilerConfig::default(), vec!["dir:///v".into()]);
+        let t = Instant::now();
+        let n = |s: &str| VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap();
+        rec.monitor_change(
+            0,
+            Change::Snapshot(vec![
+                VassalSpec::inline(n("a.ini"), "x", ChangeKey::Stamp(1)),
+                VassalSpec::inline(n("b.ini"), "x", ChangeKey::Stamp(1)),
+            ]),
+            t,
+        );
+        let mut snap = Snapshot::take(&rec);
+        for v in &mut snap.vassals {
+            let limited = v.name == "a.ini";
+            v.usage = Some(crate::stats::Usage {
+                processes: 1,
+                rss_bytes: 4096,
+                cpu_seconds: 1.5,
+                memory_current_bytes: limited.then_some(1 << 20),
+                memory_peak_bytes: limited.then_some(2 << 20),
+                cpu_throttled_seconds: limited.then_some(0.25),
+            });
+        }
+        let text = render(snap);
+        let a = |m: &str| format!("{m}{{vassal=\"a.ini\"}} ");
+        assert_eq!(
+            value(&text, &a("imperium_vassal_memory_current_bytes")),
+            1048576.0,
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, &a("imperium_vassal_memory_peak_bytes")),
+            2097152.0
+        );
+        assert_eq!(
+            value(&text, &a("imperium_vassal_cpu_throttled_seconds_total")),
+            0.25
+        );
+        assert_eq!(value(&text, &a("imperium_vassal_cpu_seconds_total")), 1.5);
+        assert!(
+            !text.contains("imperium_vassal_memory_current_bytes{vassal=\"b.ini\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("imperium_vassal_cpu_seconds_total{vassal=\"b.ini\"}"),
+            "{text}"
+        );
     }
 }

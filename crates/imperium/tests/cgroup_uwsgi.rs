@@ -428,6 +428,18 @@ fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
     // the neighbour is untouched, and not limited into an OOM itself
     assert!(wait_answer(port, "ok.ini", Duration::from_secs(2)).is_some());
     assert!(!emp.log().contains("vassal ok.ini (pid:"), "{}", emp.log());
+    // what its memory group is charged for: some, within the limit, and
+    // its peak at least that; the hog's group peaked at the limit
+    let ok = show(&ctl_sock, "ok.ini");
+    let u = &ok["data"]["usage"];
+    let current = u["memory_current_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{ok:#}"));
+    let peak = u["memory_peak_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{ok:#}"));
+    assert!(current > 1 << 20 && current <= 64 << 20, "{ok:#}");
+    assert!(peak >= current && peak <= 64 << 20, "{ok:#}");
 }
 
 #[test]
@@ -490,11 +502,19 @@ fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
         let v = show(&ctl_sock, "spin.ini");
         v["data"]["usage"]["cpu_seconds"].as_f64().unwrap()
     };
-    let c0 = cpu();
+    let throttled = || -> f64 {
+        let v = show(&ctl_sock, "spin.ini");
+        v["data"]["usage"]["cpu_throttled_seconds"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no throttled time: {v:#}"))
+    };
+    let (c0, th0) = (cpu(), throttled());
     let t0 = std::time::Instant::now();
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu() - c0;
     let wall = t0.elapsed().as_secs_f64();
+    // one spinning process under a fifth of a core waits the rest
+    let held = throttled() - th0;
     assert!(
         used > 0.05 * wall,
         "the spinner spins: {used} s in {wall} s"
@@ -502,6 +522,11 @@ fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
     assert!(
         used < 0.35 * wall,
         "held to 0.2 cores: {used} s of CPU in {wall} s"
+    );
+    // and the time it was held back is reported (its group's cpu.stat)
+    assert!(
+        held > 0.3 * wall,
+        "throttled {held} s in {wall} s of spinning under 0.2 cores"
     );
     assert!(emp.stop().success());
 }

@@ -93,6 +93,28 @@ impl Limits {
     }
 }
 
+/// `V1ROOT` of each of `controllers` that this emperor has made (the root
+/// of its limited groups in that hierarchy).
+pub fn roots(controllers: &[&'static str]) -> Vec<(&'static str, PathBuf)> {
+    controllers
+        .iter()
+        .filter_map(|c| {
+            let root = v1_base(c)?.join(format!("imperium-{}", std::process::id()));
+            root.is_dir().then_some((*c, root))
+        })
+        .collect()
+}
+
+/// The limited group under `root` (one of [`roots`]) of the process whose
+/// own cgroup is `group` (`ROOT/<name>/i<instance>`): v1 groups are named
+/// the same way ([`V1Limits::create`]). `None` when it has none there.
+pub fn beside(root: &Path, group: &Path) -> Option<PathBuf> {
+    let instance = group.file_name()?;
+    let name = group.parent()?.file_name()?;
+    let dir = root.join(name).join(instance);
+    dir.is_dir().then_some(dir)
+}
+
 /// The v1 mount of `controller` and the emperor's own group in it.
 fn v1_base(controller: &str) -> Option<PathBuf> {
     let (mount, _, _) = super::cgroup_mounts()

@@ -25,6 +25,22 @@ pub struct Usage {
     pub rss_bytes: u64,
     /// CPU time (user + system), in seconds.
     pub cpu_seconds: f64,
+    /// The memory its cgroup is charged for now, page cache included
+    /// (`memory.current`; v1 `memory.usage_in_bytes`), in bytes: where the
+    /// memory controller covers its group (on a v1 host, a vassal with a
+    /// memory limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_current_bytes: Option<u64>,
+    /// The most its cgroup was ever charged (`memory.peak`; v1
+    /// `memory.max_usage_in_bytes`), in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_peak_bytes: Option<u64>,
+    /// How long its processes were held back by its CPU limit (`cpu.stat`
+    /// `throttled_usec`; v1 `throttled_time`), in seconds: where the CPU
+    /// controller covers its group (on a v1 host, a vassal with a CPU
+    /// limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_seconds: Option<f64>,
 }
 
 /// The pages of memory and the clock ticks of this machine.
@@ -106,10 +122,63 @@ fn group_cpu(group: &Path) -> Option<f64> {
         .map(|us| us as f64 / 1e6)
 }
 
+/// A number from a cgroup file: the whole file, or the value after `key`
+/// on one of its lines.
+fn read_num(file: &Path, key: Option<&str>) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    match key {
+        None => text.trim().parse().ok(),
+        Some(k) => text
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
+/// Memory charged now and at most, and CPU throttled time, of the vassal
+/// whose cgroup is `group`: from the group itself where its controllers
+/// are enabled (v2), else from its limited v1 groups under `v1`.
+fn accounted(
+    group: &Path,
+    v1: &[(&'static str, std::path::PathBuf)],
+) -> (Option<u64>, Option<u64>, Option<f64>) {
+    let beside = |controller: &str| {
+        v1.iter()
+            .find(|(c, _)| *c == controller)
+            .and_then(|(_, root)| crate::cgroup::v1::beside(root, group))
+    };
+    let (current, peak) = match read_num(&group.join("memory.current"), None) {
+        Some(c) => (Some(c), read_num(&group.join("memory.peak"), None)),
+        None => match beside("memory") {
+            Some(m) => (
+                read_num(&m.join("memory.usage_in_bytes"), None),
+                read_num(&m.join("memory.max_usage_in_bytes"), None),
+            ),
+            None => (None, None),
+        },
+    };
+    let throttled = read_num(&group.join("cpu.stat"), Some("throttled_usec"))
+        .map(|us| us as f64 / 1e6)
+        .or_else(|| {
+            read_num(&beside("cpu")?.join("cpu.stat"), Some("throttled_time"))
+                .map(|ns| ns as f64 / 1e9)
+        });
+    (
+        current,
+        peak,
+        throttled.map(|t| (t * 1000.0).round() / 1000.0),
+    )
+}
+
 /// Measures every vassal given as `(pid, cgroup)`; `None` for one that has
 /// no process now.
 pub fn measure(vassals: &[(Option<u32>, Option<&Path>)]) -> Vec<Option<Usage>> {
     let u = units();
+    let v1 = if vassals.iter().any(|(_, g)| g.is_some()) {
+        crate::cgroup::v1::roots(&["memory", "cpu"])
+    } else {
+        Vec::new()
+    };
     let need_tree = vassals.iter().any(|(p, g)| p.is_some() && g.is_none());
     let children = if need_tree {
         children()
@@ -132,10 +201,15 @@ pub fn measure(vassals: &[(Option<u32>, Option<&Path>)]) -> Vec<Option<Usage>> {
                 .collect();
             let ticks: u64 = live.iter().map(|(_, t)| t).sum();
             let cpu = group.and_then(group_cpu).unwrap_or(ticks as f64 / u.ticks);
+            let (memory_current_bytes, memory_peak_bytes, cpu_throttled_seconds) =
+                group.map_or((None, None, None), |g| accounted(g, &v1));
             Some(Usage {
                 processes: live.len() as u32,
                 rss_bytes: live.iter().map(|(p, _)| rss_pages(*p)).sum::<u64>() * u.page,
                 cpu_seconds: (cpu * 1000.0).round() / 1000.0,
+                memory_current_bytes,
+                memory_peak_bytes,
+                cpu_throttled_seconds,
             })
         })
         .collect()
