@@ -106,11 +106,12 @@ fn a_config_written_in_steps_starts_once_and_whole() {
     emp.stop();
 }
 
-/// What inotify cannot see, the safety rescan does, even though a rescan
-/// that finds nothing new builds nothing (it compares a fingerprint of the
-/// files first): a `current` symlink swapped to another release directory
-/// is followed within a rescan period or two, and the unchanged rescans
-/// before and after it change nothing.
+/// A rescan that finds nothing new builds nothing (it compares a
+/// fingerprint of the files read through the directory it holds open), yet
+/// a `current` symlink swapped to another release directory is followed
+/// (the parent's watch asks for the rescan; the fingerprint sees another
+/// directory), and the unchanged rescans before and after it change
+/// nothing.
 #[test]
 fn a_rescan_follows_a_swapped_directory_link() {
     let tmp = tempfile::tempdir().unwrap();

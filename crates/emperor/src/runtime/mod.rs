@@ -260,7 +260,6 @@ impl Emperor {
             {
                 deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
             }
-            let mut reacting = None;
             let mut timer_fired = false;
             let actions = tokio::select! {
                 biased;
@@ -317,9 +316,28 @@ impl Emperor {
                 }
                 m = mon_rx.recv(), if monitors_open => match m {
                     Some(m) => {
-                        readiness.observe(m.monitor, &m.change, Instant::now().into_std());
-                        reacting = Some((m.monitor, m.seen));
-                        rec.monitor_change(m.monitor, m.change, Instant::now().into_std())
+                        // what else the monitors queued is carried out in
+                        // the same turn, each change with its reaction
+                        // noted, before the next deadline is computed again
+                        // (a walk of the whole table): a directory emptied
+                        // at once queues one removal per config
+                        let mut next = Some(m);
+                        let mut batch = 0;
+                        while let Some(m) = next.take() {
+                            let now = Instant::now().into_std();
+                            readiness.observe(m.monitor, &m.change, now);
+                            let actions = rec.monitor_change(m.monitor, m.change, now);
+                            let n = actions.len();
+                            exec.execute(&mut rec, actions);
+                            if n > 0 {
+                                rec.note(Event::Reacted { monitor: m.monitor, latency: m.seen.elapsed(), actions: n });
+                            }
+                            batch += 1;
+                            if batch < REPORT_BATCH {
+                                next = mon_rx.try_recv().ok();
+                            }
+                        }
+                        Vec::new()
                     }
                     None => { monitors_open = false; Vec::new() }
                 },
@@ -356,20 +374,12 @@ impl Emperor {
                 actions.extend(rec.tick(woke.into_std()));
             }
             let _ = now;
-            let n_actions = actions.len();
             exec.execute(&mut rec, actions);
             if let Some(c) = cluster.as_mut() {
                 c.tell(&mut rec, &exec);
             }
             if rec.take_rescan_wanted() {
                 rescan_tx.send_modify(|n| *n += 1);
-            }
-            if let Some((monitor, seen)) = reacting.filter(|_| n_actions > 0) {
-                rec.note(Event::Reacted {
-                    monitor,
-                    latency: seen.elapsed(),
-                    actions: n_actions,
-                });
             }
             let std_now = Instant::now().into_std();
             let mut became_ready = readiness.poll(std_now);
