@@ -512,15 +512,8 @@ mod tests {
             vec!["dir:///v".into()],
         );
         let t = Instant::now();
-        let n = |s: &str| VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap();
-        rec.monitor_change(
-            0,
-            Change::Snapshot(vec![
-                VassalSpec::inline(n("a.ini"), "x", ChangeKey::Stamp(1)),
-                VassalSpec::inline(n("b.ini"), "x", ChangeKey::Stamp(1)),
-            ]),
-            t,
-        );
+        let n = name;
+        two_vassals(&mut rec, t);
         rec.place(&n("a.ini"), None, "", t);
         let view = crate::cluster::ClusterView {
             node: "n1".into(),
@@ -638,21 +631,29 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    fn name(s: &str) -> VassalName {
+        VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap()
+    }
+
+    /// a.ini and b.ini, from monitor 0.
+    fn two_vassals(rec: &mut Reconciler, t: Instant) {
+        rec.monitor_change(
+            0,
+            Change::Snapshot(vec![
+                VassalSpec::inline(name("a.ini"), "x", ChangeKey::Stamp(1)),
+                VassalSpec::inline(name("b.ini"), "x", ChangeKey::Stamp(1)),
+            ]),
+            t,
+        );
+    }
+
     /// The cgroup figures appear for the vassals that have them, and only
     /// for those.
     #[test]
     fn cgroup_figures_per_vassal() {
         let mut rec = Reconciler::new(ReconcilerConfig::default(), vec!["dir:///v".into()]);
         let t = Instant::now();
-        let n = |s: &str| VassalName::parse(s, &Extensions::default(), NamePolicy::Plain).unwrap();
-        rec.monitor_change(
-            0,
-            Change::Snapshot(vec![
-                VassalSpec::inline(n("a.ini"), "x", ChangeKey::Stamp(1)),
-                VassalSpec::inline(n("b.ini"), "x", ChangeKey::Stamp(1)),
-            ]),
-            t,
-        );
+        two_vassals(&mut rec, t);
         let mut snap = Snapshot::take(&rec);
         for v in &mut snap.vassals {
             let limited = v.name == "a.ini";

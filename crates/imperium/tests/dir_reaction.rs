@@ -11,6 +11,10 @@ const FREQ: &str = "60";
 const QUICK: Duration = Duration::from_secs(2);
 
 fn emperor(dir: &std::path::Path, vassals: &std::path::Path) -> Imperium {
+    emperor_freq(dir, vassals, FREQ)
+}
+
+fn emperor_freq(dir: &std::path::Path, vassals: &std::path::Path, freq: &str) -> Imperium {
     Imperium::start(
         dir,
         [
@@ -19,7 +23,7 @@ fn emperor(dir: &std::path::Path, vassals: &std::path::Path) -> Imperium {
             "--binary-path".as_ref(),
             test_vassal_bin().as_os_str(),
             "--emperor-freq".as_ref(),
-            FREQ.as_ref(),
+            freq.as_ref(),
         ],
     )
 }
@@ -123,17 +127,7 @@ fn a_rescan_follows_a_swapped_directory_link() {
     std::fs::write(tmp.path().join("r2/b.ini"), "[vassal]\nloyal = 1\n").unwrap();
     let cur = tmp.path().join("current");
     std::os::unix::fs::symlink("r1", &cur).unwrap();
-    let mut emp = Imperium::start(
-        tmp.path(),
-        [
-            "--emperor".as_ref(),
-            cur.as_os_str(),
-            "--binary-path".as_ref(),
-            test_vassal_bin().as_os_str(),
-            "--emperor-freq".as_ref(),
-            "1".as_ref(),
-        ],
-    );
+    let mut emp = emperor_freq(tmp.path(), &cur, "1");
     emp.wait_log(
         "vassal a.ini is ready to accept requests",
         Duration::from_secs(20),
