@@ -163,3 +163,34 @@ fn a_rescan_follows_a_swapped_directory_link() {
     );
     emp.stop();
 }
+
+/// A `current` symlink replaced by a new link to the same directory (a
+/// deploy that re-runs `ln -sfn`) is watched again at once, though the
+/// rescan that follows finds the same files: a config added afterwards
+/// starts within milliseconds, not at the next safety rescan.
+#[test]
+fn a_link_replaced_by_one_to_the_same_directory_is_watched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r1 = tmp.path().join("r1");
+    std::fs::create_dir(&r1).unwrap();
+    std::fs::write(r1.join("b.ini"), "[vassal]\nloyal = 1\n").unwrap();
+    let cur = tmp.path().join("current");
+    std::os::unix::fs::symlink("r1", &cur).unwrap();
+    let mut emp = emperor(tmp.path(), &cur);
+    emp.wait_log(
+        "vassal b.ini is ready to accept requests",
+        Duration::from_secs(20),
+    );
+    std::os::unix::fs::symlink("r1", tmp.path().join("next")).unwrap();
+    std::fs::rename(tmp.path().join("next"), &cur).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(r1.join("a.ini"), "[vassal]\nloyal = 1\n").unwrap();
+    emp.wait_log("vassal a.ini is ready to accept requests", QUICK);
+    assert_eq!(
+        emp.count("spawned uwsgi instance b.ini"),
+        1,
+        "{}",
+        emp.log()
+    );
+    emp.stop();
+}

@@ -638,13 +638,27 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
     // would send nothing, so it builds nothing either
     let prints = std::hash::RandomState::new();
     let mut last: Option<(u64, u64)> = None;
+    let mut watcher_asked = false;
     loop {
         if full {
             full = false;
-            let files = src.fingerprint(&opts, &prints);
+            // a rescan the watcher asked for (a watched directory replaced,
+            // a watch to re-arm) always scans in full
+            let files = if watcher_asked {
+                None
+            } else {
+                src.fingerprint(&opts, &prints)
+            };
+            watcher_asked = false;
             let unchanged = files.is_some_and(|f| {
                 last.is_some_and(|(lf, ls)| f == lf && ctx.current_snapshot() == Some(ls))
             });
+            if unchanged {
+                // a watch that failed to install is retried at every rescan
+                if let Some(w) = watcher.as_mut() {
+                    w.set_dirs(&src.dirs());
+                }
+            }
             if !unchanged {
                 let sent;
                 (src, sent) = full_scan(src, &ctx, blocking, &mut health, watcher.as_mut()).await;
@@ -668,7 +682,10 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                     None => std::future::pending().await,
                 }
             } => match batch {
-                Ok(b) if b.rescan => full = true,
+                Ok(b) if b.rescan => {
+                    full = true;
+                    watcher_asked = true;
+                }
                 Ok(b) => {
                     let o = opts.clone();
                     let changes;

@@ -261,9 +261,11 @@ impl Emperor {
                 deadline = Some(deadline.map_or(extra, |d| d.min(extra)));
             }
             let mut timer_fired = false;
+            let mut batch_began: Option<Instant> = None;
             let actions = tokio::select! {
                 biased;
                 Some(r) = exec.reports.1.recv() => {
+                    batch_began = Some(Instant::now());
                     // carry out what else is queued before computing the
                     // next deadline again (a walk of the whole table): a
                     // cold start or a crash storm queues thousands of reports
@@ -316,6 +318,7 @@ impl Emperor {
                 }
                 m = mon_rx.recv(), if monitors_open => match m {
                     Some(m) => {
+                        batch_began = Some(Instant::now());
                         // what else the monitors queued is carried out in
                         // the same turn, each change with its reaction
                         // noted, before the next deadline is computed again
@@ -362,7 +365,8 @@ impl Emperor {
             // meanwhile is still unread in their sockets: give every
             // deadline that ran out during the pause a fresh start before
             // anything is judged, whatever woke the loop first
-            let woke = Instant::now();
+            // a batch's own work is not a pause of the emperor
+            let woke = batch_began.take().unwrap_or_else(Instant::now);
             if let Some(d) = deadline {
                 let late = woke.saturating_duration_since(d.max(now));
                 if late > PAUSE_TOLERANCE {
