@@ -256,8 +256,7 @@ impl FileSource for DirSource {
         };
         let id = ids(&st);
         if self.held.as_ref().is_none_or(|h| h.id != id) {
-            self.held = None;
-            self.held = Some(HeldDir::open(&self.dir, id)?);
+            self.held = HeldDir::open(&self.dir, id);
         }
         let held = self.held.as_mut()?;
         let follow = if opts.nofollow {

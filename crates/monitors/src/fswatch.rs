@@ -644,12 +644,11 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
             full = false;
             // a rescan the watcher asked for (a watched directory replaced,
             // a watch to re-arm) always scans in full
-            let files = if watcher_asked {
+            let files = if std::mem::take(&mut watcher_asked) {
                 None
             } else {
                 src.fingerprint(&opts, &prints)
             };
-            watcher_asked = false;
             let unchanged = files.is_some_and(|f| {
                 last.is_some_and(|(lf, ls)| f == lf && ctx.current_snapshot() == Some(ls))
             });
@@ -658,8 +657,7 @@ pub(crate) async fn run_file_monitor<S: FileSource>(mut src: S, mut ctx: emperor
                 if let Some(w) = watcher.as_mut() {
                     w.set_dirs(&src.dirs());
                 }
-            }
-            if !unchanged {
+            } else {
                 let sent;
                 (src, sent) = full_scan(src, &ctx, blocking, &mut health, watcher.as_mut()).await;
                 if !sent {

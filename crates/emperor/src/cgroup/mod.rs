@@ -521,6 +521,19 @@ fn remove_stale(base: &Path) {
     }
 }
 
+/// A number from a cgroup file: the whole file (`memory.current`), or the
+/// value after `key` on one of its lines (`cpu.stat` `usage_usec`).
+pub fn read_num(file: &Path, key: Option<&str>) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    match key {
+        None => text.trim().parse().ok(),
+        Some(k) => text
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok()),
+    }
+}
+
 /// The pids in `group` itself (`cgroup.procs`).
 pub fn procs(group: &Path) -> Vec<u32> {
     std::fs::read_to_string(group.join("cgroup.procs"))

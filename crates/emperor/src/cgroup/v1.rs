@@ -236,12 +236,7 @@ impl V1Limits {
     pub fn oom_kills(groups: &[PathBuf]) -> u64 {
         groups
             .iter()
-            .filter_map(|g| std::fs::read_to_string(g.join("memory.oom_control")).ok())
-            .filter_map(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("oom_kill "))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
+            .filter_map(|g| super::read_num(&g.join("memory.oom_control"), Some("oom_kill")))
             .sum()
     }
 

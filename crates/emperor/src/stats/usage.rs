@@ -16,6 +16,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cgroup::read_num;
+
 /// What one vassal uses now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Usage {
@@ -115,24 +117,7 @@ fn tree(pid: u32, children: &HashMap<u32, Vec<u32>>) -> Vec<u32> {
 
 /// The group's CPU time in seconds (`cpu.stat` `usage_usec`).
 fn group_cpu(group: &Path) -> Option<f64> {
-    let text = std::fs::read_to_string(group.join("cpu.stat")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|us| us as f64 / 1e6)
-}
-
-/// A number from a cgroup file: the whole file, or the value after `key`
-/// on one of its lines.
-fn read_num(file: &Path, key: Option<&str>) -> Option<u64> {
-    let text = std::fs::read_to_string(file).ok()?;
-    match key {
-        None => text.trim().parse().ok(),
-        Some(k) => text
-            .lines()
-            .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok()),
-    }
+    read_num(&group.join("cpu.stat"), Some("usage_usec")).map(|us| us as f64 / 1e6)
 }
 
 /// Memory charged now and at most, and CPU throttled time, of the vassal
