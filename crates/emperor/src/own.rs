@@ -3,14 +3,14 @@
 //! uWSGI reads only the section it is asked for (`[uwsgi]`, or the one
 //! named by `--ini file:section`), so the section is invisible to the
 //! vassal (checked with uWSGI 2.0.21). Keys: the limits `memory-max`,
-//! `cpu-max`, `pids-max` ([`crate::cgroup::v1::Limits::set`]) and the
+//! `memory-high`, `cpu-max`, `pids-max` ([`crate::cgroup::limits::Limits::set`]) and the
 //! health check `health`, `health-interval`, `health-timeout`,
 //! `health-failures`, `health-grace` ([`HealthSettings::set`]) and, for
 //! `--emperor-cluster`, `replicas` (a count or `all`). An unknown
 //! key or a bad value is an error: the vassal is not started, and the log
 //! says which line is wrong.
 
-use crate::cgroup::v1::Limits;
+use crate::cgroup::limits::Limits;
 use crate::health::HealthSettings;
 
 /// What a vassal's `[imperium]` section sets.
@@ -26,7 +26,7 @@ pub struct OwnSettings {
 }
 
 /// Every key an `[imperium]` section may hold.
-pub const KEYS: &str = "memory-max, cpu-max, pids-max, health, health-interval, health-timeout, health-failures, health-grace, replicas";
+pub const KEYS: &str = "memory-max, memory-high, cpu-max, pids-max, health, health-interval, health-timeout, health-failures, health-grace, replicas";
 
 impl OwnSettings {
     /// Reads the `[imperium]` section of an ini text (none: the defaults).
@@ -76,13 +76,14 @@ mod tests {
     #[test]
     fn the_imperium_section_is_read_and_checked() {
         let own = OwnSettings::from_ini(
-            "[uwsgi]\nmemory-max = 1\n[imperium]\n; a comment\nmemory-max = 64M\ncpu-max = 0.5\npids-max = 20\nhealth = tcp://127.0.0.1:9\nhealth-grace = 2s\n[zerg]\npids-max = x\n",
+            "[uwsgi]\nmemory-max = 1\n[imperium]\n; a comment\nmemory-max = 64M\nmemory-high = 48M\ncpu-max = 0.5\npids-max = 20\nhealth = tcp://127.0.0.1:9\nhealth-grace = 2s\n[zerg]\npids-max = x\n",
         )
         .unwrap();
         assert_eq!(
             own.limits,
             Limits {
                 memory_max: Some(64 << 20),
+                memory_high: Some(48 << 20),
                 cpu_max: Some(0.5),
                 pids_max: Some(20)
             }

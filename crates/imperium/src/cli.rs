@@ -246,6 +246,14 @@ pub struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
     pub vassal_memory_max: Option<u64>,
 
+    /// Above this much memory (bytes, or with a K, M or G suffix) each
+    /// vassal process (with everything it starts) is throttled and its
+    /// memory reclaimed hard, but not killed: cgroup v2's `memory.high`.
+    /// Needs cgroup v2's memory controller (cgroup v1 has no such limit: a
+    /// start-up error there). See docs/resources.md.
+    #[arg(long, value_name = "SIZE", value_parser = parse_log_size)]
+    pub vassal_memory_high: Option<u64>,
+
     /// The most CPU each vassal process (with everything it starts) may
     /// use, in cores (`0.5` is half of one core, `2` two cores). Needs
     /// cgroups (--vassal-cgroup).

@@ -482,13 +482,14 @@ fn real_main() -> Result<()> {
             c.root().display()
         );
     }
-    let limits = emperor::cgroup::v1::Limits {
+    let limits = emperor::cgroup::limits::Limits {
         memory_max: cli.vassal_memory_max,
+        memory_high: cli.vassal_memory_high,
         cpu_max: cli.vassal_cpu_max,
         pids_max: cli.vassal_pids_max,
     };
     // with cgroups, a vassal's own [imperium] section may set limits too
-    let limits = match vassal_limits(&cli, limits, cgroups.is_some(), drop.as_ref()) {
+    let limits = match vassal_limits(&cli, limits, cgroups.as_ref(), drop.as_ref()) {
         Ok(l) => l,
         // the new image of a hot upgrade does not stop the fleet for it
         Err(e) if upgraded => {
@@ -885,38 +886,59 @@ fn reload_mode(cli: &Cli, purpose: Purpose) -> Result<emperor::reconciler::Reloa
 }
 
 /// The emperor-wide limits of every vassal process (`--vassal-memory-max`,
-/// `-cpu-max`, `-pids-max`), set up; an error where vassals get no cgroup.
+/// `-memory-high`, `-cpu-max`, `-pids-max`), set up; an error where
+/// vassals get no cgroup, or where a limit cannot be applied here.
 fn vassal_limits(
     cli: &Cli,
-    limits: emperor::cgroup::v1::Limits,
-    cgroups: bool,
+    limits: emperor::cgroup::limits::Limits,
+    cgroups: Option<&emperor::cgroup::Cgroups>,
     drop: Option<&process::Drop>,
-) -> Result<Option<emperor::cgroup::v1::V1Limits>> {
-    if !cgroups && !limits.any() {
-        return Ok(None);
-    }
-    if !cgroups {
+) -> Result<Option<emperor::cgroup::limits::LimitGroups>> {
+    let Some(cgroups) = cgroups else {
+        if !limits.any() {
+            return Ok(None);
+        }
         bail!(
-            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
+            "--vassal-memory-max, --vassal-memory-high, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal, and vassals get none here (--vassal-cgroup {}; see the warning above)",
             match &cli.vassal_cgroup {
                 emperor::cgroup::CgroupMode::Off => "off".to_string(),
                 emperor::cgroup::CgroupMode::Auto => "auto".to_string(),
                 emperor::cgroup::CgroupMode::Path(p) => p.display().to_string(),
             }
         );
-    }
-    let l = emperor::cgroup::v1::V1Limits::setup(limits, drop.map(process::Drop::target))
-        .context("--vassal-memory-max/--vassal-cpu-max/--vassal-pids-max")?;
+    };
+    let l = emperor::cgroup::limits::LimitGroups::setup(
+        limits,
+        drop.map(process::Drop::target),
+        cgroups,
+    )
+    .context("--vassal-memory-max/--vassal-memory-high/--vassal-cpu-max/--vassal-pids-max")?;
+    let how = |controller: &'static str| {
+        l.backend(cgroups, controller)
+            .map(|b| b.describe())
+            .unwrap_or("?")
+    };
     if let Some(m) = limits.memory_max {
-        tracing::info!("[emperor] each vassal process may use at most {} MiB of memory (cgroup v1 memory controller)", m >> 20);
+        tracing::info!(
+            "[emperor] each vassal process may use at most {} MiB of memory ({} memory controller)",
+            m >> 20,
+            how("memory")
+        );
+    }
+    if let Some(m) = limits.memory_high {
+        tracing::info!("[emperor] each vassal process is throttled and reclaimed above {} MiB of memory ({} memory.high)", m >> 20, how("memory"));
     }
     if let Some(c) = limits.cpu_max {
         tracing::info!(
-            "[emperor] each vassal process may use at most {c} cores (cgroup v1 cpu controller)"
+            "[emperor] each vassal process may use at most {c} cores ({} cpu controller)",
+            how("cpu")
         );
     }
     if let Some(p) = limits.pids_max {
-        tracing::info!("[emperor] each vassal process may have at most {p} processes and threads (cgroup v1 pids controller)");
+        tracing::info!(
+            "[emperor] each vassal process may have at most {p} processes and threads ({} pids controller)",
+            how("pids")
+        );
     }
     Ok(Some(l))
 }

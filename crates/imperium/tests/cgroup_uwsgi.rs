@@ -455,10 +455,46 @@ fn a_memory_limit_without_cgroups_is_a_start_up_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(
-            "--vassal-memory-max, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal"
+            "--vassal-memory-max, --vassal-memory-high, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal"
         ),
         "{err}"
     );
+}
+
+/// `--vassal-memory-high` where the memory controller is cgroup v1's (this
+/// machine): v1 has no such limit, so the emperor refuses to start, never
+/// a silent no-op; a vassal asking for one in its own section is not
+/// started, and says why, while its neighbour runs. (Through cgroup v2 it
+/// is tested in tests/cgroup_v2_vm.rs.)
+#[test]
+fn memory_high_on_cgroup_v1_is_refused() {
+    if !cgroup2_here() || !v1_controller_here("memory") {
+        return;
+    }
+    let s = setup();
+    let o = std::process::Command::new(imperium_bin())
+        .arg("--emperor")
+        .arg(&s.vassals)
+        .args(["--vassal-memory-high", "64M"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--vassal-memory-high (memory-high) needs cgroup v2's memory controller"),
+        "{err}"
+    );
+    let app = testkit::uwsgi::write_app(s.tmp.path());
+    write_vassal(&s, "high.ini", &app, 1, "\n[imperium]\nmemory-high = 32M\n");
+    let port = write_vassal(&s, "ok.ini", &app, 1, "");
+    let emp = emperor(&s, &[]);
+    emp.wait_log("cannot start vassal high.ini", T);
+    assert!(
+        emp.log().contains("needs cgroup v2's memory controller"),
+        "{}",
+        emp.log()
+    );
+    assert!(wait_answer(port, "ok.ini", T).is_some(), "{}", emp.log());
 }
 
 /// Whether this machine has the cgroup v1 `controller` hierarchy; says why

@@ -12,6 +12,7 @@ pub mod procs;
 pub mod servers;
 pub mod users;
 pub mod uwsgi;
+pub mod vm;
 pub mod zmq_push;
 
 pub use imperium::{

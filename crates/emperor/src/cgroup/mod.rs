@@ -18,8 +18,10 @@
 //! them) and are owned by root, so a tyrant vassal can neither move itself
 //! out nor write its group's files.
 //!
-//! This first step puts no limits on the groups (no controller is enabled
-//! in `ROOT`), so the emperor does not need to move itself into a leaf.
+//! Limits ([`limits`]) pass controllers down to the groups where the
+//! unified hierarchy has them ([`Cgroups::enable`]); the emperor then
+//! moves itself into a leaf of its own first (`ROOT/.emperor`), as
+//! cgroup v2's no-internal-process rule asks.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::name::VassalName;
 
+pub mod limits;
 pub mod v1;
 
 /// Where vassal cgroups are made (`--vassal-cgroup`).
@@ -85,9 +88,32 @@ pub enum CgroupError {
     /// No controller for a limit.
     #[error("no {0} controller can limit vassals here: none in the unified hierarchy, and no cgroup v1 {0} hierarchy mounted")]
     NoController(&'static str),
+    /// `memory.high` has no cgroup v1 counterpart.
+    #[error("--vassal-memory-high (memory-high) needs cgroup v2's memory controller (memory.high); here the memory controller is cgroup v1's, which has no such limit (use --vassal-memory-max)")]
+    NoHigh,
+    /// A controller could not be passed down to the vassals' groups.
+    #[error("cannot pass the {controller} controller down to the vassals' groups from {}: {source}{}", dir.display(), busy_hint(source))]
+    PassDown {
+        /// The controller.
+        controller: &'static str,
+        /// The group whose `cgroup.subtree_control` refused it.
+        dir: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// The kernel has no `cgroup.kill` (Linux 5.14).
     #[error("this kernel has no cgroup.kill (Linux 5.14 or later is needed)")]
     NoKill,
+}
+
+/// What an EBUSY from `cgroup.subtree_control` means.
+fn busy_hint(e: &io::Error) -> &'static str {
+    if e.raw_os_error() == Some(nix::libc::EBUSY) {
+        " (other processes are in that group, and cgroup v2 lets a group with processes of its own pass no controller to its children: run the emperor in a cgroup of its own, as systemd does with Delegate=yes, contrib/imperium.service)"
+    } else {
+        ""
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
@@ -215,6 +241,9 @@ pub struct Cgroups {
     owned_root: bool,
     /// Where reaped groups go to be removed (see [`Cgroups::sweep`]).
     sweeper: std::sync::Mutex<std::sync::mpsc::Sender<Sweep>>,
+    /// The controllers this emperor passed down from `ROOT`'s parent
+    /// ([`Cgroups::enable`]), taken back at [`Cgroups::finish`].
+    passed: std::sync::Mutex<Vec<&'static str>>,
 }
 
 /// A reaped process's groups, to be removed once empty.
@@ -288,6 +317,7 @@ impl Cgroups {
                     root: p.clone(),
                     owned_root: false,
                     sweeper: sweeper().map_err(io_err(p))?,
+                    passed: std::sync::Mutex::default(),
                 };
                 c.check_kill()?;
                 c.kill_leftovers();
@@ -306,6 +336,7 @@ impl Cgroups {
             sweeper: sweeper().map_err(io_err(&root))?,
             root,
             owned_root,
+            passed: std::sync::Mutex::default(),
         })
     }
 
@@ -329,16 +360,89 @@ impl Cgroups {
         if !owner.is_some_and(|(u, g)| u.is_some() || g.is_some()) {
             return Ok(());
         }
-        let leaf = self.root.join(".emperor");
-        make_dir(&leaf)?;
-        let procs = leaf.join("cgroup.procs");
-        std::fs::write(&procs, b"0").map_err(io_err(&procs))?;
+        self.enter_leaf()?;
         give(
             &self.root,
             &["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"],
             owner,
         )?;
         Ok(())
+    }
+
+    /// Moves the emperor into `ROOT/.emperor` (a leading `.` is never a
+    /// vassal's group: names are made safe with `%2E`).
+    fn enter_leaf(&self) -> Result<(), CgroupError> {
+        let leaf = self.root.join(".emperor");
+        make_dir(&leaf)?;
+        let procs = leaf.join("cgroup.procs");
+        std::fs::write(&procs, b"0").map_err(io_err(&procs))
+    }
+
+    /// Passes `controller` down to the vassals' groups (cgroup v2): into
+    /// `ROOT`'s `cgroup.subtree_control`, and first into its parent's
+    /// where `ROOT` is not offered it yet (in `auto` mode the parent is the
+    /// emperor's own group, which the emperor leaves for `ROOT/.emperor`
+    /// first: a group with processes of its own passes no controller down,
+    /// the hierarchy's root excepted). `Ok(false)` where the unified
+    /// hierarchy does not offer the controller here (it is cgroup v1's, on
+    /// a hybrid layout).
+    pub fn enable(&self, controller: &'static str) -> Result<bool, CgroupError> {
+        let offers = |dir: &Path| {
+            std::fs::read_to_string(dir.join("cgroup.controllers"))
+                .is_ok_and(|t| t.split_whitespace().any(|c| c == controller))
+        };
+        let pass = |dir: &Path, sign: char| {
+            std::fs::write(
+                dir.join("cgroup.subtree_control"),
+                format!("{sign}{controller}"),
+            )
+            .map_err(|source| CgroupError::PassDown {
+                controller,
+                dir: dir.to_path_buf(),
+                source,
+            })
+        };
+        if !offers(&self.root) {
+            let Some(parent) = self.root.parent().filter(|p| offers(p)) else {
+                return Ok(false);
+            };
+            let top = cgroup2_mounts().iter().any(|m| m == parent);
+            if self.owned_root && !top {
+                self.enter_leaf()?;
+            }
+            pass(parent, '+')?;
+            tracing::info!(
+                "[emperor] passed the {controller} controller down from {} to the vassals' groups",
+                parent.display()
+            );
+            self.passed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(controller);
+        }
+        pass(&self.root, '+')?;
+        Ok(true)
+    }
+
+    /// At shutdown, after the vassals' groups are gone: the controllers
+    /// [`Cgroups::enable`] passed down from `ROOT`'s parent are taken back
+    /// and the emperor returns to that group, so that it is left as it was
+    /// found (where a controller cannot be taken back, for instance after
+    /// a drop of privileges, the emperor stays in its leaf).
+    fn give_back(&self) {
+        let passed = std::mem::take(&mut *self.passed.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(parent) = self.root.parent().filter(|_| !passed.is_empty()) else {
+            return;
+        };
+        let write = |dir: &Path, file: &str, v: String| std::fs::write(dir.join(file), v).is_ok();
+        let mut ok = true;
+        for c in &passed {
+            let _ = write(&self.root, "cgroup.subtree_control", format!("-{c}"));
+            ok &= write(parent, "cgroup.subtree_control", format!("-{c}"));
+        }
+        if ok && write(parent, "cgroup.procs", "0".into()) {
+            let _ = std::fs::remove_dir(self.root.join(".emperor"));
+        }
     }
 
     fn auto() -> Result<Cgroups, CgroupError> {
@@ -355,6 +459,7 @@ impl Cgroups {
             sweeper: sweeper().map_err(io_err(&root))?,
             root,
             owned_root: true,
+            passed: std::sync::Mutex::default(),
         };
         if let Err(e) = c.check_kill() {
             let _ = std::fs::remove_dir(&c.root);
@@ -473,6 +578,8 @@ impl Cgroups {
     /// [`Cgroups::delegate`]).
     pub fn finish(&self) {
         self.kill_all();
+        remove_tree(&self.root, false);
+        self.give_back();
         remove_tree(&self.root, self.owned_root);
     }
 

@@ -111,7 +111,7 @@ pub(super) struct Executor {
     pub(super) cgroups: Option<crate::cgroup::Cgroups>,
     /// Limits per vassal process (`--vassal-memory-max`, `-cpu-max`,
     /// `-pids-max`).
-    pub(super) limits: Option<crate::cgroup::v1::V1Limits>,
+    pub(super) limits: Option<crate::cgroup::limits::LimitGroups>,
     /// The emperor-wide health check settings (`--vassal-health`...).
     pub(super) health: HealthSettings,
     /// The health probe of each process that has a check.
@@ -177,8 +177,11 @@ impl Executor {
                     }
                     // a memory limit may be the vassal's own ([imperium]):
                     // its memory group, if any, has the count
-                    if !link.v1.is_empty() {
-                        let oom = crate::cgroup::v1::V1Limits::oom_kills(&link.v1) > 0;
+                    if self.limits.is_some() {
+                        let oom = crate::cgroup::limits::LimitGroups::oom_kills(
+                            link.cgroup.as_deref(),
+                            &link.v1,
+                        ) > 0;
                         rec.note_oom(i, oom);
                     }
                     if let Some(g) = &link.cgroup {
@@ -387,7 +390,7 @@ impl Executor {
     fn health_of(
         &self,
         spec: &VassalSpec,
-    ) -> Result<(crate::cgroup::v1::Limits, Option<HealthCheck>), String> {
+    ) -> Result<(crate::cgroup::limits::Limits, Option<HealthCheck>), String> {
         self.own_settings(spec).and_then(|own| {
             let health = own.health.over(&self.health);
             let check = health
@@ -669,7 +672,7 @@ impl Executor {
         rec: &mut Reconciler,
         instance: InstanceId,
         spec: &VassalSpec,
-        own: crate::cgroup::v1::Limits,
+        own: crate::cgroup::limits::Limits,
     ) -> Result<(Option<PathBuf>, Vec<PathBuf>), Vec<Action>> {
         let cgroup = match self
             .cgroups
@@ -683,11 +686,11 @@ impl Executor {
             }
             Some(Err(e)) => return Err(setup_failed(rec, instance, "cannot make its cgroup", &e)),
         };
-        let v1 = match self
-            .limits
-            .as_ref()
-            .map(|m| m.create(&spec.name, instance, own))
-        {
+        let made = match (&self.limits, &self.cgroups, &cgroup) {
+            (Some(m), Some(c), Some(dir)) => Some(m.create(&spec.name, instance, dir, own, c)),
+            _ => None,
+        };
+        let v1 = match made {
             None => Vec::new(),
             Some(Ok(dirs)) => dirs,
             Some(Err(e)) => {

@@ -104,7 +104,7 @@ pub struct Emperor {
     lifecycle: Option<Box<dyn Lifecycle>>,
     capture: Option<Capture>,
     cgroups: Option<crate::cgroup::Cgroups>,
-    limits: Option<crate::cgroup::v1::V1Limits>,
+    limits: Option<crate::cgroup::limits::LimitGroups>,
     upgrade: Option<UpgradeSetup>,
     restored: Option<Restored>,
     cluster: Option<Box<dyn crate::cluster::ClusterEngine>>,
@@ -167,7 +167,7 @@ impl Emperor {
 
     /// Limits every vassal process (`--vassal-memory-max`, `-cpu-max`,
     /// `-pids-max`; needs [`Emperor::with_cgroups`]).
-    pub fn with_limits(mut self, limits: Option<crate::cgroup::v1::V1Limits>) -> Self {
+    pub fn with_limits(mut self, limits: Option<crate::cgroup::limits::LimitGroups>) -> Self {
         self.limits = limits;
         self
     }

@@ -22,13 +22,15 @@
 //! | `flood` | - | after start, write to the emperor socket as fast as it can: `random` bytes, or one byte value (`1`) |
 //! | `flood-bytes` | 0 | stop flooding after this many bytes (0: until killed) |
 //! | `say` | - | write this line to stdout at start (repeatable; `\n` not needed) |
+//! | `alloc-mb` | 0 | after start, allocate this many MiB and write to every page (kept until exit; memory-limit tests) |
 //! | `print-flood` | 0 | after start, write numbered lines to stderr as fast as it can (`--vassal-logs` tests and benchmarks) |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
 //! `fds 0,1,2,N` (open fds at start), `fd0 TARGET`, `nofile N` (soft
 //! open-file limit), `env K=V` (each
 //! `UWSGI_*` and `NOTIFY_SOCKET` variable at start), `cwd DIR`,
-//! `got byte=B`, `reload`, `stop byte=B`, `lost`, `exit code=C`.
+//! `got byte=B`, `reload`, `stop byte=B`, `lost`, `exit code=C`,
+//! `allocated mb=N`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -60,6 +62,7 @@ struct Behaviour {
     flood_bytes: u64,
     say: Vec<String>,
     print_flood: bool,
+    alloc_mb: u64,
 }
 
 fn parse(text: &str) -> Behaviour {
@@ -81,6 +84,7 @@ fn parse(text: &str) -> Behaviour {
         flood_bytes: 0,
         say: Vec::new(),
         print_flood: false,
+        alloc_mb: 0,
     };
     let mut in_vassal = false;
     for line in text.lines() {
@@ -116,6 +120,7 @@ fn parse(text: &str) -> Behaviour {
             "flood-bytes" => b.flood_bytes = num.unwrap_or(0),
             "say" => b.say.push(v.to_string()),
             "print-flood" => b.print_flood = yes,
+            "alloc-mb" => b.alloc_mb = num.unwrap_or(0),
             _ => {}
         }
     }
@@ -304,6 +309,15 @@ fn main() {
     }
     if b.print_flood {
         print_flood();
+    }
+    // held until the vassal exits
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..b.alloc_mb {
+        // every page written, so it is charged (not only reserved)
+        held.push(vec![0x5a; 1 << 20]);
+    }
+    if b.alloc_mb > 0 {
+        record(&b, &format!("allocated mb={}", held.len()));
     }
     let start = Instant::now();
     let mut next_hb = b.heartbeat.map(|ms| start + Duration::from_millis(ms));
