@@ -8,8 +8,8 @@ dir=/var/cache/imperium-vm
 mkdir -p "$dir"
 pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
 if [ -z "$pkg" ]; then
-  echo "vm-kernel.sh: no linux-image package found; the VM tests will say NOT TESTED" >&2
-  exit 0
+  echo "vm-kernel.sh: no linux-image package found (the cgroup v2 VM test needs one)" >&2
+  exit 1
 fi
 cd "$dir"
 apt-get download "$pkg" 2>/dev/null

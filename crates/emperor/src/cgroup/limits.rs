@@ -36,7 +36,7 @@ pub struct Limits {
 }
 
 /// The controllers limits can use.
-const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+const CONTROLLERS: [&str; 3] = super::LIMITED;
 
 /// cpu.max's and cpu.cfs_period_us's period, in microseconds.
 const CPU_PERIOD: u64 = 100_000;
@@ -198,6 +198,7 @@ impl LimitGroups {
         owner: Option<(Option<u32>, Option<u32>)>,
         cgroups: &Cgroups,
     ) -> Result<LimitGroups, CgroupError> {
+        cgroups.prepare_for_limits()?;
         let l = LimitGroups {
             limits,
             owner,

@@ -171,6 +171,22 @@ fn own_path(controller: Option<&str>) -> Option<String> {
     })
 }
 
+/// The controllers limits use.
+const LIMITED: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// Whether `dir` is the root of its cgroup2 hierarchy, which the
+/// no-internal-process rule exempts (it has no `cgroup.type`; a cgroup
+/// namespace's root, as in a container, has one and is not exempt).
+fn is_top(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
+/// The emperor's own group in the unified hierarchy, as a directory.
+fn own_dir() -> Option<PathBuf> {
+    let mount = cgroup2_mounts().into_iter().next()?;
+    Some(mount.join(own_path(None)?.trim_start_matches('/')))
+}
+
 /// Makes `dir` (one level), which may exist already.
 fn make_dir(dir: &Path) -> Result<(), CgroupError> {
     match std::fs::create_dir(dir) {
@@ -244,6 +260,9 @@ pub struct Cgroups {
     /// The controllers this emperor passed down from `ROOT`'s parent
     /// ([`Cgroups::enable`]), taken back at [`Cgroups::finish`].
     passed: std::sync::Mutex<Vec<&'static str>>,
+    /// The group the emperor left for `ROOT/.emperor` to pass controllers
+    /// down, returned to at [`Cgroups::finish`].
+    left: std::sync::Mutex<Option<PathBuf>>,
 }
 
 /// A reaped process's groups, to be removed once empty.
@@ -318,6 +337,7 @@ impl Cgroups {
                     owned_root: false,
                     sweeper: sweeper().map_err(io_err(p))?,
                     passed: std::sync::Mutex::default(),
+                    left: std::sync::Mutex::default(),
                 };
                 c.check_kill()?;
                 c.kill_leftovers();
@@ -331,13 +351,32 @@ impl Cgroups {
     /// The groups the emperor's previous image made under `root` (a hot
     /// upgrade): nothing is made, moved or killed; the vassals' groups
     /// stay where they are.
+    ///
+    /// In `auto` mode, an emperor in `ROOT/.emperor` whose parent group
+    /// (not the hierarchy's root) passes down memory, cpu or pids passed
+    /// them itself: that group held the emperor when it started, and a
+    /// group with processes passes nothing down. They are taken back at
+    /// [`Cgroups::finish`], as the previous image would have.
     pub fn adopt(root: PathBuf, owned_root: bool) -> Result<Cgroups, CgroupError> {
-        Ok(Cgroups {
+        let c = Cgroups {
             sweeper: sweeper().map_err(io_err(&root))?,
             root,
             owned_root,
             passed: std::sync::Mutex::default(),
-        })
+            left: std::sync::Mutex::default(),
+        };
+        if let Some(parent) = c.root.parent().filter(|p| owned_root && !is_top(p)) {
+            if c.in_leaf() {
+                let text = std::fs::read_to_string(parent.join("cgroup.subtree_control"))
+                    .unwrap_or_default();
+                *c.passed.lock().unwrap_or_else(|p| p.into_inner()) = LIMITED
+                    .into_iter()
+                    .filter(|l| text.split_whitespace().any(|t| t == *l))
+                    .collect();
+                *c.left.lock().unwrap_or_else(|p| p.into_inner()) = Some(parent.to_path_buf());
+            }
+        }
+        Ok(c)
     }
 
     /// Whether the emperor made its root (`auto`; removed at shutdown).
@@ -371,11 +410,45 @@ impl Cgroups {
 
     /// Moves the emperor into `ROOT/.emperor` (a leading `.` is never a
     /// vassal's group: names are made safe with `%2E`).
+    /// Does nothing when it is there already; notes the group it left.
     fn enter_leaf(&self) -> Result<(), CgroupError> {
+        if self.in_leaf() {
+            return Ok(());
+        }
+        let from = own_dir();
         let leaf = self.root.join(".emperor");
         make_dir(&leaf)?;
         let procs = leaf.join("cgroup.procs");
-        std::fs::write(&procs, b"0").map_err(io_err(&procs))
+        std::fs::write(&procs, b"0").map_err(io_err(&procs))?;
+        *self.left.lock().unwrap_or_else(|p| p.into_inner()) = from;
+        Ok(())
+    }
+
+    /// Whether the emperor is in `ROOT/.emperor`.
+    fn in_leaf(&self) -> bool {
+        own_dir().is_some_and(|d| d == self.root.join(".emperor"))
+    }
+
+    /// Before any limit is set up (and before the emperor forks anything
+    /// that could stay in its group): in `auto` mode, where the emperor's
+    /// group offers a controller limits use and is not the hierarchy's
+    /// root, the emperor moves into `ROOT/.emperor`, so that the
+    /// controller can be passed down later, even for one vassal's own
+    /// section.
+    pub fn prepare_for_limits(&self) -> Result<(), CgroupError> {
+        let Some(parent) = self.root.parent().filter(|p| self.owned_root && !is_top(p)) else {
+            return Ok(());
+        };
+        let offered =
+            std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
+        if LIMITED
+            .iter()
+            .any(|l| offered.split_whitespace().any(|t| t == *l))
+            && own_dir().is_some_and(|d| d == parent)
+        {
+            self.enter_leaf()?;
+        }
+        Ok(())
     }
 
     /// Passes `controller` down to the vassals' groups (cgroup v2): into
@@ -406,8 +479,9 @@ impl Cgroups {
             let Some(parent) = self.root.parent().filter(|p| offers(p)) else {
                 return Ok(false);
             };
-            let top = cgroup2_mounts().iter().any(|m| m == parent);
-            if self.owned_root && !top {
+            // the emperor's own group (either mode: --vassal-cgroup PATH
+            // may be right below it) must first be left for a leaf
+            if !is_top(parent) && own_dir().is_some_and(|d| d == parent) {
                 self.enter_leaf()?;
             }
             pass(parent, '+')?;
@@ -431,17 +505,19 @@ impl Cgroups {
     /// a drop of privileges, the emperor stays in its leaf).
     fn give_back(&self) {
         let passed = std::mem::take(&mut *self.passed.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some(parent) = self.root.parent().filter(|_| !passed.is_empty()) else {
-            return;
-        };
+        let left = self.left.lock().unwrap_or_else(|p| p.into_inner()).take();
         let write = |dir: &Path, file: &str, v: String| std::fs::write(dir.join(file), v).is_ok();
         let mut ok = true;
-        for c in &passed {
-            let _ = write(&self.root, "cgroup.subtree_control", format!("-{c}"));
-            ok &= write(parent, "cgroup.subtree_control", format!("-{c}"));
+        if let Some(parent) = self.root.parent() {
+            for c in &passed {
+                let _ = write(&self.root, "cgroup.subtree_control", format!("-{c}"));
+                ok &= write(parent, "cgroup.subtree_control", format!("-{c}"));
+            }
         }
-        if ok && write(parent, "cgroup.procs", "0".into()) {
-            let _ = std::fs::remove_dir(self.root.join(".emperor"));
+        if let Some(from) = left.filter(|_| ok) {
+            if write(&from, "cgroup.procs", "0".into()) {
+                let _ = std::fs::remove_dir(self.root.join(".emperor"));
+            }
         }
     }
 
@@ -460,6 +536,7 @@ impl Cgroups {
             root,
             owned_root: true,
             passed: std::sync::Mutex::default(),
+            left: std::sync::Mutex::default(),
         };
         if let Err(e) = c.check_kill() {
             let _ = std::fs::remove_dir(&c.root);
@@ -601,6 +678,9 @@ impl Drop for Cgroups {
     /// Empty groups go (the emperor stopped before it ran, or after
     /// [`Cgroups::finish`]); a group with processes in it stays.
     fn drop(&mut self) {
+        // a start-up error after a controller was passed down leaves the
+        // group as it was found, too
+        self.give_back();
         remove_tree(&self.root, self.owned_root);
     }
 }
