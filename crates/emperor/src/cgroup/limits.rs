@@ -301,16 +301,28 @@ impl LimitGroups {
         Ok(dirs)
     }
 
-    /// How many processes of a reaped process's groups (its v2 `group`,
-    /// its v1 groups `v1`) the OOM killer killed.
-    pub fn oom_kills(group: Option<&Path>, v1: &[PathBuf]) -> u64 {
-        let v2 = group
-            .and_then(|g| super::read_num(&g.join("memory.events"), Some("oom_kill")))
-            .unwrap_or(0);
-        v2 + v1
+    /// Whether the OOM killer killed a process of a reaped process's
+    /// groups (its v2 `group`, read only where memory limits go through
+    /// v2; its v1 groups `v1`); `None` where none of them can say (no
+    /// memory controller covers it), so that an exit costs no read then.
+    pub fn oom_killed(&self, group: Option<&Path>, v1: &[PathBuf]) -> Option<bool> {
+        let v2 = self
+            .backends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter_map(|g| super::read_num(&g.join("memory.oom_control"), Some("oom_kill")))
-            .sum::<u64>()
+            .any(|(c, b)| *c == "memory" && *b == Backend::V2);
+        let v2 = group.filter(|_| v2);
+        if v2.is_none() && v1.is_empty() {
+            return None;
+        }
+        let kills = v2
+            .and_then(|g| super::read_num(&g.join("memory.events"), Some("oom_kill")))
+            .unwrap_or(0)
+            + v1.iter()
+                .filter_map(|g| super::read_num(&g.join("memory.oom_control"), Some("oom_kill")))
+                .sum::<u64>();
+        Some(kills > 0)
     }
 
     /// At shutdown: removes every v1 group left (their processes are

@@ -181,6 +181,13 @@ fn is_top(dir: &Path) -> bool {
     !dir.join("cgroup.type").exists()
 }
 
+/// Whether the list file `file` of group `dir` (`cgroup.controllers`,
+/// `cgroup.subtree_control`) names `controller`.
+fn lists(dir: &Path, file: &str, controller: &str) -> bool {
+    std::fs::read_to_string(dir.join(file))
+        .is_ok_and(|t| t.split_whitespace().any(|c| c == controller))
+}
+
 /// The emperor's own group in the unified hierarchy, as a directory.
 fn own_dir() -> Option<PathBuf> {
     let mount = cgroup2_mounts().into_iter().next()?;
@@ -367,11 +374,9 @@ impl Cgroups {
         };
         if let Some(parent) = c.root.parent().filter(|p| owned_root && !is_top(p)) {
             if c.in_leaf() {
-                let text = std::fs::read_to_string(parent.join("cgroup.subtree_control"))
-                    .unwrap_or_default();
                 *c.passed.lock().unwrap_or_else(|p| p.into_inner()) = LIMITED
                     .into_iter()
-                    .filter(|l| text.split_whitespace().any(|t| t == *l))
+                    .filter(|l| lists(parent, "cgroup.subtree_control", l))
                     .collect();
                 *c.left.lock().unwrap_or_else(|p| p.into_inner()) = Some(parent.to_path_buf());
             }
@@ -424,6 +429,16 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Leaves `parent` for `ROOT/.emperor` where it is the emperor's own
+    /// group and not the hierarchy's root: a group with processes of its
+    /// own passes no controller down.
+    fn leave(&self, parent: &Path) -> Result<(), CgroupError> {
+        if !is_top(parent) && own_dir().is_some_and(|d| d == parent) {
+            self.enter_leaf()?;
+        }
+        Ok(())
+    }
+
     /// Whether the emperor is in `ROOT/.emperor`.
     fn in_leaf(&self) -> bool {
         own_dir().is_some_and(|d| d == self.root.join(".emperor"))
@@ -436,19 +451,17 @@ impl Cgroups {
     /// controller can be passed down later, even for one vassal's own
     /// section.
     pub fn prepare_for_limits(&self) -> Result<(), CgroupError> {
-        let Some(parent) = self.root.parent().filter(|p| self.owned_root && !is_top(p)) else {
-            return Ok(());
-        };
-        let offered =
-            std::fs::read_to_string(parent.join("cgroup.controllers")).unwrap_or_default();
-        if LIMITED
-            .iter()
-            .any(|l| offered.split_whitespace().any(|t| t == *l))
-            && own_dir().is_some_and(|d| d == parent)
-        {
-            self.enter_leaf()?;
+        match self.root.parent() {
+            Some(parent)
+                if self.owned_root
+                    && LIMITED
+                        .iter()
+                        .any(|l| lists(parent, "cgroup.controllers", l)) =>
+            {
+                self.leave(parent)
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Passes `controller` down to the vassals' groups (cgroup v2): into
@@ -460,10 +473,7 @@ impl Cgroups {
     /// hierarchy does not offer the controller here (it is cgroup v1's, on
     /// a hybrid layout).
     pub fn enable(&self, controller: &'static str) -> Result<bool, CgroupError> {
-        let offers = |dir: &Path| {
-            std::fs::read_to_string(dir.join("cgroup.controllers"))
-                .is_ok_and(|t| t.split_whitespace().any(|c| c == controller))
-        };
+        let offers = |dir: &Path| lists(dir, "cgroup.controllers", controller);
         let pass = |dir: &Path, sign: char| {
             std::fs::write(
                 dir.join("cgroup.subtree_control"),
@@ -479,11 +489,9 @@ impl Cgroups {
             let Some(parent) = self.root.parent().filter(|p| offers(p)) else {
                 return Ok(false);
             };
-            // the emperor's own group (either mode: --vassal-cgroup PATH
-            // may be right below it) must first be left for a leaf
-            if !is_top(parent) && own_dir().is_some_and(|d| d == parent) {
-                self.enter_leaf()?;
-            }
+            // either mode: --vassal-cgroup PATH may be right below the
+            // emperor's own group
+            self.leave(parent)?;
             pass(parent, '+')?;
             tracing::info!(
                 "[emperor] passed the {controller} controller down from {} to the vassals' groups",

@@ -177,11 +177,11 @@ impl Executor {
                     }
                     // a memory limit may be the vassal's own ([imperium]):
                     // its memory group, if any, has the count
-                    if self.limits.is_some() {
-                        let oom = crate::cgroup::limits::LimitGroups::oom_kills(
-                            link.cgroup.as_deref(),
-                            &link.v1,
-                        ) > 0;
+                    if let Some(oom) = self
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.oom_killed(link.cgroup.as_deref(), &link.v1))
+                    {
                         rec.note_oom(i, oom);
                     }
                     if let Some(g) = &link.cgroup {
