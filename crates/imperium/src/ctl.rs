@@ -476,7 +476,14 @@ pub fn top_rows(
     if rates.is_some() {
         head.push("CPU%");
     }
-    head.extend(["CPU s", "RESTARTS", "HEALTH", "LAST EXIT"]);
+    head.extend([
+        "CPU s",
+        "CG MEM MiB",
+        "THROTTLED s",
+        "RESTARTS",
+        "HEALTH",
+        "LAST EXIT",
+    ]);
     let mut rows: Vec<Vec<String>> = vec![head.iter().map(|s| s.to_string()).collect()];
     for v in &vs {
         let u = &v["usage"];
@@ -503,8 +510,15 @@ pub fn top_rows(
         if rates.is_some() {
             row.push(format!("{:.1}", rate(v)));
         }
+        // the cgroup figures, where a controller covers the vassal's group
+        let cg = |k: &str, scale: f64, digits: usize| match u[k].as_f64() {
+            Some(x) => format!("{:.digits$}", x / scale),
+            None => "-".into(),
+        };
         row.extend([
             cpu,
+            cg("memory_current_bytes", 1048576.0, 1),
+            cg("cpu_throttled_seconds", 1.0, 2),
             plain(&v["restarts"]),
             health_cell(&v["health"]),
             plain(&last),

@@ -446,6 +446,22 @@ fn an_allocating_vassal_is_oom_killed_reported_and_respawned() {
         .unwrap_or_else(|| panic!("{ok:#}"));
     assert!(current > 1 << 20 && current <= 64 << 20, "{ok:#}");
     assert!(peak >= current && peak <= 64 << 20, "{ok:#}");
+    // and `ctl top --once` shows what its group is charged, in MiB
+    let mib: f64 = top_cell(&ctl_sock, "ok.ini", 6).parse().unwrap();
+    assert!(mib > 1.0 && mib <= 64.0, "CG MEM MiB {mib}");
+}
+
+/// Column `i` (from 0) of `name`'s row in `imperium ctl top --once`.
+fn top_cell(ctl_sock: &Path, name: &str, i: usize) -> String {
+    let top = testkit::ctl_ok(ctl_sock, &["top", "--once"]);
+    let row = top
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name}: {top}"));
+    row.split_whitespace()
+        .nth(i)
+        .unwrap_or_else(|| panic!("{top}"))
+        .to_string()
 }
 
 #[test]
@@ -558,6 +574,11 @@ fn a_cpu_limit_holds_a_spinning_vassal_to_its_share() {
     assert!(
         held > 0.3 * wall,
         "throttled {held} s in {wall} s of spinning under 0.2 cores"
+    );
+    let shown: f64 = top_cell(&ctl_sock, "spin.ini", 7).parse().unwrap();
+    assert!(
+        shown >= th0 + held - 0.01,
+        "THROTTLED s {shown}, held {held}"
     );
     assert!(emp.stop().success());
 }

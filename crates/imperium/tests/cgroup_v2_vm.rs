@@ -11,14 +11,19 @@
 //!    vassal's group carries the limits (its `[imperium]` section
 //!    overriding them); a vassal allocating 100 MiB is OOM-killed,
 //!    reported and respawned; one over its own `memory-high` is throttled,
-//!    not killed; `ctl show` reports v2's memory figures; at shutdown the
-//!    group is left as it was found;
+//!    not killed; one spinning under its own `cpu-max` is throttled, and
+//!    `ctl show` and `ctl top --once` report v2's memory figures and
+//!    throttled time; after a hot upgrade the emperor is still in its leaf
+//!    and still passes controllers down; at shutdown the group is left as
+//!    it was found;
 //! 2. with a real uWSGI vassal asking for 4 workers under
 //!    `--vassal-pids-max 3`, in the same group after the first left, its
 //!    own `memory-max` passing the memory controller down while the
-//!    emperor runs;
+//!    emperor runs, after a hot upgrade;
 //! 3. in a group that holds another process: a clear start-up error, and
-//!    the group left as it was found.
+//!    the group left as it was found;
+//! 4. in a group not given the pids controller that its parent has: a
+//!    start-up error that says where the controller is and what to do.
 
 use std::time::Duration;
 
@@ -36,6 +41,7 @@ printf '[vassal]\nrecord = /tmp/rec/plain\n' > $V/plain.ini
 printf '[vassal]\nrecord = /tmp/rec/own\n[imperium]\nmemory-max = 16M\npids-max = 5\n' > $V/own.ini
 printf '[vassal]\nalloc-mb = 100\n[imperium]\nmemory-high = 1G\n' > $V/hog.ini
 printf '[vassal]\nrecord = /tmp/rec/high\nalloc-mb = 12\n[imperium]\nmemory-high = 8M\n' > $V/high.ini
+printf '[vassal]\nrecord = /tmp/rec/spin\nspin = 1\n[imperium]\ncpu-max = 0.1\n' > $V/spin.ini
 mkdir $C/svc
 sh -c "echo \$\$ > $C/svc/cgroup.procs; exec /bin/imperium --emperor $V --binary-path /bin/imperium-test-vassal --vassal-memory-max 64M --vassal-memory-high 48M --vassal-cpu-max 0.5 --vassal-pids-max 40 --emperor-control-socket /tmp/ctl.sock" > /tmp/e1.log 2>&1 &
 EMP=$!
@@ -63,6 +69,24 @@ echo "R high_starts=$(grep -c '^start' /tmp/rec/high)"
 /bin/imperium ctl --socket /tmp/ctl.sock --json show plain.ini > /tmp/show.json
 echo "R plain_memory_current=$(grep -o '"memory_current_bytes": *[0-9]*' /tmp/show.json | grep -o '[0-9]*$')"
 echo "R plain_memory_peak=$(grep -o '"memory_peak_bytes": *[0-9]*' /tmp/show.json | grep -o '[0-9]*$')"
+G=$(group svc spin.ini)
+echo "R spin_cpu_max=$(cat $G/cpu.max)"
+waitfor "[ \$(grep '^nr_throttled ' $G/cpu.stat | cut -d' ' -f2) -gt 5 ]" 150
+/bin/imperium ctl --socket /tmp/ctl.sock --json show spin.ini > /tmp/spin.json
+echo "R spin_throttled_usec_after=$(grep '^throttled_usec ' $G/cpu.stat | cut -d' ' -f2)"
+echo "R spin_throttled_shown=$(grep -o '"cpu_throttled_seconds": *[0-9.e-]*' /tmp/spin.json | sed 's/.*: *//')"
+/bin/imperium ctl --socket /tmp/ctl.sock top --once > /tmp/top.txt
+echo "R spin_top=$(grep '^spin.ini' /tmp/top.txt | tr -s ' ' | cut -d' ' -f8)"
+echo "R plain_top_mem=$(grep '^plain.ini' /tmp/top.txt | tr -s ' ' | cut -d' ' -f7)"
+cat /tmp/top.txt
+# a hot upgrade: the new image takes over the leaf and what was passed down
+/bin/imperium ctl --socket /tmp/ctl.sock upgrade; echo "R upgrade_exit=$?"
+echo "R emperor_cgroup_upgraded=$(cat /proc/$EMP/cgroup)"
+echo "R groups_upgraded=$(find $C/svc -type d -name 'imperium-*' | wc -l)"
+echo "R plain_starts_upgraded=$(grep -c '^start' /tmp/rec/plain)"
+printf '[vassal]\nrecord = /tmp/rec/late\n[imperium]\nmemory-max = 20M\n' > $V/late.ini
+waitfor 'grep -q "^start" /tmp/rec/late' 300
+echo "R late_memory_max=$(cat $(group svc late.ini)/memory.max)"
 kill -INT $EMP; wait $EMP; echo "R e1_exit=$?"
 echo "R svc_subtree_after=[$(cat $C/svc/cgroup.subtree_control)]"
 echo "R svc_left=$(ls $C/svc | grep -c imperium-)"
@@ -70,9 +94,13 @@ cat /tmp/e1.log
 
 # 2: a real uWSGI vassal under --vassal-pids-max 3, in the same group
 U=/tmp/uvassals; mkdir -p $U
-printf '[uwsgi]\nmaster = true\nprocesses = 4\nsocket = /tmp/u.sock\n[imperium]\nmemory-max = 256M\n' > $U/u.ini
-sh -c "echo \$\$ > $C/svc/cgroup.procs; exec /bin/imperium --emperor $U --binary-path /usr/bin/uwsgi --vassal-pids-max 3" > /tmp/e2.log 2>&1 &
+sh -c "echo \$\$ > $C/svc/cgroup.procs; exec /bin/imperium --emperor $U --binary-path /usr/bin/uwsgi --vassal-pids-max 3 --emperor-control-socket /tmp/ctl2.sock" > /tmp/e2.log 2>&1 &
 EMP=$!
+waitfor '[ -S /tmp/ctl2.sock ]' 300
+# upgraded before its vassal comes: the memory controller is passed down
+# by the new image, and given back with the pids controller at exit
+/bin/imperium ctl --socket /tmp/ctl2.sock upgrade; echo "R upgrade2_exit=$?"
+printf '[uwsgi]\nmaster = true\nprocesses = 4\nsocket = /tmp/u.sock\n[imperium]\nmemory-max = 256M\n' > $U/u.ini
 waitfor 'grep -q "Resource temporarily unavailable" /tmp/e2.log' 300
 sleep 2
 G=$(group svc u.ini)
@@ -93,6 +121,14 @@ echo "R busy_said=$(grep -c 'other processes are in that group' /tmp/e3.log)"
 echo "R busy_subtree_after=[$(cat $C/busy/cgroup.subtree_control)]"
 echo "R busy_left=$(ls $C/busy | grep -c imperium-)"
 cat /tmp/e3.log
+
+# 4: a controller the unified hierarchy has, but not for the emperor's group
+mkdir -p $C/outer/inner
+sh -c "echo \$\$ > $C/outer/inner/cgroup.procs; exec /bin/imperium --emperor $V --binary-path /bin/imperium-test-vassal --vassal-pids-max 5" > /tmp/e4.log 2>&1
+echo "R nodeleg_exit=$?"
+echo "R nodeleg_said=$(grep -c 'the pids controller is in the unified hierarchy at /sys/fs/cgroup/outer, but is not passed down to the emperor.s group /sys/fs/cgroup/outer/inner' /tmp/e4.log)"
+echo "R nodeleg_left=$(ls $C/outer/inner | grep -c imperium-)"
+cat /tmp/e4.log
 "#;
 
 #[test]
@@ -154,7 +190,29 @@ fn limits_go_through_cgroup_v2_where_it_has_the_controllers() {
     let current = num("plain_memory_current");
     assert!(current > 0 && current <= 64 << 20, "{current}");
     assert!(num("plain_memory_peak") >= current);
-    // a clean exit gives the group back as it was found
+    // a CPU limit's throttled time (v2's cpu.stat throttled_usec), in
+    // `ctl show` and `ctl top --once`
+    assert_eq!(get("spin_cpu_max"), "10000 100000");
+    let shown: f64 = get("spin_throttled_shown").parse().unwrap();
+    let after = num("spin_throttled_usec_after") as f64 / 1e6;
+    assert!(
+        shown > 0.0 && shown <= after,
+        "shown {shown} s, cpu.stat {after} s"
+    );
+    let top: f64 = get("spin_top").parse().unwrap();
+    assert!(top >= shown - 0.01, "top {top} s, shown {shown} s");
+    let mem: f64 = get("plain_top_mem").parse().unwrap();
+    assert!(mem > 0.0 && mem <= 64.0, "CG MEM MiB {mem}");
+    // after a hot upgrade the emperor is still in its leaf, nothing is
+    // nested or restarted, and a controller is still passed down for a
+    // vassal that comes later
+    assert_eq!(num("upgrade_exit"), 0);
+    assert_eq!(get("emperor_cgroup_upgraded"), get("emperor_cgroup"));
+    assert_eq!(num("groups_upgraded"), 1);
+    assert_eq!(num("plain_starts_upgraded"), 1);
+    assert_eq!(num("late_memory_max"), 20 << 20);
+    // a clean exit gives the group back as it was found, also after the
+    // upgrade (the new image knew what its predecessor passed down)
     assert_eq!(num("e1_exit"), 0);
     assert_eq!(get("svc_subtree_after"), "[]");
     assert_eq!(num("svc_left"), 0);
@@ -165,6 +223,7 @@ fn limits_go_through_cgroup_v2_where_it_has_the_controllers() {
     // its own memory-max: the memory controller passed down while the
     // emperor runs, for that vassal alone
     assert_eq!(num("u_memory_max"), 256 << 20);
+    assert_eq!(num("upgrade2_exit"), 0);
     assert_eq!(num("e2_exit"), 0);
     assert_eq!(get("svc_subtree_after2"), "[]");
     // a group with another process: an error at start-up that says why
@@ -173,4 +232,9 @@ fn limits_go_through_cgroup_v2_where_it_has_the_controllers() {
     // and leaves that group as it was found
     assert_eq!(get("busy_subtree_after"), "[]");
     assert_eq!(num("busy_left"), 0);
+    // a controller not delegated to the emperor's group: says where it is
+    // and what to do
+    assert_ne!(num("nodeleg_exit"), 0);
+    assert_eq!(num("nodeleg_said"), 1, "{console}");
+    assert_eq!(num("nodeleg_left"), 0);
 }

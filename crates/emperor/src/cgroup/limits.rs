@@ -235,7 +235,7 @@ impl LimitGroups {
         let b = if cgroups.enable(controller)? {
             Backend::V2
         } else {
-            let base = super::v1::base(controller).ok_or(CgroupError::NoController(controller))?;
+            let base = super::v1::base(controller).ok_or_else(|| cgroups.missing(controller))?;
             let root = base.join(format!("imperium-{}", std::process::id()));
             super::make_dir(&root)?;
             super::give(&root, &["cgroup.procs", "tasks"], self.owner)?;

@@ -88,6 +88,17 @@ pub enum CgroupError {
     /// No controller for a limit.
     #[error("no {0} controller can limit vassals here: none in the unified hierarchy, and no cgroup v1 {0} hierarchy mounted")]
     NoController(&'static str),
+    /// The unified hierarchy has the controller, but not for the
+    /// emperor's group.
+    #[error("the {controller} controller is in the unified hierarchy at {}, but is not passed down to the emperor's group {} (under systemd: Delegate=yes in the unit; else write +{controller} into cgroup.subtree_control of each group in between)", above.display(), group.display())]
+    NotDelegated {
+        /// The controller.
+        controller: &'static str,
+        /// The nearest group above that has it.
+        above: PathBuf,
+        /// The group that would have to pass it to the vassals' groups.
+        group: PathBuf,
+    },
     /// `memory.high` has no cgroup v1 counterpart.
     #[error("--vassal-memory-high (memory-high) needs cgroup v2's memory controller (memory.high); here the memory controller is cgroup v1's, which has no such limit (use --vassal-memory-max)")]
     NoHigh,
@@ -504,6 +515,26 @@ impl Cgroups {
         }
         pass(&self.root, '+')?;
         Ok(true)
+    }
+
+    /// Why `controller` cannot limit vassals, where [`Cgroups::enable`]
+    /// found it neither offered to `ROOT` nor to its parent, and cgroup v1
+    /// has no hierarchy for it: the nearest group above that has it (not
+    /// delegated), else nowhere in the unified hierarchy.
+    pub fn missing(&self, controller: &'static str) -> CgroupError {
+        let group = self.root.parent().unwrap_or(&self.root);
+        group
+            .ancestors()
+            .skip(1)
+            .take_while(|d| d.join("cgroup.controllers").exists())
+            .find(|d| lists(d, "cgroup.controllers", controller))
+            .map_or(CgroupError::NoController(controller), |above| {
+                CgroupError::NotDelegated {
+                    controller,
+                    above: above.to_path_buf(),
+                    group: group.to_path_buf(),
+                }
+            })
     }
 
     /// At shutdown, after the vassals' groups are gone: the controllers

@@ -23,6 +23,7 @@
 //! | `flood-bytes` | 0 | stop flooding after this many bytes (0: until killed) |
 //! | `say` | - | write this line to stdout at start (repeatable; `\n` not needed) |
 //! | `alloc-mb` | 0 | after start, allocate this many MiB and write to every page (kept until exit; memory-limit tests) |
+//! | `spin` | 0 | after start, a thread spins on the CPU until exit (CPU-limit tests) |
 //! | `print-flood` | 0 | after start, write numbered lines to stderr as fast as it can (`--vassal-logs` tests and benchmarks) |
 //!
 //! Record lines: `start pid=P gen=G marker=M config=emperor|file`,
@@ -63,6 +64,7 @@ struct Behaviour {
     say: Vec<String>,
     print_flood: bool,
     alloc_mb: u64,
+    spin: bool,
 }
 
 fn parse(text: &str) -> Behaviour {
@@ -85,6 +87,7 @@ fn parse(text: &str) -> Behaviour {
         say: Vec::new(),
         print_flood: false,
         alloc_mb: 0,
+        spin: false,
     };
     let mut in_vassal = false;
     for line in text.lines() {
@@ -121,6 +124,7 @@ fn parse(text: &str) -> Behaviour {
             "say" => b.say.push(v.to_string()),
             "print-flood" => b.print_flood = yes,
             "alloc-mb" => b.alloc_mb = num.unwrap_or(0),
+            "spin" => b.spin = yes,
             _ => {}
         }
     }
@@ -318,6 +322,11 @@ fn main() {
     }
     if b.alloc_mb > 0 {
         record(&b, &format!("allocated mb={}", held.len()));
+    }
+    if b.spin {
+        std::thread::spawn(|| loop {
+            std::hint::black_box(0u64);
+        });
     }
     let start = Instant::now();
     let mut next_hb = b.heartbeat.map(|ms| start + Duration::from_millis(ms));
