@@ -145,6 +145,12 @@ pub struct VassalSpec {
     /// for dir://, so relative config names resolve where they were found).
     /// `None` means the emperor's own working directory.
     pub workdir: Option<PathBuf>,
+    /// Limits the source's record sets for this vassal (fields beside the
+    /// config, where the source can carry them: pg:// columns, mongodb://
+    /// fields); each replaces the vassal's `[imperium]` section's and the
+    /// emperor-wide one. `None` for most vassals (boxed: most specs carry
+    /// none).
+    pub limits: Option<Box<crate::cgroup::limits::Limits>>,
 }
 
 impl VassalSpec {
@@ -157,6 +163,7 @@ impl VassalSpec {
             owner: None,
             socket: None,
             workdir: None,
+            limits: None,
         }
     }
 }

@@ -187,6 +187,9 @@ pub struct SavedSpec {
     /// Its working directory.
     #[serde(default)]
     pub workdir: Option<String>,
+    /// The limits its source's record sets (`key = value` lines).
+    #[serde(default)]
+    pub limits: Option<String>,
 }
 
 /// Where a config comes from.

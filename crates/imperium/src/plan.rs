@@ -307,6 +307,7 @@ fn adopted(v: &Value) -> Option<Adopted> {
             owner,
             socket: v["on_demand"].as_str().map(str::to_string),
             workdir: v["workdir"].as_str().map(Into::into),
+            limits: None,
         },
         monitor: v["monitor"].as_u64()? as usize,
         state: serde_json::from_value(v["state"].clone()).ok()?,

@@ -189,3 +189,29 @@ fn file_config_and_a_server_restart_with_polling() {
         .unwrap_or_else(|| panic!("vassal never reloaded:\n{}", emp.log()));
     assert_eq!(master_of(w2), master, "graceful reload keeps the master");
 }
+
+/// A document's `memory_max` and `pids_max` fields limit its real uWSGI
+/// vassal (cgroup v1 here: the master's memory and pids groups carry
+/// them), without a word in its config.
+#[test]
+fn limit_fields_limit_the_vassal() {
+    if !testkit::procs::hybrid_v1(&["memory", "pids"]) {
+        return;
+    }
+    let server = MongoServer::start(Topology::Standalone);
+    let docs = Docs::new(&server);
+    let tmp = tempfile::tempdir().unwrap();
+    let app = write_app(tmp.path());
+    let (ini, port) = vassal_ini(&app, "lim");
+    docs.insert(
+        doc! {"name": "lim.ini", "config": ini, "ts": 1, "memory_max": "96M", "pids_max": 12},
+    );
+    let url = format!("mongodb://{},uwsgi.emperor.vassals", server.addr());
+    let emp = emperor(tmp.path(), &url, "1");
+    let worker = wait_answer(port, "lim", T)
+        .unwrap_or_else(|| panic!("vassal never answered:\n{}", emp.log()));
+    let master = master_of(worker);
+    let read = |c: &str, f: &str| testkit::procs::v1_value(master, c, f);
+    assert_eq!(read("memory", "memory.limit_in_bytes"), 96 << 20);
+    assert_eq!(read("pids", "pids.max"), 12);
+}

@@ -285,3 +285,83 @@ fn bad_rows_are_logged_and_skipped_while_good_rows_run() {
     }
     assert_eq!(emp.count("spawned uwsgi instance"), 1, "{log}");
 }
+
+/// Limits from a row's limit columns (`memory_max`, `pids_max`, found by
+/// name), over the `[imperium]` section of the config column, which
+/// applies when the row sets none; a bad limit column skips its row and
+/// says why.
+#[test]
+fn limit_columns_and_the_inline_section_limit_vassals() {
+    if !testkit::procs::hybrid_v1(&["memory", "pids"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pg = PgServer::start();
+    pg.psql("CREATE TABLE vassals (name text PRIMARY KEY, config text, ts timestamptz NOT NULL DEFAULT now(), memory_max text, pids_max int);");
+    pg.psql(NOTIFY_SQL);
+    let rec = |n: &str| tmp.path().join(format!("{n}.rec"));
+    let cfg = |n: &str, section: &str| {
+        lit(&format!(
+            "[vassal]\nrecord = {}\n{section}",
+            rec(n).display()
+        ))
+    };
+    pg.psql(&format!(
+        "INSERT INTO vassals VALUES
+           ('rec.ini', {}, now(), '32M', 7),
+           ('sec.ini', {}, now(), NULL, NULL),
+           ('both.ini', {}, now(), '40M', NULL),
+           ('bad.ini', {}, now(), 'lots', NULL)",
+        cfg("rec", ""),
+        cfg("sec", "[imperium]\nmemory-max = 24M\n"),
+        cfg("both", "[imperium]\nmemory-max = 24M\npids-max = 9\n"),
+        cfg("bad", ""),
+    ));
+    let emp = Imperium::start(
+        tmp.path(),
+        [
+            "--emperor".as_ref(),
+            format!(
+                "pg://{};SELECT name, config, ts, memory_max, pids_max FROM vassals",
+                pg.conninfo()
+            )
+            .as_ref(),
+            "--emperor-freq".as_ref(),
+            "3600".as_ref(),
+            "--binary-path".as_ref(),
+            testkit::test_vassal_bin().as_os_str(),
+        ],
+    );
+    let pid_of = |n: &str| -> u32 {
+        let mut pid = None;
+        let ok = testkit::servers::wait_until(T, || {
+            pid = record_lines(&rec(n)).iter().find_map(|l| {
+                l.strip_prefix("start pid=")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            pid.is_some()
+        });
+        assert!(ok, "{n} never started:\n{}", emp.log());
+        pid.unwrap()
+    };
+    let read = testkit::procs::v1_value;
+    // the row's columns
+    let p = pid_of("rec");
+    assert_eq!(read(p, "memory", "memory.limit_in_bytes"), 32 << 20);
+    assert_eq!(read(p, "pids", "pids.max"), 7);
+    // the inline [imperium] section, where the row sets no limit
+    assert_eq!(
+        read(pid_of("sec"), "memory", "memory.limit_in_bytes"),
+        24 << 20
+    );
+    // the column over the section, the section's other limit kept
+    let p = pid_of("both");
+    assert_eq!(read(p, "memory", "memory.limit_in_bytes"), 40 << 20);
+    assert_eq!(read(p, "pids", "pids.max"), 9);
+    // a bad limit column: that row is skipped, with why
+    emp.wait_log("vassal bad.ini skipped: the memory_max column:", T);
+    assert!(!rec("bad").exists(), "{}", emp.log());
+}

@@ -393,6 +393,7 @@ fn spec(name: VassalName, config: ConfigSource, key: ChangeKey) -> VassalSpec {
         owner: None,
         socket: None,
         workdir: None,
+        limits: None,
     }
 }
 

@@ -147,6 +147,7 @@ pub(crate) fn file_spec(
         owner: Some(owner),
         socket: None,
         workdir,
+        limits: None,
     }
 }
 

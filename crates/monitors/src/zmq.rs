@@ -413,6 +413,7 @@ fn touch(
         owner,
         socket,
         workdir: None,
+        limits: None,
     }))
 }
 

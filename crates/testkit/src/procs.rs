@@ -90,3 +90,49 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
 pub fn wait_all_dead(pids: &[u32], timeout: Duration) -> bool {
     crate::servers::wait_until(timeout, || pids.iter().all(|p| !alive(*p)))
 }
+
+/// The cgroup v1 `controller` group of process `pid` (a hybrid layout's
+/// `/sys/fs/cgroup/<controller>/...`), as a directory.
+pub fn v1_group(pid: u32, controller: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = text.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+        ctrls
+            .split(',')
+            .any(|c| c == controller)
+            .then(|| path.to_string())
+    })?;
+    Some(
+        std::path::Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(path.trim_start_matches('/')),
+    )
+}
+
+/// A number in file `file` of `pid`'s cgroup v1 `controller` group.
+pub fn v1_value(pid: u32, controller: &str, file: &str) -> u64 {
+    let g = v1_group(pid, controller).unwrap_or_else(|| panic!("no {controller} group for {pid}"));
+    std::fs::read_to_string(g.join(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", g.join(file).display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", g.join(file).display()))
+}
+
+/// Whether this machine has the hybrid layout whose cgroup v1
+/// `controllers` limit vassals (this project's machines); prints `NOT
+/// TESTED` and why otherwise.
+pub fn hybrid_v1(controllers: &[&str]) -> bool {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let missing: Vec<&str> = controllers
+        .iter()
+        .copied()
+        .filter(|c| !root.join(c).join("cgroup.procs").exists())
+        .collect();
+    let ok = missing.is_empty() && root.join("unified").exists();
+    if !ok {
+        eprintln!("NOT TESTED: needs the cgroup v1 {controllers:?} hierarchies beside a unified one (this project's hybrid machines); missing: {missing:?}");
+    }
+    ok
+}

@@ -35,6 +35,23 @@ pub struct Limits {
     pub pids_max: Option<u64>,
 }
 
+// `cpu_max` is always finite and positive ([`Limits::set`]), so equal
+// limits have equal bits.
+impl Eq for Limits {}
+
+impl std::hash::Hash for Limits {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.memory_max.hash(h);
+        self.memory_high.hash(h);
+        self.cpu_max.map(f64::to_bits).hash(h);
+        self.pids_max.hash(h);
+    }
+}
+
+/// The limit keys, as an `[imperium]` section and [`Limits::set`] spell
+/// them.
+pub const KEYS: [&str; 4] = ["memory-max", "memory-high", "cpu-max", "pids-max"];
+
 /// The controllers limits can use.
 const CONTROLLERS: [&str; 3] = super::LIMITED;
 
@@ -71,6 +88,36 @@ impl Limits {
             _ => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// The limits that are set, as `key = value` lines that [`Limits::set`]
+    /// reads back (bytes, cores, processes).
+    pub fn lines(&self) -> String {
+        let mut out = String::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        };
+        put("memory-max", self.memory_max.map(|v| v.to_string()));
+        put("memory-high", self.memory_high.map(|v| v.to_string()));
+        put("cpu-max", self.cpu_max.map(|v| v.to_string()));
+        put("pids-max", self.pids_max.map(|v| v.to_string()));
+        out
+    }
+
+    /// Limits from [`Limits::lines`].
+    pub fn from_lines(text: &str) -> Result<Limits, String> {
+        let mut l = Limits::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("{line:?} is not key = value"))?;
+            if !l.set(k.trim(), v.trim())? {
+                return Err(format!("unknown limit {:?}", k.trim()));
+            }
+        }
+        Ok(l)
     }
 
     /// Whether any limit is set.

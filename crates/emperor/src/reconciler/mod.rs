@@ -462,6 +462,7 @@ fn zerg_spec(base: &VassalSpec, name: VassalName) -> VassalSpec {
         owner: base.owner,
         socket: None,
         workdir: base.workdir.clone(),
+        limits: None,
     }
 }
 

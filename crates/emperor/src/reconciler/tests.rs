@@ -24,6 +24,7 @@ fn file(n: &str, mtime: i128) -> VassalSpec {
         owner: None,
         socket: None,
         workdir: None,
+        limits: None,
     }
 }
 

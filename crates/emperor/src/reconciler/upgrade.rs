@@ -47,6 +47,7 @@ pub(crate) fn save_spec(s: &VassalSpec) -> SavedSpec {
         owner: s.owner.map(|o| (o.uid, o.gid)),
         socket: s.socket.clone(),
         workdir: s.workdir.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        limits: s.limits.as_ref().map(|l| l.lines()),
     }
 }
 
@@ -62,6 +63,12 @@ fn restore_spec(s: &SavedSpec) -> Result<VassalSpec, String> {
         owner: s.owner.map(|(uid, gid)| Owner { uid, gid }),
         socket: s.socket.clone(),
         workdir: s.workdir.as_ref().map(Into::into),
+        limits: match &s.limits {
+            Some(t) => Some(Box::new(
+                crate::cgroup::limits::Limits::from_lines(t).map_err(|e| format!("limits: {e}"))?,
+            )),
+            None => None,
+        },
     })
 }
 
@@ -433,4 +440,36 @@ fn restore_vassal(s: &SavedVassal, now: Instant) -> Result<Vassal, String> {
         },
         successor: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::limits::Limits;
+
+    #[test]
+    fn a_specs_record_limits_survive_the_upgrade() {
+        let mut spec = VassalSpec::inline(
+            VassalName::derived("a.ini".to_string()),
+            "[uwsgi]\n",
+            ChangeKey::Stamp(1),
+        );
+        spec.limits = Some(Box::new(Limits {
+            memory_max: Some(64 << 20),
+            memory_high: None,
+            cpu_max: Some(0.25),
+            pids_max: Some(9),
+        }));
+        let saved = save_spec(&spec);
+        assert_eq!(
+            saved.limits.as_deref(),
+            Some("memory-max = 67108864\ncpu-max = 0.25\npids-max = 9\n")
+        );
+        assert_eq!(restore_spec(&saved).unwrap(), spec);
+        spec.limits = None;
+        assert_eq!(restore_spec(&save_spec(&spec)).unwrap(), spec);
+        let mut bad = save_spec(&spec);
+        bad.limits = Some("memory-max = lots\n".into());
+        assert!(restore_spec(&bad).unwrap_err().starts_with("limits: "));
+    }
 }

@@ -400,10 +400,23 @@ impl Executor {
         })
     }
 
-    /// The vassal's own `[imperium]` section (an ini config, from its file
-    /// or inline; other formats carry none), with limits it sets refused
-    /// where vassals get no cgroup.
+    /// The vassal's own settings: its `[imperium]` section (an ini config,
+    /// from its file or inline; other formats carry none), under the
+    /// limits its source's record sets, with limits refused where vassals
+    /// get no cgroup.
     pub(super) fn own_settings(&self, spec: &VassalSpec) -> Result<OwnSettings, String> {
+        let mut own = self.own_section(spec)?;
+        if let Some(record) = &spec.limits {
+            if self.limits.is_none() {
+                return Err("its source's record sets limits, and vassals get no cgroup here (--vassal-cgroup)".into());
+            }
+            own.limits = record.over(own.limits);
+        }
+        Ok(own)
+    }
+
+    /// The vassal's own `[imperium]` section.
+    fn own_section(&self, spec: &VassalSpec) -> Result<OwnSettings, String> {
         // the config's format follows the vassal's name (uWSGI's rule)
         if !spec.name.as_str().ends_with(".ini") {
             return Ok(OwnSettings::default());

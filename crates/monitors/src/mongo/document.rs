@@ -8,6 +8,9 @@
 //! | `uid`    | int                                   | tyrant mode owner (missing or negative = 0) |
 //! | `gid`    | int                                   | tyrant mode group (missing or negative = 0) |
 //! | `socket` | string                                | on-demand socket; empty or missing = a normal vassal |
+//! | `memory_max`, `memory_high` | string (`64M`) or int (bytes) | the vassal's memory limits (docs/resources.md); null or missing: none |
+//! | `cpu_max` | number (cores) or string (`0.5`)     | its CPU limit |
+//! | `pids_max` | int or string                       | its process limit |
 
 use std::path::PathBuf;
 
@@ -15,7 +18,52 @@ use bson::{Bson, Document};
 use emperor::{ChangeKey, ConfigSource, MonitorOptions, NamePolicy, Owner, VassalName, VassalSpec};
 
 /// The fields a pass reads (the query's projection).
-pub const FIELDS: &[&str] = &["name", "config", "ts", "uid", "gid", "socket"];
+pub const FIELDS: &[&str] = &[
+    "name",
+    "config",
+    "ts",
+    "uid",
+    "gid",
+    "socket",
+    "memory_max",
+    "memory_high",
+    "cpu_max",
+    "pids_max",
+];
+
+/// The limits the document's limit fields set (`None`: none).
+fn limits(doc: &Document) -> Result<Option<emperor::cgroup::limits::Limits>, String> {
+    let mut limits = emperor::cgroup::limits::Limits::default();
+    let mut any = false;
+    for key in emperor::cgroup::limits::KEYS {
+        let field = key.replace('-', "_");
+        let text = match doc.get(&field) {
+            None | Some(Bson::Null) => continue,
+            Some(Bson::String(s)) if s.trim().is_empty() => continue,
+            Some(Bson::String(s)) => s.trim().to_string(),
+            Some(Bson::Int32(v)) => v.to_string(),
+            Some(Bson::Int64(v)) => v.to_string(),
+            Some(Bson::Double(v)) if key == "cpu-max" => v.to_string(),
+            Some(Bson::Double(v)) if v.fract() == 0.0 && v.is_finite() && *v >= 0.0 => {
+                (*v as u64).to_string()
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{field} must be a number or a string, not {}",
+                    match other {
+                        Bson::Double(d) => d.to_string(),
+                        o => format!("a {}", type_name(o)),
+                    }
+                ))
+            }
+        };
+        limits
+            .set(key, &text)
+            .map_err(|e| format!("{field} {text:?}: {e}"))?;
+        any = true;
+    }
+    Ok(any.then_some(limits))
+}
 
 /// A short, password-free label of a document for log lines: its `_id`
 /// and, when readable, its name.
@@ -127,6 +175,7 @@ pub fn spec_from_document(doc: &Document, opts: &MonitorOptions) -> Result<Vassa
         owner,
         socket,
         workdir,
+        limits: limits(doc)?.map(Box::new),
     })
 }
 
@@ -219,6 +268,45 @@ mod tests {
         assert_eq!(s.socket, None);
         let s = spec_from_document(&doc! {"name": "a.ini", "gid": 7.0}, &opts()).unwrap();
         assert_eq!(s.owner, Some(Owner { uid: 0, gid: 7 }));
+    }
+
+    #[test]
+    fn limit_fields() {
+        let d = doc! {"name": "a.ini", "memory_max": "64M", "memory_high": 1_i64 << 25,
+        "cpu_max": 0.5, "pids_max": 20};
+        let s = spec_from_document(&d, &opts()).unwrap();
+        let l = s.limits.as_deref().unwrap();
+        assert_eq!(l.memory_max, Some(64 << 20));
+        assert_eq!(l.memory_high, Some(1 << 25));
+        assert_eq!(l.cpu_max, Some(0.5));
+        assert_eq!(l.pids_max, Some(20));
+        let s = spec_from_document(
+            &doc! {"name": "a.ini", "memory_max": null, "cpu_max": ""},
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(s.limits, None);
+        for (d, why) in [
+            (
+                doc! {"name": "a.ini", "pids_max": 0},
+                "pids_max \"0\": a number of processes",
+            ),
+            (
+                doc! {"name": "a.ini", "memory_max": "lots"},
+                "memory_max \"lots\"",
+            ),
+            (
+                doc! {"name": "a.ini", "memory_max": 1.5},
+                "memory_max must be a number or a string, not 1.5",
+            ),
+            (
+                doc! {"name": "a.ini", "cpu_max": true},
+                "cpu_max must be a number or a string, not a boolean",
+            ),
+        ] {
+            let e = spec_from_document(&d, &opts()).unwrap_err();
+            assert!(e.contains(why), "{d}: {e:?} should mention {why:?}");
+        }
     }
 
     #[test]

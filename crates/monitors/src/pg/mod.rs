@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls, SimpleQueryMessage};
 
-use self::rows::{check_columns, RowReader};
+use self::rows::{Layout, RowReader};
 use self::url::{quote_ident, PgUrl};
 use crate::session::{self, AbortOnDrop, End, Link, RescanClock, Source};
 
@@ -346,32 +346,37 @@ impl PgSource {
             }
         })?;
         // like PQexec, only the last statement's result counts
-        let mut columns: Option<usize> = None;
+        let mut columns: Option<Vec<String>> = None;
         let mut rows = Vec::new();
         for m in messages {
             match m {
                 SimpleQueryMessage::RowDescription(cols) => {
-                    columns = Some(cols.len());
+                    columns = Some(cols.iter().map(|c| c.name().to_string()).collect());
                     rows.clear();
                 }
                 SimpleQueryMessage::Row(row) => {
-                    columns.get_or_insert(row.len());
+                    columns.get_or_insert_with(|| {
+                        row.columns().iter().map(|c| c.name().to_string()).collect()
+                    });
                     rows.push(row);
                 }
                 _ => {}
             }
         }
-        let Some(ncols) = columns else {
+        let Some(names) = columns else {
             return Err(QueryError::Result(
                 "the query returned no result set (is it a SELECT?)".to_string(),
             ));
         };
-        check_columns(ncols).map_err(|e| QueryError::Result(e.to_string()))?;
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let layout = Layout::of(&names).map_err(|e| QueryError::Result(e.to_string()))?;
         let cells: Vec<Vec<Option<&str>>> = rows
             .iter()
             .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
             .collect();
-        Ok(self.reader.snapshot(&cells, &opts.extensions, shown))
+        Ok(self
+            .reader
+            .snapshot(&cells, &layout, &opts.extensions, shown))
     }
 }
 

@@ -1,13 +1,15 @@
 //! Turning query rows into vassal specs (docs/monitors/pg.md).
 //!
 //! A row is `name, config, ts[, uid, gid[, socket]]`, every column read as
-//! text. A bad row is skipped with a warning naming it; the rest of the
+//! text, plus any of the limit columns `memory_max`, `memory_high`,
+//! `cpu_max`, `pids_max`, found by name wherever they are ([`Layout`]). A bad row is skipped with a warning naming it; the rest of the
 //! result still counts. A row whose name is valid but whose other columns
 //! are not keeps the vassal on the last spec this monitor accepted for that
 //! name, so a bad edit never stops a running vassal.
 
 use std::collections::{BTreeMap, HashMap};
 
+use emperor::cgroup::limits::Limits;
 use emperor::protocol::{check_config, ConfigPipeError};
 use emperor::{ChangeKey, Extensions, NameError, NamePolicy, Owner, VassalName, VassalSpec};
 
@@ -28,6 +30,72 @@ pub enum ResultError {
     /// 4 columns: a uid without its gid.
     #[error("the query returns 4 columns: a uid column needs a gid column beside it (name, config, ts, uid, gid[, socket])")]
     UidWithoutGid,
+    /// A limit column appears twice (its name).
+    #[error("the query returns the limit column {0} twice")]
+    LimitTwice(String),
+}
+
+/// Where a result's limit columns are: each column named `memory_max`,
+/// `memory_high`, `cpu_max` or `pids_max` (as PostgreSQL names them: `AS
+/// memory_max`, or the table's column), with its `[imperium]` key; the
+/// other columns keep uWSGI's positional meaning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    limits: Vec<(usize, &'static str)>,
+}
+
+impl Layout {
+    /// The layout of a result whose columns are `names`, checked: 3 to 6
+    /// columns besides the limit columns ([`check_columns`]).
+    pub fn of(names: &[&str]) -> Result<Layout, ResultError> {
+        let mut limits: Vec<(usize, &'static str)> = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let key = emperor::cgroup::limits::KEYS
+                .into_iter()
+                .find(|k| k.replace('-', "_").eq_ignore_ascii_case(n));
+            if let Some(key) = key {
+                if limits.iter().any(|(_, k)| *k == key) {
+                    return Err(ResultError::LimitTwice(n.to_string()));
+                }
+                limits.push((i, key));
+            }
+        }
+        check_columns(names.len() - limits.len())?;
+        Ok(Layout { limits })
+    }
+
+    /// Splits a row into uWSGI's columns and the limits it sets (`None`
+    /// where it sets none: every limit column NULL or empty).
+    #[allow(clippy::type_complexity)]
+    fn split<'a>(
+        &self,
+        row: &[Option<&'a str>],
+    ) -> (Vec<Option<&'a str>>, Result<Option<Limits>, RowError>) {
+        if self.limits.is_empty() {
+            return (row.to_vec(), Ok(None));
+        }
+        let cols = (0..row.len())
+            .filter(|i| !self.limits.iter().any(|(j, _)| j == i))
+            .map(|i| row[i])
+            .collect();
+        let mut limits = Limits::default();
+        let mut any = false;
+        for &(i, key) in &self.limits {
+            if let Some(v) = row
+                .get(i)
+                .copied()
+                .flatten()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+            {
+                if let Err(e) = limits.set(key, v) {
+                    return (cols, Err(RowError::BadLimit(key, e)));
+                }
+                any = true;
+            }
+        }
+        (cols, Ok(any.then_some(limits)))
+    }
 }
 
 /// Why one row was skipped.
@@ -54,6 +122,9 @@ pub enum RowError {
     /// uid and gid are not both NULL or both numbers (their texts).
     #[error("the uid/gid columns {0:?}/{1:?} are not both NULL or both numbers")]
     BadOwner(Option<String>, Option<String>),
+    /// A limit column's value is not one (the column's key, why).
+    #[error("the {col} column: {why}", col = .0.replace('-', "_"), why = .1)]
+    BadLimit(&'static str, String),
 }
 
 /// Checks the column count of a result.
@@ -182,6 +253,21 @@ pub fn row_to_spec(
     Ok(spec)
 }
 
+/// [`row_to_spec`] for a row laid out as `layout` says, with the limits
+/// its limit columns set.
+fn limited_row(
+    row: &[Option<&str>],
+    layout: &Layout,
+    exts: &Extensions,
+) -> Result<VassalSpec, (Option<VassalName>, RowError)> {
+    let (cols, limits) = layout.split(row);
+    let mut spec = row_to_spec(&cols, exts)?;
+    spec.limits = limits
+        .map_err(|e| (Some(spec.name.clone()), e))?
+        .map(Box::new);
+    Ok(spec)
+}
+
 /// Turns whole results into snapshots, remembering the last good spec of
 /// each vassal and which bad rows were already reported.
 #[derive(Debug, Default)]
@@ -192,11 +278,12 @@ pub struct RowReader {
 
 impl RowReader {
     /// The snapshot for one result. `rows` are the rows of a result whose
-    /// column count passed [`check_columns`]; `source` names the monitor in
+    /// columns are laid out as `layout` says; `source` names the monitor in
     /// log lines.
     pub fn snapshot(
         &mut self,
         rows: &[Vec<Option<&str>>],
+        layout: &Layout,
         exts: &Extensions,
         source: &str,
     ) -> Vec<VassalSpec> {
@@ -204,7 +291,7 @@ impl RowReader {
         let mut warnings: Vec<String> = Vec::new();
         for (i, row) in rows.iter().enumerate() {
             let n = i + 1;
-            match row_to_spec(row, exts) {
+            match limited_row(row, layout, exts) {
                 Ok(spec) => match specs.get(&spec.name) {
                     Some(prev) => {
                         warnings.push(format!(
@@ -406,6 +493,68 @@ mod tests {
     }
 
     #[test]
+    fn limit_columns_are_found_by_name() {
+        let l = Layout::of(&["name", "config", "ts", "memory_max", "CPU_MAX"]).unwrap();
+        assert_eq!(l.limits, [(3, "memory-max"), (4, "cpu-max")]);
+        let l = Layout::of(&["n", "c", "t", "u", "g", "s", "pids_max", "memory_high"]).unwrap();
+        assert_eq!(l.limits, [(6, "pids-max"), (7, "memory-high")]);
+        assert_eq!(
+            Layout::of(&["n", "c", "t", "u", "g", "s", "x"]),
+            Err(ResultError::ColumnCount(7))
+        );
+        assert_eq!(
+            Layout::of(&["n", "c", "t", "u", "memory_max"]),
+            Err(ResultError::UidWithoutGid)
+        );
+        assert_eq!(
+            Layout::of(&["n", "c", "t", "memory_max", "memory_max"]),
+            Err(ResultError::LimitTwice("memory_max".into()))
+        );
+    }
+
+    #[test]
+    fn limit_columns_set_the_spec_limits_and_a_bad_one_keeps_the_last_good() {
+        let layout = Layout::of(&["memory_max", "name", "config", "ts", "cpu_max"]).unwrap();
+        let mut r = RowReader::default();
+        let rows = vec![
+            vec![
+                Some("64M"),
+                Some("a.ini"),
+                Some("A"),
+                Some("1"),
+                Some("0.5"),
+            ],
+            vec![None, Some("b.ini"), Some("B"), Some("1"), Some(" ")],
+        ];
+        let snap = r.snapshot(&rows, &layout, &exts(), "test");
+        let a = snap.iter().find(|s| s.name.as_str() == "a.ini").unwrap();
+        let limits = a.limits.as_deref().unwrap();
+        assert_eq!(limits.memory_max, Some(64 << 20));
+        assert_eq!(limits.cpu_max, Some(0.5));
+        assert_eq!(limits.pids_max, None);
+        assert_eq!(a.config, ConfigSource::Inline("A".into()));
+        let b = snap.iter().find(|s| s.name.as_str() == "b.ini").unwrap();
+        assert_eq!(b.limits, None, "NULL and blank set nothing");
+        let bad = vec![vec![
+            Some("lots"),
+            Some("a.ini"),
+            Some("A2"),
+            Some("2"),
+            None,
+        ]];
+        let snap = r.snapshot(&bad, &layout, &exts(), "test");
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap[0].config, ConfigSource::Inline("A".into()), "kept");
+        let e = limited_row(&bad[0], &layout, &exts()).unwrap_err();
+        assert_eq!(e.0.unwrap().as_str(), "a.ini");
+        assert!(
+            e.1.to_string().starts_with("the memory_max column: "),
+            "{}",
+            e.1
+        );
+    }
+
+    #[test]
     fn bad_rows_are_skipped_and_the_rest_counts() {
         let mut r = RowReader::default();
         let rows = vec![
@@ -415,7 +564,7 @@ mod tests {
             vec![Some("b.ini"), Some("B"), Some("soon")],
             vec![Some("c.ini"), Some("C"), Some("3")],
         ];
-        let snap = r.snapshot(&rows, &exts(), "test");
+        let snap = r.snapshot(&rows, &Layout::default(), &exts(), "test");
         let names: Vec<&str> = snap.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["a.ini", "c.ini"]);
     }
@@ -424,18 +573,20 @@ mod tests {
     fn a_bad_edit_keeps_the_previous_spec() {
         let mut r = RowReader::default();
         let good = vec![vec![Some("a.ini"), Some("A1"), Some("1")]];
-        let first = r.snapshot(&good, &exts(), "test");
+        let first = r.snapshot(&good, &Layout::default(), &exts(), "test");
         let big = "x".repeat(70_000);
         let bad = vec![vec![Some("a.ini"), Some(big.as_str()), Some("2")]];
-        let second = r.snapshot(&bad, &exts(), "test");
+        let second = r.snapshot(&bad, &Layout::default(), &exts(), "test");
         assert_eq!(first, second);
         // a later good edit is taken
         let fixed = vec![vec![Some("a.ini"), Some("A3"), Some("3")]];
-        let third = r.snapshot(&fixed, &exts(), "test");
+        let third = r.snapshot(&fixed, &Layout::default(), &exts(), "test");
         assert_eq!(third[0].config, ConfigSource::Inline("A3".into()));
         // once the row is gone, a bad row of that name is not kept any more
-        r.snapshot(&[], &exts(), "test");
-        assert!(r.snapshot(&bad, &exts(), "test").is_empty());
+        r.snapshot(&[], &Layout::default(), &exts(), "test");
+        assert!(r
+            .snapshot(&bad, &Layout::default(), &exts(), "test")
+            .is_empty());
     }
 
     #[test]
@@ -446,7 +597,7 @@ mod tests {
             vec![Some("a.ini"), Some("new"), Some("5")],
             vec![Some("a.ini"), Some("mid"), Some("3")],
         ];
-        let snap = r.snapshot(&rows, &exts(), "test");
+        let snap = r.snapshot(&rows, &Layout::default(), &exts(), "test");
         assert_eq!(snap.len(), 1);
         assert_eq!(snap[0].config, ConfigSource::Inline("new".into()));
     }
