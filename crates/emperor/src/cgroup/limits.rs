@@ -314,19 +314,12 @@ impl LimitGroups {
         let limits = own.over(self.limits);
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut made = || -> Result<(), CgroupError> {
+            let mut v2: Vec<(&str, Vec<(&'static str, String)>)> = Vec::new();
             for controller in CONTROLLERS.into_iter().filter(|c| limits.uses(c)) {
                 let backend = self.backend(cgroups, controller)?;
                 let settings = limits.files(controller, backend == Backend::V2)?;
                 match backend {
-                    Backend::V2 => {
-                        // the vassal's directory passes the controller on
-                        // to its process's group
-                        if let Some(parent) = group.parent() {
-                            let f = parent.join("cgroup.subtree_control");
-                            std::fs::write(&f, format!("+{controller}")).map_err(io_err(&f))?;
-                        }
-                        apply(group, &settings)?;
-                    }
+                    Backend::V2 => v2.push((controller, settings)),
                     Backend::V1(root) => {
                         let dir = root
                             .join(crate::name::file_safe(name.as_str()))
@@ -336,6 +329,19 @@ impl LimitGroups {
                         apply(&dir, &settings)?;
                     }
                 }
+            }
+            if v2.is_empty() {
+                return Ok(());
+            }
+            // the vassal's directory passes the controllers on to its
+            // process's group, in one write
+            if let Some(parent) = group.parent() {
+                let f = parent.join("cgroup.subtree_control");
+                let on: Vec<String> = v2.iter().map(|(c, _)| format!("+{c}")).collect();
+                std::fs::write(&f, on.join(" ")).map_err(io_err(&f))?;
+            }
+            for (_, settings) in &v2 {
+                apply(group, settings)?;
             }
             Ok(())
         };
