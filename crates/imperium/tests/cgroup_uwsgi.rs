@@ -647,3 +647,94 @@ fn an_oom_kill_under_a_vassals_own_limit_is_reported() {
     let shown = show(&ctl_sock, "hog.ini");
     assert_eq!(shown["data"]["last_exit"]["oom"], true, "{shown:#}");
 }
+
+/// A cold start of 30 test vassals, whose groups the maker thread makes
+/// ahead of the spawns: each process is in a group of its own,
+/// `imperium-<pid>/<name>/i<N>`, with nothing else in it; a vassal whose
+/// spawn fails before its group is used (a typo in its `[imperium]`
+/// section) leaves no group made for it.
+#[test]
+fn groups_made_ahead_hold_one_vassal_each_and_none_is_left_for_a_failed_spawn() {
+    if !cgroup2_here() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("vassals");
+    std::fs::create_dir(&dir).unwrap();
+    let rec = |i: usize| tmp.path().join(format!("v{i:02}.rec"));
+    for i in 0..30 {
+        std::fs::write(
+            dir.join(format!("v{i:02}.ini")),
+            format!("[vassal]\nrecord = {}\n", rec(i).display()),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("bad.ini"),
+        "[vassal]\n[imperium]\nmemory-maxx = 1\n",
+    )
+    .unwrap();
+    let emp = Imperium::start(
+        tmp.path(),
+        [
+            "--emperor".as_ref(),
+            dir.as_os_str(),
+            "--binary-path".as_ref(),
+            testkit::test_vassal_bin().as_os_str(),
+        ],
+    );
+    let pids: Vec<u32> = (0..30)
+        .map(|i| {
+            let mut pid = None;
+            let ok = wait_until(T, || {
+                pid = testkit::record_lines(&rec(i)).iter().find_map(|l| {
+                    l.strip_prefix("start pid=")?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                });
+                pid.is_some()
+            });
+            assert!(ok, "v{i:02} never started:\n{}", emp.log());
+            pid.unwrap()
+        })
+        .collect();
+    emp.wait_log("cannot start vassal bad.ini", T);
+    let unified = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let (a, b) = l.split_once(" - ")?;
+            b.starts_with("cgroup2 ")
+                .then(|| a.split_whitespace().nth(4).unwrap().to_string())
+        })
+        .unwrap();
+    let root = Path::new(&unified).join(format!("imperium-{}", emp.pid()));
+    let mut groups = std::collections::HashSet::new();
+    for (i, pid) in pids.iter().enumerate() {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let path = cg.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        let want = format!("/imperium-{}/v{i:02}.ini/i", emp.pid());
+        assert!(path.contains(&want), "v{i:02} (pid {pid}) in {path}");
+        let group = Path::new(&unified).join(path.trim_start_matches('/'));
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
+        assert_eq!(procs.trim(), pid.to_string(), "{}", group.display());
+        assert!(groups.insert(group), "two vassals share {path}");
+    }
+    // the failed spawn's group was made ahead, and removed again
+    // (by the maker thread, soon after the failure)
+    let bad = root.join("bad.ini");
+    let left = || -> Vec<PathBuf> {
+        std::fs::read_dir(&bad)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(3), || left().is_empty());
+    assert!(left().is_empty(), "left for bad.ini: {:?}", left());
+}

@@ -226,6 +226,7 @@ impl Executor {
     }
 
     pub(super) fn execute(&mut self, rec: &mut Reconciler, actions: Vec<Action>) {
+        self.prepare_groups(&actions);
         let mut work: VecDeque<Action> = actions.into();
         while let Some(a) = work.pop_front() {
             let more = match a {
@@ -650,6 +651,32 @@ impl Executor {
         Vec::new()
     }
 
+    /// A batch that starts several processes (a cold start, a respawn
+    /// after a crash storm): their groups are made on the maker thread
+    /// while this loop starts them one after the other, all but the
+    /// first, which it makes itself at once.
+    fn prepare_groups(&self, actions: &[Action]) {
+        let Some(c) = &self.cgroups else { return };
+        if self.launch.start_hook.is_some() {
+            return;
+        }
+        let spawns = actions.iter().filter_map(|a| match a {
+            Action::Spawn { instance, spec } => Some((&spec.name, *instance)),
+            _ => None,
+        });
+        for (name, instance) in spawns.skip(1) {
+            c.prepare(name, instance);
+        }
+    }
+
+    /// A spawn that fails before its group is used: the group the maker
+    /// may have made for it ([`Executor::prepare_groups`]) goes.
+    fn discard_group(&self, spec: &VassalSpec, instance: InstanceId) {
+        if let Some(c) = &self.cgroups {
+            c.discard(&spec.name, instance);
+        }
+    }
+
     /// A duplicate of the on-demand socket of `spec`, for its fd 0 (`None`
     /// when it has none); the actions of a failed spawn otherwise.
     fn on_demand_fd(
@@ -735,13 +762,17 @@ impl Executor {
         };
         if rec.is_successor(instance) {
             if let Err(why) = self.can_swap(&spec) {
+                self.discard_group(&spec, instance);
                 return rec.swap_refused(instance, &why, std::time::Instant::now());
             }
         }
         // read before anything is set up: nothing to undo
         let (own, health) = match self.health_of(&spec) {
             Ok(o) => o,
-            Err(e) => return rec.spawn_failed(instance, &e, std::time::Instant::now()),
+            Err(e) => {
+                self.discard_group(&spec, instance);
+                return rec.spawn_failed(instance, &e, std::time::Instant::now());
+            }
         };
         let argv = build_argv(
             &launch_name,
@@ -755,7 +786,10 @@ impl Executor {
         };
         let stdin_socket = match self.on_demand_fd(rec, instance, &spec) {
             Ok(fd) => fd,
-            Err(actions) => return actions,
+            Err(actions) => {
+                self.discard_group(&spec, instance);
+                return actions;
+            }
         };
         let broodlord_num = zerg_base.is_some().then(|| {
             self.broodlord_num += 1;
@@ -765,12 +799,13 @@ impl Executor {
             Ok(Some((fd, log))) => (Some(fd), log),
             Ok(None) => (None, None),
             Err(e) => {
+                self.discard_group(&spec, instance);
                 return setup_failed(
                     rec,
                     instance,
                     "cannot set up its output (--vassal-logs)",
                     &e,
-                )
+                );
             }
         };
         let (cgroup, v1) = match self.groups_for(rec, instance, &spec, own) {
