@@ -127,7 +127,10 @@ impl Reconciler {
         let old = v.desired.as_ref();
         let owner_changed = tyrant && old.is_some_and(|d| d.owner != spec.owner);
         let socket_changed = old.is_some_and(|d| d.socket != spec.socket);
-        if !newer && !was_removed && !owner_changed && !socket_changed {
+        // limits from the source's record apply at a process's start: a
+        // change restarts it (a graceful reload keeps the process)
+        let limits_changed = old.is_some_and(|d| d.limits != spec.limits);
+        if !newer && !was_removed && !owner_changed && !socket_changed && !limits_changed {
             return;
         }
         if v.paused && !was_removed && !owner_changed {
@@ -138,8 +141,10 @@ impl Reconciler {
             }
             return;
         }
-        let restart_needed =
-            owner_changed || socket_changed || old.is_some_and(|d| d.workdir != spec.workdir);
+        let restart_needed = owner_changed
+            || socket_changed
+            || limits_changed
+            || old.is_some_and(|d| d.workdir != spec.workdir);
         if owner_changed {
             let from = old.and_then(|d| d.owner);
             let to = spec.owner;

@@ -736,6 +736,37 @@ fn on_demand_removal_and_socket_changes() {
 }
 
 #[test]
+fn a_change_of_the_records_limits_restarts_the_vassal() {
+    let mut r = rec();
+    let t = Instant::now();
+    let (_, ids) = apply(&mut r, 0, Change::Upsert(inline("a.ini", "A", 1)), t);
+    assert_eq!(ids.len(), 1);
+    // the same ts, the same config, new limits: a restart, so that the
+    // new process starts under them
+    let mut limited = inline("a.ini", "A", 1);
+    limited.limits = Some(Box::new(crate::cgroup::limits::Limits {
+        memory_max: Some(64 << 20),
+        ..Default::default()
+    }));
+    let acts = r.monitor_change(0, Change::Upsert(limited.clone()), t);
+    assert_eq!(sends(&acts), vec![(ids[0], MSG_STOP)]);
+    let acts = r.exited(ids[0], ExitStatus::Code(0), t);
+    let spawned: Vec<&VassalSpec> = acts
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { spec, .. } => Some(spec),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spawned.len(), 1, "{acts:?}");
+    assert_eq!(spawned[0].limits, limited.limits);
+    ack(&mut r, &acts);
+    // the same limits again: nothing
+    let acts = r.monitor_change(0, Change::Upsert(limited), t);
+    assert!(sends(&acts).is_empty(), "{acts:?}");
+}
+
+#[test]
 fn on_demand_bind_failure_refuses_only_that_vassal() {
     let mut r = rec();
     let t = Instant::now();
