@@ -364,4 +364,26 @@ fn limit_columns_and_the_inline_section_limit_vassals() {
     // a bad limit column: that row is skipped, with why
     emp.wait_log("vassal bad.ini skipped: the memory_max column:", T);
     assert!(!rec("bad").exists(), "{}", emp.log());
+    // a new limit, the same ts: the vassal restarts under it
+    let first = pid_of("rec");
+    pg.psql("UPDATE vassals SET memory_max = '48M' WHERE name = 'rec.ini'");
+    let mut second = None;
+    let ok = testkit::servers::wait_until(T, || {
+        second = record_lines(&rec("rec"))
+            .iter()
+            .filter_map(|l| {
+                l.strip_prefix("start pid=")?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .find(|p| *p != first);
+        second.is_some()
+    });
+    assert!(ok, "rec.ini was not restarted:\n{}", emp.log());
+    assert_eq!(
+        read(second.unwrap(), "memory", "memory.limit_in_bytes"),
+        48 << 20
+    );
 }
