@@ -11,8 +11,12 @@
 //! One thread ("imperium-reaper") waits with `waitid(P_ALL, WEXITED |
 //! WNOWAIT)`: it sleeps in the kernel until some child has exited, without
 //! reaping it. If that child is a registered vassal it is reaped (by pid,
-//! under the lock), its status stored and its task woken: O(1) per exit, no
-//! signal handler, no wake-up while nothing exits. A child that is not ours
+//! under the lock), its status stored and its task woken: no signal
+//! handler, no wake-up while nothing exits. The kernel walks the emperor's
+//! list of children on each such wait (`wait_consider_task`), so each exit
+//! costs O(children) of kernel time in this thread: with 10,000 vassals
+//! deleted at once, about 0.5 s of CPU in all, beside the loop's (perf,
+//! 2026-12-08). The reap itself is by pid, which the kernel finds at once. A child that is not ours
 //! (a hook run through `tokio::process`, a `std::process::Command` of a
 //! config reader) is left to its owner, which reaps it by pid; while it
 //! lingers, the thread checks the registered vassals one by one instead,
