@@ -126,7 +126,7 @@ cat /tmp/e3.log
 mkdir -p $C/outer/inner
 sh -c "echo \$\$ > $C/outer/inner/cgroup.procs; exec /bin/imperium --emperor $V --binary-path /bin/imperium-test-vassal --vassal-pids-max 5" > /tmp/e4.log 2>&1
 echo "R nodeleg_exit=$?"
-echo "R nodeleg_said=$(grep -c 'the pids controller is in the unified hierarchy at /sys/fs/cgroup/outer, but is not passed down to the emperor.s group /sys/fs/cgroup/outer/inner' /tmp/e4.log)"
+echo "R nodeleg_said=$(grep -c 'the pids controller is in the unified hierarchy at /sys/fs/cgroup/outer, but is not passed down to /sys/fs/cgroup/outer/inner, the group that holds the vassals. groups' /tmp/e4.log)"
 echo "R nodeleg_left=$(ls $C/outer/inner | grep -c imperium-)"
 cat /tmp/e4.log
 "#;

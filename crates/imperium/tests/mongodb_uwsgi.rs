@@ -214,4 +214,19 @@ fn limit_fields_limit_the_vassal() {
     let read = |c: &str, f: &str| testkit::procs::v1_value(master, c, f);
     assert_eq!(read("memory", "memory.limit_in_bytes"), 96 << 20);
     assert_eq!(read("pids", "pids.max"), 12);
+    // a bad limit later: the document is skipped with the reason, and the
+    // vassal keeps running on its last good document
+    docs.update("lim.ini", doc! {"pids_max": 0});
+    emp.wait_log("the vassal keeps its previous config", T);
+    assert!(emp
+        .log()
+        .contains("pids_max \"0\": a number of processes of at least 1"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(alive(master), "the vassal was stopped:\n{}", emp.log());
+    assert!(
+        !emp.log().contains("removed uwsgi instance lim.ini"),
+        "{}",
+        emp.log()
+    );
+    assert!(http_get(port, "/").is_some());
 }

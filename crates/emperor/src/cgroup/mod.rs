@@ -25,6 +25,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::name::VassalName;
@@ -90,7 +91,7 @@ pub enum CgroupError {
     NoController(&'static str),
     /// The unified hierarchy has the controller, but not for the
     /// emperor's group.
-    #[error("the {controller} controller is in the unified hierarchy at {}, but is not passed down to the emperor's group {} (under systemd: Delegate=yes in the unit; else write +{controller} into cgroup.subtree_control of each group in between)", above.display(), group.display())]
+    #[error("the {controller} controller is in the unified hierarchy at {}, but is not passed down to {}, the group that holds the vassals' groups (in auto mode the emperor's own; under systemd: Delegate=yes in the unit; else write +{controller} into cgroup.subtree_control of each group in between)", above.display(), group.display())]
     NotDelegated {
         /// The controller.
         controller: &'static str,
@@ -301,16 +302,27 @@ struct Workers {
     /// To the maker, which makes the groups of spawns to come
     /// ([`Cgroups::prepare`]) while the loop starts the ones before.
     make: std::sync::Mutex<std::sync::mpsc::Sender<Made>>,
+    /// The groups asked of the maker that it has not made and the loop has
+    /// not claimed ([`Cgroups::create`]): the maker makes only these,
+    /// holding the lock, so it never makes one the loop has made, used
+    /// and removed meanwhile.
+    ahead: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 /// A job of the maker thread.
 #[derive(Debug)]
 enum Made {
-    /// Make this group ([`Cgroups::prepare`]).
+    /// Make this group if it is still asked for ([`Cgroups::prepare`]).
     Group(PathBuf),
-    /// Remove this group, made for a spawn that did not happen
-    /// ([`Cgroups::discard`]); after its `Group`, in order.
+    /// Remove this group, made for a spawn that did not happen, and its
+    /// vassal's directory if that is empty ([`Cgroups::discard`]); after
+    /// its `Group`, in order.
     Unused(PathBuf),
+    /// Every job before this one is done: says so.
+    Drained(std::sync::mpsc::Sender<()>),
+    /// Waits for a word (a maker that lags, in tests).
+    #[cfg(test)]
+    Hold(std::sync::mpsc::Receiver<()>),
 }
 
 /// Starts the sweeper and the maker.
@@ -327,6 +339,8 @@ fn sweeper() -> io::Result<Workers> {
             }
         })?;
     let (make, made) = std::sync::mpsc::channel::<Made>();
+    let ahead: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>> = Arc::default();
+    let asked = ahead.clone();
     std::thread::Builder::new()
         .name("cgroup-maker".into())
         .spawn(move || {
@@ -335,12 +349,25 @@ fn sweeper() -> io::Result<Workers> {
                 match job {
                     // a failure is the spawn's to report, when it makes it
                     Made::Group(dir) => {
-                        let _ = make_group(&dir);
+                        let mut asked = asked.lock().unwrap_or_else(|p| p.into_inner());
+                        if asked.remove(&dir) {
+                            let _ = make_group(&dir);
+                        }
                     }
-                    // the vassal's directory stays, as after any failed
-                    // spawn: its next process may be on its way into it
+                    // (a vassal's next process on its way into the
+                    // directory makes it again: see make_group)
                     Made::Unused(dir) => {
                         let _ = std::fs::remove_dir(&dir);
+                        if let Some(parent) = dir.parent() {
+                            let _ = std::fs::remove_dir(parent);
+                        }
+                    }
+                    Made::Drained(done) => {
+                        let _ = done.send(());
+                    }
+                    #[cfg(test)]
+                    Made::Hold(until) => {
+                        let _ = until.recv();
                     }
                 }
             }
@@ -348,24 +375,31 @@ fn sweeper() -> io::Result<Workers> {
     Ok(Workers {
         sweep: std::sync::Mutex::new(tx),
         make: std::sync::Mutex::new(make),
+        ahead,
     })
 }
 
 /// Makes a process's group `DIR/i<instance>` and, if need be, its
 /// vassal's `DIR`; either may exist already (made ahead by the maker).
+/// The vassal's directory may be removed between the two (the sweeper
+/// after its last process, the maker after a failed spawn): then it is
+/// made again.
 fn make_group(dir: &Path) -> io::Result<()> {
     let made = |d: &Path| match std::fs::create_dir(d) {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         r => r,
     };
-    match made(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if let Some(parent) = dir.parent() {
-                made(parent)?;
+    let mut tries = 0;
+    loop {
+        match made(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
+                tries += 1;
+                if let Some(parent) = dir.parent() {
+                    made(parent)?;
+                }
             }
-            made(dir)
+            r => return r,
         }
-        r => r,
     }
 }
 
@@ -672,6 +706,8 @@ impl Cgroups {
     /// once, again and again).
     pub fn create(&self, name: &VassalName, instance: u64) -> io::Result<PathBuf> {
         let dir = self.group_of(name, instance);
+        // claimed: the maker, if it has not made it yet, never will
+        self.ahead().remove(&dir);
         match make_group(&dir) {
             Ok(()) => Ok(dir),
             Err(e) => Err(io::Error::new(
@@ -696,14 +732,32 @@ impl Cgroups {
     /// if the maker is not there yet. A group made for a spawn that does
     /// not happen is removed again ([`Cgroups::discard`]).
     pub fn prepare(&self, name: &VassalName, instance: u64) {
-        self.to_maker(Made::Group(self.group_of(name, instance)));
+        let dir = self.group_of(name, instance);
+        self.ahead().insert(dir.clone());
+        self.to_maker(Made::Group(dir));
     }
 
     /// The group [`Cgroups::prepare`] may have had made for a process of
-    /// `name` that is not spawned after all: removed by the maker, after
-    /// it was made (never one with a process: rmdir refuses it).
+    /// `name` that is not spawned after all: not made if the maker has not
+    /// made it yet, else removed by the maker (never one with a process:
+    /// rmdir refuses it), with its vassal's directory if that is empty.
     pub fn discard(&self, name: &VassalName, instance: u64) {
-        self.to_maker(Made::Unused(self.group_of(name, instance)));
+        let dir = self.group_of(name, instance);
+        if !self.ahead().remove(&dir) {
+            self.to_maker(Made::Unused(dir));
+        }
+    }
+
+    /// Waits (at most `wait`) until the maker has done every job given
+    /// before.
+    fn drain_maker(&self, wait: Duration) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.to_maker(Made::Drained(tx));
+        let _ = rx.recv_timeout(wait);
+    }
+
+    fn ahead(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.sweeper.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn to_maker(&self, job: Made) {
@@ -781,6 +835,9 @@ impl Cgroups {
     /// in `auto` mode, unless the emperor is inside it after a
     /// [`Cgroups::delegate`]).
     pub fn finish(&self) {
+        // nothing is made behind the removal
+        self.ahead().clear();
+        self.drain_maker(Duration::from_secs(2));
         self.kill_all();
         remove_tree(&self.root, false);
         self.give_back();
@@ -887,6 +944,61 @@ fn remove_tree(dir: &Path, this_too: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The maker makes what is asked of it, never a group the loop has
+    /// claimed (made, used and removed meanwhile), and removes what a
+    /// failed spawn did not use, with its vassal's directory.
+    #[test]
+    fn the_maker_makes_ahead_and_never_behind_the_loop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Cgroups {
+            root: tmp.path().to_path_buf(),
+            owned_root: false,
+            sweeper: sweeper().unwrap(),
+            passed: std::sync::Mutex::default(),
+            left: std::sync::Mutex::default(),
+        };
+        let a = VassalName::derived("a.ini".to_string());
+        let b = VassalName::derived("b.ini".to_string());
+        let group = |n: &str, i: u64| tmp.path().join(n).join(format!("i{i}"));
+        // made ahead
+        c.prepare(&a, 1);
+        c.drain_maker(Duration::from_secs(5));
+        assert!(group("a.ini", 1).is_dir());
+        assert_eq!(c.create(&a, 1).unwrap(), group("a.ini", 1));
+        // claimed by the loop before the lagging maker came to it: made
+        // once, and not again after the loop removed it (a failed spawn)
+        let lag = |c: &Cgroups| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            c.to_maker(Made::Hold(rx));
+            tx
+        };
+        let go = lag(&c);
+        c.to_maker(Made::Group(group("a.ini", 2)));
+        c.prepare(&a, 3);
+        let g3 = c.create(&a, 3).unwrap();
+        std::fs::remove_dir(&g3).unwrap();
+        go.send(()).unwrap();
+        c.drain_maker(Duration::from_secs(5));
+        assert!(!g3.exists(), "made again behind the loop");
+        assert!(!group("a.ini", 2).exists(), "never asked for");
+        // not used: removed, with the vassal's directory once empty
+        c.prepare(&b, 4);
+        c.drain_maker(Duration::from_secs(5));
+        assert!(group("b.ini", 4).is_dir());
+        c.discard(&b, 4);
+        c.drain_maker(Duration::from_secs(5));
+        assert!(!tmp.path().join("b.ini").exists());
+        // discarded before the lagging maker made it: never made
+        let go = lag(&c);
+        c.prepare(&b, 5);
+        c.discard(&b, 5);
+        go.send(()).unwrap();
+        c.drain_maker(Duration::from_secs(5));
+        assert!(!tmp.path().join("b.ini").exists());
+        // a's directory holds its used group: it stays
+        assert!(group("a.ini", 1).is_dir());
+    }
 
     #[test]
     fn modes_parse() {

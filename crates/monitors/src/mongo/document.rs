@@ -44,16 +44,18 @@ fn limits(doc: &Document) -> Result<Option<emperor::cgroup::limits::Limits>, Str
             Some(Bson::Int32(v)) => v.to_string(),
             Some(Bson::Int64(v)) => v.to_string(),
             Some(Bson::Double(v)) if key == "cpu-max" => v.to_string(),
-            Some(Bson::Double(v)) if v.fract() == 0.0 && v.is_finite() && *v >= 0.0 => {
+            Some(Bson::Double(v)) if v.fract() == 0.0 && *v >= 0.0 && *v < 9.2e18 => {
                 (*v as u64).to_string()
+            }
+            Some(Bson::Double(v)) => {
+                return Err(format!(
+                    "{field} must be a whole number (bytes, processes) or a string, not {v}"
+                ))
             }
             Some(other) => {
                 return Err(format!(
-                    "{field} must be a number or a string, not {}",
-                    match other {
-                        Bson::Double(d) => d.to_string(),
-                        o => format!("a {}", type_name(o)),
-                    }
+                    "{field} must be a number or a string, not a {}",
+                    type_name(other)
                 ))
             }
         };
@@ -297,7 +299,7 @@ mod tests {
             ),
             (
                 doc! {"name": "a.ini", "memory_max": 1.5},
-                "memory_max must be a number or a string, not 1.5",
+                "memory_max must be a whole number (bytes, processes) or a string, not 1.5",
             ),
             (
                 doc! {"name": "a.ini", "cpu_max": true},

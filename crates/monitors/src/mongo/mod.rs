@@ -31,7 +31,8 @@ use std::time::Duration;
 
 use bson::{doc, Document, RawDocumentBuf};
 use emperor::{
-    Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, VassalName, VassalSpec,
+    Monitor, MonitorContext, MonitorError, MonitorHealth, MonitorOptions, NamePolicy, VassalName,
+    VassalSpec,
 };
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
@@ -107,6 +108,9 @@ struct State {
     token: Arc<Mutex<Option<ResumeToken>>>,
     /// The skipped documents warned about (once while they stay bad).
     warned: WarnOnce<String>,
+    /// The last pass's specs, by name: a document whose name is good but
+    /// whose other fields are not keeps its vassal on the last good one.
+    last_good: std::collections::HashMap<VassalName, VassalSpec>,
 }
 
 async fn client(url: &MongoUrl) -> Result<Client, DriverError> {
@@ -141,6 +145,7 @@ async fn run(url: MongoUrl, ctx: MonitorContext) {
         mode: None,
         token: Arc::new(Mutex::new(None)),
         warned: WarnOnce::default(),
+        last_good: std::collections::HashMap::new(),
     };
     session::run(state, ctx, shown, session::RETRY).await
 }
@@ -352,6 +357,7 @@ async fn pass(state: &mut State, opts: &MonitorOptions) -> Result<Vec<VassalSpec
     let mut specs = Vec::new();
     let mut names: HashSet<VassalName> = HashSet::new();
     let mut skipped: Vec<String> = Vec::new();
+    let mut bad_names: Vec<VassalName> = Vec::new();
     while let Some(raw) = cursor
         .try_next()
         .await
@@ -379,10 +385,33 @@ async fn pass(state: &mut State, opts: &MonitorOptions) -> Result<Vec<VassalSpec
             }
             Ok(spec) => specs.push(spec),
             Err(reason) => {
-                skipped.push(format!("document {}: {reason}", document::label(&doc)));
+                let name = doc
+                    .get_str("name")
+                    .ok()
+                    .and_then(|n| VassalName::parse(n, &opts.extensions, NamePolicy::Plain).ok());
+                let kept = name.filter(|n| state.last_good.contains_key(n));
+                let also = if kept.is_some() {
+                    "; the vassal keeps its previous config"
+                } else {
+                    ""
+                };
+                skipped.push(format!(
+                    "document {}: {reason}{also}",
+                    document::label(&doc)
+                ));
+                bad_names.extend(kept);
             }
         }
     }
+    // a bad edit never stops a running vassal
+    for name in bad_names {
+        if names.insert(name.clone()) {
+            if let Some(old) = state.last_good.get(&name) {
+                specs.push(old.clone());
+            }
+        }
+    }
+    state.last_good = specs.iter().map(|s| (s.name.clone(), s.clone())).collect();
     for s in skipped {
         if state.warned.is_new(s.clone()) {
             tracing::warn!(monitor = %state.url.shown, "[emperor-mongodb] skipping {s}");
