@@ -685,19 +685,9 @@ fn groups_made_ahead_hold_one_vassal_each_and_none_is_left_for_a_failed_spawn() 
     );
     let pids: Vec<u32> = (0..30)
         .map(|i| {
-            let mut pid = None;
-            let ok = wait_until(T, || {
-                pid = testkit::record_lines(&rec(i)).iter().find_map(|l| {
-                    l.strip_prefix("start pid=")?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                });
-                pid.is_some()
-            });
+            let ok = wait_until(T, || !testkit::record_starts(&rec(i)).is_empty());
             assert!(ok, "v{i:02} never started:\n{}", emp.log());
-            pid.unwrap()
+            testkit::record_starts(&rec(i))[0]
         })
         .collect();
     emp.wait_log("cannot start vassal bad.ini", T);

@@ -333,19 +333,9 @@ fn limit_columns_and_the_inline_section_limit_vassals() {
         ],
     );
     let pid_of = |n: &str| -> u32 {
-        let mut pid = None;
-        let ok = testkit::servers::wait_until(T, || {
-            pid = record_lines(&rec(n)).iter().find_map(|l| {
-                l.strip_prefix("start pid=")?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            });
-            pid.is_some()
-        });
+        let ok = testkit::servers::wait_until(T, || !testkit::record_starts(&rec(n)).is_empty());
         assert!(ok, "{n} never started:\n{}", emp.log());
-        pid.unwrap()
+        testkit::record_starts(&rec(n))[0]
     };
     let read = testkit::procs::v1_value;
     // the row's columns
@@ -369,15 +359,8 @@ fn limit_columns_and_the_inline_section_limit_vassals() {
     pg.psql("UPDATE vassals SET memory_max = '48M' WHERE name = 'rec.ini'");
     let mut second = None;
     let ok = testkit::servers::wait_until(T, || {
-        second = record_lines(&rec("rec"))
-            .iter()
-            .filter_map(|l| {
-                l.strip_prefix("start pid=")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            })
+        second = testkit::record_starts(&rec("rec"))
+            .into_iter()
             .find(|p| *p != first);
         second.is_some()
     });
