@@ -208,10 +208,14 @@ fn own_dir() -> Option<PathBuf> {
 
 /// Makes `dir` (one level), which may exist already.
 fn make_dir(dir: &Path) -> Result<(), CgroupError> {
+    mkdir(dir).map_err(io_err(dir))
+}
+
+/// `mkdir` of one level; a directory that exists already is fine.
+fn mkdir(dir: &Path) -> io::Result<()> {
     match std::fs::create_dir(dir) {
-        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io_err(dir)(e)),
+        r => r,
     }
 }
 
@@ -276,7 +280,7 @@ pub struct Cgroups {
     owned_root: bool,
     /// Where reaped groups go to be removed (see [`Cgroups::sweep`]), and
     /// groups of spawns to come to be made (see [`Cgroups::prepare`]).
-    sweeper: Workers,
+    workers: Workers,
     /// The controllers this emperor passed down from `ROOT`'s parent
     /// ([`Cgroups::enable`]), taken back at [`Cgroups::finish`].
     passed: std::sync::Mutex<Vec<&'static str>>,
@@ -326,7 +330,7 @@ enum Made {
 }
 
 /// Starts the sweeper and the maker.
-fn sweeper() -> io::Result<Workers> {
+fn workers() -> io::Result<Workers> {
     let (tx, rx) = std::sync::mpsc::channel::<Sweep>();
     std::thread::Builder::new()
         .name("cgroup-sweeper".into())
@@ -385,17 +389,13 @@ fn sweeper() -> io::Result<Workers> {
 /// after its last process, the maker after a failed spawn): then it is
 /// made again.
 fn make_group(dir: &Path) -> io::Result<()> {
-    let made = |d: &Path| match std::fs::create_dir(d) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        r => r,
-    };
     let mut tries = 0;
     loop {
-        match made(dir) {
+        match mkdir(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && tries < 3 => {
                 tries += 1;
                 if let Some(parent) = dir.parent() {
-                    made(parent)?;
+                    mkdir(parent)?;
                 }
             }
             r => return r,
@@ -404,6 +404,18 @@ fn make_group(dir: &Path) -> io::Result<()> {
 }
 
 impl Cgroups {
+    /// Groups under `root` (made by this emperor and removed with it where
+    /// `owned_root`), with their sweeper and maker threads.
+    fn new(root: PathBuf, owned_root: bool) -> Result<Cgroups, CgroupError> {
+        Ok(Cgroups {
+            workers: workers().map_err(io_err(&root))?,
+            root,
+            owned_root,
+            passed: std::sync::Mutex::default(),
+            left: std::sync::Mutex::default(),
+        })
+    }
+
     /// Sets up `mode`: `Ok(None)` when off (in `auto` mode, also when
     /// cgroups cannot be used here: one line says why). `owner`: the uid
     /// and gid the emperor drops to later (`--uid`, `--gid`), to whom the
@@ -445,13 +457,7 @@ impl Cgroups {
                     }
                 }
                 std::fs::create_dir_all(p).map_err(io_err(p))?;
-                let c = Cgroups {
-                    root: p.clone(),
-                    owned_root: false,
-                    sweeper: sweeper().map_err(io_err(p))?,
-                    passed: std::sync::Mutex::default(),
-                    left: std::sync::Mutex::default(),
-                };
+                let c = Cgroups::new(p.clone(), false)?;
                 c.check_kill()?;
                 c.kill_leftovers();
                 c.delegate(owner)?;
@@ -471,13 +477,7 @@ impl Cgroups {
     /// group with processes passes nothing down. They are taken back at
     /// [`Cgroups::finish`], as the previous image would have.
     pub fn adopt(root: PathBuf, owned_root: bool) -> Result<Cgroups, CgroupError> {
-        let c = Cgroups {
-            sweeper: sweeper().map_err(io_err(&root))?,
-            root,
-            owned_root,
-            passed: std::sync::Mutex::default(),
-            left: std::sync::Mutex::default(),
-        };
+        let c = Cgroups::new(root, owned_root)?;
         if let Some(parent) = c.root.parent().filter(|p| owned_root && !is_top(p)) {
             if c.in_leaf() {
                 *c.passed.lock().unwrap_or_else(|p| p.into_inner()) = LIMITED
@@ -665,13 +665,7 @@ impl Cgroups {
         remove_stale(&base);
         let root = base.join(format!("imperium-{}", std::process::id()));
         std::fs::create_dir(&root).map_err(io_err(&root))?;
-        let c = Cgroups {
-            sweeper: sweeper().map_err(io_err(&root))?,
-            root,
-            owned_root: true,
-            passed: std::sync::Mutex::default(),
-            left: std::sync::Mutex::default(),
-        };
+        let c = Cgroups::new(root, true)?;
         if let Err(e) = c.check_kill() {
             let _ = std::fs::remove_dir(&c.root);
             return Err(e);
@@ -757,11 +751,11 @@ impl Cgroups {
     }
 
     fn ahead(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
-        self.sweeper.ahead.lock().unwrap_or_else(|p| p.into_inner())
+        self.workers.ahead.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn to_maker(&self, job: Made) {
-        let tx = self.sweeper.make.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.workers.make.lock().unwrap_or_else(|p| p.into_inner());
         let _ = tx.send(job);
     }
 
@@ -798,7 +792,7 @@ impl Cgroups {
     /// the sweeper thread: the emperor's loop never waits for a
     /// group to empty, and a crash storm makes no thread per group.
     pub fn sweep(&self, group: PathBuf, v1: Vec<PathBuf>, last: bool) {
-        let tx = self.sweeper.sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = self.workers.sweep.lock().unwrap_or_else(|p| p.into_inner());
         let _ = tx.send(Sweep { group, v1, last });
     }
 
@@ -951,13 +945,7 @@ mod tests {
     #[test]
     fn the_maker_makes_ahead_and_never_behind_the_loop() {
         let tmp = tempfile::tempdir().unwrap();
-        let c = Cgroups {
-            root: tmp.path().to_path_buf(),
-            owned_root: false,
-            sweeper: sweeper().unwrap(),
-            passed: std::sync::Mutex::default(),
-            left: std::sync::Mutex::default(),
-        };
+        let c = Cgroups::new(tmp.path().to_path_buf(), false).unwrap();
         let a = VassalName::derived("a.ini".to_string());
         let b = VassalName::derived("b.ini".to_string());
         let group = |n: &str, i: u64| tmp.path().join(n).join(format!("i{i}"));

@@ -230,7 +230,12 @@ impl Executor {
         let mut work: VecDeque<Action> = actions.into();
         while let Some(a) = work.pop_front() {
             let more = match a {
-                Action::Spawn { instance, spec } => self.spawn(rec, instance, spec),
+                Action::Spawn { instance, spec } => {
+                    let name = spec.name.clone();
+                    let more = self.spawn(rec, instance, spec);
+                    self.discard_group(&name, instance);
+                    more
+                }
                 Action::Send { instance, byte } => {
                     if byte == crate::protocol::MSG_RELOAD {
                         // the reloaded app is probed soon, until it passes
@@ -669,11 +674,17 @@ impl Executor {
         }
     }
 
-    /// A spawn that fails before its group is used: the group the maker
-    /// may have made for it ([`Executor::prepare_groups`]) goes.
-    fn discard_group(&self, spec: &VassalSpec, instance: InstanceId) {
-        if let Some(c) = &self.cgroups {
-            c.discard(&spec.name, instance);
+    /// After a spawn of `name`: if it failed (no process to watch), the
+    /// group the maker may have made for it ([`Executor::prepare_groups`])
+    /// goes.
+    fn discard_group(&self, name: &VassalName, instance: InstanceId) {
+        match &self.cgroups {
+            Some(c)
+                if self.launch.start_hook.is_none() && !self.handles.contains_key(&instance) =>
+            {
+                c.discard(name, instance);
+            }
+            _ => {}
         }
     }
 
@@ -762,17 +773,13 @@ impl Executor {
         };
         if rec.is_successor(instance) {
             if let Err(why) = self.can_swap(&spec) {
-                self.discard_group(&spec, instance);
                 return rec.swap_refused(instance, &why, std::time::Instant::now());
             }
         }
         // read before anything is set up: nothing to undo
         let (own, health) = match self.health_of(&spec) {
             Ok(o) => o,
-            Err(e) => {
-                self.discard_group(&spec, instance);
-                return rec.spawn_failed(instance, &e, std::time::Instant::now());
-            }
+            Err(e) => return rec.spawn_failed(instance, &e, std::time::Instant::now()),
         };
         let argv = build_argv(
             &launch_name,
@@ -786,10 +793,7 @@ impl Executor {
         };
         let stdin_socket = match self.on_demand_fd(rec, instance, &spec) {
             Ok(fd) => fd,
-            Err(actions) => {
-                self.discard_group(&spec, instance);
-                return actions;
-            }
+            Err(actions) => return actions,
         };
         let broodlord_num = zerg_base.is_some().then(|| {
             self.broodlord_num += 1;
@@ -799,13 +803,12 @@ impl Executor {
             Ok(Some((fd, log))) => (Some(fd), log),
             Ok(None) => (None, None),
             Err(e) => {
-                self.discard_group(&spec, instance);
                 return setup_failed(
                     rec,
                     instance,
                     "cannot set up its output (--vassal-logs)",
                     &e,
-                );
+                )
             }
         };
         let (cgroup, v1) = match self.groups_for(rec, instance, &spec, own) {
