@@ -248,6 +248,14 @@ impl fmt::Debug for VassalName {
     }
 }
 
+/// Lets a table keyed by name be searched with a `&str`: the name's
+/// `Eq`, `Ord` and `Hash` are those of the string it holds.
+impl std::borrow::Borrow<str> for VassalName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for VassalName {
     fn as_ref(&self) -> &str {
         &self.0

@@ -340,10 +340,7 @@ impl Reconciler {
 
     /// One vassal.
     pub fn vassal(&self, name: &str) -> Option<&Vassal> {
-        self.vassals
-            .iter()
-            .find(|(n, _)| n.as_str() == name)
-            .map(|(_, v)| &**v)
+        self.vassals.get(name).map(|v| &**v)
     }
 
     /// The blacklist.
