@@ -512,3 +512,46 @@ fn sigterm_stops_the_emperor_even_when_its_parent_left_it_blocked() {
     assert!(st.success(), "{st:?}\n{}", emp.log());
     assert!(wait_all_dead(&[pid], T), "vassal left running");
 }
+
+/// Exits are learnt from the kernel's process connector where the emperor
+/// may use it (root here), else with `waitid(P_ALL)`: both ways see a
+/// crash (and respawn it), a stop, and a vassal killed from outside.
+#[test]
+fn both_ways_of_watching_exits_see_crashes_stops_and_kills() {
+    let named = nix::unistd::geteuid().is_root();
+    if !named {
+        eprintln!(
+            "SKIPPED (the named way): not root, so no CAP_NET_ADMIN for the process connector"
+        );
+    }
+    for (env, line) in [
+        (
+            &[][..],
+            "vassal exits are named by the kernel (the process connector)",
+        ),
+        (
+            &[("IMPERIUM_EXIT_WATCH", "waitid")][..],
+            "vassal exits are found with waitid(P_ALL)",
+        ),
+    ] {
+        if env.is_empty() && !named {
+            continue;
+        }
+        let e = Env::new();
+        e.write("crash.ini", "exit-after-ms = 200");
+        let stop = e.write("stop.ini", "loyal = 1");
+        e.write("kill.ini", "loyal = 1");
+        let emp = e.start_with(test_vassal_bin().to_str().unwrap(), &[], env);
+        emp.wait_log(line, T);
+        assert!(wait_lines(&e.rec("crash.ini"), "start", 2), "{}", emp.log());
+        assert!(wait_lines(&e.rec("kill.ini"), "start", 1), "{}", emp.log());
+        let victim = record_starts(&e.rec("kill.ini"))[0];
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+        emp.wait_log("vassal kill.ini (pid: ", T);
+        assert!(wait_lines(&e.rec("kill.ini"), "start", 2), "{}", emp.log());
+        assert!(wait_lines(&e.rec("stop.ini"), "start", 1), "{}", emp.log());
+        std::fs::remove_file(stop).unwrap();
+        emp.wait_log("removed uwsgi instance stop.ini", T);
+        assert!(!alive(record_starts(&e.rec("stop.ini"))[0]));
+    }
+}

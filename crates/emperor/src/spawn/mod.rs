@@ -37,6 +37,7 @@ use std::sync::Arc;
 
 use crate::spec::Owner;
 
+mod exits;
 pub mod fd;
 mod net;
 mod process;

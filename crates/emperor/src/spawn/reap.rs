@@ -8,26 +8,40 @@
 //! through one lock, `kill(pid)` can never reach a stranger, with no
 //! descriptor at all.
 //!
-//! One thread ("imperium-reaper") waits with `waitid(P_ALL, WEXITED |
-//! WNOWAIT)`: it sleeps in the kernel until some child has exited, without
-//! reaping it. If that child is a registered vassal it is reaped (by pid,
-//! under the lock), its status stored and its task woken: no signal
-//! handler, no wake-up while nothing exits. The kernel walks the emperor's
-//! list of children on each such wait (`wait_consider_task`), so each exit
-//! costs O(children) of kernel time in this thread: with 10,000 vassals
-//! deleted at once, about 0.5 s of CPU in all, beside the loop's (perf,
-//! 2026-12-08). The reap itself is by pid, which the kernel finds at once. A child that is not ours
-//! (a hook run through `tokio::process`, a `std::process::Command` of a
-//! config reader) is left to its owner, which reaps it by pid; while it
-//! lingers, the thread checks the registered vassals one by one instead,
-//! at growing intervals (10 ms to 1 s), so it neither spins nor misses an
-//! exit.
+//! One thread ("imperium-reaper") learns of exits in one of two ways:
+//!
+//! - **Named by the kernel** (the process connector, see `exits`): where
+//!   the emperor has `CAP_NET_ADMIN` in the initial namespaces, the kernel
+//!   sends a message for each exit of one of its children, and the thread
+//!   reaps that child by pid, which the kernel finds at once: O(1) per
+//!   exit. A message can come just before the child is a zombie: such a
+//!   child is looked at again after 1 ms, then at doubling intervals up to
+//!   1 s (a vassal whose main thread ended before its other threads is
+//!   reported again when the last one ends). If the socket's buffer
+//!   overflows, every registered vassal is looked at once.
+//! - **`waitid(P_ALL, WEXITED | WNOWAIT)`** otherwise: it sleeps in the
+//!   kernel until some child has exited, without reaping it. The kernel
+//!   walks the emperor's list of children on each such wait
+//!   (`wait_consider_task`), so each exit costs O(children) of kernel time
+//!   in this thread: with 10,000 vassals deleted at once, about 0.5 s of
+//!   CPU in all (perf, 2026-12-08). A child that is not ours (a hook run
+//!   through `tokio::process`, a `std::process::Command` of a config
+//!   reader) is left to its owner, which reaps it by pid; while it
+//!   lingers, the thread checks the registered vassals one by one instead,
+//!   at growing intervals (10 ms to 1 s), so it neither spins nor misses
+//!   an exit.
+//!
+//! Either way a registered vassal is reaped (by pid, under the lock), its
+//! status stored and its task woken: no signal handler, no wake-up while
+//! nothing exits. `IMPERIUM_EXIT_WATCH=waitid` in the environment forces
+//! the second way (the tests use it to keep both covered).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Once};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::task::AtomicWaker;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
@@ -59,6 +73,30 @@ struct Table {
     /// (a hook, a probe still running at a hot upgrade): reaped silently,
     /// since their owner is gone.
     orphans: std::collections::HashSet<u32>,
+    /// With exits named by the kernel: processes whose exit was reported
+    /// before they were registered (the last few, oldest first), and the
+    /// registered ones among them, for the thread to look at again.
+    unknown_exits: VecDeque<u32>,
+    recheck: Vec<u32>,
+    /// Wakes the thread when `recheck` gained a pid (with exits named by
+    /// the kernel; the other way waits on `more`).
+    wake: Option<UnixDatagram>,
+}
+
+/// How many exits of unregistered children are remembered: the hooks and
+/// readers the emperor runs, and a vassal that ended before its spawn
+/// returned.
+const UNKNOWN_KEPT: usize = 256;
+
+/// What looking at a child found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reap {
+    /// Not a registered vassal nor an adopted orphan.
+    NotOurs,
+    /// Ours and still running (or not yet a zombie).
+    Alive,
+    /// Ours, and reaped now (or gone).
+    Gone,
 }
 
 struct Reaper {
@@ -96,7 +134,16 @@ impl VassalProcess {
             t.registered += 1;
             // it may have exited already, while the thread took it for a
             // stranger's child
-            reap_locked(&mut t, pid);
+            if reap_locked(&mut t, pid) == Reap::Alive {
+                if let Some(at) = t.unknown_exits.iter().position(|&p| p == pid) {
+                    // reported before it was ours, not a zombie yet
+                    t.unknown_exits.remove(at);
+                    t.recheck.push(pid);
+                    if let Some(w) = &t.wake {
+                        let _ = w.send(&[1]);
+                    }
+                }
+            }
         }
         REAPER.more.notify_all();
         VassalProcess { pid, exit }
@@ -209,23 +256,23 @@ pub fn children() -> Vec<u32> {
     out
 }
 
-/// Reaps `pid` if it is a registered vassal that has exited; true when it
-/// is a registered vassal (or an adopted orphan).
-fn reap_locked(t: &mut Table, pid: u32) -> bool {
+/// Reaps `pid` if it is a registered vassal (or an adopted orphan) that
+/// has exited.
+fn reap_locked(t: &mut Table, pid: u32) -> Reap {
     if t.orphans.contains(&pid) {
         match waitid(
             Id::Pid(Pid::from_raw(pid as i32)),
             WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
         ) {
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => return Reap::Alive,
             _ => {
                 t.orphans.remove(&pid);
             }
         }
-        return true;
+        return Reap::Gone;
     }
     let Some(exit) = t.live.get(&pid) else {
-        return false;
+        return Reap::NotOurs;
     };
     let status = match waitid(
         Id::Pid(Pid::from_raw(pid as i32)),
@@ -233,7 +280,7 @@ fn reap_locked(t: &mut Table, pid: u32) -> bool {
     ) {
         Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
         Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signal(sig as i32),
-        Ok(_) | Err(nix::errno::Errno::EINTR) => return true,
+        Ok(_) | Err(nix::errno::Errno::EINTR) => return Reap::Alive,
         Err(e) => {
             // not our child any more (nothing else reaps vassals): report
             // it gone rather than wait for ever
@@ -245,7 +292,7 @@ fn reap_locked(t: &mut Table, pid: u32) -> bool {
     t.live.remove(&pid);
     *exit.status.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
     exit.waker.wake();
-    true
+    Reap::Gone
 }
 
 /// While held, no vassal is reaped (nor killed, nor spawned: do neither
@@ -263,9 +310,33 @@ pub fn freeze_reaper() -> ReaperFrozen {
 
 fn start_thread() {
     THREAD.call_once(|| {
+        let events = if std::env::var_os("IMPERIUM_EXIT_WATCH").is_some_and(|v| v == "waitid") {
+            Err(io::Error::other("IMPERIUM_EXIT_WATCH=waitid"))
+        } else {
+            super::exits::ExitEvents::open()
+        };
+        let run: Box<dyn FnOnce() + Send> = match events.and_then(|ev| {
+            let (tx, rx) = UnixDatagram::pair()?;
+            tx.set_nonblocking(true)?;
+            rx.set_nonblocking(true)?;
+            Ok((ev, tx, rx))
+        }) {
+            Ok((ev, tx, rx)) => {
+                tracing::info!("[emperor] vassal exits are named by the kernel (the process connector): O(1) per exit");
+                table().wake = Some(tx);
+                Box::new(move || named_exits_thread(ev, rx))
+            }
+            Err(e) => {
+                tracing::info!(
+                    reason = %e,
+                    "[emperor] vassal exits are found with waitid(P_ALL), which costs O(vassals) per exit: the process connector cannot be used ({e})"
+                );
+                Box::new(reaper_thread)
+            }
+        };
         if let Err(e) = std::thread::Builder::new()
             .name("imperium-reaper".into())
-            .spawn(reaper_thread)
+            .spawn(run)
         {
             // without it exits are still seen by try_wait / wait_blocking,
             // but a running emperor would miss them: that is fatal
@@ -286,7 +357,7 @@ fn reaper_thread() {
             Ok(st) => {
                 let Some(pid) = st.pid() else { continue };
                 let pid = pid.as_raw() as u32;
-                if reap_locked(&mut table(), pid) {
+                if reap_locked(&mut table(), pid) != Reap::NotOurs {
                     foreign_wait = FOREIGN_FIRST;
                     continue;
                 }
@@ -315,5 +386,91 @@ fn reaper_thread() {
                 std::thread::sleep(FOREIGN_MAX);
             }
         }
+    }
+}
+
+/// A child reported exited that was not a zombie yet: when to look again.
+struct Recheck {
+    at: Instant,
+    step: Duration,
+}
+
+const RECHECK_FIRST: Duration = Duration::from_millis(1);
+const RECHECK_LAST: Duration = Duration::from_secs(1);
+
+/// The reaper with exits named by the kernel (see the module's doc).
+fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
+    use std::os::fd::AsFd;
+    crate::spawn::block_signals_in_this_thread();
+    let me = std::process::id();
+    let mut exits = Vec::new();
+    let mut again: HashMap<u32, Recheck> = HashMap::new();
+    // an exit just before the subscription was not reported: look at
+    // whatever registered so far once, shortly after
+    let mut sweep_at = Some(Instant::now() + Duration::from_millis(10));
+    loop {
+        let next = again.values().map(|r| r.at).chain(sweep_at).min();
+        let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
+        let batch = match ev.wait(timeout, Some(wake.as_fd()), &mut exits) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "[emperor] reading the kernel's exit reports failed: {e}");
+                std::thread::sleep(RECHECK_LAST);
+                super::exits::Batch::Lost
+            }
+        };
+        let mut buf = [0u8; 64];
+        while wake.recv(&mut buf).is_ok() {}
+        let now = Instant::now();
+        let mut t = table();
+        if batch == super::exits::Batch::Lost || sweep_at.is_some_and(|s| s <= now) {
+            if batch == super::exits::Batch::Lost {
+                tracing::warn!("[emperor] exit reports were lost (a burst beyond the socket's buffer): looking at every vassal");
+            }
+            sweep_at = None;
+            let all: Vec<u32> = t.live.keys().chain(&t.orphans).copied().collect();
+            for pid in all {
+                reap_locked(&mut t, pid);
+            }
+        }
+        for e in exits.drain(..) {
+            if e.tgid == me {
+                continue;
+            }
+            match reap_locked(&mut t, e.tgid) {
+                Reap::Gone => {
+                    again.remove(&e.tgid);
+                }
+                Reap::Alive => {
+                    again.entry(e.tgid).or_insert(Recheck {
+                        at: now + RECHECK_FIRST,
+                        step: RECHECK_FIRST,
+                    });
+                }
+                Reap::NotOurs => {
+                    if t.unknown_exits.len() >= UNKNOWN_KEPT {
+                        t.unknown_exits.pop_front();
+                    }
+                    t.unknown_exits.push_back(e.tgid);
+                }
+            }
+        }
+        for pid in std::mem::take(&mut t.recheck) {
+            again.entry(pid).or_insert(Recheck {
+                at: now,
+                step: RECHECK_FIRST,
+            });
+        }
+        again.retain(|&pid, r| {
+            if r.at > now {
+                return true;
+            }
+            if reap_locked(&mut t, pid) != Reap::Alive || r.step >= RECHECK_LAST {
+                return false;
+            }
+            r.step *= 2;
+            r.at = now + r.step;
+            true
+        });
     }
 }
