@@ -8,11 +8,13 @@
 //! the kernel, every exit whose parent is not the emperor, so the rest of
 //! the host's processes cost it nothing and wake nothing.
 //!
-//! The kernel offers it only to a process with `CAP_NET_ADMIN` in the
-//! initial user and pid namespaces (in another pid namespace the pids
-//! would not be the emperor's). Whether it works is not guessed: after
-//! subscribing, the emperor has a thread of its own exit and waits for
-//! that exit's message ([`ExitEvents::open`] fails if it does not come).
+//! The kernel offers it to a process in the initial user and pid
+//! namespaces (in another pid namespace the pids would not be the
+//! emperor's); before Linux 6.6 the process also needs `CAP_NET_ADMIN`.
+//! Whether it works is not guessed: the emperor subscribes, and requires
+//! the kernel's acknowledgement of its own subscription (error 0) and the
+//! message for the exit of a thread of its own ([`ExitEvents::open`]
+//! fails if either does not come).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -25,6 +27,8 @@ const CN_VAL_PROC: u32 = 1;
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 /// `PROC_EVENT_EXIT`.
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
+/// `PROC_EVENT_NONE`: the kernel's acknowledgement of a subscription.
+const PROC_EVENT_NONE: u32 = 0;
 /// `NLMSG_DONE`: the connector sends and takes single-part messages.
 const NLMSG_DONE: u16 = 3;
 
@@ -33,7 +37,11 @@ const NLMSG_DONE: u16 = 3;
 /// `timestamp_ns` (u64), then for an exit `process_pid`, `process_tgid`,
 /// `exit_code`, `exit_signal`, `parent_pid`, `parent_tgid` (each 32 bits).
 const EVENT: usize = 16 + 20;
+/// `cn_msg.ack`: the acknowledgement's number (the request's plus one).
+const ACK: usize = 16 + 12;
 const WHAT: usize = EVENT;
+/// `event_data.ack.err` of an acknowledgement.
+const ACK_ERR: usize = EVENT + 16;
 const PROCESS_PID: usize = EVENT + 16;
 const PROCESS_TGID: usize = EVENT + 20;
 const PARENT_TGID: usize = EVENT + 36;
@@ -67,19 +75,38 @@ pub(super) struct ExitEvents {
     fd: OwnedFd,
 }
 
-/// Reads the exit in one message of the connector (`None`: not an exit,
-/// or too short).
-pub(super) fn parse_exit(msg: &[u8]) -> Option<TaskExit> {
-    let word = |at: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(msg.get(at..at + 4)?.try_into().ok()?))
-    };
-    if msg.len() < EXIT_LEN || word(WHAT)? != PROC_EVENT_EXIT {
+/// One message of the connector, as far as the emperor reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Message {
+    Exit(TaskExit),
+    /// The acknowledgement of a subscription: its number and the error.
+    Ack {
+        ack: u32,
+        err: u32,
+    },
+}
+
+fn word(msg: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(msg.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Reads one message of the connector (`None`: neither an exit nor an
+/// acknowledgement, or too short).
+pub(super) fn parse(msg: &[u8]) -> Option<Message> {
+    if msg.len() < EXIT_LEN {
         return None;
     }
-    Some(TaskExit {
-        pid: word(PROCESS_PID)?,
-        tgid: word(PROCESS_TGID)?,
-    })
+    match word(msg, WHAT)? {
+        PROC_EVENT_EXIT => Some(Message::Exit(TaskExit {
+            pid: word(msg, PROCESS_PID)?,
+            tgid: word(msg, PROCESS_TGID)?,
+        })),
+        PROC_EVENT_NONE => Some(Message::Ack {
+            ack: word(msg, ACK)?,
+            err: word(msg, ACK_ERR)?,
+        }),
+        _ => None,
+    }
 }
 
 /// A 32-bit constant as a classic BPF load (`BPF_LD | BPF_W | BPF_ABS`)
@@ -89,8 +116,9 @@ fn as_loaded(v: u32) -> u32 {
 }
 
 /// The filter program: keep an exit message whose 32-bit field at `field`
-/// is `value`, drop every other message.
-fn program(field: usize, value: u32) -> [libc::sock_filter; 6] {
+/// is `value` (and, with `acks`, every acknowledgement), drop every other
+/// message.
+fn program(field: usize, value: u32, acks: bool) -> [libc::sock_filter; 7] {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: code as u16,
         jt,
@@ -100,8 +128,12 @@ fn program(field: usize, value: u32) -> [libc::sock_filter; 6] {
     let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
     let ret = libc::BPF_RET | libc::BPF_K;
+    // an acknowledgement jumps to "keep", or (without acks) compares
+    // with a value `what` never has
+    let ack = if acks { PROC_EVENT_NONE } else { u32::MAX };
     [
         op(load, 0, 0, WHAT as u32),
+        op(jeq, 3, 0, as_loaded(ack)),
         op(jeq, 0, 3, as_loaded(PROC_EVENT_EXIT)),
         op(load, 0, 0, field as u32),
         op(jeq, 0, 1, as_loaded(value)),
@@ -110,31 +142,39 @@ fn program(field: usize, value: u32) -> [libc::sock_filter; 6] {
     ]
 }
 
-/// `CAP_NET_ADMIN` (linux/capability.h).
-const CAP_NET_ADMIN: u32 = 12;
+/// The inode numbers of the initial user and pid namespaces (the kernel's
+/// `PROC_USER_INIT_INO` and `PROC_PID_INIT_INO`, fixed).
+const INIT_USER_NS: &str = "user:[4026531837]";
+const INIT_PID_NS: &str = "pid:[4026531836]";
 
-/// True when this process has `CAP_NET_ADMIN` in its effective set (bit 12
-/// of `CapEff`): without it the kernel refuses the subscription.
-fn has_net_admin() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+/// Why this process cannot use the connector, if it is plainly so: it is
+/// not in the initial user and pid namespaces (a container), where the
+/// kernel ignores the subscription without a word.
+fn outside_initial_namespaces() -> Option<String> {
+    for (ns, init) in [("user", INIT_USER_NS), ("pid", INIT_PID_NS)] {
+        let path = format!("/proc/self/ns/{ns}");
+        match std::fs::read_link(&path) {
+            Ok(l) if l.as_os_str() == init => {}
+            Ok(l) => {
+                return Some(format!(
+                    "the emperor is not in the initial {ns} namespace ({})",
+                    l.display()
+                ))
+            }
+            Err(e) => return Some(format!("cannot read {path}: {e}")),
+        }
+    }
+    None
 }
 
 impl ExitEvents {
     /// Subscribes to the exits of this process's children and checks that
     /// the messages come, with a thread of its own. The error says why
-    /// not (no `CAP_NET_ADMIN`, another pid namespace, no connector in
-    /// this kernel).
+    /// not (another namespace, no `CAP_NET_ADMIN` before Linux 6.6, no
+    /// connector in this kernel).
     pub fn open() -> io::Result<ExitEvents> {
-        if !has_net_admin() {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the emperor lacks CAP_NET_ADMIN",
-            ));
+        if let Some(why) = outside_initial_namespaces() {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, why));
         }
         // SAFETY: socket(2) with constant arguments; the result is checked
         // and owned at once
@@ -153,22 +193,24 @@ impl ExitEvents {
         let ev = ExitEvents { fd };
         ev.bind()?;
         // room for a burst: 10,000 vassals stopped at once are 10,000
-        // messages of about 100 bytes (a lost burst costs one walk of
-        // every vassal, not a missed exit)
+        // messages, each charged to the buffer at several hundred bytes
+        // (a lost burst costs one walk of every vassal, not a missed exit)
         ev.set_int(libc::SO_RCVBUFFORCE, 8 << 20)
             .or_else(|_| ev.set_int(libc::SO_RCVBUF, 8 << 20))?;
         let me = std::process::id();
-        // first the check: this process's own thread
-        ev.filter(PROCESS_TGID, me)?;
-        ev.listen()?;
+        // first the check: the acknowledgement, and this process's own
+        // thread
+        ev.filter(PROCESS_TGID, me, true)?;
+        let ack = me ^ 0x5a5a_0000;
+        ev.listen(ack)?;
         let tid = std::thread::Builder::new()
             .name("imperium-exits".into())
             .spawn(|| nix::unistd::gettid().as_raw() as u32)?
             .join()
             .map_err(|_| io::Error::other("the check thread panicked"))?;
-        ev.await_exit_of(tid)?;
+        ev.check(ack.wrapping_add(1), tid)?;
         // then for good: the exits whose parent is this process
-        ev.filter(PARENT_TGID, me)?;
+        ev.filter(PARENT_TGID, me, false)?;
         Ok(ev)
     }
 
@@ -209,8 +251,8 @@ impl ExitEvents {
     }
 
     /// Replaces the socket's filter (the kernel swaps it atomically).
-    fn filter(&self, field: usize, value: u32) -> io::Result<()> {
-        let mut prog = program(field, value);
+    fn filter(&self, field: usize, value: u32, acks: bool) -> io::Result<()> {
+        let mut prog = program(field, value, acks);
         let fprog = libc::sock_fprog {
             len: prog.len() as libc::c_ushort,
             filter: prog.as_mut_ptr(),
@@ -232,11 +274,13 @@ impl ExitEvents {
         Ok(())
     }
 
-    /// Asks for exit messages only (`struct proc_input`: the operation and
-    /// the events wanted).
-    fn listen(&self) -> io::Result<()> {
-        let mut msg = Vec::with_capacity(16 + 20 + 8);
-        let total = (16 + 20 + 8) as u32;
+    /// Subscribes, in the form every kernel takes (the operation alone:
+    /// Linux 6.6 also takes the events wanted after it, older kernels
+    /// ignore a request of any other length). The filter drops what is not
+    /// an exit. `ack` numbers the request.
+    fn listen(&self, ack: u32) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(16 + 20 + 4);
+        let total = (16 + 20 + 4) as u32;
         msg.extend_from_slice(&total.to_ne_bytes()); // nlmsg_len
         msg.extend_from_slice(&NLMSG_DONE.to_ne_bytes()); // nlmsg_type
         msg.extend_from_slice(&0u16.to_ne_bytes()); // nlmsg_flags
@@ -245,11 +289,10 @@ impl ExitEvents {
         msg.extend_from_slice(&CN_IDX_PROC.to_ne_bytes()); // id.idx
         msg.extend_from_slice(&CN_VAL_PROC.to_ne_bytes()); // id.val
         msg.extend_from_slice(&0u32.to_ne_bytes()); // seq
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // ack
-        msg.extend_from_slice(&8u16.to_ne_bytes()); // len
+        msg.extend_from_slice(&ack.to_ne_bytes()); // ack
+        msg.extend_from_slice(&4u16.to_ne_bytes()); // len
         msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
-        msg.extend_from_slice(&PROC_EVENT_EXIT.to_ne_bytes());
         // SAFETY: an all-zero sockaddr_nl is the kernel's address
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -270,23 +313,40 @@ impl ExitEvents {
         Ok(())
     }
 
-    fn await_exit_of(&self, tid: u32) -> io::Result<()> {
+    /// Waits for the acknowledgement numbered `ack` and for the exit of
+    /// the thread `tid`.
+    fn check(&self, ack: u32, tid: u32) -> io::Result<()> {
         let deadline = std::time::Instant::now() + CHECK_WAIT;
-        let mut exits = Vec::new();
-        loop {
+        let (mut acked, mut exited) = (false, false);
+        while !(acked && exited) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the kernel did not report a thread's exit (another pid namespace?)",
+                    if acked {
+                        "the kernel acknowledged the subscription but did not report a thread's exit"
+                    } else {
+                        "the kernel did not acknowledge the subscription"
+                    },
                 ));
             }
-            self.wait(Some(left), None, &mut exits)?;
-            if exits.iter().any(|e| e.pid == tid) {
-                return Ok(());
+            self.poll(Some(left), None)?;
+            let mut failed = None;
+            self.read_all(|m| match m {
+                Message::Ack { ack: a, err } if a == ack => {
+                    acked = true;
+                    if err != 0 {
+                        failed = Some(err);
+                    }
+                }
+                Message::Exit(e) if e.pid == tid => exited = true,
+                _ => {}
+            })?;
+            if let Some(err) = failed {
+                return Err(io::Error::from_raw_os_error(err as i32));
             }
-            exits.clear();
         }
+        Ok(())
     }
 
     /// Waits up to `timeout` (`None`: for ever) for messages, or for `also`
@@ -297,6 +357,19 @@ impl ExitEvents {
         also: Option<std::os::fd::BorrowedFd<'_>>,
         out: &mut Vec<TaskExit>,
     ) -> io::Result<Batch> {
+        self.poll(timeout, also)?;
+        self.read_all(|m| {
+            if let Message::Exit(e) = m {
+                out.push(e);
+            }
+        })
+    }
+
+    fn poll(
+        &self,
+        timeout: Option<Duration>,
+        also: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> io::Result<()> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let ms = match timeout {
@@ -309,9 +382,13 @@ impl ExitEvents {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         match poll(&mut fds, ms) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
         }
+    }
+
+    /// Reads every message queued, without waiting.
+    fn read_all(&self, mut each: impl FnMut(Message)) -> io::Result<Batch> {
         let mut buf = [0u8; 4096];
         loop {
             // SAFETY: buf is writable for its length during the call
@@ -332,8 +409,8 @@ impl ExitEvents {
                     _ => Err(e),
                 };
             }
-            if let Some(exit) = parse_exit(&buf[..n as usize]) {
-                out.push(exit);
+            if let Some(m) = parse(&buf[..n as usize]) {
+                each(m);
             }
         }
     }
@@ -353,25 +430,74 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_message_is_read_and_anything_else_is_not() {
+    fn exit_and_acknowledgement_messages_are_read_and_anything_else_is_not() {
         let m = message(PROC_EVENT_EXIT, 42, 40, 7);
-        assert_eq!(parse_exit(&m), Some(TaskExit { pid: 42, tgid: 40 }));
-        assert_eq!(parse_exit(&message(0x1, 42, 40, 7)), None, "a fork");
-        assert_eq!(parse_exit(&m[..EXIT_LEN - 1]), None, "truncated");
-        assert_eq!(parse_exit(&[]), None);
+        assert_eq!(
+            parse(&m),
+            Some(Message::Exit(TaskExit { pid: 42, tgid: 40 }))
+        );
+        assert_eq!(parse(&message(0x1, 42, 40, 7)), None, "a fork");
+        assert_eq!(parse(&m[..EXIT_LEN - 1]), None, "truncated");
+        assert_eq!(parse(&[]), None);
+        let mut ack = message(PROC_EVENT_NONE, 0, 0, 0);
+        ack[ACK..ACK + 4].copy_from_slice(&9u32.to_ne_bytes());
+        ack[ACK_ERR..ACK_ERR + 4].copy_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(parse(&ack), Some(Message::Ack { ack: 9, err: 1 }));
+    }
+
+    /// Runs a classic BPF program of loads, equality jumps and returns on
+    /// `msg`, as the kernel would (big-endian loads).
+    fn run(prog: &[libc::sock_filter], msg: &[u8]) -> u32 {
+        let mut a = 0u32;
+        let mut pc = 0;
+        loop {
+            let i = prog[pc];
+            let code = i.code as u32;
+            if code == libc::BPF_LD | libc::BPF_W | libc::BPF_ABS {
+                let at = i.k as usize;
+                a = u32::from_be_bytes(msg[at..at + 4].try_into().unwrap());
+                pc += 1;
+            } else if code == libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K {
+                pc += 1 + if a == i.k { i.jt } else { i.jf } as usize;
+            } else if code == libc::BPF_RET | libc::BPF_K {
+                return i.k;
+            } else {
+                panic!("unexpected instruction {code:#x}");
+            }
+        }
     }
 
     #[test]
-    fn the_filter_compares_what_a_load_reads() {
-        // a load reads 4 bytes as big-endian: the constant must be the
-        // value those bytes hold in memory, read that way
-        let v = 0x0102_0304u32;
-        assert_eq!(as_loaded(v), u32::from_be_bytes(v.to_ne_bytes()));
-        let p = program(PARENT_TGID, 77);
-        assert_eq!(p[2].k, PARENT_TGID as u32);
-        assert_eq!(p[3].k, as_loaded(77));
-        assert_eq!(p[4].k, u32::MAX, "keep");
-        assert_eq!(p[5].k, 0, "drop");
+    fn the_filter_keeps_the_exits_of_the_children_and_drops_the_rest() {
+        #[cfg(target_endian = "little")]
+        assert_eq!(as_loaded(0x8000_0000), 0x80);
+        let keep = |p: &[libc::sock_filter], m: &[u8]| run(p, m) != 0;
+        let children = program(PARENT_TGID, 77, false);
+        assert!(keep(&children, &message(PROC_EVENT_EXIT, 5, 5, 77)));
+        assert!(
+            !keep(&children, &message(PROC_EVENT_EXIT, 5, 5, 78)),
+            "another's child"
+        );
+        assert!(!keep(&children, &message(0x1, 5, 5, 77)), "a fork");
+        assert!(
+            !keep(&children, &message(PROC_EVENT_NONE, 0, 0, 0)),
+            "an ack"
+        );
+        let check = program(PROCESS_TGID, 77, true);
+        assert!(
+            keep(&check, &message(PROC_EVENT_EXIT, 80, 77, 1)),
+            "our thread"
+        );
+        assert!(!keep(&check, &message(PROC_EVENT_EXIT, 80, 79, 77)));
+        assert!(keep(&check, &message(PROC_EVENT_NONE, 0, 0, 0)), "an ack");
+    }
+
+    /// The connector must work here when the kernel has it and this test
+    /// is root in the initial namespaces.
+    fn connector_expected() -> bool {
+        std::fs::read_to_string("/proc/net/connector").is_ok_and(|s| s.contains("cn_proc"))
+            && outside_initial_namespaces().is_none()
+            && nix::unistd::geteuid().is_root()
     }
 
     #[test]
@@ -379,6 +505,10 @@ mod tests {
         let ev = match ExitEvents::open() {
             Ok(ev) => ev,
             Err(e) => {
+                assert!(
+                    !connector_expected(),
+                    "root in the initial namespaces, yet: {e}"
+                );
                 eprintln!("SKIPPED: the process connector is not available here: {e}");
                 return;
             }

@@ -1014,6 +1014,46 @@ mod tests {
         );
     }
 
+    /// A vassal whose main thread ends seconds before its other thread:
+    /// the kernel reports the main thread's exit while the process cannot
+    /// be reaped yet, and nothing when it can. The reaper still sees the
+    /// exit, however it learns of exits here.
+    #[test]
+    fn a_vassal_whose_main_thread_ends_first_is_reaped_when_its_last_thread_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("late.c");
+        let bin = dir.path().join("late");
+        std::fs::write(
+            &src,
+            "#include <pthread.h>\n#include <stdlib.h>\n#include <unistd.h>\n\
+             static void *late(void *a) { (void)a; sleep(3); exit(7); }\n\
+             int main(void) { pthread_t t; pthread_create(&t, 0, late, 0); pthread_exit(0); }\n",
+        )
+        .unwrap();
+        match std::process::Command::new("cc")
+            .arg("-pthread")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status()
+        {
+            Ok(st) if st.success() => {}
+            other => {
+                eprintln!("SKIPPED: no C compiler to build the test vassal ({other:?})");
+                return;
+            }
+        }
+        let mut r = req(&[bin.to_str().unwrap()], "");
+        r.argv = vec![bin.clone().into_os_string()];
+        let t = std::time::Instant::now();
+        let sp = spawn_vassal(r).unwrap();
+        assert_eq!(
+            exit_seen_by_the_reaper(&sp.child, Duration::from_secs(10)),
+            Some(ExitStatus::Code(7))
+        );
+        assert!(t.elapsed() >= Duration::from_secs(3), "{:?}", t.elapsed());
+    }
+
     #[test]
     fn the_child_gets_its_fds_in_the_low_slots_not_a_copy_of_the_table() {
         reserve_spawn_slots();

@@ -11,14 +11,16 @@
 //! One thread ("imperium-reaper") learns of exits in one of two ways:
 //!
 //! - **Named by the kernel** (the process connector, see `exits`): where
-//!   the emperor has `CAP_NET_ADMIN` in the initial namespaces, the kernel
-//!   sends a message for each exit of one of its children, and the thread
-//!   reaps that child by pid, which the kernel finds at once: O(1) per
-//!   exit. A message can come just before the child is a zombie: such a
-//!   child is looked at again after 1 ms, then at doubling intervals up to
-//!   1 s (a vassal whose main thread ended before its other threads is
-//!   reported again when the last one ends). If the socket's buffer
-//!   overflows, every registered vassal is looked at once.
+//!   the emperor is in the initial user and pid namespaces (and, before
+//!   Linux 6.6, has `CAP_NET_ADMIN`), the kernel sends a message for each
+//!   exit of one of its children, and the thread reaps that child by pid,
+//!   which the kernel finds at once: O(1) per exit. A child reported but
+//!   not reapable yet (its main thread ended before its other threads, or
+//!   a tracer holds it: the kernel sends nothing more when it becomes a
+//!   zombie) is looked at again after 1 ms, then at doubling intervals,
+//!   then every second until it is gone. If the socket's buffer
+//!   overflows, every registered vassal is looked at, then once more a
+//!   second later.
 //! - **`waitid(P_ALL, WEXITED | WNOWAIT)`** otherwise: it sleeps in the
 //!   kernel until some child has exited, without reaping it. The kernel
 //!   walks the emperor's list of children on each such wait
@@ -76,7 +78,7 @@ struct Table {
     /// With exits named by the kernel: processes whose exit was reported
     /// before they were registered (the last few, oldest first), and the
     /// registered ones among them, for the thread to look at again.
-    unknown_exits: VecDeque<u32>,
+    unknown_exits: VecDeque<(u32, Instant)>,
     recheck: Vec<u32>,
     /// Wakes the thread when `recheck` gained a pid (with exits named by
     /// the kernel; the other way waits on `more`).
@@ -87,6 +89,9 @@ struct Table {
 /// readers the emperor runs, and a vassal that ended before its spawn
 /// returned.
 const UNKNOWN_KEPT: usize = 256;
+/// How long such an exit is taken to be about a process just spawned (an
+/// older one is about a pid since reused).
+const UNKNOWN_FRESH: Duration = Duration::from_secs(1);
 
 /// What looking at a child found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,8 +140,9 @@ impl VassalProcess {
             // it may have exited already, while the thread took it for a
             // stranger's child
             if reap_locked(&mut t, pid) == Reap::Alive {
-                if let Some(at) = t.unknown_exits.iter().position(|&p| p == pid) {
-                    // reported before it was ours, not a zombie yet
+                let fresh = |&(p, at): &(u32, Instant)| p == pid && at.elapsed() < UNKNOWN_FRESH;
+                if let Some(at) = t.unknown_exits.iter().position(fresh) {
+                    // reported before it was ours, not reapable yet
                     t.unknown_exits.remove(at);
                     t.recheck.push(pid);
                     if let Some(w) = &t.wake {
@@ -389,7 +395,8 @@ fn reaper_thread() {
     }
 }
 
-/// A child reported exited that was not a zombie yet: when to look again.
+/// A child reported exited that could not be reaped yet: when to look
+/// again.
 struct Recheck {
     at: Instant,
     step: Duration,
@@ -424,10 +431,13 @@ fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
         let now = Instant::now();
         let mut t = table();
         if batch == super::exits::Batch::Lost || sweep_at.is_some_and(|s| s <= now) {
+            sweep_at = None;
             if batch == super::exits::Batch::Lost {
                 tracing::warn!("[emperor] exit reports were lost (a burst beyond the socket's buffer): looking at every vassal");
+                // and once more, for a vassal reported while its threads
+                // were still ending
+                sweep_at = Some(now + RECHECK_LAST);
             }
-            sweep_at = None;
             let all: Vec<u32> = t.live.keys().chain(&t.orphans).copied().collect();
             for pid in all {
                 reap_locked(&mut t, pid);
@@ -451,7 +461,7 @@ fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
                     if t.unknown_exits.len() >= UNKNOWN_KEPT {
                         t.unknown_exits.pop_front();
                     }
-                    t.unknown_exits.push_back(e.tgid);
+                    t.unknown_exits.push_back((e.tgid, now));
                 }
             }
         }
@@ -465,10 +475,10 @@ fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
             if r.at > now {
                 return true;
             }
-            if reap_locked(&mut t, pid) != Reap::Alive || r.step >= RECHECK_LAST {
+            if reap_locked(&mut t, pid) != Reap::Alive {
                 return false;
             }
-            r.step *= 2;
+            r.step = (r.step * 2).min(RECHECK_LAST);
             r.at = now + r.step;
             true
         });
