@@ -421,6 +421,12 @@ pub enum Event<'a> {
         /// The vassal.
         name: &'a VassalName,
     },
+    /// The source of a paused vassal went back to the config it runs: the
+    /// change held meanwhile is dropped.
+    ChangeUndone {
+        /// The vassal.
+        name: &'a VassalName,
+    },
     /// An operator stopped a vassal; it stays down until started again.
     Held {
         /// The vassal.
@@ -726,6 +732,9 @@ impl Event<'_> {
             }
             Event::ChangeHeld { name } => {
                 info!(vassal = %name, "[emperor] vassal {name} changed, but its reloads are paused: holding the change")
+            }
+            Event::ChangeUndone { name } => {
+                info!(vassal = %name, "[emperor] vassal {name} is back to the config it runs: the change held while paused is dropped")
             }
             Event::Held { name } => {
                 info!(vassal = %name, "[emperor] vassal {name} stopped by the operator: it stays down until started")

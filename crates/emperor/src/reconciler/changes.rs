@@ -131,6 +131,11 @@ impl Reconciler {
         // change restarts it (a graceful reload keeps the process)
         let limits_changed = old.is_some_and(|d| d.limits != spec.limits);
         if !newer && !was_removed && !owner_changed && !socket_changed && !limits_changed {
+            // the source is back to what the vassal runs: a change held
+            // while paused is undone, and nothing is left to apply at resume
+            if v.held_change.take().is_some() {
+                self.emit(Event::ChangeUndone { name: &name });
+            }
             return;
         }
         if v.paused && !was_removed && !owner_changed {

@@ -931,6 +931,32 @@ fn spawns(acts: &[Action]) -> usize {
         .count()
 }
 
+/// A change held while paused that the source undoes (a pg row's socket
+/// set and set back, with the same ts) is not applied at resume.
+#[test]
+fn a_held_change_the_source_undoes_is_not_applied_at_resume() {
+    let mut r = rec();
+    let t = Instant::now();
+    let a = file("a.ini", 1);
+    let (_, ids) = apply(&mut r, 0, Change::Snapshot(vec![a.clone()]), t);
+    r.pause("a.ini").unwrap();
+    let mut other = a.clone();
+    other.socket = Some("127.0.0.1:9000".into());
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![other]), t);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert!(r.vassal("a.ini").unwrap().held_change.is_some());
+    // back to what it runs
+    let (acts, _) = apply(&mut r, 0, Change::Snapshot(vec![a.clone()]), t);
+    assert!(acts.is_empty(), "{acts:?}");
+    assert!(r.vassal("a.ini").unwrap().held_change.is_none());
+    let acts = r.resume("a.ini", t).unwrap();
+    assert!(acts.is_empty(), "nothing to apply: {acts:?}");
+    let v = r.vassal("a.ini").unwrap();
+    assert_eq!(v.desired.as_ref().unwrap().socket, None);
+    assert!(matches!(v.phase, Phase::Running { .. }), "{:?}", v.phase);
+    assert_eq!(v.proc().unwrap().instance, ids[0]);
+}
+
 #[test]
 fn paused_vassal_holds_changes_until_resumed() {
     let mut r = rec();
