@@ -29,6 +29,10 @@ pub use crate::command::{ApplyFn, Command};
 /// itself was not running (frozen by SIGSTOP, a VM or host pause).
 const PAUSE_TOLERANCE: Duration = Duration::from_secs(1);
 
+/// How long the loop may go on with the next deadline it computed last
+/// while work is queued (the computation walks every vassal).
+const DEADLINE_REUSE: Duration = Duration::from_millis(10);
+
 mod check;
 mod executor;
 mod upgrade;
@@ -246,15 +250,32 @@ impl Emperor {
             monitor_tasks.push(tokio::spawn(m.run(ctx)));
         }
         drop(mon_tx);
+        let mut next_deadline = None;
+        let mut deadline_at: Option<Instant> = None;
         loop {
             let now = Instant::now();
             if rec.is_shutting_down() && rec.running() == 0 {
                 break;
             }
-            let mut deadline = rec.next_deadline().map(Instant::from_std);
+            // the next deadline is a walk of the whole table: one computed
+            // less than DEADLINE_REUSE ago serves again (a storm at 10,000
+            // vassals has a turn every few microseconds), and the loop
+            // wakes by then to compute it afresh, so no timer fires more
+            // than DEADLINE_REUSE late (one that has passed is computed
+            // afresh: its timer has just been run)
+            let reuse = deadline_at
+                .filter(|at| now.saturating_duration_since(*at) < DEADLINE_REUSE)
+                .filter(|_| next_deadline.is_none_or(|d| d > now));
+            if reuse.is_none() {
+                next_deadline = rec.next_deadline().map(Instant::from_std);
+                deadline_at = Some(now);
+            }
+            let timers_at = next_deadline;
+            let recompute_at = reuse.map(|at| at + DEADLINE_REUSE);
+            let mut deadline = timers_at;
             let ready_at = readiness.deadline().map(Instant::from_std);
             let serve_at = serve_wait.as_ref().map(|w| Instant::from_std(w.deadline()));
-            for extra in [mercy_at, give_up_at, ready_at, serve_at]
+            for extra in [mercy_at, give_up_at, ready_at, serve_at, recompute_at]
                 .into_iter()
                 .flatten()
             {
@@ -355,7 +376,9 @@ impl Emperor {
                         give_up_at = Some(now + Duration::from_secs(10));
                         rec.kill_all()
                     } else {
-                        timer_fired = true;
+                        // (woken to compute the deadline afresh: no timer
+                        // is due unless that one was)
+                        timer_fired = timers_at.is_some_and(|t| t <= now);
                         Vec::new()
                     }
                 }
