@@ -330,7 +330,7 @@ impl ExitEvents {
                     },
                 ));
             }
-            self.poll(Some(left), None)?;
+            self.poll(Some(left))?;
             let mut failed = None;
             self.read_all(|m| match m {
                 Message::Ack { ack: a, err } if a == ack => {
@@ -349,15 +349,10 @@ impl ExitEvents {
         Ok(())
     }
 
-    /// Waits up to `timeout` (`None`: for ever) for messages, or for `also`
-    /// to be readable, and appends every exit read to `out`.
-    pub fn wait(
-        &self,
-        timeout: Option<Duration>,
-        also: Option<std::os::fd::BorrowedFd<'_>>,
-        out: &mut Vec<TaskExit>,
-    ) -> io::Result<Batch> {
-        self.poll(timeout, also)?;
+    /// Waits up to `timeout` (`None`: for ever) for messages, and appends
+    /// every exit read to `out`.
+    pub fn wait(&self, timeout: Option<Duration>, out: &mut Vec<TaskExit>) -> io::Result<Batch> {
+        self.poll(timeout)?;
         self.read_all(|m| {
             if let Message::Exit(e) = m {
                 out.push(e);
@@ -365,11 +360,7 @@ impl ExitEvents {
         })
     }
 
-    fn poll(
-        &self,
-        timeout: Option<Duration>,
-        also: Option<std::os::fd::BorrowedFd<'_>>,
-    ) -> io::Result<()> {
+    fn poll(&self, timeout: Option<Duration>) -> io::Result<()> {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         use std::os::fd::AsFd;
         let ms = match timeout {
@@ -377,10 +368,7 @@ impl ExitEvents {
             Some(d) => PollTimeout::try_from(d.as_millis().clamp(1, 60_000) as i32)
                 .unwrap_or(PollTimeout::MAX),
         };
-        let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-        if let Some(fd) = also {
-            fds.push(PollFd::new(fd, PollFlags::POLLIN));
-        }
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, ms) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(e) => Err(e.into()),
@@ -519,7 +507,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !exits.iter().any(|e: &TaskExit| e.tgid == pid) {
             assert!(std::time::Instant::now() < deadline, "no exit message");
-            ev.wait(Some(Duration::from_millis(100)), None, &mut exits)
+            ev.wait(Some(Duration::from_millis(100)), &mut exits)
                 .unwrap();
         }
         child.wait().unwrap();
@@ -532,7 +520,7 @@ mod tests {
         exits.clear();
         let deadline = std::time::Instant::now() + Duration::from_millis(300);
         while std::time::Instant::now() < deadline {
-            ev.wait(Some(Duration::from_millis(50)), None, &mut exits)
+            ev.wait(Some(Duration::from_millis(50)), &mut exits)
                 .unwrap();
         }
         assert!(

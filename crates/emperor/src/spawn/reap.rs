@@ -40,7 +40,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, Once};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -75,14 +74,6 @@ struct Table {
     /// (a hook, a probe still running at a hot upgrade): reaped silently,
     /// since their owner is gone.
     orphans: std::collections::HashSet<u32>,
-    /// With exits named by the kernel: processes whose exit was reported
-    /// before they were registered (the last few, oldest first), and the
-    /// registered ones among them, for the thread to look at again.
-    unknown_exits: VecDeque<(u32, Instant)>,
-    recheck: Vec<u32>,
-    /// Wakes the thread when `recheck` gained a pid (with exits named by
-    /// the kernel; the other way waits on `more`).
-    wake: Option<UnixDatagram>,
 }
 
 /// How many exits of unregistered children are remembered: the hooks and
@@ -138,18 +129,9 @@ impl VassalProcess {
             t.live.insert(pid, exit.clone());
             t.registered += 1;
             // it may have exited already, while the thread took it for a
-            // stranger's child
-            if reap_locked(&mut t, pid) == Reap::Alive {
-                let fresh = |&(p, at): &(u32, Instant)| p == pid && at.elapsed() < UNKNOWN_FRESH;
-                if let Some(at) = t.unknown_exits.iter().position(fresh) {
-                    // reported before it was ours, not reapable yet
-                    t.unknown_exits.remove(at);
-                    t.recheck.push(pid);
-                    if let Some(w) = &t.wake {
-                        let _ = w.send(&[1]);
-                    }
-                }
-            }
+            // stranger's child (one reported but not reapable yet is
+            // found by the thread among the exits it could not place)
+            reap_locked(&mut t, pid);
         }
         REAPER.more.notify_all();
         VassalProcess { pid, exit }
@@ -321,16 +303,10 @@ fn start_thread() {
         } else {
             super::exits::ExitEvents::open()
         };
-        let run: Box<dyn FnOnce() + Send> = match events.and_then(|ev| {
-            let (tx, rx) = UnixDatagram::pair()?;
-            tx.set_nonblocking(true)?;
-            rx.set_nonblocking(true)?;
-            Ok((ev, tx, rx))
-        }) {
-            Ok((ev, tx, rx)) => {
+        let run: Box<dyn FnOnce() + Send> = match events {
+            Ok(ev) => {
                 tracing::info!("[emperor] vassal exits are named by the kernel (the process connector): O(1) per exit");
-                table().wake = Some(tx);
-                Box::new(move || named_exits_thread(ev, rx))
+                Box::new(move || named_exits_thread(ev))
             }
             Err(e) => {
                 tracing::info!(
@@ -406,19 +382,29 @@ const RECHECK_FIRST: Duration = Duration::from_millis(1);
 const RECHECK_LAST: Duration = Duration::from_secs(1);
 
 /// The reaper with exits named by the kernel (see the module's doc).
-fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
-    use std::os::fd::AsFd;
+fn named_exits_thread(ev: super::exits::ExitEvents) {
     crate::spawn::block_signals_in_this_thread();
     let me = std::process::id();
     let mut exits = Vec::new();
     let mut again: HashMap<u32, Recheck> = HashMap::new();
+    // exits of children that were not registered (yet): the last few,
+    // oldest first, looked at while fresh in case one is registered
+    // meanwhile (a vassal that ended before its spawn returned and was not
+    // reapable yet), at doubling intervals
+    let mut unknown: VecDeque<(u32, Instant)> = VecDeque::new();
+    let mut unknown_check: Option<Recheck> = None;
     // an exit just before the subscription was not reported: look at
     // whatever registered so far once, shortly after
     let mut sweep_at = Some(Instant::now() + Duration::from_millis(10));
     loop {
-        let next = again.values().map(|r| r.at).chain(sweep_at).min();
+        let next = again
+            .values()
+            .chain(&unknown_check)
+            .map(|r| r.at)
+            .chain(sweep_at)
+            .min();
         let timeout = next.map(|t| t.saturating_duration_since(Instant::now()));
-        let batch = match ev.wait(timeout, Some(wake.as_fd()), &mut exits) {
+        let batch = match ev.wait(timeout, &mut exits) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "[emperor] reading the kernel's exit reports failed: {e}");
@@ -426,8 +412,6 @@ fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
                 super::exits::Batch::Lost
             }
         };
-        let mut buf = [0u8; 64];
-        while wake.recv(&mut buf).is_ok() {}
         let now = Instant::now();
         let mut t = table();
         if batch == super::exits::Batch::Lost || sweep_at.is_some_and(|s| s <= now) {
@@ -458,18 +442,36 @@ fn named_exits_thread(ev: super::exits::ExitEvents, wake: UnixDatagram) {
                     });
                 }
                 Reap::NotOurs => {
-                    if t.unknown_exits.len() >= UNKNOWN_KEPT {
-                        t.unknown_exits.pop_front();
+                    if unknown.len() >= UNKNOWN_KEPT {
+                        unknown.pop_front();
                     }
-                    t.unknown_exits.push_back((e.tgid, now));
+                    unknown.push_back((e.tgid, now));
+                    unknown_check = Some(Recheck {
+                        at: now + RECHECK_FIRST,
+                        step: RECHECK_FIRST,
+                    });
                 }
             }
         }
-        for pid in std::mem::take(&mut t.recheck) {
-            again.entry(pid).or_insert(Recheck {
-                at: now,
-                step: RECHECK_FIRST,
+        if let Some(c) = unknown_check.as_mut().filter(|c| c.at <= now) {
+            unknown.retain(|&(pid, at)| {
+                if now.saturating_duration_since(at) >= UNKNOWN_FRESH {
+                    return false;
+                }
+                if !t.live.contains_key(&pid) {
+                    return true;
+                }
+                again.entry(pid).or_insert(Recheck {
+                    at: now,
+                    step: RECHECK_FIRST,
+                });
+                false
             });
+            c.step *= 2;
+            c.at = now + c.step;
+            if unknown.is_empty() {
+                unknown_check = None;
+            }
         }
         again.retain(|&pid, r| {
             if r.at > now {
