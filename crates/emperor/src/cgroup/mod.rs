@@ -395,7 +395,10 @@ fn workers() -> io::Result<Workers> {
 }
 
 /// Makes a process's group `DIR/i<instance>` and, if need be, its
-/// vassal's `DIR`; either may exist already (made ahead by the maker).
+/// vassal's `DIR`; either may exist already (the vassal's directory with
+/// its earlier groups; a group made ahead by the maker of the emperor's
+/// image before a hot upgrade). The loop does not make again a group the
+/// maker made ([`Cgroups::create`]).
 /// The vassal's directory may be removed between the two (the sweeper
 /// after its last process, the maker after a failed spawn): then it is
 /// made again.

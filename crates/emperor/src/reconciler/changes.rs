@@ -131,9 +131,10 @@ impl Reconciler {
         // change restarts it (a graceful reload keeps the process)
         let limits_changed = old.is_some_and(|d| d.limits != spec.limits);
         if !newer && !was_removed && !owner_changed && !socket_changed && !limits_changed {
-            // the source is back to what the vassal runs: a change held
-            // while paused is undone, and nothing is left to apply at resume
-            if v.held_change.take().is_some() {
+            // the source is back to what the vassal runs (the same key: an
+            // older stamp delivered again is not that): a change held while
+            // paused is undone, and nothing is left to apply at resume
+            if spec.key == v.applied_key && v.held_change.take().is_some() {
                 self.emit(Event::ChangeUndone { name: &name });
             }
             return;
@@ -166,6 +167,9 @@ impl Reconciler {
         };
         v.applied_key = spec.key;
         v.desired = Some(spec);
+        // applied now (an owner change while paused, a config added back):
+        // a change held before is older, not to be applied at resume
+        v.held_change = None;
         self.note_cluster(false, ClusterInput::Want(name.clone(), None));
         let Some(v) = self.vassals.get_mut(&name) else {
             return;

@@ -931,6 +931,50 @@ fn spawns(acts: &[Action]) -> usize {
         .count()
 }
 
+/// A held change is kept when an older stamp is delivered again (a kv
+/// watch replaying, a pg ts moved back), and is dropped when a change is
+/// applied while paused (the config removed and added back).
+#[test]
+fn a_held_change_survives_an_older_stamp_and_goes_with_an_applied_change() {
+    let mut r = rec();
+    let t = Instant::now();
+    let v1 = inline("a.ini", "[uwsgi]\nx = 1\n", 10);
+    apply(&mut r, 0, Change::Snapshot(vec![v1.clone()]), t);
+    r.pause("a.ini").unwrap();
+    apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![inline("a.ini", "[uwsgi]\nx = 2\n", 20)]),
+        t,
+    );
+    // the older stamp again: not "back to what it runs"
+    apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![inline("a.ini", "[uwsgi]\nx = 0\n", 5)]),
+        t,
+    );
+    let held = r
+        .vassal("a.ini")
+        .unwrap()
+        .held_change
+        .as_ref()
+        .map(|h| h.key);
+    assert_eq!(held, Some(ChangeKey::Stamp(20)));
+    // removed and added back while paused: the new one is applied, the
+    // held one goes
+    apply(&mut r, 0, Change::Remove(name("a.ini")), t);
+    apply(
+        &mut r,
+        0,
+        Change::Snapshot(vec![inline("a.ini", "[uwsgi]\nx = 3\n", 30)]),
+        t,
+    );
+    let v = r.vassal("a.ini").unwrap();
+    assert!(v.held_change.is_none(), "{:?}", v.held_change);
+    assert_eq!(v.applied_key, ChangeKey::Stamp(30));
+}
+
 /// A change held while paused that the source undoes (a pg row's socket
 /// set and set back, with the same ts) is not applied at resume.
 #[test]

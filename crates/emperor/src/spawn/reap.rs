@@ -428,7 +428,11 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
             }
         }
         for e in exits.drain(..) {
-            if e.tgid == me {
+            // a thread of the emperor's (the start-up check), or a thread
+            // other than a process's main one: a process with threads left
+            // is not reapable, and one whose main thread ended first is
+            // looked at every second already
+            if e.tgid == me || e.pid != e.tgid {
                 continue;
             }
             match reap_locked(&mut t, e.tgid) {
@@ -446,29 +450,35 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
                         unknown.pop_front();
                     }
                     unknown.push_back((e.tgid, now));
+                    // soon, but never later than a check already due
+                    let at = unknown_check
+                        .as_ref()
+                        .map_or(now + RECHECK_FIRST, |c| c.at.min(now + RECHECK_FIRST));
                     unknown_check = Some(Recheck {
-                        at: now + RECHECK_FIRST,
+                        at,
                         step: RECHECK_FIRST,
                     });
                 }
             }
         }
         if let Some(c) = unknown_check.as_mut().filter(|c| c.at <= now) {
+            // registered since: looked at like any reported exit; too old
+            // to be about a process just spawned: forgotten
             unknown.retain(|&(pid, at)| {
-                if now.saturating_duration_since(at) >= UNKNOWN_FRESH {
+                if t.live.contains_key(&pid) {
+                    again.entry(pid).or_insert(Recheck {
+                        at: now,
+                        step: RECHECK_FIRST,
+                    });
                     return false;
                 }
-                if !t.live.contains_key(&pid) {
-                    return true;
-                }
-                again.entry(pid).or_insert(Recheck {
-                    at: now,
-                    step: RECHECK_FIRST,
-                });
-                false
+                now.saturating_duration_since(at) < UNKNOWN_FRESH
             });
             c.step *= 2;
-            c.at = now + c.step;
+            // and a last look when the oldest one turns too old
+            c.at = unknown.front().map_or(now + c.step, |&(_, at)| {
+                (now + c.step).min(at + UNKNOWN_FRESH)
+            });
             if unknown.is_empty() {
                 unknown_check = None;
             }
