@@ -30,7 +30,7 @@ pub use crate::command::{ApplyFn, Command};
 const PAUSE_TOLERANCE: Duration = Duration::from_secs(1);
 
 /// How long the loop may go on with the next deadline it computed last
-/// while work is queued (the computation walks every vassal).
+/// (the computation walks every vassal): a timer fires at most this late.
 const DEADLINE_REUSE: Duration = Duration::from_millis(10);
 
 mod check;

@@ -195,8 +195,11 @@ impl ExitEvents {
         // room for a burst: 10,000 vassals stopped at once are 10,000
         // messages, each charged to the buffer at several hundred bytes
         // (a lost burst costs one walk of every vassal, not a missed exit)
-        ev.set_int(libc::SO_RCVBUFFORCE, 8 << 20)
-            .or_else(|_| ev.set_int(libc::SO_RCVBUF, 8 << 20))?;
+        {
+            use nix::sys::socket::{setsockopt, sockopt};
+            setsockopt(&ev.fd, sockopt::RcvBufForce, &(8 << 20))
+                .or_else(|_| setsockopt(&ev.fd, sockopt::RcvBuf, &(8 << 20)))?;
+        }
         let me = std::process::id();
         // first the check: the acknowledgement, and this process's own
         // thread
@@ -215,38 +218,8 @@ impl ExitEvents {
     }
 
     fn bind(&self) -> io::Result<()> {
-        // SAFETY: an all-zero sockaddr_nl is valid (its padding included)
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        addr.nl_groups = CN_IDX_PROC;
-        // SAFETY: addr is a sockaddr_nl of the size given, alive for the call
-        let r = unsafe {
-            libc::bind(
-                self.fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn set_int(&self, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
-        // SAFETY: v is a c_int of the size given, alive for the call
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let addr = nix::sys::socket::NetlinkAddr::new(0, CN_IDX_PROC);
+        nix::sys::socket::bind(self.fd.as_raw_fd(), &addr)?;
         Ok(())
     }
 
@@ -293,23 +266,14 @@ impl ExitEvents {
         msg.extend_from_slice(&4u16.to_ne_bytes()); // len
         msg.extend_from_slice(&0u16.to_ne_bytes()); // flags
         msg.extend_from_slice(&PROC_CN_MCAST_LISTEN.to_ne_bytes());
-        // SAFETY: an all-zero sockaddr_nl is the kernel's address
-        let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: msg and to are valid for the lengths given during the call
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&to as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // to the kernel
+        let to = nix::sys::socket::NetlinkAddr::new(0, 0);
+        nix::sys::socket::sendto(
+            self.fd.as_raw_fd(),
+            &msg,
+            &to,
+            nix::sys::socket::MsgFlags::empty(),
+        )?;
         Ok(())
     }
 
@@ -379,26 +343,18 @@ impl ExitEvents {
     fn read_all(&self, mut each: impl FnMut(Message)) -> io::Result<Batch> {
         let mut buf = [0u8; 4096];
         loop {
-            // SAFETY: buf is writable for its length during the call
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EAGAIN) => Ok(Batch::Exits),
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => Ok(Batch::Lost),
-                    _ => Err(e),
-                };
-            }
-            if let Some(m) = parse(&buf[..n as usize]) {
-                each(m);
+            use nix::errno::Errno;
+            use nix::sys::socket::{recv, MsgFlags};
+            match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    if let Some(m) = parse(&buf[..n]) {
+                        each(m);
+                    }
+                }
+                Err(Errno::EAGAIN) => return Ok(Batch::Exits),
+                Err(Errno::EINTR) => {}
+                Err(Errno::ENOBUFS) => return Ok(Batch::Lost),
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -76,6 +76,13 @@ struct Table {
     orphans: std::collections::HashSet<u32>,
 }
 
+impl Table {
+    /// Every child it watches: registered vassals and adopted orphans.
+    fn watched(&self) -> Vec<u32> {
+        self.live.keys().chain(&self.orphans).copied().collect()
+    }
+}
+
 /// How many exits of unregistered children are remembered: the hooks and
 /// readers the emperor runs, and a vassal that ended before its spawn
 /// returned.
@@ -347,10 +354,7 @@ fn reaper_thread() {
                 // owner and look at ours one by one meanwhile
                 std::thread::sleep(foreign_wait);
                 foreign_wait = (foreign_wait * 2).min(FOREIGN_MAX);
-                let pids: Vec<u32> = {
-                    let t = table();
-                    t.live.keys().chain(&t.orphans).copied().collect()
-                };
+                let pids = table().watched();
                 for pid in pids {
                     reap_locked(&mut table(), pid);
                 }
@@ -376,6 +380,16 @@ fn reaper_thread() {
 struct Recheck {
     at: Instant,
     step: Duration,
+}
+
+impl Recheck {
+    /// The first look, at `at`.
+    fn first(at: Instant) -> Recheck {
+        Recheck {
+            at,
+            step: RECHECK_FIRST,
+        }
+    }
 }
 
 const RECHECK_FIRST: Duration = Duration::from_millis(1);
@@ -422,8 +436,7 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
                 // were still ending
                 sweep_at = Some(now + RECHECK_LAST);
             }
-            let all: Vec<u32> = t.live.keys().chain(&t.orphans).copied().collect();
-            for pid in all {
+            for pid in t.watched() {
                 reap_locked(&mut t, pid);
             }
         }
@@ -440,10 +453,9 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
                     again.remove(&e.tgid);
                 }
                 Reap::Alive => {
-                    again.entry(e.tgid).or_insert(Recheck {
-                        at: now + RECHECK_FIRST,
-                        step: RECHECK_FIRST,
-                    });
+                    again
+                        .entry(e.tgid)
+                        .or_insert(Recheck::first(now + RECHECK_FIRST));
                 }
                 Reap::NotOurs => {
                     if unknown.len() >= UNKNOWN_KEPT {
@@ -454,10 +466,7 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
                     let at = unknown_check
                         .as_ref()
                         .map_or(now + RECHECK_FIRST, |c| c.at.min(now + RECHECK_FIRST));
-                    unknown_check = Some(Recheck {
-                        at,
-                        step: RECHECK_FIRST,
-                    });
+                    unknown_check = Some(Recheck::first(at));
                 }
             }
         }
@@ -466,10 +475,7 @@ fn named_exits_thread(ev: super::exits::ExitEvents) {
             // to be about a process just spawned: forgotten
             unknown.retain(|&(pid, at)| {
                 if t.live.contains_key(&pid) {
-                    again.entry(pid).or_insert(Recheck {
-                        at: now,
-                        step: RECHECK_FIRST,
-                    });
+                    again.entry(pid).or_insert(Recheck::first(now));
                     return false;
                 }
                 now.saturating_duration_since(at) < UNKNOWN_FRESH
